@@ -1,0 +1,157 @@
+"""The `hubfmt` command. Exit status: 0 success, 1 'differs/invalid/unmatched', 2 bad input or
+usage. Errors are one line naming the file and the problem; HUBFMT_DEBUG=1 shows tracebacks."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+FRAMEWORKS = ("torch", "tensorflow", "mxnet", "mindspore", "oneflow", "hub")
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    t = text.strip().upper()
+    num = t.rstrip("KMGTIB")
+    try:
+        return int(float(num) * units[t[len(num):]])
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MiB)") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hubfmt", description="Move trained weights between frameworks through one neutral safetensors file.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("convert", help="convert a checkpoint (native or hub) to another format")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--from", dest="src_fw", choices=FRAMEWORKS, help="source framework (default: from the file's content)")
+    c.add_argument("--to", dest="dst_fw", choices=FRAMEWORKS, help="destination framework (default: from DST's suffix)")
+    c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    c.add_argument("--keep-dtype", action="store_true", help="hub output: keep fp16/bf16/fp64 instead of storing float32")
+    c.add_argument("--prefer-ema", action="store_true", help="take EMA weights when the checkpoint has them")
+    c.add_argument("--max-shard-size", type=_size, help="hub output: split into shards of at most this size (e.g. 5GB)")
+    c.add_argument("--report", metavar="FILE.json", help="also write the full report as JSON")
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress, no report on stdout")
+    c.add_argument("--verbose", "-v", action="store_true", help="list every tensor in the report")
+
+    i = sub.add_parser("inspect", help="list a checkpoint's tensors and manifest")
+    i.add_argument("file")
+    i.add_argument("--from", dest="fw", choices=FRAMEWORKS)
+    i.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("diff", help="compare two checkpoints tensor by tensor (exit 1 when they differ)")
+    d.add_argument("a")
+    d.add_argument("b")
+    d.add_argument("--from-a", dest="fw_a", choices=FRAMEWORKS)
+    d.add_argument("--from-b", dest="fw_b", choices=FRAMEWORKS)
+    d.add_argument("--rtol", type=float, default=0.0)
+    d.add_argument("--atol", type=float, default=0.0)
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--verbose", "-v", action="store_true")
+
+    v = sub.add_parser("validate", help="check a hub file against the spec (exit 1 when it does not conform)")
+    v.add_argument("file")
+
+    sub.add_parser("formats", help="list adapters, their formats, and what works here")
+    return p
+
+
+def _cmd_convert(a) -> int:
+    from .convert import convert
+
+    show = False if a.quiet else None
+    ro = {"prefer_ema": True} if a.prefer_ema else {}
+    wo = {}
+    if a.keep_dtype:
+        wo["keep_dtype"] = True
+    if a.max_shard_size:
+        wo["max_shard_size"] = a.max_shard_size
+    report = convert(a.src, a.dst, src_framework=a.src_fw, dst_framework=a.dst_fw, overwrite=a.overwrite,
+                     show_progress=show, read_options=ro, write_options=wo)
+    if a.report:
+        with open(a.report, "w") as f:
+            f.write(report.dumps())
+    if not a.quiet:
+        print(report.to_text(verbose=a.verbose))
+    return 0
+
+
+def _cmd_inspect(a) -> int:
+    from . import describe
+    from .convert import read
+
+    ckpt = read(a.file, framework=a.fw)
+    print(json.dumps(describe.describe(ckpt), indent=2) if a.json else describe.to_text(ckpt))
+    return 0
+
+
+def _cmd_diff(a) -> int:
+    from .compare import compare
+    from .convert import read
+
+    result = compare(read(a.a, framework=a.fw_a), read(a.b, framework=a.fw_b), rtol=a.rtol, atol=a.atol)
+    print(json.dumps(result.to_json(), indent=2) if a.json else result.to_text(verbose=a.verbose))
+    return 1 if result.differs else 0
+
+
+def _cmd_validate(a) -> int:
+    from .hubfile import validate
+
+    problems = validate(a.file)
+    for p in problems:
+        print(f"{a.file}: {p}")
+    if not problems:
+        print(f"{a.file}: conforms to hubfmt format version 1")
+    return 1 if problems else 0
+
+
+def _cmd_formats(a) -> int:
+    import importlib.util
+
+    from . import registry
+
+    print("hub       hub (.safetensors, sharded .safetensors.index.json)   read+write, no framework needed")
+    for fw in registry.ADAPTERS:
+        try:
+            mod = registry.adapter(fw)
+        except ImportError as e:
+            print(f"{fw:<9} adapter unavailable: {e}")
+            continue
+        installed = importlib.util.find_spec(mod.FRAMEWORK_MODULE) is not None
+        for fmt in mod.FORMATS:
+            rw = "+".join(x for x, ok in (("read", fmt.reads), ("write", fmt.writes)) if ok)
+            print(f"{fw:<9} {fmt.name:<20} {', '.join(fmt.extensions) or '(' + fmt.layout + ')':<28} {rw:<10} "
+                  f"no framework needed; {fmt.description}")
+        print(f"{'':<9} in-memory models (from_model/to_model): {'available' if installed else 'needs ' + mod.PIP_NAME}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A file-size limit (ulimit -f) must give EFBIG, a clear error, not kill us mid-write.
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    args = _parser().parse_args(argv)
+    from .errors import HubfmtError
+
+    try:
+        return {"convert": _cmd_convert, "inspect": _cmd_inspect, "diff": _cmd_diff,
+                "validate": _cmd_validate, "formats": _cmd_formats}[args.command](args)
+    except HubfmtError as e:
+        if os.environ.get("HUBFMT_DEBUG"):
+            raise
+        print(f"hubfmt: error: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("hubfmt: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Canonical dtype names and the few conversions numpy cannot do by itself (bfloat16).
+
+numpy has no bfloat16: hubfmt carries bfloat16 data as uint16 arrays holding the raw bits, with
+the dtype *name* "bfloat16" kept beside them (see LazyTensor.dtype).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# canonical name -> (safetensors code, numpy dtype holding the bytes)
+_TABLE = {
+    "float64": ("F64", np.dtype("<f8")),
+    "float32": ("F32", np.dtype("<f4")),
+    "float16": ("F16", np.dtype("<f2")),
+    "bfloat16": ("BF16", np.dtype("<u2")),
+    "int64": ("I64", np.dtype("<i8")),
+    "int32": ("I32", np.dtype("<i4")),
+    "int16": ("I16", np.dtype("<i2")),
+    "int8": ("I8", np.dtype("i1")),
+    "uint64": ("U64", np.dtype("<u8")),
+    "uint32": ("U32", np.dtype("<u4")),
+    "uint16": ("U16", np.dtype("<u2")),
+    "uint8": ("U8", np.dtype("u1")),
+    "bool": ("BOOL", np.dtype("?")),
+    "complex64": ("C64", np.dtype("<c8")),
+}
+FLOATING = frozenset({"float64", "float32", "float16", "bfloat16"})
+DTYPES = frozenset(_TABLE)
+_BY_CODE = {code: name for name, (code, _) in _TABLE.items()}
+
+
+def storage_dtype(name: str) -> np.dtype:
+    """The little-endian numpy dtype whose bytes hold a tensor of dtype `name`."""
+    return _TABLE[name][1]
+
+
+def itemsize(name: str) -> int:
+    return _TABLE[name][1].itemsize
+
+
+def to_safetensors(name: str) -> str:
+    return _TABLE[name][0]
+
+
+def from_safetensors(code: str) -> str | None:
+    return _BY_CODE.get(code)
+
+
+def name_of(dtype: np.dtype) -> str:
+    """Canonical name of a numpy dtype (uint16 stays uint16: bfloat16 is never guessed)."""
+    dt = np.dtype(dtype)
+    for name, (_, st) in _TABLE.items():
+        if name != "bfloat16" and st.kind == dt.kind and st.itemsize == dt.itemsize:
+            return name
+    raise ValueError(f"unsupported dtype {dt}")
+
+
+def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Convert the data of `array` (holding dtype `src`) to dtype `dst`, little-endian.
+
+    float32 -> bfloat16 rounds to nearest even, so a bfloat16 -> float32 -> bfloat16 round trip is
+    exact. Returns `array` itself when nothing changes.
+    """
+    if src == dst:
+        out = array
+    elif src == "bfloat16":
+        wide = (array.astype("<u4") << 16).view("<f4")
+        out = wide if dst == "float32" else wide.astype(storage_dtype(dst))
+    elif dst == "bfloat16":
+        f32 = np.ascontiguousarray(array, dtype="<f4").view("<u4")
+        # round to nearest even; NaN stays NaN (quiet bit kept by the truncation of a quiet NaN)
+        rounded = ((f32 + 0x7FFF + ((f32 >> 16) & 1)) >> 16).astype("<u2")
+        nan = np.isnan(f32.view("<f4"))
+        if nan.any():
+            rounded[nan] = (f32[nan] >> 16).astype("<u2") | 0x0040
+        out = rounded
+    else:
+        out = array.astype(storage_dtype(dst), copy=False)
+    sd = storage_dtype(dst)
+    if out.dtype != sd:
+        out = out.astype(sd)
+    return out

@@ -1,0 +1,78 @@
+"""Shared test helpers.
+
+Framework oracles: `require("torch")` returns the imported framework, or skips the test when it
+is absent on a developer's machine. Under `scripts/dev test` (HUBFMT_REQUIRE_FRAMEWORKS=1, as in
+CI) a missing framework FAILS the test instead: a skipped oracle test is a hole.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STRICT = os.environ.get("HUBFMT_REQUIRE_FRAMEWORKS") == "1"
+
+
+def _fix_numpy_for_mxnet() -> None:
+    # mxnet 1.9.1 uses aliases numpy removed in 1.24; restore them before importing it.
+    for alias, value in (("bool", bool), ("int", int), ("float", float), ("object", object),
+                         ("str", str), ("complex", complex)):
+        if not hasattr(np, alias):
+            setattr(np, alias, value)
+
+
+def require(framework: str):
+    """Import `framework` for an oracle test (see module docstring)."""
+    if framework == "mxnet":
+        _fix_numpy_for_mxnet()
+    try:
+        return importlib.import_module(framework)
+    except ImportError as e:
+        if STRICT:
+            pytest.fail(f"{framework} is required by this oracle test but cannot be imported: {e}")
+        pytest.skip(f"{framework} not installed")
+
+
+def oneflow_python() -> str:
+    """The Python 3.10 side environment that has OneFlow (scripts/setup builds it)."""
+    exe = os.environ.get("HUBFMT_ONEFLOW_PYTHON") or str(REPO / ".venv-oneflow/bin/python-oneflow")
+    if not os.path.exists(exe):
+        if STRICT:
+            pytest.fail(f"OneFlow side environment missing: {exe} (run scripts/setup)")
+        pytest.skip("OneFlow side environment not built")
+    return exe
+
+
+def run_oneflow(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `script` (Python source) in the OneFlow environment; fail the test with its output on error."""
+    proc = subprocess.run([oneflow_python(), "-c", script, *args], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"OneFlow subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run the `hubfmt` command line in a child process (how users run it)."""
+    return subprocess.run([sys.executable, "-m", "hubfmt", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def rel_diff(a, b) -> float:
+    """max |a-b| / max(|b|) : the brief's 'relative difference' of two outputs."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30))
+
+
+def assert_same_outputs(a, b, tol: float = 1e-5) -> None:
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, f"output shapes differ: {a.shape} vs {b.shape}"
+    assert np.all(np.isfinite(a)) and np.all(np.isfinite(b))
+    d = rel_diff(a, b)
+    assert d <= tol, f"outputs differ: relative difference {d:.3g} > {tol}"
