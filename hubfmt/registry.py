@@ -5,6 +5,7 @@ functions that need it (from_model / to_model).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from types import ModuleType
@@ -46,10 +47,11 @@ def available() -> list[str]:
     out = []
     for fw, mod in ADAPTERS.items():
         try:
-            if importlib.util.find_spec(mod) is not None:
-                out.append(fw)
+            spec = importlib.util.find_spec(mod)
         except ImportError:
-            pass
+            continue
+        if spec is not None and spec.origin is not None:   # a real package, not an empty folder
+            out.append(fw)
     return out
 
 
@@ -57,6 +59,10 @@ def detect_input(path: str) -> tuple[str, str]:
     """(framework or "hub", format name) of an existing checkpoint, from its content."""
     from . import hubfile
 
+    # A TensorFlow checkpoint is named by its prefix, a sharded hub file by its base name.
+    companions = (path, path + hubfile.INDEX_SUFFIX, path + ".index")
+    if not any(os.path.exists(p) for p in companions):
+        raise HubfmtError("no such file or directory", path)
     if os.path.isfile(path) and hubfile.is_hub_file(path):
         return HUB, "hub"
     if not os.path.exists(path) and os.path.exists(path + hubfile.INDEX_SUFFIX):
@@ -67,8 +73,6 @@ def detect_input(path: str) -> tuple[str, str]:
             return fw, fmt
     if os.path.isfile(path) and hubfile.is_safetensors(path):
         return HUB, "safetensors"
-    if not os.path.exists(path) and not any(os.path.exists(path + s) for s in (".index", ".params")):
-        raise HubfmtError("no such file or directory", path)
     raise HubfmtError("cannot tell which framework wrote this checkpoint; pass --from FRAMEWORK", path)
 
 

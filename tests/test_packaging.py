@@ -1,0 +1,29 @@
+"""Packaging and import hygiene: adapters install as hubfmt.adapters.*, the hub imports no framework."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+
+from conftest import REPO
+
+FRAMEWORKS = ("torch", "tensorflow", "mxnet", "mindspore", "oneflow", "keras", "h5py")
+
+
+def test_every_adapter_folder_is_packaged():
+    packages = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {f"hubfmt.adapters.{p.name}" for p in (REPO / "adapters").iterdir() if (p / "__init__.py").exists()}
+    assert folders <= packages
+
+
+def test_importing_hubfmt_and_its_cli_imports_no_framework():
+    code = ("import sys, hubfmt, hubfmt.cli, hubfmt.registry; "
+            "print(','.join(m for m in %r if m in sys.modules))" % (FRAMEWORKS,))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""
+
+
+def test_adapters_is_not_a_top_level_name():
+    r = subprocess.run([sys.executable, "-c", "import adapters"], capture_output=True, text=True, cwd="/")
+    assert r.returncode != 0 and "No module named 'adapters'" in r.stderr

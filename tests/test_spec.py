@@ -1,0 +1,59 @@
+"""spec/: the examples validate, the golden file is what the writer writes today."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from hubfmt import hubfile, manifest
+from hubfmt.errors import VersionError
+
+from conftest import REPO
+from helpers import small_cnn
+
+SPEC = REPO / "spec"
+EXAMPLES = SPEC / "examples"
+
+
+def test_manifest_example_in_the_spec_parses():
+    text = (SPEC / "hubfmt-v1.md").read_text()
+    block = re.search(r"```json\n(.*?)```", text, re.S).group(1)
+    meta = {manifest.KEY_VERSION: manifest.FORMAT_VERSION, manifest.KEY_MANIFEST: block}
+    infos, layers, source, _ = manifest.parse(meta, "spec")
+    assert infos["features.0.weight"].original_dtype == "float16"
+    assert layers["features.1"].attrs["momentum"] == 0.01
+    assert source.framework == "torch"
+
+
+def test_spec_version_matches_the_library():
+    text = (SPEC / "hubfmt-v1.md").read_text()
+    assert f"version {manifest.FORMAT_VERSION}" in text.splitlines()[0]
+    assert re.search(rf"^- {re.escape(manifest.FORMAT_VERSION)} \(", text, re.M), "changelog line for this version"
+
+
+@pytest.mark.parametrize("name", ["small-cnn.safetensors", "tied.safetensors"])
+def test_examples_conform(name):
+    assert hubfile.validate(EXAMPLES / name) == []
+
+
+def test_golden_file_is_what_the_writer_writes(tmp_path):
+    out = tmp_path / "small-cnn.safetensors"
+    hubfile.write(small_cnn(half=True), out)
+    assert out.read_bytes() == (EXAMPLES / "small-cnn.safetensors").read_bytes()
+    meta = json.loads((EXAMPLES / "small-cnn.metadata.json").read_text())
+    header, _, _ = hubfile.read_header(str(out))
+    assert json.loads(header["__metadata__"]["hubfmt.manifest"]) == meta["hubfmt.manifest"]
+
+
+def test_golden_values():
+    ckpt = hubfile.read(EXAMPLES / "small-cnn.safetensors")
+    ref = small_cnn(half=True)
+    for name in ref:
+        assert np.array_equal(ckpt.tensor(name).astype(ref.tensor(name).dtype), ref.tensor(name))
+
+
+def test_future_major_version_is_refused():
+    with pytest.raises(VersionError, match="2.0.*1.0"):
+        hubfile.read(EXAMPLES / "future-major.safetensors")
