@@ -26,7 +26,7 @@ def to_plain(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype.kind == "O":
             return [to_plain(v, _depth + 1) for v in value.tolist()]
-        a = np.ascontiguousarray(value)
+        a = np.ascontiguousarray(value).reshape(value.shape)
         return {NDARRAY: {"dtype": a.dtype.str, "shape": list(a.shape), "data": a.tobytes()}}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [to_plain(v, _depth + 1) for v in value]
