@@ -2,7 +2,6 @@
 written. The canary file proves a payload never ran."""
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 

@@ -10,7 +10,7 @@ file describes (a `TensorRef` over a `Storage`); nothing from torch is imported 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 # Every stand-in has __slots__: a pickle's BUILD opcode cannot rewrite an object's fields.
@@ -59,11 +59,6 @@ class StorageType:
     name: str
     dtype: str | None       # None for untyped (bytes) storages
 
-    @property
-    def itemsize(self) -> int:
-        from hubfmt import dtypes
-        return dtypes.itemsize(self.dtype) if self.dtype else 1
-
 
 @dataclass(eq=False, slots=True)
 class Storage:
@@ -96,7 +91,6 @@ class TensorRef:
     dtype: str | None
     parameter: bool = False
     requires_grad: bool = False
-    hooks: Any = field(default=None, repr=False)
 
 
 class _TensorClass:
