@@ -209,3 +209,16 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     pt.write(pt.read(src), dst, overwrite=True)
     assert pt.sniff(dst) == "torch-zip"
     assert [p.name for p in tmp_path.iterdir() if "hubfmt-tmp" in p.name] == []
+
+
+def test_shared_reference_bomb_is_refused_not_expanded(tmp_path):
+    """A few hundred bytes of pickle sharing one list 2**40 times over: refused, not walked."""
+    torch = require("torch")
+    bomb = [0]
+    for _ in range(40):
+        bomb = [bomb, bomb]
+    path = tmp_path / "bomb.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "notes": bomb}, path)
+    assert path.stat().st_size < 10_000
+    with pytest.raises(hubfmt.FormatError, match="more than"):
+        pt.read(path)

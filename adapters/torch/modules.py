@@ -13,6 +13,8 @@ from hubfmt.safe_pickle import OpaqueObject
 
 from .vocabulary import TensorRef
 
+# More modules than this in one walk: a hostile pickle sharing submodules exponentially often.
+MAX_MODULES = 1_000_000
 # Module internals and torch bookkeeping: not model attributes worth keeping.
 _SKIP_ATTRIBUTES = {"training", "dump_patches", "call_super_init", "T_destination"}
 
@@ -29,10 +31,13 @@ def class_name(module: OpaqueObject) -> str:
     return module.class_name.rpartition(".")[2]
 
 
-def state_dict(module: OpaqueObject, prefix: str = "", _depth: int = 0) -> Iterator[tuple[str, TensorRef]]:
+def state_dict(module: OpaqueObject, prefix: str = "", _depth: int = 0,
+               _count: list | None = None) -> Iterator[tuple[str, TensorRef]]:
     """(name, tensor) in the order torch's Module.state_dict() produces them."""
-    if _depth > 200:
-        raise ValueError("modules nest more than 200 levels deep")
+    count = _count if _count is not None else [0]
+    count[0] += 1
+    if _depth > 200 or count[0] > MAX_MODULES:
+        raise ValueError(f"modules nest more than 200 levels deep or number more than {MAX_MODULES}")
     attrs = module.attributes()
     for name, t in attrs.get("_parameters", {}).items():
         if t is not None:
@@ -46,7 +51,7 @@ def state_dict(module: OpaqueObject, prefix: str = "", _depth: int = 0) -> Itera
             continue
         if not is_module(child):
             raise ValueError(f"submodule {prefix}{name} is not a module")
-        yield from state_dict(child, f"{prefix}{name}.", _depth + 1)
+        yield from state_dict(child, f"{prefix}{name}.", _depth + 1, count)
 
 
 def _tensor(t: Any, name: str) -> TensorRef:
@@ -55,15 +60,18 @@ def _tensor(t: Any, name: str) -> TensorRef:
     return t
 
 
-def modules(module: OpaqueObject, prefix: str = "", _depth: int = 0) -> Iterator[tuple[str, OpaqueObject]]:
+def modules(module: OpaqueObject, prefix: str = "", _depth: int = 0,
+            _count: list | None = None) -> Iterator[tuple[str, OpaqueObject]]:
     """(path, module) for the module and all its descendants, as Module.named_modules() (without
-    de-duplication: a shared submodule appears under every path)."""
-    if _depth > 200:
+    de-duplication: a shared submodule appears under every path). Bounded like state_dict()."""
+    count = _count if _count is not None else [0]
+    count[0] += 1
+    if _depth > 200 or count[0] > MAX_MODULES:
         return
     yield prefix, module
     for name, child in module.attributes().get("_modules", {}).items():
         if is_module(child):
-            yield from modules(child, f"{prefix}.{name}" if prefix else str(name), _depth + 1)
+            yield from modules(child, f"{prefix}.{name}" if prefix else str(name), _depth + 1, count)
 
 
 def public_attributes(module: OpaqueObject) -> dict[str, Any]:

@@ -28,6 +28,9 @@ OPTIMIZER_KEYS = ("optimizer", "optimizer_states", "optimizer_state_dict", "opti
 # A tensor met among non-tensor content (YOLOv5's stride, class weights) is kept as a numpy array
 # up to this size; a larger one is dropped and reported.
 MAX_EXTRA_TENSOR_BYTES = 1 << 20
+# Non-tensor content larger than this many values is damage or an attack (a pickle can share one
+# list many times over: the plain copy would grow exponentially).
+MAX_EXTRA_VALUES = 1_000_000
 
 
 def is_state_dict(obj: Any) -> bool:
@@ -44,18 +47,24 @@ def holds_weights(obj: Any, _depth: int = 0) -> bool:
     return False
 
 
-def count_tensors(obj: Any, _depth: int = 0) -> int:
-    if _depth > 50:
-        return 0
-    if isinstance(obj, TensorRef):
-        return 1
-    if isinstance(obj, dict):
-        return sum(count_tensors(v, _depth + 1) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(count_tensors(v, _depth + 1) for v in obj)
-    if isinstance(obj, OpaqueObject):
-        return count_tensors(obj.attributes() or obj.args, _depth + 1)
-    return 0
+def count_tensors(obj: Any) -> int:
+    """Distinct tensors reachable from `obj` (each object visited once)."""
+    seen: set[int] = set()
+    stack, n = [obj], 0
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        if isinstance(o, TensorRef):
+            n += 1
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif isinstance(o, OpaqueObject):
+            stack.append(o.attributes() or o.args)
+    return n
 
 
 class _Reading:
@@ -65,6 +74,7 @@ class _Reading:
         self.path, self.prefer_ema = path, prefer_ema
         self.report = Report(stage="read")
         self.layer_classes: dict[str, tuple[str, dict]] = {}
+        self.values = 0
 
     # -- choosing the weights ---------------------------------------------------------------
 
@@ -129,8 +139,10 @@ class _Reading:
 
     def plain(self, value: Any, name: str, _depth: int = 0) -> Any:
         """Non-tensor content as plain data (hubfmt.extra normalises it further)."""
-        if _depth > 60:
-            raise FormatError(f"{name}: non-tensor content nests too deeply", self.path)
+        self.values += 1
+        if _depth > 60 or self.values > MAX_EXTRA_VALUES:
+            raise FormatError(f"{name}: non-tensor content nests too deeply or holds more than "
+                              f"{MAX_EXTRA_VALUES} values", self.path)
         if isinstance(value, TensorRef):
             lazy = to_lazy(value, name, self.path)
             if lazy.nbytes > MAX_EXTRA_TENSOR_BYTES:
