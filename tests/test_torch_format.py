@@ -162,3 +162,28 @@ except hubfmt.HubfmtError as e:
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "needs torch" in r.stdout and "pip install torch" in r.stdout
+
+
+def test_big_endian_and_deflated_archives(tmp_path):
+    """byteorder 'big' storages are byte-swapped on load; DEFLATEd members (re-zipped files) are
+    decompressed on demand instead of region-read."""
+    data = np.arange(6, dtype=np.float32).reshape(2, 3)
+    pickle_bytes = emit({"w": TensorRecord("0", "float32", 6, (3, 2), (1, 3)), "b": TensorRecord("1", "int16", 2, (2,), (1,))})
+    big = tmp_path / "big.pth"
+    with zipfile.ZipFile(big, "w") as z:
+        z.writestr("big/data.pkl", pickle_bytes)
+        z.writestr("big/byteorder", "big")
+        z.writestr("big/data/0", data.astype(">f4").tobytes())
+        z.writestr("big/data/1", np.array([1, -2], ">i2").tobytes())
+    ck = pt.read(big)
+    np.testing.assert_array_equal(ck.tensor("w"), data.T)
+    np.testing.assert_array_equal(ck.tensor("b"), [1, -2])
+    deflated = tmp_path / "deflated.pth"
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("d/data.pkl", pickle_bytes)
+        z.writestr("d/data/0", data.tobytes())
+        z.writestr("d/data/1", np.array([1, -2], "<i2").tobytes())
+    ck = pt.read(deflated)
+    assert ck["w"].tensor.span is None
+    np.testing.assert_array_equal(ck.tensor("w"), data.T)
+    np.testing.assert_array_equal(ck.tensor("b"), [1, -2])

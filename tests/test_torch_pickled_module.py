@@ -177,3 +177,19 @@ def test_pickled_module_to_torch_file_loads_into_a_fresh_model(yolo_checkpoint, 
         assert loaded[n].dtype == (torch.int64 if n.endswith("num_batches_tracked") else torch.float16), n
         assert torch.equal(loaded[n].float(), want.float()), n
     assert loaded["tail.weight"].data_ptr() == loaded["head.weight"].data_ptr()
+
+
+def test_legacy_format_whole_module(tmp_path):
+    """Legacy files pickle a module's class as a ('module', class, file, source) persistent id:
+    the source text is ignored, the class stays an inert stand-in."""
+    torch = require("torch")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    net(torch.zeros(1, 3, 5, 5))
+    path = tmp_path / "legacy_module.pt"
+    torch.save({"model": net, "epoch": 1}, path, _use_new_zipfile_serialization=False)
+    ckpt = pt.read(path)
+    assert list(ckpt.entries) == list(net.state_dict())
+    for n, t in net.state_dict().items():
+        np.testing.assert_array_equal(ckpt.tensor(n), t.numpy(), err_msg=n)
+    assert ckpt["1.running_var"].info.kind == "batch_norm" and ckpt["3.weight"].info.kind == "linear"
+    assert ckpt.extra["epoch"] == 1 and ckpt.extra["model_class"] == "torch.nn.modules.container.Sequential"
