@@ -23,9 +23,17 @@ MODULE_KINDS = {
 _RECURRENT = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
 
 
+def _plain(value: Any) -> bool:
+    """A value the manifest (JSON) can hold; anything else a pickle put there is left out."""
+    if isinstance(value, (list, tuple)):
+        return len(value) <= 8 and all(_plain(v) for v in value)
+    return value is None or type(value) in (bool, int, float, str)
+
+
 def layer_attrs(kind: str, attrs: Mapping[str, Any], weight_shape: tuple | None) -> tuple[str, dict]:
     """(kind, output-changing attributes) of a module of that kind with instance attributes
     `attrs` (a pickled module's __dict__ or a live module's vars())."""
+    attrs = {k: v for k, v in attrs.items() if _plain(v)}
     out: dict[str, Any] = {}
     if kind.startswith("conv"):
         for key in ("stride", "padding", "dilation", "groups", "padding_mode", "output_padding"):
