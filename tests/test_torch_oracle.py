@@ -262,3 +262,12 @@ def test_legacy_file_with_storages_pickled_by_value(tmp_path):
     ckpt = pt.read(path)
     for n, t in sd.items():
         np.testing.assert_array_equal(ckpt.tensor(n), t.numpy())
+
+
+def test_top_level_tensors_mixed_with_other_values(tmp_path):
+    torch.save({"fc.weight": torch.ones(2, 3), "fc.bias": torch.zeros(2), "epoch": 4,
+                "scale": torch.tensor([1.5], dtype=torch.bfloat16)}, tmp_path / "mixed.pth")
+    ckpt = pt.read(tmp_path / "mixed.pth")
+    assert list(ckpt.entries) == ["fc.weight", "fc.bias", "scale"]
+    assert ckpt.extra == {"epoch": 4}
+    assert any("top-level tensors" in e.detail for e in ckpt.report.of("warning"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hubfmt import dtypes
 from hubfmt.checkpoint import Checkpoint, SourceInfo, TensorInfo
 from hubfmt.errors import ConversionError, FormatError
 from hubfmt.report import Report
@@ -94,6 +95,8 @@ class _Reading:
             raise ConversionError(f"{where} holds a {type(obj).__name__}, not a state dict, training checkpoint or module", self.path)
         order = (*EMA_KEYS, *WEIGHT_KEYS) if self.prefer_ema else (*WEIGHT_KEYS, *EMA_KEYS)
         chosen = next((k for k in order if k in obj and holds_weights(obj[k])), None)
+        if chosen is None and any(isinstance(v, TensorRef) for v in obj.values()):
+            return self.mixed(obj, where)
         if chosen is None:
             holders = [str(k) for k, v in obj.items() if holds_weights(v)]
             hint = f"; tensors found under {', '.join(holders)}" if holders else ""
@@ -123,6 +126,15 @@ class _Reading:
             extra.setdefault(k, v)
         return tensors, extra
 
+    def mixed(self, obj: dict, where: str) -> tuple[list[tuple[str, TensorRef]], dict]:
+        """A dict mixing tensors with other values at the top level: the tensors are the state dict."""
+        tensors = [(str(k), v) for k, v in obj.items() if isinstance(v, TensorRef)]
+        extra = {(k if isinstance(k, (str, int)) else str(k)): self.plain(v, f"{where}[{k!r}]")
+                 for k, v in obj.items() if not isinstance(v, TensorRef)}
+        self.report.add("warning", where, f"{len(tensors)} top-level tensors taken as the state dict, "
+                        f"{len(extra)} other values kept as non-tensor content")
+        return tensors, extra
+
     def module_weights(self, module: OpaqueObject, where: str) -> tuple[list[tuple[str, TensorRef]], dict]:
         try:
             tensors = list(modules.state_dict(module))
@@ -148,7 +160,8 @@ class _Reading:
             if lazy.nbytes > MAX_EXTRA_TENSOR_BYTES:
                 self.report.add("dropped", name, f"a {lazy.nbytes}-byte tensor among non-tensor content")
                 return None
-            return lazy.load()
+            arr = lazy.load()
+            return dtypes.convert(arr, "bfloat16", "float32") if lazy.dtype == "bfloat16" else arr
         if isinstance(value, TorchDtype):
             return str(value)
         if isinstance(value, Storage):

@@ -57,12 +57,12 @@ class _Plan:
             shape = entry.tensor.shape
             numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
             target = entry.info.tied_to
-            tied = target in self.records if target else False
-            if tied:
-                rec = self.records[target]
-                if rec.dtype != dt or rec.numel != numel:
-                    tied = False
-                    report.add("warning", name, f"tied to {target} but with another dtype/size: stored separately")
+            tied = bool(target) and target in self.records
+            if target and not tied:
+                report.add("warning", name, f"tied to {target}, which is not stored before it: stored separately")
+            elif tied and (self.records[target].dtype != dt or self.records[target].numel != numel):
+                tied = False
+                report.add("warning", name, f"tied to {target} but with another dtype/size: stored separately")
             if tied:
                 key = key_of[target]
                 report.add("tied", name, f"shares {target}'s storage")
