@@ -46,7 +46,8 @@ def unpickle(stream: BinaryIO, *, path: str, persistent_load: Callable[[Any], An
 
 
 def sniff_bytes(head: bytes) -> str | None:
-    """'torch-zip' / 'torch-legacy' from a file's first bytes (zip needs a data.pkl check too)."""
+    """'zip' (a torch checkpoint only if it has a <dir>/data.pkl member) or 'torch-legacy' from a
+    file's first bytes; None for anything else."""
     if head.startswith(b"PK\x03\x04"):
         return "zip"
     if legacy.MAGIC_BYTES in head[:32]:
