@@ -1,0 +1,134 @@
+"""`.params` (+ `-symbol.json`) -> canonical, lazy Checkpoint, without MXNet."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from hubfmt import dtypes
+
+from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, SourceInfo, TensorInfo, region_tensor
+from hubfmt.errors import FormatError
+
+from . import names, ndlist, symbol
+
+FORMAT = "mxnet-params"
+_NORM_KINDS = ("batch_norm", "layer_norm", "instance_norm", "group_norm")
+
+
+def sniff(path: str) -> str | None:
+    """"mxnet-params" when `path` is an NDArray list file (mx.nd.save / save_parameters / export)."""
+    return FORMAT if os.path.isfile(path) and ndlist.is_ndlist(path) else None
+
+
+def _guess_kind(role: str, mx_role: str, ndim: int, layer_roles: set[str]) -> str:
+    # Without a symbol the rank and the role are all there is; report says it was a guess.
+    if mx_role in ("gamma", "beta", "running_mean", "running_var", "moving_mean", "moving_var"):
+        return "batch_norm" if layer_roles & names.AUX_ROLES else "tensor"
+    if role in ("weight", "bias") and mx_role in ("weight", "bias"):
+        return {2: "linear", 3: "conv1d", 4: "conv2d", 5: "conv3d"}.get(ndim, "tensor") if role == "weight" else ""
+    return "tensor"
+
+
+def read(path, *, symbol_file: str | bool | None = None) -> Checkpoint:
+    """Read an MXNet `.params` file lazily (tensors stay in the file until loaded).
+
+    `symbol_file`: the graph to take layer kinds, attributes and order from; default
+    `prefix-symbol.json` beside `prefix-NNNN.params` when it exists; False to ignore it.
+
+    >>> ckpt = read("dpn68-0000.params")                           # doctest: +SKIP
+    >>> ckpt.layers["conv1_x_1__relu-sp"].attrs["eps"]             # doctest: +SKIP
+    0.0001
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FormatError("no such file", path)
+    records, stored = ndlist.scan(path)
+    if not stored:
+        stored = [str(i) for i in range(len(records))]        # mx.nd.save of a plain list
+    by_bare: dict[str, int] = {}
+    prefixes: dict[str, str] = {}
+    for i, name in enumerate(stored):
+        pre, bare = names.strip_prefix(name)
+        if bare in by_bare:
+            raise FormatError(f"parameter {bare!r} stored twice (as {stored[by_bare[bare]]!r} and {name!r})", path)
+        by_bare[bare] = i
+        prefixes[bare] = pre
+
+    if symbol_file is None:
+        cand = symbol.symbol_path_for(path)
+        symbol_file = cand if os.path.isfile(cand) else False
+    graph = symbol.load(symbol_file) if symbol_file else None
+
+    ckpt = Checkpoint()
+    ckpt.report.stage = "read"
+    style = "module" if any(prefixes.values()) else ("gluon" if any("." in b for b in by_bare) else "flat")
+    ckpt.source = SourceInfo("mxnet", graph.version if graph else "", os.path.basename(path), FORMAT)
+    ckpt.extra = {"mxnet": {"style": style}}
+    order = list(by_bare)
+    if graph:
+        missing = [n for n in graph.params if n not in by_bare]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise FormatError(f"{os.path.basename(symbol_file)} names {len(missing)} parameter(s) this file lacks: "
+                              f"{shown}", path)
+        order = list(graph.params) + [n for n in by_bare if n not in graph.params]
+        with open(symbol_file, encoding="utf-8") as f:
+            ckpt.extra["mxnet"]["symbol"] = f.read()
+    else:
+        ckpt.report.add("warning", os.path.basename(path),
+                        "no -symbol.json: layer kinds guessed from names and ranks; BatchNorm eps/momentum/fix_gamma "
+                        "unknown (MXNet defaults: symbol eps 1e-3, fix_gamma True; Gluon eps 1e-5)")
+
+    layer_roles: dict[str, set[str]] = {}
+    for bare in by_bare:
+        layer, mx_role = names.split(bare)
+        layer_roles.setdefault(layer, set()).add(mx_role)
+
+    for bare in order:
+        rec = records[by_bare[bare]]
+        original = stored[by_bare[bare]]
+        if rec.offset is None:
+            ckpt.report.add("dropped", original, "an empty (uninitialised) NDArray holds no data")
+            continue
+        canon, layer, role = names.canonical(bare)
+        use = graph.params.get(bare) if graph else None
+        mx_role = names.split(bare)[1]
+        if use is not None:
+            kind, role = use.kind, use.role
+            if not layer:                        # a name MXNet's suffix rule does not cover
+                layer = use.node
+            canon = f"{layer}.{role}"
+            if kind == "conv2d" and use.attrs.get("groups", 1) > 1 and len(rec.shape) == 4 and rec.shape[1] == 1:
+                kind = "depthwise_conv2d"
+            ckpt.layers.setdefault(layer, LayerInfo(kind, dict(use.attrs)))
+        else:
+            kind = _guess_kind(role, mx_role, len(rec.shape), layer_roles.get(layer, set())) or \
+                (ckpt.layers[layer].kind if layer in ckpt.layers else "tensor")
+            if role == "weight" and kind != "tensor":
+                ckpt.layers.setdefault(layer, LayerInfo(kind, {}))
+            if not role:
+                ckpt.report.add("warning", original, "no role suffix MXNet uses (weight, bias, gamma, ...): kept as is")
+        if canon in ckpt:
+            raise FormatError(f"{original!r} and {ckpt[canon].info.original_name!r} map to the same name {canon!r}", path)
+        tensor = region_tensor(path, rec.offset, rec.dtype, rec.shape)
+        layer_attrs = ckpt.layers[layer].attrs if layer in ckpt.layers else {}
+        if kind == "batch_norm" and role == "weight" and layer_attrs.get("fix_gamma"):
+            # MXNet multiplies by 1 whatever gamma holds when fix_gamma is set (the symbol default)
+            tensor = LazyTensor(rec.shape, rec.dtype, lambda s=rec.shape, d=rec.dtype: _ones(s, d))
+            ckpt.report.add("warning", original, "fix_gamma=True: MXNet ignores the stored gamma; imported as ones")
+        info = TensorInfo(kind=kind if kind else "tensor", role=role, layer=layer, original_name=original,
+                          original_dtype=rec.dtype)
+        ckpt.add(canon, tensor, info)
+        if canon != original:
+            ckpt.report.add("renamed", original, canon)
+    # a weight seen after its bias fixes the bias's kind (flat files list weight first anyway)
+    for e in ckpt.entries.values():
+        if e.info.kind in ("", "tensor") and e.info.layer in ckpt.layers:
+            e.info.kind = ckpt.layers[e.info.layer].kind
+    ckpt.report.tensors_in = len(ckpt)
+    return ckpt
+
+
+def _ones(shape, dtype) -> np.ndarray:
+    return dtypes.convert(np.ones(shape, dtype=np.float32), "float32", dtype)
