@@ -46,6 +46,7 @@ class ParamUse:
     kind: str           # canonical layer kind
     attrs: dict = field(default_factory=dict)    # canonical layer attributes
     aux: bool = False   # an auxiliary state (aux:) rather than an argument (arg:)
+    shape: tuple | None = None   # what the graph implies, None for dims it leaves to inference
 
 
 @dataclass
@@ -122,6 +123,40 @@ def layer_of(op: str, a: dict) -> tuple[str, dict]:
     return "tensor", {}
 
 
+def _int(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def shape_hint(op: str, role: str, a: dict, var_attrs: dict) -> tuple | None:
+    """The parameter shape an operator implies (None for unknown dims), merged with the
+    variable's own `__shape__` (Gluon export writes it, 0 meaning 'inferred')."""
+    hint = None
+    if op in ("Convolution", "Convolution_v1", "Deconvolution"):
+        n = _int(a.get("num_filter"))
+        kernel = _tuple(a.get("kernel"), None)
+        if role == "weight" and kernel is not None:
+            hint = ((None, None) if op == "Deconvolution" else (n, None)) + tuple(kernel)
+        elif role == "bias":
+            hint = (n,)
+    elif op == "FullyConnected":
+        n = _int(a.get("num_hidden"))
+        hint = (n, None) if role == "weight" else (n,)
+    elif op in _BN_OPS:
+        hint = (None,)
+    elif op == "Embedding":
+        hint = (_int(a.get("input_dim")), _int(a.get("output_dim")))
+    declared = _tuple(var_attrs.get("__shape__"), None)
+    if declared is not None:
+        declared = tuple(d if d > 0 else None for d in declared)
+        if hint is None or len(hint) != len(declared):
+            return declared if hint is None else hint
+        hint = tuple(h if h is not None else d for h, d in zip(hint, declared))
+    return hint
+
+
 def node_attrs(node: dict) -> dict:
     # MXNet >= 1.0 writes "attrs"; 0.9 wrote "attr"; the oldest files "param".
     for key in ("attrs", "attr", "param"):
@@ -181,8 +216,10 @@ def parse(raw: bytes | str, path: str) -> Graph:
                 if not mx_role:
                     continue
                 role = names.ROLES[mx_role]
+            raw = node_attrs(node)
             uses[src] = ParamUse(target["name"], role, op, node["name"], kind, attrs,
-                                 aux=(op in _BN_OPS and slot in (3, 4)) or names.is_aux(target["name"]))
+                                 aux=(op in _BN_OPS and slot in (3, 4)) or names.is_aux(target["name"]),
+                                 shape=shape_hint(op, role, raw, node_attrs(target)))
     version = ""
     mv = (doc.get("attrs") or {}).get("mxnet_version") if isinstance(doc.get("attrs"), dict) else None
     if isinstance(mv, list) and len(mv) == 2 and isinstance(mv[1], int):

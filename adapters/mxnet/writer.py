@@ -53,6 +53,13 @@ class _Template:
                 order = list(self.graph.params) + [n for n in order if n not in self.graph.params]
         self.order = order
 
+    def shape(self, bare: str) -> tuple | None:
+        if bare in self.shapes:
+            return self.shapes[bare]
+        if self.graph and bare in self.graph.params:
+            return self.graph.params[bare].shape
+        return None
+
     def is_aux(self, bare: str) -> bool:
         if self.graph and bare in self.graph.params:
             return self.graph.params[bare].aux
@@ -73,14 +80,25 @@ def _default_name(ckpt: Checkpoint, entry: Entry, style: str) -> str:
     return names.native(info.layer, info.role, info.kind, style)
 
 
-def _reshape_ok(src: tuple, dst: tuple) -> bool:
-    """A 1x1 conv classifier and a dense layer hold the same numbers: [o,i,1,1] <-> [o,i]."""
-    return (len(src) == 2 and len(dst) == 4 and dst[2:] == (1, 1) and dst[:2] == src) or \
-           (len(src) == 4 and len(dst) == 2 and src[2:] == (1, 1) and src[:2] == dst)
+def _fits(have: tuple, want: tuple) -> bool:
+    return len(have) == len(want) and all(w is None or w == h for h, w in zip(have, want))
 
 
-def _match(ckpt: Checkpoint, tpl: _Template, style: str, report: Report, strict: bool) -> list[tuple[str, str]]:
-    """(template bare name, canonical name) pairs in template order."""
+def target_shape(have: tuple, want: tuple | None) -> tuple | None:
+    """The shape to write `have` as, for a template expecting `want` (None dims: any); None when
+    they do not fit. A 1x1 conv classifier and a dense layer hold the same numbers:
+    [o,i,1,1] <-> [o,i] (DPN's fc6)."""
+    if want is None or _fits(have, want):
+        return tuple(have)
+    if len(have) == 2 and len(want) == 4 and want[2:] == (1, 1) and _fits(have, want[:2]):
+        return tuple(have) + (1, 1)
+    if len(have) == 4 and have[2:] == (1, 1) and len(want) == 2 and _fits(have[:2], want):
+        return tuple(have[:2])
+    return None
+
+
+def _match(ckpt: Checkpoint, tpl: _Template, report: Report, strict: bool) -> list[tuple[str, str, tuple]]:
+    """(template bare name, canonical name, shape to write) in template order."""
     usable = [n for n in ckpt.stored_names() if not _skipped(ckpt[n])]
     by_native = {}
     for n in usable:
@@ -103,12 +121,16 @@ def _match(ckpt: Checkpoint, tpl: _Template, style: str, report: Report, strict:
             if strict:
                 raise ConversionError(f"tensor {n!r} has no place in the template (strict; pass strict=False to drop it)")
             report.add("dropped", n, "not in the template")
+    out = []
     for t, c in pairs:
-        want = tpl.shapes.get(t)
+        want = tpl.shape(t)
         have = ckpt[c].tensor.shape
-        if want is not None and want != have and not _reshape_ok(have, want):
-            raise ConversionError(f"template parameter {t!r} has shape {list(want)}, the checkpoint's {c!r} {list(have)}")
-    return pairs
+        shape = target_shape(have, want)
+        if shape is None:
+            shown = ["?" if d is None else d for d in want]
+            raise ConversionError(f"template parameter {t!r} has shape {shown}, the checkpoint's {c!r} {list(have)}")
+        out.append((t, c, shape))
+    return out
 
 
 def _patch_symbol(doc: dict, graph: symbol.Graph, out_of: dict[str, str], ckpt: Checkpoint, report: Report) -> dict:
@@ -168,13 +190,12 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
         if why:
             report.add("dropped", n, why)
     if tpl:
-        pairs = _match(ckpt, tpl, style, report, strict)
         plan = []
-        for t, c in pairs:
+        for t, c, shape in _match(ckpt, tpl, report, strict):
             full = tpl.full.get(t) or (("aux:" if tpl.is_aux(t) else "arg:") + t if style == "module" else t)
             if style == "gluon":
                 full = names.strip_prefix(full)[1]
-            plan.append((full, c, tpl.shapes.get(t)))
+            plan.append((full, c, shape))
     else:
         plan = []
         for n in ckpt.stored_names():
@@ -206,6 +227,8 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
             for full, c, want_shape in plan:
                 e = ckpt[c]
                 t = e.tensor
+                if not t.shape and want_shape is None:
+                    report.add("reshaped", c, "[] -> [1] (MXNet 1.x reads a rank-0 record as 'no array')")
                 if want_shape is not None and tuple(want_shape) != t.shape:
                     report.add("reshaped", c, f"{list(t.shape)} -> {list(want_shape)}")
                     t = t.map(lambda a, s=tuple(want_shape): a.reshape(s), want_shape)
