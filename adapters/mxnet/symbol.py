@@ -70,10 +70,17 @@ def _tuple(text, default):
     if text is None:
         return default
     try:
-        v = ast.literal_eval(str(text))
-    except (ValueError, SyntaxError):
-        return default
-    return tuple(int(x) for x in (v if isinstance(v, (tuple, list)) else (v,)))
+        v = ast.literal_eval(str(text)[:1000])
+        return tuple(int(x) for x in (v if isinstance(v, (tuple, list)) else (v,)))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return default      # an attribute we cannot read is treated as absent
+
+
+def _int(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def _bool(text, default: bool) -> bool:
@@ -97,7 +104,7 @@ def layer_of(op: str, a: dict) -> tuple[str, dict]:
         attrs = {"kernel_size": list(kernel), "stride": list(_tuple(a.get("stride"), (1,) * n)),
                  "padding": list(_tuple(a.get("pad"), (0,) * n)),
                  "dilation": list(_tuple(a.get("dilate"), (1,) * n)),
-                 "groups": int(a.get("num_group", 1))}
+                 "groups": _int(a.get("num_group")) or 1}
         if op == "Deconvolution":
             attrs["output_padding"] = list(_tuple(a.get("adj"), (0,) * n))
             return f"conv_transpose{n}d", attrs
@@ -117,17 +124,10 @@ def layer_of(op: str, a: dict) -> tuple[str, dict]:
     if op == "InstanceNorm":
         return "instance_norm", {"eps": _float(a.get("eps"), 1e-3)}
     if op == "GroupNorm":
-        return "group_norm", {"eps": _float(a.get("eps"), 1e-5), "num_groups": int(a.get("num_groups", 1))}
+        return "group_norm", {"eps": _float(a.get("eps"), 1e-5), "num_groups": _int(a.get("num_groups")) or 1}
     if op == "LeakyReLU" and a.get("act_type") == "prelu":
         return "prelu", {}
     return "tensor", {}
-
-
-def _int(text):
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return None
 
 
 def shape_hint(op: str, role: str, a: dict, var_attrs: dict) -> tuple | None:
@@ -198,10 +198,14 @@ def parse(raw: bytes | str, path: str) -> Graph:
         op = node["op"]
         kind, attrs = layer_of(op, node_attrs(node))
         inputs = node.get("inputs") or []
+        if not isinstance(inputs, list):
+            raise FormatError(f"node {node['name']!r}: inputs is not a list", path)
         slots = _SLOTS.get(op, {})
         for slot, inp in enumerate(inputs):
             try:
                 src = int(inp[0])
+                if not 0 <= src < len(nodes):
+                    raise IndexError(src)
                 target = nodes[src]
             except (TypeError, ValueError, IndexError, KeyError):
                 raise FormatError(f"node {node['name']!r}: bad input {inp!r}", path) from None
