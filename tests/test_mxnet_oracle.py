@@ -236,3 +236,37 @@ def test_to_model_from_torch_by_order_and_strict(mx, torch, tmp_path):
         short.add(n, hub[n].tensor, hub[n].info)
     with pytest.raises(hubfmt.ConversionError):
         mxa.to_model(short, tw.gluon_net(mx))
+
+
+# ---- real architectures from MXNet's model zoo (constructed, not downloaded) ----------------
+
+@pytest.mark.parametrize("arch", ["resnet18_v1", "mobilenet0.25"])
+def test_model_zoo_export_through_hub_into_another_instance(mx, tmp_path, arch):
+    vision = mx.gluon.model_zoo.vision
+    net = vision.get_model(arch)
+    net.initialize(mx.init.Xavier())
+    x = _image(15, (2, 3, 64, 64))
+    net(mx.nd.array(x))
+    _randomize_gluon(mx, net, seed=16)
+    net.hybridize()
+    want = net(mx.nd.array(x)).asnumpy()
+    net.export(str(tmp_path / "zoo"), 0)
+    ckpt = _through_hub(tmp_path / "zoo-0000.params", tmp_path)
+    assert hubfile.validate(tmp_path / "m.safetensors") == []
+    kinds = {e.info.kind for e in ckpt.entries.values()}
+    assert "tensor" not in kinds and {"conv2d", "batch_norm", "linear"} <= kinds
+    if arch.startswith("mobilenet"):
+        assert "depthwise_conv2d" in kinds
+    # a fresh instance has other flat names (resnetv11_ ...): matched without the model prefix
+    fresh = vision.get_model(arch)
+    report = mxa.to_model(ckpt, fresh)
+    assert not report.problems
+    assert_same_outputs(fresh(mx.nd.array(x)).asnumpy(), want)
+    # and as a Module checkpoint following another instance's export
+    other = vision.get_model(arch)
+    other.initialize()
+    other.hybridize()
+    other(mx.nd.array(x))
+    other.export(str(tmp_path / "other"), 0)
+    mxa.write(ckpt, tmp_path / "back-0000.params", template=str(tmp_path / "other-0000.params"))
+    assert_same_outputs(_module_forward(mx, tmp_path / "back", {"data": x}), want)

@@ -111,6 +111,15 @@ def to_model(ckpt: Checkpoint, block, *, strict: bool = True) -> Report:
         if hit:
             pairs[gname] = hit
     if len(pairs) < len(params):
+        # flat names of another instance of the model: `resnetv10_...` vs this block's `resnetv12_...`
+        originals = {names.strip_prefix(ckpt[n].info.original_name)[1]: n for n in usable}
+        src_pre = names.model_prefix(originals)
+        by_unprefixed = {o[len(src_pre):]: n for o, n in originals.items()}
+        mine = {g: p.name[len(block.prefix):] if p.name.startswith(block.prefix) else p.name for g, p in params.items()}
+        if src_pre and all(m in by_unprefixed for m in mine.values()):
+            pairs = {g: by_unprefixed[m] for g, m in mine.items()}
+            report.add("warning", "block", f"matched by name without the model prefix {src_pre!r}")
+    if len(pairs) < len(params):
         if len(usable) != len(params):
             missing = [g for g in params if g not in pairs]
             raise ConversionError(f"block has {len(params)} parameters, the checkpoint {len(usable)}; "

@@ -13,6 +13,8 @@ reversible, and no model prefix is stripped for the same reason. Structured name
 """
 from __future__ import annotations
 
+import os
+
 # MXNet role suffix -> canonical role. Longest first, so `running_mean` wins over `mean`.
 ROLES = {
     "running_mean": "running_mean", "running_var": "running_var",
@@ -79,6 +81,21 @@ def native(layer: str, role: str, kind: str, style: str) -> str:
     if style == "gluon":
         return f"{layer}.{r}"
     return f"{layer.replace('.', '_')}_{r}"
+
+
+def model_prefix(bare_names) -> str:
+    """The prefix every flat name shares, up to and including an '_' (Gluon's `resnetv10_`,
+    which changes with how many models a process built); '' when there is none.
+
+    >>> model_prefix(["resnetv10_conv0_weight", "resnetv10_dense0_bias"])
+    'resnetv10_'
+    """
+    bare_names = list(bare_names)
+    if not bare_names or any("." in n for n in bare_names):
+        return ""
+    common = os.path.commonprefix(bare_names)
+    cut = common.rfind("_") + 1
+    return common[:cut] if all(len(n) > cut for n in bare_names) else ""
 
 
 def is_aux(bare_name: str) -> bool:

@@ -8,7 +8,7 @@ import numpy as np
 from hubfmt import dtypes
 
 from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, SourceInfo, TensorInfo, region_tensor
-from hubfmt.errors import FormatError
+from hubfmt.errors import ConversionError, FormatError
 
 from . import names, ndlist, symbol
 
@@ -21,16 +21,21 @@ def sniff(path: str) -> str | None:
     return FORMAT if os.path.isfile(path) and ndlist.is_ndlist(path) else None
 
 
-def _guess_kind(role: str, mx_role: str, ndim: int, layer_roles: set[str]) -> str:
-    # Without a symbol the rank and the role are all there is; report says it was a guess.
-    if mx_role in ("gamma", "beta", "running_mean", "running_var", "moving_mean", "moving_var"):
+_WEIGHT_KIND = {2: "linear", 3: "conv1d", 4: "conv2d", 5: "conv3d"}
+
+
+def _guess_kind(mx_role: str, ndim: int, layer_roles: set[str]) -> str:
+    """Layer kind from the role suffix and the rank alone (no symbol file): a guess, reported as
+    one. A Deconvolution or an Embedding cannot be told from a Convolution or a Dense here; their
+    canonical layouts are the same bytes, only the kind differs. '' for a bias: its weight decides."""
+    if mx_role in ("gamma", "beta") or mx_role in names.AUX_ROLES:
         return "batch_norm" if layer_roles & names.AUX_ROLES else "tensor"
-    if role in ("weight", "bias") and mx_role in ("weight", "bias"):
-        return {2: "linear", 3: "conv1d", 4: "conv2d", 5: "conv3d"}.get(ndim, "tensor") if role == "weight" else ""
-    return "tensor"
+    if mx_role == "weight":
+        return _WEIGHT_KIND.get(ndim, "tensor")
+    return "" if mx_role == "bias" else "tensor"
 
 
-def read(path, *, symbol_file: str | bool | None = None) -> Checkpoint:
+def read(path, *, symbol_file: str | bool | None = None, **options) -> Checkpoint:
     """Read an MXNet `.params` file lazily (tensors stay in the file until loaded).
 
     `symbol_file`: the graph to take layer kinds, attributes and order from; default
@@ -41,6 +46,8 @@ def read(path, *, symbol_file: str | bool | None = None) -> Checkpoint:
     0.0001
     """
     path = os.fspath(path)
+    if options:
+        raise ConversionError(f"option(s) not supported for MXNet input: {', '.join(sorted(options))}", path)
     if not os.path.isfile(path):
         raise FormatError("no such file", path)
     records, stored = ndlist.scan(path)
@@ -101,9 +108,10 @@ def read(path, *, symbol_file: str | bool | None = None) -> Checkpoint:
             canon = f"{layer}.{role}"
             if kind == "conv2d" and use.attrs.get("groups", 1) > 1 and len(rec.shape) == 4 and rec.shape[1] == 1:
                 kind = "depthwise_conv2d"
-            ckpt.layers.setdefault(layer, LayerInfo(kind, dict(use.attrs)))
+            if kind != "tensor":
+                ckpt.layers.setdefault(layer, LayerInfo(kind, dict(use.attrs)))
         else:
-            kind = _guess_kind(role, mx_role, len(rec.shape), layer_roles.get(layer, set())) or \
+            kind = _guess_kind(mx_role, len(rec.shape), layer_roles.get(layer, set())) or \
                 (ckpt.layers[layer].kind if layer in ckpt.layers else "tensor")
             if role == "weight" and kind != "tensor":
                 ckpt.layers.setdefault(layer, LayerInfo(kind, {}))
@@ -117,7 +125,7 @@ def read(path, *, symbol_file: str | bool | None = None) -> Checkpoint:
             # MXNet multiplies by 1 whatever gamma holds when fix_gamma is set (the symbol default)
             tensor = LazyTensor(rec.shape, rec.dtype, lambda s=rec.shape, d=rec.dtype: _ones(s, d))
             ckpt.report.add("warning", original, "fix_gamma=True: MXNet ignores the stored gamma; imported as ones")
-        info = TensorInfo(kind=kind if kind else "tensor", role=role, layer=layer, original_name=original,
+        info = TensorInfo(kind=kind, role=role, layer=layer, original_name=original,
                           original_dtype=rec.dtype)
         ckpt.add(canon, tensor, info)
         if canon != original:

@@ -106,13 +106,21 @@ def _match(ckpt: Checkpoint, tpl: _Template, report: Report, strict: bool) -> li
         for cand in (_default_name(ckpt, e, "module"), _default_name(ckpt, e, "gluon"),
                      names.strip_prefix(e.info.original_name)[1]):
             by_native.setdefault(cand, n)
+    originals = {names.strip_prefix(ckpt[n].info.original_name)[1]: n for n in usable}
+    src_pre, tpl_pre = names.model_prefix(originals), names.model_prefix(tpl.order)
+    by_unprefixed = {o[len(src_pre):]: n for o, n in originals.items()}
     if all(t in by_native for t in tpl.order):
         pairs = [(t, by_native[t]) for t in tpl.order]
+    elif (src_pre or tpl_pre) and all(t[len(tpl_pre):] in by_unprefixed for t in tpl.order):
+        pairs = [(t, by_unprefixed[t[len(tpl_pre):]]) for t in tpl.order]
+        report.add("warning", "template", f"matched by name without the model prefixes {src_pre!r} / {tpl_pre!r}")
     else:
         if len(usable) != len(tpl.order):
             raise ConversionError(f"template has {len(tpl.order)} parameters, the checkpoint {len(usable)}; names do "
                                   f"not match (first unmatched template name: "
                                   f"{next(t for t in tpl.order if t not in by_native)!r})")
+        # The weakest evidence: both sides must list layers in the same order. Shapes are
+        # checked, but two same-shaped layers in swapped order would pass: say so loudly.
         pairs = list(zip(tpl.order, usable))
         report.add("warning", "template", "names differ from the template's: matched by order, shapes checked")
     used = {c for _, c in pairs}
@@ -163,13 +171,15 @@ def _patch_symbol(doc: dict, graph: symbol.Graph, out_of: dict[str, str], ckpt: 
 
 def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, restore_dtype: bool = True,
           style: str | None = None, template: str | None = None, symbol_file: bool | None = None,
-          strict: bool = True) -> Report:
+          strict: bool = True, **options) -> Report:
     """Write `ckpt` as an MXNet `.params` file (and `-symbol.json` beside it when a graph is known).
 
     >>> write(ckpt, "resnet-0000.params", template="resnet_mx-symbol.json")   # doctest: +SKIP
     >>> write(ckpt, "net.params", style="gluon")                               # doctest: +SKIP
     """
     path = os.fspath(path)
+    if options:
+        raise ConversionError(f"option(s) not supported for MXNet output: {', '.join(sorted(options))}", path)
     style = style or ("module" if _MODULE_NAME.search(path) else "gluon")
     if style not in ("module", "gluon"):
         raise ConversionError(f"unknown style {style!r} (module or gluon)")
