@@ -107,7 +107,8 @@ def test_module_style_names_and_arg_aux_split(tmp_path):
     assert stored == ["arg:stage1_conv0_weight", "arg:stage1_bn0_gamma", "arg:stage1_bn0_beta",
                       "aux:stage1_bn0_running_mean", "aux:stage1_bn0_running_var", "arg:fc_weight", "arg:fc_bias"]
     assert report.names("dropped") == ["stage1_bn0.num_batches_tracked"]
-    assert not os.path.exists(tmp_path / "m-symbol.json")        # no graph known: none written
+    assert not os.path.exists(tmp_path / "m-symbol.json")        # no graph known: none written, and said so
+    assert "no -symbol.json written" in report.of("warning")[0].detail
 
 
 def test_gluon_style_names_and_dtypes_restored(tmp_path):
@@ -180,7 +181,7 @@ def test_symbol_json_travels_through_the_hub(tmp_path):
     assert ckpt.source.framework_version == "1.9.1" and ckpt.layers["fc"].kind == "linear"
     hubfile.write(ckpt, tmp_path / "s.safetensors")
     mxa.write(hubfile.read(tmp_path / "s.safetensors"), tmp_path / "t-0000.params")
-    assert json.loads((tmp_path / "t-symbol.json").read_text())["nodes"] == sym["nodes"]
+    assert (tmp_path / "t-symbol.json").read_text() == (tmp_path / "s-symbol.json").read_text()   # verbatim
     assert ndlist.scan(str(tmp_path / "t-0000.params"))[1] == ["arg:fc_weight", "arg:fc_bias"]
 
 
@@ -274,3 +275,35 @@ def test_mx_nd_load_reads_what_hubfmt_writes(tmp_path):
     back = mxa.read(tmp_path / "n.params")
     assert back["a.weight"].tensor.dtype == "int64" and np.array_equal(back.tensor("a.weight"), np.arange(6).reshape(2, 3))
     assert back["b.bias"].tensor.dtype == "float16"
+
+
+def test_symbol_kinds_attrs_and_shape_hints(tmp_path):
+    nodes = [{"op": "null", "name": "data", "inputs": []},
+             {"op": "null", "name": "emb_weight", "attrs": {"__shape__": "(10, 0)"}, "inputs": []},
+             {"op": "Embedding", "name": "emb", "attrs": {"input_dim": "10", "output_dim": "4"}, "inputs": [[0, 0, 0], [1, 0, 0]]},
+             {"op": "null", "name": "dw_weight", "inputs": []},
+             {"op": "Convolution", "name": "dw", "attrs": {"kernel": "(3, 3)", "num_filter": "4", "num_group": "4",
+                                                          "no_bias": "True"}, "inputs": [[2, 0, 0], [3, 0, 0]]},
+             {"op": "null", "name": "up_weight", "inputs": []},
+             {"op": "null", "name": "up_bias", "inputs": []},
+             {"op": "Deconvolution", "name": "up", "attrs": {"kernel": "(2, 2)", "num_filter": "6", "num_group": "2",
+                                                            "stride": "(2, 2)", "adj": "(1, 1)"},
+              "inputs": [[4, 0, 0], [5, 0, 0], [6, 0, 0]]},
+             {"op": "null", "name": "ln_gamma", "inputs": []}, {"op": "null", "name": "ln_beta", "inputs": []},
+             {"op": "LayerNorm", "name": "ln", "inputs": [[7, 0, 0], [8, 0, 0], [9, 0, 0]]}]
+    (tmp_path / "k-symbol.json").write_text(json.dumps({"nodes": nodes, "heads": [[10, 0, 0]]}))
+    arrays = {"emb_weight": (10, 4), "dw_weight": (4, 1, 3, 3), "up_weight": (4, 3, 2, 2), "up_bias": (6,),
+              "ln_gamma": (6,), "ln_beta": (6,)}
+    _list_file(tmp_path / "k-0000.params",
+               [_record(s, 0, np.zeros(s, np.float32).tobytes()) for s in arrays.values()],
+               [("arg:" + n) for n in arrays])
+    ckpt = mxa.read(tmp_path / "k-0000.params")
+    kinds = {n: e.info.kind for n, e in ckpt.entries.items()}
+    assert kinds == {"emb.weight": "embedding", "dw.weight": "depthwise_conv2d", "up.weight": "conv_transpose2d",
+                     "up.bias": "conv_transpose2d", "ln.weight": "layer_norm", "ln.bias": "layer_norm"}
+    assert ckpt.layers["up"].attrs["groups"] == 2 and ckpt.layers["up"].attrs["output_padding"] == [1, 1]
+    assert ckpt.layers["ln"].attrs == {"eps": 1e-5}
+    from hubfmt.adapters.mxnet import symbol
+    g = symbol.load(str(tmp_path / "k-symbol.json"))
+    assert g.params["emb_weight"].shape == (10, 4) and g.params["up_weight"].shape == (None, None, 2, 2)
+    assert g.params["dw_weight"].shape == (4, None, 3, 3) and g.params["up_bias"].shape == (6,)

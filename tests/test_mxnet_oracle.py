@@ -129,6 +129,29 @@ def test_fix_gamma_is_reported(mx, tmp_path):
     assert "fix_gamma" in report.of("warning")[0].detail
 
 
+def test_grouped_deconvolution_both_ways(mx, torch, tmp_path):
+    # MXNet Deconvolution [in, out/g, kh, kw] is torch's ConvTranspose2d layout: nothing may move
+    # (and Deconvolution has no bias by default, unlike Convolution)
+    sym = mx.sym.Deconvolution(mx.sym.var("data"), num_filter=6, kernel=(3, 3), stride=(2, 2), pad=(1, 1),
+                               adj=(1, 1), num_group=2, name="up")
+    mod = mx.mod.Module(sym, data_names=["data"], label_names=None)
+    mod.bind(data_shapes=[("data", (2, 4, 5, 5))], for_training=False)
+    mod.init_params(mx.init.Normal(0.5))
+    mod.save_checkpoint(str(tmp_path / "up"), 0)
+    x = _image(17, (2, 4, 5, 5))
+    want = _module_forward(mx, tmp_path / "up", {"data": x})
+    ckpt = _through_hub(tmp_path / "up-0000.params", tmp_path)
+    assert ckpt["up.weight"].info.kind == "conv_transpose2d" and ckpt["up.weight"].tensor.shape == (4, 3, 3, 3)
+    model = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, bias=False)
+    tw.load_into_torch(torch, model, ckpt)
+    assert_same_outputs(model(torch.from_numpy(x)).numpy(), want)
+    # and back: a torch ConvTranspose2d into the same graph
+    tw.randomize_torch(torch, model, seed=18)
+    hub = tw.hub_from_torch(torch, model)
+    mxa.write(hub, tmp_path / "back-0000.params", template=str(tmp_path / "up-symbol.json"))
+    assert_same_outputs(_module_forward(mx, tmp_path / "back", {"data": x}), model(torch.from_numpy(x)).numpy())
+
+
 # ---- torch -> hub -> MXNet -----------------------------------------------------------------
 
 def _torch_hub(torch, model, tmp_path, seed=0):

@@ -80,8 +80,7 @@ def read(path, *, symbol_file: str | bool | None = None, **options) -> Checkpoin
             raise FormatError(f"{os.path.basename(symbol_file)} names {len(missing)} parameter(s) this file lacks: "
                               f"{shown}", path)
         order = list(graph.params) + [n for n in by_bare if n not in graph.params]
-        with open(symbol_file, encoding="utf-8") as f:
-            ckpt.extra["mxnet"]["symbol"] = f.read()
+        ckpt.extra["mxnet"]["symbol"] = graph.text
     else:
         ckpt.report.add("warning", os.path.basename(path),
                         "no -symbol.json: layer kinds guessed from names and ranks; BatchNorm eps/momentum/fix_gamma "

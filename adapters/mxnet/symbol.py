@@ -55,6 +55,7 @@ class Graph:
     doc: dict
     params: dict[str, ParamUse]          # graph order
     version: str = ""                    # MXNet version that wrote it, e.g. "1.9.1"
+    text: str = ""                       # the JSON as found, to write back unchanged
 
 
 def symbol_path_for(params_path: str) -> str:
@@ -185,7 +186,8 @@ def load(path: str) -> Graph:
 def parse(raw: bytes | str, path: str) -> Graph:
     """Parse symbol JSON text; `path` names it in errors."""
     try:
-        doc = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        doc = json.loads(text)
     except (UnicodeDecodeError, ValueError) as e:
         raise FormatError(f"symbol file is not valid JSON: {e}", path) from None
     nodes = doc.get("nodes") if isinstance(doc, dict) else None
@@ -230,4 +232,4 @@ def parse(raw: bytes | str, path: str) -> Graph:
         v = mv[1]
         version = f"{v // 10000}.{v // 100 % 100}.{v % 100}"
     params = {uses[i].name: uses[i] for i in sorted(uses)}
-    return Graph(path, doc, params, version)
+    return Graph(path, doc, params, version, text)

@@ -141,12 +141,14 @@ def _match(ckpt: Checkpoint, tpl: _Template, report: Report, strict: bool) -> li
     return out
 
 
-def _patch_symbol(doc: dict, graph: symbol.Graph, out_of: dict[str, str], ckpt: Checkpoint, report: Report) -> dict:
+def _patch_symbol(graph: symbol.Graph, out_of: dict[str, str], ckpt: Checkpoint, report: Report) -> str:
     """The graph with BatchNorm eps/fix_gamma set to what the weights need.
 
     A source that knows its eps (torch 1e-5) must not run under a template's different eps, and a
-    gamma that is not all ones must not meet fix_gamma=True (MXNet would silently use ones)."""
-    doc = copy.deepcopy(doc)
+    gamma that is not all ones must not meet fix_gamma=True (MXNet would silently use ones).
+    Returns the JSON text: the original, byte for byte, when nothing needed changing."""
+    doc = copy.deepcopy(graph.doc)
+    changed = False
     nodes = doc["nodes"]
     by_name = {n["name"]: n for n in nodes}
     for bare, use in graph.params.items():
@@ -160,13 +162,15 @@ def _patch_symbol(doc: dict, graph: symbol.Graph, out_of: dict[str, str], ckpt: 
         eps = (src.attrs.get("eps") if src else None)
         if eps is not None and abs(float(eps) - use.attrs["eps"]) > 1e-12 * max(1.0, abs(float(eps))):
             attrs["eps"] = repr(float(eps))
+            changed = True
             report.add("warning", use.node, f"eps set to {eps} (the weights' own) instead of the graph's {use.attrs['eps']}")
         if use.attrs["fix_gamma"]:
             gamma = entry.tensor.load()
             if not np.all(gamma.astype(np.float32) == 1):
                 attrs["fix_gamma"] = "False"
+                changed = True
                 report.add("warning", use.node, "fix_gamma set to False: gamma is not all ones and MXNet would ignore it")
-    return doc
+    return json.dumps(doc, indent=2) if changed else graph.text
 
 
 def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, restore_dtype: bool = True,
@@ -223,7 +227,10 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
         missing = [p for p in graph.params if p not in out_of]
         if missing:
             raise ConversionError(f"the graph needs {len(missing)} parameter(s) the checkpoint lacks: {missing[:5]}")
-        doc = _patch_symbol(graph.doc, graph, out_of, ckpt, report)
+        sym_text = _patch_symbol(graph, out_of, ckpt, report)
+    elif style == "module" and symbol_file is None:
+        report.add("warning", os.path.basename(path), "no -symbol.json written: no graph known (pass template= "
+                   "a -symbol.json of the target model for mx.model.load_checkpoint)")
 
     sym_path = symbol.symbol_path_for(path)
     finals = ([sym_path] if want_symbol else []) + [path]
@@ -231,7 +238,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     with atomic_outputs(finals, overwrite=overwrite) as out:
         if want_symbol:
             with open(out.path(sym_path), "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=2)
+                f.write(sym_text)
         with open(out.path(path), "wb") as f:
             ndlist.write_header(f, len(plan))
             for full, c, want_shape in plan:
