@@ -293,3 +293,24 @@ def test_model_zoo_export_through_hub_into_another_instance(mx, tmp_path, arch):
     other.export(str(tmp_path / "other"), 0)
     mxa.write(ckpt, tmp_path / "back-0000.params", template=str(tmp_path / "other-0000.params"))
     assert_same_outputs(_module_forward(mx, tmp_path / "back", {"data": x}), want)
+
+
+def test_shared_parameter_is_tied_and_written_under_both_names(mx, tmp_path):
+    nn = mx.gluon.nn
+    net = nn.HybridSequential()
+    first = nn.Dense(6, in_units=6)
+    net.add(first, nn.Dense(6, in_units=6, params=first.collect_params()))
+    net.initialize()
+    x = mx.nd.array(_image(19, (2, 6)))
+    want = net(x).asnumpy()
+    ckpt = mxa.from_model(net)
+    assert ckpt["1.weight"].info.tied_to == "0.weight"
+    hubfile.write(ckpt, tmp_path / "t.safetensors")
+    report = mxa.write(hubfile.read(tmp_path / "t.safetensors"), tmp_path / "t.params")
+    assert report.names("tied") == ["1.weight", "1.bias"]
+    assert set(mx.nd.load(str(tmp_path / "t.params"))) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    fresh = nn.HybridSequential()
+    f0 = nn.Dense(6, in_units=6)
+    fresh.add(f0, nn.Dense(6, in_units=6, params=f0.collect_params()))
+    fresh.load_parameters(str(tmp_path / "t.params"))
+    assert_same_outputs(fresh(x).asnumpy(), want)

@@ -57,6 +57,7 @@ def from_model(block, **_options) -> Checkpoint:
     ckpt.source = SourceInfo("mxnet", mx.__version__, type(block).__name__, "gluon-block")
     ckpt.extra = {"mxnet": {"style": "gluon"}}
     layers = _layers(block)
+    first: dict[int, str] = {}      # a Parameter shared by two blocks appears under both names
     for gname, param in block._collect_params_with_prefix().items():
         try:
             arr = param.data().asnumpy()
@@ -74,7 +75,9 @@ def from_model(block, **_options) -> Checkpoint:
         if kind == "batch_norm" and role == "weight" and li.attrs.get("fix_gamma"):
             tensor = LazyTensor.from_array(np.ones_like(arr))
             ckpt.report.add("warning", gname, "fix_gamma=True (scale=False): MXNet ignores gamma; taken as ones")
-        ckpt.add(canon, tensor, TensorInfo(kind=kind, role=role, layer=layer, original_name=gname))
+        ckpt.add(canon, tensor, TensorInfo(kind=kind, role=role, layer=layer, original_name=gname,
+                                           tied_to=first.get(id(param))))
+        first.setdefault(id(param), canon)
         if canon != gname:
             ckpt.report.add("renamed", gname, canon)
     ckpt.report.tensors_in = len(ckpt)
@@ -95,8 +98,8 @@ def to_model(ckpt: Checkpoint, block, *, strict: bool = True) -> Report:
     mx = import_mxnet()
     report = Report(stage="write")
     params = block._collect_params_with_prefix()
-    usable = [n for n in ckpt.stored_names() if ckpt[n].info.role != "num_batches_tracked"]
-    for n in ckpt.stored_names():
+    usable = [n for n in ckpt.entries if ckpt[n].info.role != "num_batches_tracked"]
+    for n in ckpt.entries:
         if n not in usable:
             report.add("dropped", n, "MXNet BatchNorm keeps no step count")
     lookup = {}

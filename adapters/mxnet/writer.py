@@ -71,6 +71,12 @@ def _skipped(entry: Entry) -> str:
     return "MXNet BatchNorm keeps no step count" if entry.info.role == "num_batches_tracked" else ""
 
 
+def _writable(ckpt: Checkpoint) -> list[str]:
+    """Every name to write. Tied aliases included: an NDArray list has no ties, and Gluon's
+    load_parameters wants a shared parameter under each of its names."""
+    return [n for n, e in ckpt.entries.items() if not _skipped(e)]
+
+
 def _default_name(ckpt: Checkpoint, entry: Entry, style: str) -> str:
     info = entry.info
     if ckpt.source.framework == "mxnet" and info.original_name:
@@ -99,7 +105,7 @@ def target_shape(have: tuple, want: tuple | None) -> tuple | None:
 
 def _match(ckpt: Checkpoint, tpl: _Template, report: Report, strict: bool) -> list[tuple[str, str, tuple]]:
     """(template bare name, canonical name, shape to write) in template order."""
-    usable = [n for n in ckpt.stored_names() if not _skipped(ckpt[n])]
+    usable = _writable(ckpt)
     by_native = {}
     for n in usable:
         e = ckpt[n]
@@ -199,10 +205,12 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
         raise ConversionError("no graph to write as -symbol.json: pass template= (a -symbol.json or .params with one) "
                               "and style='module'")
 
-    for n in ckpt.stored_names():
-        why = _skipped(ckpt[n])
+    for n, e in ckpt.entries.items():
+        why = _skipped(e)
         if why:
             report.add("dropped", n, why)
+        elif e.info.tied_to:
+            report.add("tied", n, f"written as a copy of {e.info.tied_to} (an NDArray list holds no ties)")
     if tpl:
         plan = []
         for t, c, shape in _match(ckpt, tpl, report, strict):
@@ -212,9 +220,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
             plan.append((full, c, shape))
     else:
         plan = []
-        for n in ckpt.stored_names():
-            if _skipped(ckpt[n]):
-                continue
+        for n in _writable(ckpt):
             bare = _default_name(ckpt, ckpt[n], style)
             aux = graph.params[bare].aux if graph and bare in graph.params else names.is_aux(bare)
             plan.append(((("aux:" if aux else "arg:") + bare) if style == "module" else bare, n, None))
