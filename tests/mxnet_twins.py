@@ -194,3 +194,91 @@ def load_into_torch(torch, model, ckpt: Checkpoint) -> None:
             modules[layer].eps = li.attrs["eps"]
     model.load_state_dict(new, strict=False)
     model.eval()
+
+
+# ---- a DPN written as its MXNet authors did (symbol API, BN-ReLU-Conv units, names with '__') --
+
+def _bn_ac_conv(mx, x, num_filter, kernel, name, pad=(0, 0), stride=(1, 1), num_group=1):
+    # fix_gamma=False, eps left at the SYMBOL default 1e-3 (what the DPN ports to torch rely on)
+    bn = mx.sym.BatchNorm(x, fix_gamma=False, momentum=0.9, name=f"{name}__bn")
+    return mx.sym.Convolution(mx.sym.Activation(bn, act_type="relu", name=f"{name}__relu"), num_filter=num_filter,
+                              kernel=kernel, pad=pad, stride=stride, num_group=num_group, no_bias=True,
+                              name=f"{name}__conv")
+
+
+def _dpn_unit(mx, data, a, b, c, inc, groups, name, proj):
+    x = data if not isinstance(data, list) else mx.sym.Concat(*data, dim=1, name=f"{name}_cat")
+    if proj:
+        w = _bn_ac_conv(mx, x, c + 2 * inc, (1, 1), f"{name}_c1x1_w(s/1)")
+        res, dense = (mx.sym.slice_axis(w, axis=1, begin=0, end=c),
+                      mx.sym.slice_axis(w, axis=1, begin=c, end=c + 2 * inc))
+    else:
+        res, dense = data
+    y = _bn_ac_conv(mx, x, a, (1, 1), f"{name}_c1x1_a")
+    y = _bn_ac_conv(mx, y, b, (3, 3), f"{name}_c3x3_b", pad=(1, 1), num_group=groups)
+    y = _bn_ac_conv(mx, y, c + inc, (1, 1), f"{name}_c1x1_c")
+    summ = mx.sym.ElementWiseSum(res, mx.sym.slice_axis(y, axis=1, begin=0, end=c), name=f"{name}_sum")
+    dense = mx.sym.Concat(dense, mx.sym.slice_axis(y, axis=1, begin=c, end=c + inc), dim=1, name=f"{name}_cat2")
+    return [summ, dense]
+
+
+def dpn_symbol(mx):
+    x = mx.sym.Convolution(mx.sym.var("data"), num_filter=16, kernel=(3, 3), pad=(1, 1), no_bias=True,
+                           name="conv1_x__conv")
+    x = mx.sym.Activation(mx.sym.BatchNorm(x, fix_gamma=False, name="conv1_x__bn"), act_type="relu")
+    x = _dpn_unit(mx, x, 8, 8, 16, 4, 4, "conv2_1", proj=True)
+    x = _dpn_unit(mx, x, 8, 8, 16, 4, 4, "conv2_2", proj=False)
+    x = mx.sym.BatchNorm(mx.sym.Concat(*x, dim=1), fix_gamma=False, name="conv5_x_x__relu-sp__bn")
+    x = mx.sym.Pooling(mx.sym.Activation(x, act_type="relu"), global_pool=True, pool_type="avg", kernel=(1, 1))
+    x = mx.sym.Convolution(x, num_filter=5, kernel=(1, 1), name="fc6")         # the classifier is a 1x1 conv
+    return mx.sym.SoftmaxOutput(mx.sym.flatten(x), name="softmax")
+
+
+def torch_dpn(torch):
+    nn = torch.nn
+
+    class BnAcConv(nn.Module):
+        def __init__(self, cin, cout, k, pad=0, groups=1):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(cin)
+            self.conv = nn.Conv2d(cin, cout, k, padding=pad, groups=groups, bias=False)
+
+        def forward(self, x):
+            return self.conv(torch.relu(self.bn(x)))
+
+    class Unit(nn.Module):
+        def __init__(self, cin, a, b, c, inc, groups, proj):
+            super().__init__()
+            self.c, self.inc = c, inc
+            if proj:
+                self.w = BnAcConv(cin, c + 2 * inc, 1)
+            self.a = BnAcConv(cin, a, 1)
+            self.b = BnAcConv(a, b, 3, 1, groups)
+            self.cc = BnAcConv(b, c + inc, 1)
+
+        def forward(self, data):
+            x = data if not isinstance(data, tuple) else torch.cat(data, 1)
+            if hasattr(self, "w"):
+                w = self.w(x)
+                res, dense = w[:, : self.c], w[:, self.c:]
+            else:
+                res, dense = data
+            y = self.cc(self.b(self.a(x)))
+            return res + y[:, : self.c], torch.cat([dense, y[:, self.c:]], 1)
+
+    class DPN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(16)
+            self.u1 = Unit(16, 8, 8, 16, 4, 4, True)
+            self.u2 = Unit(28, 8, 8, 16, 4, 4, False)
+            self.bn_last = nn.BatchNorm2d(32)
+            self.fc6 = nn.Conv2d(32, 5, 1)
+
+        def forward(self, x):
+            x = self.u2(self.u1(torch.relu(self.bn1(self.conv1(x)))))
+            x = torch.relu(self.bn_last(torch.cat(x, 1))).mean(dim=(2, 3), keepdim=True)
+            return torch.softmax(self.fc6(x).flatten(1), dim=1)
+
+    return DPN()

@@ -45,9 +45,9 @@ def _image(seed=1, shape=tw.IMAGE):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def _module_forward(mx, prefix, inputs: dict):
+def _module_forward(mx, prefix, inputs: dict, label_names=None):
     sym, args, auxs = mx.model.load_checkpoint(str(prefix), 0)
-    mod = mx.mod.Module(sym, data_names=list(inputs), label_names=None, context=mx.cpu())
+    mod = mx.mod.Module(sym, data_names=list(inputs), label_names=label_names, context=mx.cpu())
     mod.bind(data_shapes=[(k, v.shape) for k, v in inputs.items()], for_training=False)
     mod.set_params(args, auxs, allow_missing=False, allow_extra=False)
     mod.forward(mx.io.DataBatch([mx.nd.array(v) for v in inputs.values()]), is_train=False)
@@ -117,6 +117,43 @@ def test_symbol_checkpoint_to_torch(mx, torch, tmp_path, fix_gamma):
     model = tw.torch_symbol_twin(torch)
     tw.load_into_torch(torch, model, ckpt)                            # fc6 [5,8,1,1] -> Linear [5,8]
     assert_same_outputs(model(torch.from_numpy(x)).numpy(), want)
+
+
+def test_dpn_symbol_checkpoint_to_torch_and_back(mx, torch, tmp_path):
+    """The seed scenario: a DPN as its MXNet authors wrote it (symbol API, SoftmaxOutput head,
+    fc6 a 1x1 conv), saved with save_checkpoint, ported to torch; then torch weights back in."""
+    sym = tw.dpn_symbol(mx)
+    mod = mx.mod.Module(sym, data_names=["data"], label_names=["softmax_label"])
+    mod.bind(data_shapes=[("data", tw.IMAGE)], for_training=False)
+    mod.init_params(mx.init.Normal(0.3))
+    args, auxs = mod.get_params()
+    rng = np.random.default_rng(20)
+    auxs = {k: mx.nd.array((rng.random(v.shape) + 0.5 if "var" in k else rng.standard_normal(v.shape)).astype(np.float32))
+            for k, v in auxs.items()}
+    args = {k: mx.nd.array(rng.standard_normal(v.shape).astype(np.float32) * 0.3) for k, v in args.items()}
+    mod.set_params(args, auxs)
+    mod.save_checkpoint(str(tmp_path / "dpn"), 0)
+    x = _image(21)
+    want = _module_forward(mx, tmp_path / "dpn", {"data": x}, ["softmax_label"])
+
+    ckpt = _through_hub(tmp_path / "dpn-0000.params", tmp_path)
+    assert "softmax_label" not in ckpt                                   # an input, not a parameter
+    assert ckpt["conv2_1_c1x1_w(s/1)__conv.weight"].info.original_name == "arg:conv2_1_c1x1_w(s/1)__conv_weight"
+    assert ckpt["conv2_1_c3x3_b__conv.weight"].info.kind == "conv2d"
+    assert ckpt.layers["conv2_1_c3x3_b__conv"].attrs["groups"] == 4
+    assert all(li.attrs["eps"] == 1e-3 for li in ckpt.layers.values() if li.kind == "batch_norm")
+    model = tw.torch_dpn(torch)
+    tw.load_into_torch(torch, model, ckpt)
+    assert_same_outputs(model(torch.from_numpy(x)).numpy(), want)
+
+    tw.randomize_torch(torch, model, seed=22)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = 1e-3
+    back = tw.hub_from_torch(torch, model)
+    mxa.write(back, tmp_path / "back-0000.params", template=str(tmp_path / "dpn-0000.params"))
+    assert_same_outputs(_module_forward(mx, tmp_path / "back", {"data": x}, ["softmax_label"]),
+                        model(torch.from_numpy(x)).numpy())
 
 
 def test_fix_gamma_is_reported(mx, tmp_path):
