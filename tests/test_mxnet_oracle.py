@@ -296,6 +296,15 @@ def test_to_model_from_torch_by_order_and_strict(mx, torch, tmp_path):
         short.add(n, hub[n].tensor, hub[n].info)
     with pytest.raises(hubfmt.ConversionError):
         mxa.to_model(short, tw.gluon_net(mx))
+    # non-strict with names that match: fill what matches, say what is missing
+    g = mxa.from_model(net)
+    partial = hubfmt.Checkpoint()
+    for n in list(g)[:-2]:
+        partial.add(n, g[n].tensor, g[n].info)
+    report = mxa.to_model(partial, tw.gluon_net(mx), strict=False)
+    assert report.names("missing") == ["6.weight", "6.bias"]
+    with pytest.raises(hubfmt.ConversionError):
+        mxa.to_model(partial, tw.gluon_net(mx))
 
 
 # ---- real architectures from MXNet's model zoo (constructed, not downloaded) ----------------
@@ -351,3 +360,12 @@ def test_shared_parameter_is_tied_and_written_under_both_names(mx, tmp_path):
     fresh.add(f0, nn.Dense(6, in_units=6, params=f0.collect_params()))
     fresh.load_parameters(str(tmp_path / "t.params"))
     assert_same_outputs(fresh(x).asnumpy(), want)
+
+
+def test_from_model_refuses_uninitialised_block(mx):
+    net = mx.gluon.nn.Dense(3)
+    with pytest.raises(hubfmt.ConversionError, match="no data yet"):
+        mxa.from_model(net)
+    net.initialize()                       # deferred: in_units unknown until a forward pass
+    with pytest.raises(hubfmt.ConversionError, match="forward pass"):
+        mxa.from_model(net)

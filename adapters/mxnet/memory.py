@@ -46,11 +46,13 @@ def _layers(block, prefix: str = "") -> dict[str, LayerInfo]:
     return out
 
 
-def from_model(block, **_options) -> Checkpoint:
+def from_model(block, **options) -> Checkpoint:
     """A Gluon Block's parameters (structured names, as save_parameters writes) as a Checkpoint.
 
     >>> ckpt = from_model(gluon.model_zoo.vision.resnet18_v1())     # doctest: +SKIP
     """
+    if options:
+        raise ConversionError(f"option(s) not supported for a Gluon model: {', '.join(sorted(options))}")
     mx = import_mxnet()
     ckpt = Checkpoint()
     ckpt.report.stage = "read"
@@ -61,7 +63,7 @@ def from_model(block, **_options) -> Checkpoint:
     for gname, param in block._collect_params_with_prefix().items():
         try:
             arr = param.data().asnumpy()
-        except Exception as e:    # deferred initialisation: shapes unknown until a forward pass
+        except RuntimeError as e:     # not initialised, or deferred: shapes unknown until a forward pass
             raise ConversionError(f"parameter {gname!r} has no data yet ({type(e).__name__}): initialise the block "
                                   "and run one forward pass first") from None
         canon, layer, role = names.canonical(gname)
@@ -123,12 +125,17 @@ def to_model(ckpt: Checkpoint, block, *, strict: bool = True) -> Report:
             pairs = {g: by_unprefixed[m] for g, m in mine.items()}
             report.add("warning", "block", f"matched by name without the model prefix {src_pre!r}")
     if len(pairs) < len(params):
-        if len(usable) != len(params):
-            missing = [g for g in params if g not in pairs]
+        missing = [g for g in params if g not in pairs]
+        if len(usable) == len(params) and (strict or not pairs):
+            # The weakest evidence: both sides list layers in the same order (shapes checked)
+            pairs = dict(zip(params, usable))
+            report.add("warning", "block", "names differ from the block's: matched by order, shapes checked")
+        elif strict or not pairs:
             raise ConversionError(f"block has {len(params)} parameters, the checkpoint {len(usable)}; "
                                   f"unmatched block parameters: {missing[:5]}")
-        pairs = dict(zip(params, usable))
-        report.add("warning", "block", "names differ from the block's: matched by order, shapes checked")
+        else:
+            for g in missing:
+                report.add("missing", g, "not in the checkpoint; left as it was (strict=False)")
     used = set(pairs.values())
     extra = [n for n in usable if n not in used]
     if extra and strict:
