@@ -307,3 +307,24 @@ def test_symbol_kinds_attrs_and_shape_hints(tmp_path):
     g = symbol.load(str(tmp_path / "k-symbol.json"))
     assert g.params["emb_weight"].shape == (10, 4) and g.params["up_weight"].shape == (None, None, 2, 2)
     assert g.params["dw_weight"].shape == (4, None, 3, 3) and g.params["up_bias"].shape == (6,)
+
+
+def test_old_symbol_attribute_keys(tmp_path):
+    # pre-nnvm files keep operator parameters in "param", MXNet 0.9-1.1 in "attr"
+    nodes = [{"op": "null", "name": "data", "inputs": []},
+             {"op": "null", "name": "bn_gamma", "inputs": []}, {"op": "null", "name": "bn_beta", "inputs": []},
+             {"op": "null", "name": "bn_moving_mean", "inputs": []}, {"op": "null", "name": "bn_moving_var", "inputs": []},
+             {"op": "BatchNorm", "name": "bn", "param": {"eps": "2e-05", "fix_gamma": "False"},
+              "attr": {"ctx_group": "dev1"}, "inputs": [[0, 0], [1, 0], [2, 0], [3, 0], [4, 0]]}]
+    (tmp_path / "o-symbol.json").write_text(json.dumps({"nodes": nodes, "heads": [[5, 0]]}))
+    arrays = ["arg:bn_gamma", "arg:bn_beta", "aux:bn_moving_mean", "aux:bn_moving_var"]
+    _list_file(tmp_path / "o-0000.params", [_record((3,), 0, np.full(3, 2, np.float32).tobytes())] * 4, arrays)
+    ckpt = mxa.read(tmp_path / "o-0000.params")
+    assert ckpt.layers["bn"].attrs["eps"] == 2e-5 and ckpt.layers["bn"].attrs["fix_gamma"] is False
+    assert list(ckpt) == ["bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"]
+    ckpt.layers["bn"].attrs["eps"] = 1e-5            # as if the weights came from elsewhere
+    report = mxa.write(ckpt, tmp_path / "p-0000.params")
+    written = json.loads((tmp_path / "p-symbol.json").read_text())["nodes"][5]
+    assert written["param"]["eps"] == "1e-05" and "eps" not in written["attr"]
+    assert report.of("warning")[0].name == "bn"
+    assert ndlist.scan(str(tmp_path / "p-0000.params"))[1] == arrays

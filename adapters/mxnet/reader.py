@@ -42,8 +42,8 @@ def read(path, *, symbol_file: str | bool | None = None, **options) -> Checkpoin
     `prefix-symbol.json` beside `prefix-NNNN.params` when it exists; False to ignore it.
 
     >>> ckpt = read("dpn68-0000.params")                           # doctest: +SKIP
-    >>> ckpt.layers["conv1_x_1__relu-sp"].attrs["eps"]             # doctest: +SKIP
-    0.0001
+    >>> ckpt.layers["conv2_1_c1x1_a__bn"].attrs["eps"]             # doctest: +SKIP
+    0.001
     """
     path = os.fspath(path)
     if options:

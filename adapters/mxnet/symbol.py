@@ -158,12 +158,17 @@ def shape_hint(op: str, role: str, a: dict, var_attrs: dict) -> tuple | None:
     return hint
 
 
+ATTR_KEYS = ("param", "attr", "attrs")
+
+
 def node_attrs(node: dict) -> dict:
-    # MXNet >= 1.0 writes "attrs"; 0.9 wrote "attr"; the oldest files "param".
-    for key in ("attrs", "attr", "param"):
+    """An operator's attributes: MXNet >= 1.2 writes "attrs", 0.9-1.1 "attr", pre-nnvm files
+    "param" (operator parameters) beside "attr" (user attributes); merged, later keys winning."""
+    out = {}
+    for key in ATTR_KEYS:
         if isinstance(node.get(key), dict):
-            return node[key]
-    return {}
+            out.update(node[key])
+    return out
 
 
 def load(path: str) -> Graph:

@@ -161,19 +161,27 @@ def _patch_symbol(graph: symbol.Graph, out_of: dict[str, str], ckpt: Checkpoint,
         if use.kind != "batch_norm" or use.role != "weight" or bare not in out_of:
             continue
         node = by_name[use.node]
-        key = next((k for k in ("attrs", "attr", "param") if isinstance(node.get(k), dict)), "attrs")
-        attrs = node.setdefault(key, {})
+
+        def set_attr(name: str, value: str, node=node) -> None:
+            # into every attribute dict that already has it, else the operator's own dict
+            present = [k for k in symbol.ATTR_KEYS if isinstance(node.get(k), dict) and name in node[k]]
+            if not present:
+                own = next((k for k in ("attrs", "param", "attr") if isinstance(node.get(k), dict)), "attrs")
+                present = [own]
+            for k in present:
+                node.setdefault(k, {})[name] = value
+
         entry = ckpt[out_of[bare]]
         src = ckpt.layers.get(entry.info.layer)
         eps = (src.attrs.get("eps") if src else None)
         if eps is not None and abs(float(eps) - use.attrs["eps"]) > 1e-12 * max(1.0, abs(float(eps))):
-            attrs["eps"] = repr(float(eps))
+            set_attr("eps", repr(float(eps)))
             changed = True
             report.add("warning", use.node, f"eps set to {eps} (the weights' own) instead of the graph's {use.attrs['eps']}")
         if use.attrs["fix_gamma"]:
             gamma = entry.tensor.load()
             if not np.all(gamma.astype(np.float32) == 1):
-                attrs["fix_gamma"] = "False"
+                set_attr("fix_gamma", "False")
                 changed = True
                 report.add("warning", use.node, "fix_gamma set to False: gamma is not all ones and MXNet would ignore it")
     return json.dumps(doc, indent=2) if changed else graph.text
