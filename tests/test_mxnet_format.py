@@ -328,3 +328,28 @@ def test_old_symbol_attribute_keys(tmp_path):
     assert written["param"]["eps"] == "1e-05" and "eps" not in written["attr"]
     assert report.of("warning")[0].name == "bn"
     assert ndlist.scan(str(tmp_path / "p-0000.params"))[1] == arrays
+
+
+def test_symbol_output_options(tmp_path):
+    with pytest.raises(ConversionError, match="no graph"):
+        mxa.write(_sample(), tmp_path / "a-0000.params", symbol_file=True)
+    with pytest.raises(ConversionError, match="not supported"):
+        mxa.write(_sample(), tmp_path / "a-0000.params", keep_dtype=True)
+    with pytest.raises(ConversionError, match="unknown style"):
+        mxa.write(_sample(), tmp_path / "a.params", style="caffe")
+    assert os.listdir(tmp_path) == []
+    # a graph known, but not wanted; and a symbol already there is not silently replaced
+    sym = {"nodes": [{"op": "null", "name": "data", "inputs": []}, {"op": "null", "name": "fc_weight", "inputs": []},
+                     {"op": "FullyConnected", "name": "fc", "attrs": {"num_hidden": "4", "no_bias": "True"},
+                      "inputs": [[0, 0, 0], [1, 0, 0]]}], "heads": [[2, 0, 0]]}
+    (tmp_path / "s-symbol.json").write_text(json.dumps(sym))
+    _list_file(tmp_path / "s-0000.params", [_record((4, 3), 0, np.ones((4, 3), np.float32).tobytes())], ["arg:fc_weight"])
+    ckpt = mxa.read(tmp_path / "s-0000.params")
+    mxa.write(ckpt, tmp_path / "n-0000.params", symbol_file=False)
+    assert not (tmp_path / "n-symbol.json").exists()
+    (tmp_path / "m-symbol.json").write_text("keep")
+    with pytest.raises(OutputError):
+        mxa.write(ckpt, tmp_path / "m-0000.params")
+    assert not (tmp_path / "m-0000.params").exists() and (tmp_path / "m-symbol.json").read_text() == "keep"
+    mxa.write(ckpt, tmp_path / "g.params", style="gluon")
+    assert ndlist.scan(str(tmp_path / "g.params"))[1] == ["fc_weight"]
