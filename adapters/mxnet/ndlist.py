@@ -14,7 +14,7 @@ and string serialisers):
       ndim, and the dims are uint32).
     uint64 n_names (0 or n_arrays), then each name as uint64 length + UTF-8 bytes.
 
-A record with ndim 0 (V1/V2) or ndim -1 (V3) is an "none" array with no context, dtype or data.
+A record with ndim 0 (V1/V2) or ndim -1 (V3) is a "none" array with no context, dtype or data.
 """
 from __future__ import annotations
 

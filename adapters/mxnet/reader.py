@@ -65,7 +65,7 @@ def read(path, *, symbol_file: str | bool | None = None, **options) -> Checkpoin
     if symbol_file is None:
         cand = symbol.symbol_path_for(path)
         symbol_file = cand if os.path.isfile(cand) else False
-    graph = symbol.load(symbol_file) if symbol_file else None
+    graph = symbol.load(os.fspath(symbol_file)) if symbol_file else None
 
     ckpt = Checkpoint()
     ckpt.report.stage = "read"
@@ -77,8 +77,9 @@ def read(path, *, symbol_file: str | bool | None = None, **options) -> Checkpoin
         missing = [n for n in graph.params if n not in by_bare]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise FormatError(f"{os.path.basename(symbol_file)} names {len(missing)} parameter(s) this file lacks: "
-                              f"{shown}", path)
+            beside = os.path.dirname(os.path.abspath(symbol_file)) == os.path.dirname(os.path.abspath(path))
+            shown_sym = os.path.basename(symbol_file) if beside else os.fspath(symbol_file)
+            raise FormatError(f"{shown_sym} names {len(missing)} parameter(s) this file lacks: {shown}", path)
         order = list(graph.params) + [n for n in by_bare if n not in graph.params]
         ckpt.extra["mxnet"]["symbol"] = graph.text
     else:
