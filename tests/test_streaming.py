@@ -223,7 +223,16 @@ def test_cli_shards_and_every_reader_path_takes_a_sharded_hub(tmp_path):
             dst.parent.mkdir()
             r = run_cli("convert", name, dst, "-q", "--to", fw)
             assert r.returncode == 0, (fw, r.stderr)
-            assert run_cli("diff", src, dst, "--from-b", fw).returncode == 0
+            _assert_same_content(src, dst, fw)
+
+
+def _assert_same_content(a, b, fw_b):
+    """Every tensor equal, except those a format cannot hold (num_batches_tracked outside
+    torch/OneFlow), which its writer reports as dropped."""
+    from hubfmt.compare import compare
+    result = compare(hubfmt.read(a), hubfmt.read(b, framework=fw_b))
+    assert all(t.equal for t in result.tensors), result.to_text(verbose=True)
+    assert not result.unexpected and all(n.endswith("num_batches_tracked") for n in result.missing), result.to_text()
 
 
 # ---- progress ---------------------------------------------------------------------------------
