@@ -51,7 +51,7 @@ class MemberBlob:
             with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
                 f.seek(start)
                 raw = f.read(n)
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as e:
             raise FormatError(f"cannot read zip member {self.member}: {e}", self.path) from None
         if len(raw) != n:
             raise FormatError(f"zip member {self.member} ends early", self.path)

@@ -35,7 +35,7 @@ def _open(path: str, data: bytes | None) -> zipfile.ZipFile:
         return zipfile.ZipFile(io.BytesIO(data) if data is not None else path)
     except FileNotFoundError:
         raise FormatError("no such file", path) from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError) as e:
         raise FormatError(f"truncated or corrupt zip archive ({e})", path) from None
 
 
@@ -112,5 +112,5 @@ def is_torch_zip(path: str) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             return find_root(zf.namelist()) is not None
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, struct.error):
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, struct.error, NotImplementedError):
         return False
