@@ -1,0 +1,185 @@
+"""Reading `oneflow.save` directories without OneFlow.
+
+Two layouts:
+- OneFlow >= 0.6 (`flow.save(obj, dir)`): `pickled_data` + one folder per tensor (`tensor_N/` for
+  local tensors, `global_tensor_N/` for global ones) with `out` and `meta`;
+- the older one (lazy-mode snapshots, what check_point_v2.legacy_load reads): a `snapshot_done`
+  marker and one folder per variable, named by the variable, with `out` and `meta`.
+
+`out` holds the raw little-endian bytes in C order, so every tensor is a lazy region of its `out`
+file (writers copy it file-to-file). `meta` must describe exactly the size of `out`.
+"""
+from __future__ import annotations
+
+import os
+
+from hubfmt.checkpoint import Checkpoint, LayerInfo, TensorInfo, region_tensor
+from hubfmt.errors import FormatError
+from hubfmt.extra import from_plain
+
+from . import meta as meta_codec
+from . import pickled
+from .semantics import kind_from_names
+
+SNAPSHOT_DONE = "snapshot_done"
+EXTRA_DIR = "hubfmt_extra"          # sidecar oneflow.save directory holding ckpt.extra (see writer)
+MAX_PICKLE_BYTES = 1 << 30
+# Where a training checkpoint keeps the model's state dict, most preferred first.
+MODEL_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
+
+
+def sniff(path: str) -> str | None:
+    """'oneflow' for a oneflow.save directory, 'oneflow-legacy' for an old snapshot, else None."""
+    try:
+        if not os.path.isdir(path):
+            return None
+        if os.path.isfile(os.path.join(path, pickled.PICKLE_FILENAME)):
+            return "oneflow"
+        if os.path.isfile(os.path.join(path, SNAPSHOT_DONE)):
+            return "oneflow-legacy"
+    except OSError:
+        return None
+    return None
+
+
+def _read_small(path: str, limit: int, what: str) -> bytes:
+    try:
+        size = os.path.getsize(path)
+        if size > limit:
+            raise FormatError(f"{what} is {size} bytes, more than any OneFlow {what} ({limit})", path)
+        with open(path, "rb") as f:
+            return f.read(limit + 1)
+    except FileNotFoundError:
+        raise FormatError(f"missing {what}", path) from None
+    except IsADirectoryError:
+        raise FormatError(f"{what} is a directory", path) from None
+    except OSError as e:
+        raise FormatError(f"cannot read {what}: {e.strerror}", path) from None
+
+
+def tensor_folder(folder: str):
+    """A lazy tensor over `folder/out`, shape and dtype from `folder/meta` (sizes checked)."""
+    if not os.path.isdir(folder):
+        raise FormatError("missing tensor folder (the pickle refers to it)", folder)
+    shape, dtype = meta_codec.parse(_read_small(os.path.join(folder, "meta"), meta_codec.MAX_META_BYTES, "meta"),
+                                    os.path.join(folder, "meta"))
+    out = os.path.join(folder, "out")
+    try:
+        size = os.path.getsize(out)
+    except OSError:
+        raise FormatError("missing out (the tensor's data)", out) from None
+    if not os.path.isfile(out):
+        raise FormatError("out is not a file", out)
+    t = region_tensor(out, 0, dtype, shape)
+    if t.nbytes != size:
+        raise FormatError(f"meta says {dtype}{list(shape)} ({t.nbytes} bytes) but out holds {size} bytes", out)
+    return t
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, pickled.TensorRef) for v in obj.values())
+
+
+def _holds_tensors(obj, depth: int = 0) -> bool:
+    if isinstance(obj, pickled.TensorRef):
+        return True
+    if depth > 100:
+        return False
+    if isinstance(obj, dict):
+        return any(_holds_tensors(v, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_tensors(v, depth + 1) for v in obj)
+    return False
+
+
+def _split(data, path: str, prefer_ema: bool, ckpt: Checkpoint):
+    """(state dict of TensorRefs, extra dict) from the object oneflow.save pickled."""
+    if _is_state_dict(data):
+        return data, {}
+    if not isinstance(data, dict):
+        raise FormatError(f"pickled_data holds a {type(data).__name__}, not a state dict or a dictionary holding one", path)
+    keys = [k for k in MODEL_KEYS if _is_state_dict(data.get(k))]
+    if prefer_ema and _is_state_dict(data.get("ema")):
+        keys.insert(0, "ema")
+    if not keys:
+        raise FormatError("pickled_data holds no state dict (no entry whose values are all tensors)", path)
+    chosen = keys[0]
+    extra = {}
+    for k, v in data.items():
+        if k == chosen:
+            continue
+        if _holds_tensors(v):
+            ckpt.report.add("dropped", str(k), "tensors outside the chosen state dict "
+                            f"'{chosen}' (optimizer state or another copy of the weights)")
+            continue
+        extra[k] = v
+    return data[chosen], extra
+
+
+def _check_names(names, path: str) -> None:
+    for n in names:
+        if not isinstance(n, str) or not n:
+            raise FormatError(f"state dict key {n!r} is not a tensor name", path)
+
+
+def read(path: str | os.PathLike, *, prefer_ema: bool = False) -> Checkpoint:
+    """Read a oneflow.save directory (either layout) as a lazy canonical Checkpoint.
+
+    >>> ckpt = read("yolov5s_oneflow")                        # doctest: +SKIP
+    >>> ckpt["model.0.conv.weight"].tensor.shape             # doctest: +SKIP
+    (32, 3, 6, 6)
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FormatError("not a oneflow.save directory" if os.path.exists(path) else "no such directory", path)
+    fmt = sniff(path)
+    if fmt is None:
+        raise FormatError(f"not a oneflow.save directory: no {pickled.PICKLE_FILENAME} (nor {SNAPSHOT_DONE} of the older layout)", path)
+    ckpt = Checkpoint()
+    ckpt.report.stage = "read"
+    ckpt.source.framework = "oneflow"
+    ckpt.source.file = os.path.basename(os.path.normpath(path))
+    ckpt.source.format = fmt
+    if fmt == "oneflow":
+        pk = os.path.join(path, pickled.PICKLE_FILENAME)
+        data = pickled.load(_read_small(pk, MAX_PICKLE_BYTES, "pickled_data"), pk)
+        sd, extra = _split(data, pk, prefer_ema, ckpt)
+        extra = from_plain(extra)
+        _check_names(sd, pk)
+        tensors, seen = {}, {}
+        for name, ref in sd.items():
+            if ref.folder is None:
+                raise FormatError(f"tensor {name!r} has no folder in the pickle", pk)
+            tied = seen.get(ref.folder)
+            seen.setdefault(ref.folder, name)
+            tensors[name] = (tensor_folder(os.path.join(path, ref.folder)), ref.folder, tied)
+        extra.update(_sidecar_extra(path))
+    else:
+        tensors = {}
+        for entry in sorted(os.listdir(path)):
+            if entry == SNAPSHOT_DONE or not os.path.isdir(os.path.join(path, entry)):
+                continue
+            tensors[entry] = (tensor_folder(os.path.join(path, entry)), entry, None)
+    kinds = kind_from_names({n: t.shape for n, (t, _, _) in tensors.items()})
+    for name, (t, folder, tied) in tensors.items():
+        layer, _, role = name.rpartition(".")
+        info = TensorInfo(kind=kinds[name], role=role or name, layer=layer, original_name=name,
+                          original_dtype=t.dtype, tied_to=tied)
+        ckpt.add(name, t, info)
+        if kinds[name] != "tensor" and layer not in ckpt.layers:
+            ckpt.layers[layer] = LayerInfo(kinds[name])
+        ckpt.report.add("matched", name, f"{folder}/out" if not tied else f"shares {folder} with {tied}")
+    ckpt.extra = extra
+    ckpt.report.tensors_in = len(ckpt)
+    return ckpt
+
+
+def _sidecar_extra(path: str) -> dict:
+    side = os.path.join(path, EXTRA_DIR, pickled.PICKLE_FILENAME)
+    if not os.path.lexists(side):
+        return {}
+    extra = pickled.load(_read_small(side, MAX_PICKLE_BYTES, "pickled_data"), side)
+    if not isinstance(extra, dict) or _holds_tensors(extra):
+        raise FormatError("hubfmt_extra must hold a dictionary of plain (non-tensor) data", side)
+    return from_plain(extra)
+
