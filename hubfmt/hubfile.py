@@ -176,8 +176,6 @@ def read(path: str | os.PathLike) -> Checkpoint:
         if foreign_meta:
             ckpt.extra = {"safetensors_metadata": foreign_meta}
         ckpt.report.add("warning", os.path.basename(path), "plain safetensors without a hubfmt manifest: layer kinds unknown")
-    for name in ckpt:
-        ckpt.report.add("matched", name)
     ckpt.report.tensors_in = len(ckpt)
     return ckpt
 
@@ -233,7 +231,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
     for name, e in ckpt.entries.items():
         if e.info.tied_to:
             report.add("tied", name, f"stored once, as {e.info.tied_to}")
-    meta = manifest.build(ckpt, out_dtypes)
+    meta = manifest.build(ckpt)
     groups = _plan_shards(ckpt, names, out_dtypes, max_shard_size)
     if len(groups) == 1:
         finals = [path]

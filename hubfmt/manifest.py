@@ -24,8 +24,8 @@ def check_version(version: str, path: str | None) -> None:
                            "use a hubfmt release that reads it", path)
 
 
-def build(ckpt: Checkpoint, stored: dict[str, str]) -> dict[str, str]:
-    """The `__metadata__` dict for `ckpt`; `stored` maps each name to the dtype stored in the file."""
+def build(ckpt: Checkpoint) -> dict[str, str]:
+    """The `__metadata__` dict for `ckpt` (spec section 4)."""
     tensors = {}
     for name, e in ckpt.entries.items():
         tensors[name] = e.info.to_json()
