@@ -68,7 +68,8 @@ def from_model(model) -> Checkpoint:
                                           original_dtype=dt, tied_to=tied))
         if kind != "tensor" and layer not in ckpt.layers:
             ckpt.layers[layer] = LayerInfo(kind, layer_attrs(module, kind) if module is not None else {})
-        ckpt.report.add("matched", name)
+        if tied:
+            ckpt.report.add("tied", name, f"the same tensor as {tied}")
     ckpt.report.tensors_in = len(ckpt)
     return ckpt
 

@@ -44,12 +44,12 @@ _ENUM_OF = {dt: name for name, (_, dt) in DATA_TYPES.items() if name != "kChar"}
 MAX_META_BYTES = 64 * 1024   # a real one is ~60 bytes; anything this large is not a meta
 MAX_RANK = 64
 
-_TOKEN = re.compile(r"\s*(?:#[^\n]*\n\s*)*([A-Za-z_][A-Za-z0-9_]*|-?\d+|[{}<>:\[\],])")
+_TOKEN = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*|-?\d+|[{}<>:\[\],])")
 
 
 def _tokens(text: str, path: str) -> list[str]:
     out, pos = [], 0
-    text = text.rstrip()
+    text = re.sub(r"#[^\n]*", "", text).rstrip()     # comments (the message has no string fields)
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m:

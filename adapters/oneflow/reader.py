@@ -155,7 +155,7 @@ def read(path: str | os.PathLike, *, prefer_ema: bool = False) -> Checkpoint:
             tensors[name] = (tensor_folder(os.path.join(path, ref.folder)), ref.folder, tied)
         extra.update(_sidecar_extra(path))
     else:
-        tensors = {}
+        tensors, extra = {}, {}
         for entry in sorted(os.listdir(path)):
             if entry == SNAPSHOT_DONE or not os.path.isdir(os.path.join(path, entry)):
                 continue
@@ -168,7 +168,8 @@ def read(path: str | os.PathLike, *, prefer_ema: bool = False) -> Checkpoint:
         ckpt.add(name, t, info)
         if kinds[name] != "tensor" and layer not in ckpt.layers:
             ckpt.layers[layer] = LayerInfo(kinds[name])
-        ckpt.report.add("matched", name, f"{folder}/out" if not tied else f"shares {folder} with {tied}")
+        if tied:
+            ckpt.report.add("tied", name, f"shares {folder} with {tied}")
     ckpt.extra = extra
     ckpt.report.tensors_in = len(ckpt)
     return ckpt

@@ -1,0 +1,180 @@
+"""The OneFlow directory codec without OneFlow: meta text, pickle emitter/reader, layouts, dtypes,
+non-tensor content, hub -> OneFlow dir -> hub bit-exact."""
+from __future__ import annotations
+
+import os
+import pickletools
+import tempfile
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from hubfmt import Checkpoint, LazyTensor, TensorInfo, hubfile, registry
+from hubfmt.adapters import oneflow as of
+from hubfmt.adapters.oneflow import meta, pickled
+
+from conftest import run_cli
+from helpers import small_cnn
+
+
+def test_meta_text_round_trip_and_oneflow_spelling():
+    text = b"shape {\n  dim: 4\n  dim: 3\n  dim: 3\n  dim: 3\n}\ndata_type: kFloat\n"   # bytes OneFlow 0.9 wrote
+    assert meta.parse(text, "m") == ((4, 3, 3, 3), "float32")
+    assert meta.render((4, 3, 3, 3), "float32") == text
+    assert meta.parse(b"shape {\n}\ndata_type: kInt64\n", "m") == ((), "int64")
+    # Other legal spellings of the same message.
+    assert meta.parse(b"shape < dim: [2, 5] > data_type: 9  # fp16\n", "m") == ((2, 5), "float16")
+    for dt in ("float64", "float16", "bfloat16", "int8", "int32", "int64", "uint8", "bool"):
+        assert meta.parse(meta.render((2, 1), dt), "m") == ((2, 1), dt)
+
+
+def test_pickle_emitter_uses_oneflow_globals_only():
+    sd = pickled.StateDict([("c.weight", pickled.TensorSlot("tensor_0", True)),
+                            ("bn.running_mean", pickled.TensorSlot("tensor_1", False))])
+    raw = pickled.dumps({"model": sd, "epoch": 3, "names": {0: "cat"}, "f": 0.5, "b": b"\x00", "n": None})
+    globals_ = [arg for op, arg, _ in pickletools.genops(raw) if op.name == "GLOBAL"]
+    assert sorted(set(globals_)) == ["collections OrderedDict", "oneflow Tensor", "oneflow.nn Parameter"]
+    data = pickled.load(raw, "pickled_data")
+    assert [type(v).__name__ for v in data["model"].values()] == ["ParameterRef", "TensorRef"]
+    assert data["model"]["c.weight"].folder == "tensor_0"
+    assert {k: v for k, v in data.items() if k != "model"} == {"epoch": 3, "names": {0: "cat"}, "f": 0.5, "b": b"\x00", "n": None}
+
+
+def test_small_cnn_round_trip_restores_dtypes_and_extra(tmp_path):
+    src = small_cnn(half=True)
+    hub = tmp_path / "m.safetensors"
+    hubfile.write(src, hub)
+    out = tmp_path / "m.oneflow"
+    rep = of.write(hubfile.read(hub), out)
+    assert rep.tensors_out == len(src) and {e.name for e in rep.of("cast")} == {
+        n for n in src if src[n].tensor.dtype == "float16"}
+    assert sorted(os.listdir(out)) == sorted(["pickled_data", "hubfmt_extra"] + [f"tensor_{i}" for i in range(len(src))])
+    back = of.read(out)
+    assert list(back) == list(src)
+    for name in src:
+        assert back[name].tensor.dtype == src[name].tensor.dtype
+        assert np.array_equal(back.tensor(name), src.tensor(name))
+        assert back[name].tensor.span is not None          # lazy regions of the out files
+    assert back.extra == src.extra
+    assert back["features.0.weight"].info.kind == "conv2d" and back["features.1.running_var"].info.kind == "batch_norm"
+
+
+def test_restore_dtype_false_writes_float32(tmp_path):
+    src = small_cnn(half=True)
+    of.write(src, tmp_path / "f32.oneflow", restore_dtype=False)
+    back = of.read(tmp_path / "f32.oneflow")
+    for name in src:
+        want = "float32" if src[name].tensor.dtype in ("float16", "float32") else src[name].tensor.dtype
+        assert back[name].tensor.dtype == want
+        assert np.array_equal(back.tensor(name), src.tensor(name).astype(back.tensor(name).dtype))
+
+
+def test_training_layout_keeps_extra_in_the_pickle(tmp_path):
+    src = small_cnn()
+    of.write(src, tmp_path / "t.oneflow", layout="training")
+    assert not os.path.exists(tmp_path / "t.oneflow" / "hubfmt_extra")
+    data = pickled.load((tmp_path / "t.oneflow" / "pickled_data").read_bytes(), "p")
+    assert set(data) == {"model", *src.extra}
+    back = of.read(tmp_path / "t.oneflow")
+    assert list(back) == list(src) and back.extra == src.extra
+
+
+def test_tied_tensors_share_one_folder(tmp_path):
+    ckpt = Checkpoint()
+    emb = LazyTensor.from_array(np.arange(12, dtype=np.float32).reshape(3, 4))
+    ckpt.add("embed.weight", emb, TensorInfo(kind="embedding"))
+    ckpt.add("head.weight", emb, TensorInfo(kind="linear", tied_to="embed.weight"))
+    of.write(ckpt, tmp_path / "t.oneflow")
+    assert sorted(os.listdir(tmp_path / "t.oneflow")) == ["pickled_data", "tensor_0"]
+    back = of.read(tmp_path / "t.oneflow")
+    assert back["head.weight"].info.tied_to == "embed.weight"
+    assert np.array_equal(back.tensor("head.weight"), back.tensor("embed.weight"))
+
+
+def test_batch_norm_without_counter_gets_one(tmp_path):
+    src = small_cnn()
+    ckpt = Checkpoint()
+    for n, e in src.entries.items():
+        if not n.endswith("num_batches_tracked"):
+            ckpt.add(n, e.tensor, e.info)
+    rep = of.write(ckpt, tmp_path / "c.oneflow")
+    assert rep.names("created") == ["features.1.num_batches_tracked"]
+    back = of.read(tmp_path / "c.oneflow")
+    assert list(back) == list(src)
+    assert back["features.1.num_batches_tracked"].tensor.dtype == "int64" and back.tensor("features.1.num_batches_tracked") == 0
+
+
+def test_legacy_layout_is_read(tmp_path):
+    d = tmp_path / "snap"
+    d.mkdir()
+    (d / "snapshot_done").write_bytes(b"")
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for name, arr, dt in (("fc.weight", w, "float32"), ("fc.bias", np.array([1, 2], dtype=np.int64), "int64")):
+        (d / name).mkdir()
+        (d / name / "out").write_bytes(arr.tobytes())
+        (d / name / "meta").write_bytes(meta.render(arr.shape, dt))
+    assert of.sniff(str(d)) == "oneflow-legacy"
+    ckpt = of.read(d)
+    assert sorted(ckpt) == ["fc.bias", "fc.weight"]
+    assert np.array_equal(ckpt.tensor("fc.weight"), w) and ckpt["fc.weight"].info.kind == "linear"
+
+
+def test_output_detection_and_cli(tmp_path):
+    assert registry.detect_output(str(tmp_path / "x.oneflow")) == ("oneflow", "oneflow")
+    hub = tmp_path / "m.safetensors"
+    hubfile.write(small_cnn(), hub)
+    r = run_cli("convert", hub, tmp_path / "plain_dir", "--to", "oneflow")
+    assert r.returncode == 0, r.stderr
+    assert f"{len(small_cnn())}/{len(small_cnn())} tensors" in r.stdout
+    r = run_cli("convert", tmp_path / "plain_dir", tmp_path / "back.safetensors")     # detected by content
+    assert r.returncode == 0, r.stderr
+    assert registry.detect_input(str(tmp_path / "plain_dir")) == ("oneflow", "oneflow")
+
+
+# ---- hub -> OneFlow dir -> hub, bit-exact, on generated state dicts ----------------------------
+
+_DTYPES = ["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
+
+
+@st.composite
+def checkpoints(draw):
+    names = draw(st.lists(st.from_regex(r"[a-z]{1,4}(\.[a-z0-9]{1,3}){0,2}\.(weight|bias|running_mean)", fullmatch=True),
+                          min_size=1, max_size=5, unique=True))
+    ckpt = Checkpoint()
+    for name in names:
+        dt = draw(st.sampled_from(_DTYPES))
+        shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4))
+        arr = draw(hnp.arrays(np.dtype(dt), shape, elements={"allow_nan": False} if dt.startswith("float") else None))
+        ckpt.add(name, LazyTensor.from_array(arr))
+    ckpt.extra = draw(st.dictionaries(st.text(min_size=1, max_size=5),
+                                      st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                                                   lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+                                                   max_leaves=8), max_size=4))
+    return ckpt
+
+
+@settings(max_examples=40, deadline=None)
+@given(checkpoints())
+def test_hub_oneflow_hub_is_bit_exact(src):
+    with tempfile.TemporaryDirectory() as d:
+        hubfile.write(src, os.path.join(d, "a.safetensors"))
+        of.write(hubfile.read(os.path.join(d, "a.safetensors")), os.path.join(d, "m.oneflow"))
+        hubfile.write(of.read(os.path.join(d, "m.oneflow")), os.path.join(d, "b.safetensors"))
+        a, b = hubfile.read(os.path.join(d, "a.safetensors")), hubfile.read(os.path.join(d, "b.safetensors"))
+        assert list(a) == list(b)
+        for name in a:
+            assert a[name].tensor.dtype == b[name].tensor.dtype
+            assert a[name].info.original_dtype == b[name].info.original_dtype
+            assert a.tensor(name).tobytes() == b.tensor(name).tobytes()
+        assert a.extra == b.extra
+
+
+def test_existing_output_is_refused(tmp_path):
+    (tmp_path / "o.oneflow").mkdir()
+    with pytest.raises(Exception, match="output exists"):
+        of.write(small_cnn(), tmp_path / "o.oneflow")
+    of.write(small_cnn(), tmp_path / "o.oneflow", overwrite=True)
+    assert len(of.read(tmp_path / "o.oneflow")) == len(small_cnn())
