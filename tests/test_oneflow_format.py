@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hubfmt import Checkpoint, LazyTensor, TensorInfo, hubfile, registry
+from hubfmt import Checkpoint, ConversionError, LazyTensor, TensorInfo, hubfile, registry
 from hubfmt.adapters import oneflow as of
 from hubfmt.adapters.oneflow import meta, pickled
 
@@ -27,8 +27,23 @@ def test_meta_text_round_trip_and_oneflow_spelling():
     assert meta.parse(b"shape {\n}\ndata_type: kInt64\n", "m") == ((), "int64")
     # Other legal spellings of the same message.
     assert meta.parse(b"shape < dim: [2, 5] > data_type: 9  # fp16\n", "m") == ((2, 5), "float16")
-    for dt in ("float64", "float16", "bfloat16", "int8", "int32", "int64", "uint8", "bool"):
+    for dt in ("float64", "float16", "int8", "int32", "int64", "uint8", "bool"):
         assert meta.parse(meta.render((2, 1), dt), "m") == ((2, 1), dt)
+    assert meta.parse(b"shape { dim: 3 } data_type: kBFloat16", "m") == ((3,), "bfloat16")   # read, never written
+
+
+def test_dtypes_oneflow_cannot_load(tmp_path):
+    ckpt = Checkpoint()
+    ckpt.add("bf.weight", LazyTensor.from_array(np.array([0x3F80, 0xC020], dtype=np.uint16), dtype="bfloat16"))
+    rep = of.write(ckpt, tmp_path / "bf.oneflow")
+    assert [(e.name, e.detail) for e in rep.of("cast")] == [("bf.weight", "bfloat16->float32")]
+    back = of.read(tmp_path / "bf.oneflow")
+    assert back["bf.weight"].tensor.dtype == "float32" and list(back.tensor("bf.weight")) == [1.0, -2.5]
+    ckpt = Checkpoint()
+    ckpt.add("i16.bias", LazyTensor.from_array(np.array([1], dtype=np.int16)))
+    with pytest.raises(ConversionError, match="cannot load int16"):
+        of.write(ckpt, tmp_path / "i16.oneflow")
+    assert not (tmp_path / "i16.oneflow").exists()
 
 
 def test_pickle_emitter_uses_oneflow_globals_only():
@@ -104,7 +119,9 @@ def test_batch_norm_without_counter_gets_one(tmp_path):
     assert rep.names("created") == ["features.1.num_batches_tracked"]
     back = of.read(tmp_path / "c.oneflow")
     assert list(back) == list(src)
-    assert back["features.1.num_batches_tracked"].tensor.dtype == "int64" and back.tensor("features.1.num_batches_tracked") == 0
+    counter = back["features.1.num_batches_tracked"].tensor
+    assert counter.dtype == "int64" and counter.shape == () and back.tensor("features.1.num_batches_tracked") == 0
+    assert meta.parse((tmp_path / "c.oneflow" / "tensor_6" / "meta").read_bytes(), "m") == ((), "int64")
 
 
 def test_legacy_layout_is_read(tmp_path):

@@ -96,10 +96,12 @@ def to_model(ckpt: Checkpoint, module, *, strict: bool = True) -> Report:
             report.add("mismatch", name, f"checkpoint {list(src.shape)} vs module {list(ref.shape)}")
             continue
         want = _dtype_name(ref.dtype)
+        # reshape: LazyTensor.load() returns a 0-d tensor (num_batches_tracked) as shape (1,)
+        data = src.load().reshape(src.shape)
         if want == "bfloat16":
-            new[name] = flow.tensor(dtypes.convert(src.load(), src.dtype, "float32")).to(flow.bfloat16)
+            new[name] = flow.tensor(dtypes.convert(data, src.dtype, "float32")).to(flow.bfloat16)
         else:
-            new[name] = flow.tensor(dtypes.convert(src.load(), src.dtype, want))
+            new[name] = flow.tensor(dtypes.convert(data, src.dtype, want))
         if want != src.dtype:
             report.add("cast", name, f"{src.dtype}->{want}")
         else:

@@ -39,7 +39,11 @@ DATA_TYPES = {
     "kChar": (1, "int8"),
 }
 _BY_NUMBER = {num: dt for num, dt in DATA_TYPES.values()}
-_ENUM_OF = {dt: name for name, (_, dt) in DATA_TYPES.items() if name != "kChar"}
+# What OneFlow 0.9's flow.load can read back (oneflow/framework/dtype.py maps only these to numpy;
+# it has no Python int16/uint16+/complex dtypes, and it saves bfloat16 as float32 bytes that it
+# then cannot load).
+LOADABLE = frozenset({"float32", "float64", "float16", "int8", "int32", "int64", "uint8", "bool"})
+_ENUM_OF = {dt: name for name, (_, dt) in DATA_TYPES.items() if dt in LOADABLE and name != "kChar"}
 
 MAX_META_BYTES = 64 * 1024   # a real one is ~60 bytes; anything this large is not a meta
 MAX_RANK = 64
@@ -131,7 +135,7 @@ def parse(data: bytes, path: str) -> tuple[tuple[int, ...], str]:
 
 
 def enum_name(dtype: str) -> str:
-    """The DataType enum name OneFlow writes for a canonical dtype."""
+    """The DataType enum name OneFlow writes for a canonical dtype (KeyError: not loadable)."""
     return _ENUM_OF[dtype]
 
 

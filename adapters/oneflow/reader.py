@@ -58,7 +58,7 @@ def _read_small(path: str, limit: int, what: str) -> bytes:
 
 
 def tensor_folder(folder: str):
-    """A lazy tensor over `folder/out`, shape and dtype from `folder/meta` (sizes checked)."""
+    """(lazy tensor over `folder/out`, dtype `folder/meta` declares); sizes checked."""
     if not os.path.isdir(folder):
         raise FormatError("missing tensor folder (the pickle refers to it)", folder)
     shape, dtype = meta_codec.parse(_read_small(os.path.join(folder, "meta"), meta_codec.MAX_META_BYTES, "meta"),
@@ -71,9 +71,12 @@ def tensor_folder(folder: str):
     if not os.path.isfile(out):
         raise FormatError("out is not a file", out)
     t = region_tensor(out, 0, dtype, shape)
+    if dtype == "bfloat16" and size == 2 * t.nbytes:
+        # OneFlow 0.9 saves a bfloat16 tensor through tensor.numpy(), i.e. as float32 bytes (exact).
+        t = region_tensor(out, 0, "float32", shape)
     if t.nbytes != size:
         raise FormatError(f"meta says {dtype}{list(shape)} ({t.nbytes} bytes) but out holds {size} bytes", out)
-    return t
+    return t, dtype
 
 
 def _is_state_dict(obj) -> bool:
@@ -152,24 +155,26 @@ def read(path: str | os.PathLike, *, prefer_ema: bool = False) -> Checkpoint:
                 raise FormatError(f"tensor {name!r} has no folder in the pickle", pk)
             tied = seen.get(ref.folder)
             seen.setdefault(ref.folder, name)
-            tensors[name] = (tensor_folder(os.path.join(path, ref.folder)), ref.folder, tied)
+            tensors[name] = (*tensor_folder(os.path.join(path, ref.folder)), ref.folder, tied)
         extra.update(_sidecar_extra(path))
     else:
         tensors, extra = {}, {}
         for entry in sorted(os.listdir(path)):
             if entry == SNAPSHOT_DONE or not os.path.isdir(os.path.join(path, entry)):
                 continue
-            tensors[entry] = (tensor_folder(os.path.join(path, entry)), entry, None)
-    kinds = kind_from_names({n: t.shape for n, (t, _, _) in tensors.items()})
-    for name, (t, folder, tied) in tensors.items():
+            tensors[entry] = (*tensor_folder(os.path.join(path, entry)), entry, None)
+    kinds = kind_from_names({n: t.shape for n, (t, *_) in tensors.items()})
+    for name, (t, declared, folder, tied) in tensors.items():
         layer, _, role = name.rpartition(".")
         info = TensorInfo(kind=kinds[name], role=role or name, layer=layer, original_name=name,
-                          original_dtype=t.dtype, tied_to=tied)
+                          original_dtype=declared, tied_to=tied)
         ckpt.add(name, t, info)
         if kinds[name] != "tensor" and layer not in ckpt.layers:
             ckpt.layers[layer] = LayerInfo(kinds[name])
         if tied:
             ckpt.report.add("tied", name, f"shares {folder} with {tied}")
+        elif declared != t.dtype:
+            ckpt.report.add("cast", name, f"{declared}->{t.dtype} (OneFlow 0.9 stores bfloat16 as float32 bytes)")
     ckpt.extra = extra
     ckpt.report.tensors_in = len(ckpt)
     return ckpt

@@ -41,10 +41,12 @@ LAYOUTS = ("state_dict", "training")
 def output_dtype(tensor_dtype: str, original_dtype: str, restore_dtype: bool) -> str:
     """The dtype written for a tensor: the source's own dtype by default (an fp16 YOLOv5 weight
     goes back to fp16; OneFlow's load_state_dict casts it into an fp32 parameter), float32 for
-    floating tensors when restore_dtype=False."""
-    if restore_dtype:
-        return original_dtype or tensor_dtype
-    return "float32" if tensor_dtype in dtypes.FLOATING else tensor_dtype
+    floating tensors when restore_dtype=False. bfloat16 is written as float32 (exact): OneFlow 0.9
+    saves it as float32 bytes under a kBFloat16 meta that its own flow.load then refuses."""
+    dt = (original_dtype or tensor_dtype) if restore_dtype else tensor_dtype
+    if dt == "bfloat16" or (not restore_dtype and dt in dtypes.FLOATING):
+        return "float32"          # OneFlow 0.9's flow.load cannot read bfloat16 back from disk
+    return dt
 
 
 def _missing_bn_counters(ckpt: Checkpoint) -> dict[str, str]:
@@ -87,14 +89,15 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
         try:
             meta_codec.enum_name(dt)
         except KeyError:
-            raise ConversionError(f"tensor {name!r}: OneFlow has no {dt} dtype", path) from None
+            raise ConversionError(f"tensor {name!r}: OneFlow 0.9 cannot load {dt} tensors", path) from None
         if dt != e.tensor.dtype:
-            report.add("cast", name, f"{e.tensor.dtype}->{dt}" + (" (restored source dtype)" if restore_dtype else ""))
+            why = " (restored source dtype)" if dt == e.info.original_dtype else ""
+            report.add("cast", name, f"{e.tensor.dtype}->{dt}{why}")
         else:
             report.add("matched", name)
         plan.append((name, e.tensor, dt, e.info.role not in BUFFER_ROLES and dt in dtypes.FLOATING))
         if name in counters:
-            zero = LazyTensor.from_array(np.zeros((), dtype="<i8"))
+            zero = LazyTensor((), "int64", lambda: np.zeros((), dtype="<i8"))
             plan.append((counters[name], zero, "int64", False))
             report.add("created", counters[name], "OneFlow BatchNorm counter the source lacks (0)")
 
