@@ -9,6 +9,7 @@ import numpy as np
 
 from hubfmt import Checkpoint, LazyTensor, TensorInfo, hubfile
 from hubfmt.adapters import oneflow as of
+from hubfmt.adapters.oneflow import meta
 
 import yolo_twin
 from conftest import assert_same_outputs, require, run_cli, run_oneflow
@@ -187,6 +188,9 @@ hubfile.write(ckpt, os.path.join(d, "mem.safetensors"))
 dst = Model().eval()
 report = of.to_model(hubfile.read(os.path.join(d, "mem.safetensors")), dst)
 diff = float((dst(x) - src(x)).abs().max().numpy())
+hub = hubfile.read(os.path.join(d, "mem.safetensors"))
+del hub.entries["model.0.bn.num_batches_tracked"]
+created = of.to_model(hub, Model()).names("created")
 small = Model()
 del small.model[8]
 try:
@@ -194,7 +198,7 @@ try:
     refused = ""
 except ConversionError as e:
     refused = str(e)
-print(json.dumps({"text": report.to_text(), "diff": diff, "refused": refused, "std": float(src(x).std().numpy()),
+print(json.dumps({"text": report.to_text(), "diff": diff, "refused": refused, "std": float(src(x).std().numpy()), "created": created,
                   "layers": {k: [v.kind, v.attrs] for k, v in ckpt.layers.items()}}))
 '''
 
@@ -203,6 +207,7 @@ def test_from_model_and_to_model_in_oneflow(tmp_path):
     np.save(tmp_path / "x.npy", X)
     res = json.loads(run_oneflow(IN_MEMORY, str(tmp_path)).stdout.strip().splitlines()[-1])
     assert res["diff"] == 0.0 and res["std"] > 0.1
+    assert res["created"] == ["model.0.bn.num_batches_tracked"]
     assert "119/119 tensors" in res["text"]
     assert res["refused"].startswith("5 tensor(s) do not fit the module (first: unexpected model.8.anchors")
     assert "strict=False" in res["refused"]
@@ -213,3 +218,28 @@ def test_from_model_and_to_model_in_oneflow(tmp_path):
     # Read back in the main environment: the hub file from OneFlow's process is a normal hub file.
     hub = hubfile.read(tmp_path / "mem.safetensors")
     assert hub.source.framework == "oneflow" and hub.layers["model.0.bn"].attrs["momentum"] == 0.03
+
+
+LEGACY = r'''
+import sys, json
+import oneflow as flow
+sd = flow.load(sys.argv[1])
+print(json.dumps({k: [str(v.dtype), list(v.shape), v.numpy().ravel().tolist()] for k, v in sorted(sd.items())}))
+'''
+
+
+def test_legacy_layout_matches_what_flow_load_reads(tmp_path):
+    d = tmp_path / "snap"
+    d.mkdir()
+    (d / "snapshot_done").write_bytes(b"")
+    arrays = {"fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "fc.bias": np.array([1, -2], dtype=np.int64)}
+    for name, arr in arrays.items():
+        (d / name).mkdir()
+        (d / name / "out").write_bytes(arr.tobytes())
+        (d / name / "meta").write_bytes(meta.render(arr.shape, arr.dtype.name))
+    res = json.loads(run_oneflow(LEGACY, str(d)).stdout.strip().splitlines()[-1])
+    ckpt = of.read(d)
+    assert sorted(ckpt) == sorted(res)
+    for name, (dt, shape, values) in res.items():
+        assert dt == f"oneflow.{ckpt[name].tensor.dtype}" and tuple(shape) == ckpt[name].tensor.shape
+        assert _data(ckpt, name).ravel().tolist() == values

@@ -89,7 +89,13 @@ def to_model(ckpt: Checkpoint, module, *, strict: bool = True) -> Report:
     new = {}
     for name, ref in target.items():
         if name not in ckpt:
-            report.add("missing", name, "the module has it, the checkpoint does not")
+            layer = name.rpartition(".")[0]
+            if name.endswith("num_batches_tracked") and f"{layer}.running_var" in ckpt:
+                # Sources other than torch/OneFlow have no BatchNorm counter (as the writer does).
+                new[name] = flow.zeros((), dtype=flow.int64)
+                report.add("created", name, "OneFlow BatchNorm counter the source lacks (0)")
+            else:
+                report.add("missing", name, "the module has it, the checkpoint does not")
             continue
         src = ckpt.entries[name].tensor
         if tuple(src.shape) != tuple(ref.shape):
