@@ -97,6 +97,33 @@ def test_training_layout_keeps_extra_in_the_pickle(tmp_path):
     assert list(back) == list(src) and back.extra == src.extra
 
 
+def _hand_made(d, data, arrays):
+    d.mkdir()
+    for folder, arr in arrays.items():
+        (d / folder).mkdir()
+        (d / folder / "out").write_bytes(arr.tobytes())
+        (d / folder / "meta").write_bytes(meta.render(arr.shape, arr.dtype.name))
+    (d / "pickled_data").write_bytes(pickled.dumps(data))
+
+
+def test_which_state_dict_is_read(tmp_path):
+    a, b = np.zeros(2, np.float32), np.ones(2, np.float32)
+    arrays = {"tensor_0": a, "tensor_1": b}
+    # A state dict with a plain value beside its tensors (as OneFlow's OneEmbedding state dicts).
+    _hand_made(tmp_path / "sd", {"w.weight": pickled.TensorSlot("tensor_0", True), "opts": "{}"}, arrays)
+    ckpt = of.read(tmp_path / "sd")
+    assert list(ckpt) == ["w.weight"] and ckpt.extra == {"opts": "{}"}
+    # A training checkpoint with model and EMA weights: 'model' unless prefer_ema.
+    train = {"model": {"w.weight": pickled.TensorSlot("tensor_0", True)},
+             "ema": {"w.weight": pickled.TensorSlot("tensor_1", True)}, "epoch": 9}
+    _hand_made(tmp_path / "tr", train, arrays)
+    ckpt = of.read(tmp_path / "tr")
+    assert np.array_equal(ckpt.tensor("w.weight"), a) and ckpt.extra == {"epoch": 9}
+    assert ckpt.report.names("dropped") == ["ema"]
+    ckpt = of.read(tmp_path / "tr", prefer_ema=True)
+    assert np.array_equal(ckpt.tensor("w.weight"), b) and ckpt.report.names("dropped") == ["model"]
+
+
 def test_tied_tensors_share_one_folder(tmp_path):
     ckpt = Checkpoint()
     emb = LazyTensor.from_array(np.arange(12, dtype=np.float32).reshape(3, 4))
@@ -166,8 +193,9 @@ def checkpoints(draw):
         shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4))
         arr = draw(hnp.arrays(np.dtype(dt), shape, elements={"allow_nan": False} if dt.startswith("float") else None))
         ckpt.add(name, LazyTensor.from_array(arr))
+    # Integers within 64 bits: the hub stores non-tensor content as msgpack.
     ckpt.extra = draw(st.dictionaries(st.text(min_size=1, max_size=5),
-                                      st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                                      st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=8),
                                                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
                                                    max_leaves=8), max_size=4))
     return ckpt

@@ -80,7 +80,9 @@ def tensor_folder(folder: str):
 
 
 def _is_state_dict(obj) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, pickled.TensorRef) for v in obj.values())
+    """A dict with tensors as values (a state dict may also hold a few plain values, e.g. OneFlow's
+    OneEmbedding options strings)."""
+    return isinstance(obj, dict) and any(isinstance(v, pickled.TensorRef) for v in obj.values())
 
 
 def _holds_tensors(obj, depth: int = 0) -> bool:
@@ -96,27 +98,33 @@ def _holds_tensors(obj, depth: int = 0) -> bool:
 
 
 def _split(data, path: str, prefer_ema: bool, ckpt: Checkpoint):
-    """(state dict of TensorRefs, extra dict) from the object oneflow.save pickled."""
-    if _is_state_dict(data):
-        return data, {}
+    """(name -> TensorRef, extra dict) from the object oneflow.save pickled: a state dict, or a
+    training checkpoint holding one under 'model' (or 'ema' with prefer_ema, 'state_dict', ...)."""
     if not isinstance(data, dict):
         raise FormatError(f"pickled_data holds a {type(data).__name__}, not a state dict or a dictionary holding one", path)
-    keys = [k for k in MODEL_KEYS if _is_state_dict(data.get(k))]
-    if prefer_ema and _is_state_dict(data.get("ema")):
-        keys.insert(0, "ema")
-    if not keys:
-        raise FormatError("pickled_data holds no state dict (no entry whose values are all tensors)", path)
-    chosen = keys[0]
-    extra = {}
-    for k, v in data.items():
-        if k == chosen:
-            continue
-        if _holds_tensors(v):
-            ckpt.report.add("dropped", str(k), "tensors outside the chosen state dict "
-                            f"'{chosen}' (optimizer state or another copy of the weights)")
-            continue
-        extra[k] = v
-    return data[chosen], extra
+    if _is_state_dict(data):
+        chosen, state = None, data
+    else:
+        keys = [k for k in MODEL_KEYS if _is_state_dict(data.get(k))]
+        if prefer_ema and _is_state_dict(data.get("ema")):
+            keys.insert(0, "ema")
+        if not keys:
+            raise FormatError("pickled_data holds no state dict (no dictionary of tensors, at the top or under "
+                              f"{', '.join(repr(k) for k in MODEL_KEYS)})", path)
+        chosen, state = keys[0], data[keys[0]]
+    tensors, extra = {}, {}
+    for container, where in ((state, "the state dict"), ({} if chosen is None else data, "the checkpoint")):
+        for k, v in container.items():
+            if k == chosen and container is data:
+                continue
+            if isinstance(v, pickled.TensorRef) and container is state:
+                tensors[k] = v
+            elif _holds_tensors(v):
+                ckpt.report.add("dropped", str(k), f"tensors in {where} outside the weights"
+                                + (f" '{chosen}'" if chosen else "") + " (optimizer state or another copy)")
+            else:
+                extra[k] = v
+    return tensors, extra
 
 
 def _check_names(names, path: str) -> None:
@@ -166,7 +174,7 @@ def read(path: str | os.PathLike, *, prefer_ema: bool = False) -> Checkpoint:
     kinds = kind_from_names({n: t.shape for n, (t, *_) in tensors.items()})
     for name, (t, declared, folder, tied) in tensors.items():
         layer, _, role = name.rpartition(".")
-        info = TensorInfo(kind=kinds[name], role=role or name, layer=layer, original_name=name,
+        info = TensorInfo(kind=kinds[name], role=role, layer=layer, original_name=name,
                           original_dtype=declared, tied_to=tied)
         ckpt.add(name, t, info)
         if kinds[name] != "tensor" and layer not in ckpt.layers:
