@@ -223,3 +223,20 @@ def test_existing_output_is_refused(tmp_path):
         of.write(small_cnn(), tmp_path / "o.oneflow")
     of.write(small_cnn(), tmp_path / "o.oneflow", overwrite=True)
     assert len(of.read(tmp_path / "o.oneflow")) == len(small_cnn())
+
+
+def test_same_dtype_copies_go_file_to_file(tmp_path, monkeypatch):
+    of.write(small_cnn(), tmp_path / "a.oneflow")
+    src = of.read(tmp_path / "a.oneflow")
+    import hubfmt.checkpoint
+
+    def no_python_reads(*a, **k):
+        raise AssertionError("tensor bytes went through Python")
+
+    monkeypatch.setattr(hubfmt.checkpoint, "read_region", no_python_reads)
+    of.write(src, tmp_path / "b.oneflow")                  # OneFlow -> OneFlow
+    hubfile.write(src, tmp_path / "b.safetensors")         # OneFlow fp32 -> hub fp32
+    monkeypatch.undo()
+    for name in src:
+        assert np.array_equal(of.read(tmp_path / "b.oneflow").tensor(name), src.tensor(name))
+        assert np.array_equal(hubfile.read(tmp_path / "b.safetensors").tensor(name), src.tensor(name))
