@@ -124,6 +124,12 @@ def test_which_state_dict_is_read(tmp_path):
     assert np.array_equal(ckpt.tensor("w.weight"), b) and ckpt.report.names("dropped") == ["model"]
 
 
+def test_empty_checkpoint(tmp_path):
+    of.write(Checkpoint(), tmp_path / "e.oneflow")
+    assert os.listdir(tmp_path / "e.oneflow") == ["pickled_data"]
+    assert len(of.read(tmp_path / "e.oneflow")) == 0
+
+
 def test_tied_tensors_share_one_folder(tmp_path):
     ckpt = Checkpoint()
     emb = LazyTensor.from_array(np.arange(12, dtype=np.float32).reshape(3, 4))

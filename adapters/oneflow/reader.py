@@ -102,7 +102,7 @@ def _split(data, path: str, prefer_ema: bool, ckpt: Checkpoint):
     training checkpoint holding one under 'model' (or 'ema' with prefer_ema, 'state_dict', ...)."""
     if not isinstance(data, dict):
         raise FormatError(f"pickled_data holds a {type(data).__name__}, not a state dict or a dictionary holding one", path)
-    if _is_state_dict(data):
+    if _is_state_dict(data) or not data:          # flow.save({}) is an empty state dict
         chosen, state = None, data
     else:
         keys = [k for k in MODEL_KEYS if _is_state_dict(data.get(k))]
