@@ -191,6 +191,9 @@ diff = float((dst(x) - src(x)).abs().max().numpy())
 hub = hubfile.read(os.path.join(d, "mem.safetensors"))
 del hub.entries["model.0.bn.num_batches_tracked"]
 created = of.to_model(hub, Model()).names("created")
+pair = fw.nn.Sequential(fw.nn.Linear(3, 3), fw.nn.Linear(3, 3))
+pair[1].weight = pair[0].weight
+tied = of.from_model(pair)["1.weight"].info.tied_to
 small = Model()
 del small.model[8]
 try:
@@ -198,7 +201,7 @@ try:
     refused = ""
 except ConversionError as e:
     refused = str(e)
-print(json.dumps({"text": report.to_text(), "diff": diff, "refused": refused, "std": float(src(x).std().numpy()), "created": created,
+print(json.dumps({"text": report.to_text(), "diff": diff, "refused": refused, "std": float(src(x).std().numpy()), "created": created, "tied": tied,
                   "layers": {k: [v.kind, v.attrs] for k, v in ckpt.layers.items()}}))
 '''
 
@@ -208,6 +211,7 @@ def test_from_model_and_to_model_in_oneflow(tmp_path):
     res = json.loads(run_oneflow(IN_MEMORY, str(tmp_path)).stdout.strip().splitlines()[-1])
     assert res["diff"] == 0.0 and res["std"] > 0.1
     assert res["created"] == ["model.0.bn.num_batches_tracked"]
+    assert res["tied"] == "0.weight"
     assert "119/119 tensors" in res["text"]
     assert res["refused"].startswith("5 tensor(s) do not fit the module (first: unexpected model.8.anchors")
     assert "strict=False" in res["refused"]
@@ -243,3 +247,34 @@ def test_legacy_layout_matches_what_flow_load_reads(tmp_path):
     for name, (dt, shape, values) in res.items():
         assert dt == f"oneflow.{ckpt[name].tensor.dtype}" and tuple(shape) == ckpt[name].tensor.shape
         assert _data(ckpt, name).ravel().tolist() == values
+
+
+RECURRENT = r'''
+import sys, os, numpy as np
+import oneflow as flow
+d = sys.argv[1]
+x = flow.tensor(np.load(os.path.join(d, "seq.npy")))
+for kind, cls in (("lstm", flow.nn.LSTM), ("gru", flow.nn.GRU)):
+    layer = cls(3, 5, batch_first=True).eval()
+    layer.load_state_dict(flow.load(os.path.join(d, kind + ".oneflow")), strict=True)
+    np.save(os.path.join(d, kind + "_out.npy"), layer(x)[0].numpy())
+'''
+
+
+def test_recurrent_layers_share_torch_names_and_gate_order(tmp_path):
+    torch = require("torch")
+    torch.manual_seed(0)
+    seq = np.random.RandomState(2).randn(2, 4, 3).astype(np.float32)
+    np.save(tmp_path / "seq.npy", seq)
+    want = {}
+    for kind, cls in (("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU)):
+        layer = cls(3, 5, batch_first=True).eval()
+        ckpt = Checkpoint()
+        for n, t in layer.state_dict().items():
+            ckpt.add(n, LazyTensor.from_array(t.numpy()), TensorInfo(kind=kind, layer=""))
+        of.write(ckpt, tmp_path / f"{kind}.oneflow")
+        with torch.no_grad():
+            want[kind] = layer(torch.from_numpy(seq))[0].numpy()
+    run_oneflow(RECURRENT, str(tmp_path))
+    for kind in want:
+        assert_same_outputs(np.load(tmp_path / f"{kind}_out.npy"), want[kind])

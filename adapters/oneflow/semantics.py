@@ -2,7 +2,8 @@
 weight, bias, running_mean, running_var, num_batches_tracked and recurrent weight_ih_l0 ...;
 kernels are OIHW, linear [out, in], transposed conv [in, out/groups, k...] (checked against OneFlow
 0.9's Conv1d/2d/3d, ConvTranspose2d, Linear, BatchNorm2d, LSTM, GRU, Embedding, LayerNorm,
-GroupNorm, PReLU). So canonical names and layouts ARE OneFlow's: no renaming, no transposing.
+GroupNorm, PReLU; LSTM/GRU gate order i,f,g,o / r,z,n checked by running torch's weights in OneFlow).
+So canonical names and layouts ARE OneFlow's: no renaming, no transposing.
 
 A file alone does not say which module a tensor belongs to; `kind_from_names` infers what the names
 and ranks imply (a [out, in] weight is taken for a linear layer, a 4-d weight for a conv2d).
