@@ -30,7 +30,6 @@ _FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 class TensorRef:
     """Stand-in for `oneflow.Tensor`: NEWOBJ makes it empty, BUILD gives it the tensor's folder."""
 
-    is_parameter = False
     folder: str | None = None
 
     def __setstate__(self, state):
@@ -45,8 +44,6 @@ class TensorRef:
 
 class ParameterRef(TensorRef):
     """Stand-in for `oneflow.nn.Parameter` (what OneFlow pickles for a module's parameters)."""
-
-    is_parameter = True
 
 
 ALLOWED = {
