@@ -135,3 +135,20 @@ def test_existing_output_cli(tmp_path, good):
     hubfile.write(small_cnn(), hub)
     r = run_cli("convert", hub, good)
     assert r.returncode == 2 and "output exists" in r.stderr
+
+
+def test_pickle_that_expands_to_millions_of_parts(tmp_path, good):
+    # 20 levels of [x, x]: ~300 bytes of pickle, 2 million nodes once shared references are walked.
+    bomb = []
+    for _ in range(20):
+        bomb = [bomb, bomb]
+    (good / "pickled_data").write_bytes(pickle.dumps({"protocol_version": 1, "data": {"epoch": bomb}}))
+    _cli_fails(tmp_path, good, good / "pickled_data", "more than 1000000 parts")
+
+
+def test_pickle_nesting_too_deep(tmp_path, good):
+    deep = []
+    for _ in range(150):
+        deep = [deep]
+    (good / "pickled_data").write_bytes(pickle.dumps({"protocol_version": 1, "data": {"epoch": deep}}))
+    _cli_fails(tmp_path, good, good / "pickled_data", "nests more than 100 levels")

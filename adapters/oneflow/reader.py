@@ -24,6 +24,10 @@ from .semantics import kind_from_names
 SNAPSHOT_DONE = "snapshot_done"
 EXTRA_DIR = "hubfmt_extra"          # sidecar oneflow.save directory holding ckpt.extra (see writer)
 MAX_PICKLE_BYTES = 1 << 30
+# Nodes of the pickled object as a tree. Pickles share objects, so a few hundred bytes can describe
+# 2**40 nodes; every later pass (extra normalisation, our own walks) sees the tree, so count first.
+MAX_NODES = 1_000_000
+MAX_DEPTH = 100
 # Where a training checkpoint keeps the model's state dict, most preferred first.
 MODEL_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
 
@@ -79,21 +83,36 @@ def tensor_folder(folder: str):
     return t, dtype
 
 
+def _check_size(obj, path: str) -> None:
+    """FormatError unless `obj`, shared references expanded, has at most MAX_NODES nodes and
+    MAX_DEPTH levels (iterative: no recursion limit to hit)."""
+    budget, stack = MAX_NODES, [(obj, 0)]
+    while stack:
+        o, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise FormatError(f"pickled object has more than {MAX_NODES} parts (shared references expanded)", path)
+        if depth > MAX_DEPTH:
+            raise FormatError(f"pickled object nests more than {MAX_DEPTH} levels deep", path)
+        if isinstance(o, dict):
+            stack.extend((v, depth + 1) for kv in o.items() for v in kv)
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend((v, depth + 1) for v in o)
+
+
 def _is_state_dict(obj) -> bool:
     """A dict with tensors as values (a state dict may also hold a few plain values, e.g. OneFlow's
     OneEmbedding options strings)."""
     return isinstance(obj, dict) and any(isinstance(v, pickled.TensorRef) for v in obj.values())
 
 
-def _holds_tensors(obj, depth: int = 0) -> bool:
+def _holds_tensors(obj) -> bool:          # bounded by _check_size
     if isinstance(obj, pickled.TensorRef):
         return True
-    if depth > 100:
-        return False
     if isinstance(obj, dict):
-        return any(_holds_tensors(v, depth + 1) for v in obj.values())
+        return any(_holds_tensors(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
-        return any(_holds_tensors(v, depth + 1) for v in obj)
+        return any(_holds_tensors(v) for v in obj)
     return False
 
 
@@ -154,6 +173,7 @@ def read(path: str | os.PathLike, *, prefer_ema: bool = False) -> Checkpoint:
     if fmt == "oneflow":
         pk = os.path.join(path, pickled.PICKLE_FILENAME)
         data = pickled.load(_read_small(pk, MAX_PICKLE_BYTES, "pickled_data"), pk)
+        _check_size(data, pk)
         sd, extra = _split(data, pk, prefer_ema, ckpt)
         extra = from_plain(extra)
         _check_names(sd, pk)
@@ -193,6 +213,7 @@ def _sidecar_extra(path: str) -> dict:
     if not os.path.lexists(side):
         return {}
     extra = pickled.load(_read_small(side, MAX_PICKLE_BYTES, "pickled_data"), side)
+    _check_size(extra, side)
     if not isinstance(extra, dict) or _holds_tensors(extra):
         raise FormatError("hubfmt_extra must hold a dictionary of plain (non-tensor) data", side)
     return from_plain(extra)
