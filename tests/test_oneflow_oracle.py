@@ -16,11 +16,6 @@ from conftest import assert_same_outputs, require, run_cli, run_oneflow
 
 X = np.random.RandomState(0).randn(1, 3, 64, 64).astype(np.float32)
 
-
-def _data(ckpt, name):
-    # LazyTensor.load() gives a 0-d tensor back as shape (1,) (hubfmt core; reported): use .shape.
-    return ckpt.tensor(name).reshape(ckpt[name].tensor.shape)
-
 SAVE_ZOO = yolo_twin.oneflow_prelude() + r'''
 import sys, os, numpy as np
 import oneflow as flow
@@ -54,7 +49,7 @@ def test_reads_what_flow_save_writes(tmp_path):
     assert len(sd) == 119 and sd.source.format == "oneflow"
     for name in sd:
         want = np.load(tmp_path / "npy" / f"{name}.npy")
-        assert sd[name].tensor.dtype == want.dtype.name and np.array_equal(_data(sd, name), want), name
+        assert sd[name].tensor.dtype == want.dtype.name and np.array_equal(sd.tensor(name), want), name
     assert sd["model.0.conv.weight"].info.kind == "conv2d" and sd["model.0.bn.running_var"].info.kind == "batch_norm"
     assert sd["model.0.bn.num_batches_tracked"].tensor.dtype == "int64" and sd.tensor("model.0.bn.num_batches_tracked") == 3
     assert sd["model.8.anchors"].tensor.shape == (2, 3, 2)
@@ -64,7 +59,7 @@ def test_reads_what_flow_save_writes(tmp_path):
         "h.weight": "float16", "bf.weight": "float32", "i32.bias": "int32", "u8.bias": "uint8",
         "f64.weight": "float64", "flag.bias": "bool", "embed.weight": "float32", "head.weight": "float32"}
     for name in zoo:
-        got = _data(zoo, name)
+        got = zoo.tensor(name)
         assert np.array_equal(got, np.load(tmp_path / "npy" / f"zoo.{name}.npy")), name
     # OneFlow 0.9 saved the bfloat16 tensor as float32 bytes: read exactly, original dtype kept.
     assert zoo["bf.weight"].info.original_dtype == "bfloat16" and zoo.report.names("cast") == ["bf.weight"]
@@ -162,11 +157,12 @@ def test_oneflow_to_hub_to_torch_same_outputs(tmp_path):
     r = run_cli("convert", tmp_path / "sd", tmp_path / "m.safetensors")
     assert r.returncode == 0, r.stderr
     assert "119/119 tensors" in r.stdout
-    hub = hubfile.read(tmp_path / "m.safetensors")
+    r = run_cli("convert", tmp_path / "m.safetensors", tmp_path / "m.pt")
+    assert r.returncode == 0, r.stderr
     mod = yolo_twin.torch_module(tmp_path)
     try:
         model = mod.Model().eval()
-        model.load_state_dict({n: torch.from_numpy(_data(hub, n)) for n in hub}, strict=True)
+        model.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True), strict=True)
         with torch.no_grad():
             out = model(torch.from_numpy(X)).numpy()
     finally:
@@ -246,7 +242,7 @@ def test_legacy_layout_matches_what_flow_load_reads(tmp_path):
     assert sorted(ckpt) == sorted(res)
     for name, (dt, shape, values) in res.items():
         assert dt == f"oneflow.{ckpt[name].tensor.dtype}" and tuple(shape) == ckpt[name].tensor.shape
-        assert _data(ckpt, name).ravel().tolist() == values
+        assert ckpt.tensor(name).ravel().tolist() == values
 
 
 RECURRENT = r'''

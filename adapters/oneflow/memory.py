@@ -102,8 +102,7 @@ def to_model(ckpt: Checkpoint, module, *, strict: bool = True) -> Report:
             report.add("mismatch", name, f"checkpoint {list(src.shape)} vs module {list(ref.shape)}")
             continue
         want = _dtype_name(ref.dtype)
-        # reshape: LazyTensor.load() returns a 0-d tensor (num_batches_tracked) as shape (1,)
-        data = src.load().reshape(src.shape)
+        data = src.load()
         if want == "bfloat16":
             new[name] = flow.tensor(dtypes.convert(data, src.dtype, "float32")).to(flow.bfloat16)
         else:
