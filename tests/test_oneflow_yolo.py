@@ -3,8 +3,7 @@ pickled in fp16 under 'model', its class in a module nobody can import, plus epo
 optimizer state) -> hub -> OneFlow directory -> flow.load + load_state_dict(strict=True) in OneFlow
 gives the torch model's outputs (fp16 weights cast to fp32), and the non-tensor fields survive.
 
-Reading the torch checkpoint is the torch adapter's job (hubfmt.adapters.torch); until it is
-installed these tests fail at the first conversion, by design: they are the acceptance test.
+Reading the torch checkpoint is the torch adapter's job (hubfmt.adapters.torch).
 """
 from __future__ import annotations
 
@@ -63,27 +62,15 @@ print(json.dumps({"load": loaded, "file_dtype": str(sd["model.0.conv.weight"].dt
 '''
 
 
-def _find(obj, key, depth=0):
-    """The value under `key` anywhere in nested dicts/lists (where the torch adapter puts model
-    attributes is its choice), or None."""
-    if depth > 20:
-        return None
-    if isinstance(obj, dict):
-        if key in obj:
-            return obj[key]
-        obj = list(obj.values())
-    if isinstance(obj, list):
-        for v in obj:
-            found = _find(v, key, depth + 1)
-            if found is not None:
-                return found
-    return None
-
-
-def _check_extra(extra):
+def _check_extra(extra, *, oneflow_user: bool):
     assert extra["epoch"] == 3 and extra["best_fitness"] == 0.5
-    assert _find(extra, "names") == yolo_twin.NAMES
-    assert _find(extra, "yaml") == {"nc": 4, "depth_multiple": 0.33, "width_multiple": 0.25}
+    attrs = extra["model_attributes"]          # the torch adapter's home for a pickled module's attributes
+    assert attrs["names"] == yolo_twin.NAMES
+    assert attrs["yaml"] == {"nc": 4, "depth_multiple": 0.33, "width_multiple": 0.25}
+    if oneflow_user:                           # plain data: arrays as hubfmt.extra's marker dicts
+        assert set(attrs["stride"]) == {"__ndarray__"}
+    else:
+        assert np.array_equal(attrs["stride"], [4.0, 8.0])
 
 
 def test_yolov5_fp16_training_checkpoint_to_oneflow_with_the_cli(tmp_path):
@@ -98,8 +85,8 @@ def test_yolov5_fp16_training_checkpoint_to_oneflow_with_the_cli(tmp_path):
     # The CLI restores the source dtype (fp16); OneFlow's load_state_dict casts into the fp32 model.
     assert res["file_dtype"] == "oneflow.float16" and res["param_dtype"] == "oneflow.float32"
     assert_same_outputs(np.load(tmp_path / "out_oneflow.npy"), want)
-    _check_extra(res["extra"])                                   # what a OneFlow user sees
-    _check_extra(hubfmt.read(tmp_path / "yolo.oneflow").extra)   # what hubfmt reads back
+    _check_extra(res["extra"], oneflow_user=True)
+    _check_extra(hubfmt.read(tmp_path / "yolo.oneflow").extra, oneflow_user=False)
 
 
 def test_yolov5_to_fp32_oneflow_training_layout_with_the_api(tmp_path):
@@ -113,5 +100,5 @@ def test_yolov5_to_fp32_oneflow_training_layout_with_the_api(tmp_path):
     assert res["load"] == "<All keys matched successfully>"
     assert res["file_dtype"] == "oneflow.float32"               # the OneFlow model is fp32: so is the file
     assert_same_outputs(np.load(tmp_path / "out_oneflow.npy"), want)
-    _check_extra(res["extra"])
-    _check_extra(of.read(tmp_path / "yolo.oneflow").extra)
+    _check_extra(res["extra"], oneflow_user=True)
+    _check_extra(of.read(tmp_path / "yolo.oneflow").extra, oneflow_user=False)
