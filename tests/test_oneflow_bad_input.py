@@ -72,8 +72,10 @@ def test_garbage_meta(tmp_path, good):
 
 def test_truncated_pickle(tmp_path, good):
     raw = (good / "pickled_data").read_bytes()
-    (good / "pickled_data").write_bytes(raw[: len(raw) // 2])
+    (good / "pickled_data").write_bytes(raw[:-1])                  # no STOP
     _cli_fails(tmp_path, good, good / "pickled_data", "corrupt pickle")
+    (good / "pickled_data").write_bytes(raw[: len(raw) // 2])       # cut anywhere: still one line
+    _cli_fails(tmp_path, good, good / "pickled_data")
 
 
 def test_pickle_folder_outside_the_directory(tmp_path, good):
