@@ -132,17 +132,23 @@ def _split(data, path: str, prefer_ema: bool, ckpt: Checkpoint):
                               f"{', '.join(repr(k) for k in MODEL_KEYS)})", path)
         chosen, state = keys[0], data[keys[0]]
     tensors, extra = {}, {}
-    for container, where in ((state, "the state dict"), ({} if chosen is None else data, "the checkpoint")):
-        for k, v in container.items():
-            if k == chosen and container is data:
-                continue
-            if isinstance(v, pickled.TensorRef) and container is state:
-                tensors[k] = v
-            elif _holds_tensors(v):
-                ckpt.report.add("dropped", str(k), f"tensors in {where} outside the weights"
-                                + (f" '{chosen}'" if chosen else "") + " (optimizer state or another copy)")
-            else:
-                extra[k] = v
+
+    def keep(key, value, where: str) -> None:
+        if _holds_tensors(value):
+            ckpt.report.add("dropped", str(key), f"tensors in {where} outside the weights"
+                            + (f" '{chosen}'" if chosen else "") + " (optimizer state or another copy)")
+        else:
+            extra[key] = value
+
+    for k, v in state.items():
+        if isinstance(v, pickled.TensorRef):
+            tensors[k] = v
+        else:
+            keep(k, v, "the state dict")
+    if chosen is not None:
+        for k, v in data.items():
+            if k != chosen:
+                keep(k, v, "the checkpoint")
     return tensors, extra
 
 
