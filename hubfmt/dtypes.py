@@ -61,9 +61,21 @@ def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
     float32 -> bfloat16 rounds to nearest even, so a bfloat16 -> float32 -> bfloat16 round trip is
     exact. Returns `array` itself when nothing changes.
     """
+    shape = np.shape(array)
     if src == dst:
         out = array
-    elif src == "bfloat16":
+    elif src == "bfloat16" or dst == "bfloat16":
+        out = _convert_bfloat16(np.reshape(array, -1), src, dst).reshape(shape)   # 1-d: .view() refuses 0-d
+    else:
+        out = array.astype(storage_dtype(dst), copy=False)
+    sd = storage_dtype(dst)
+    if out.dtype != sd:
+        out = out.astype(sd)
+    return out
+
+
+def _convert_bfloat16(array: np.ndarray, src: str, dst: str) -> np.ndarray:
+    if src == "bfloat16":
         wide = (array.astype("<u4") << 16).view("<f4")
         out = wide if dst == "float32" else wide.astype(storage_dtype(dst))
     elif dst == "bfloat16":
@@ -74,9 +86,4 @@ def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
         if nan.any():
             rounded[nan] = (f32[nan] >> 16).astype("<u2") | 0x0040
         out = rounded
-    else:
-        out = array.astype(storage_dtype(dst), copy=False)
-    sd = storage_dtype(dst)
-    if out.dtype != sd:
-        out = out.astype(sd)
     return out
