@@ -49,8 +49,7 @@ class LazyTensor:
     @classmethod
     def from_array(cls, array: np.ndarray, dtype: str | None = None) -> "LazyTensor":
         name = dtype or dtypes.name_of(array.dtype)
-        # ascontiguousarray turns a 0-d array into shape (1,): keep the scalar's shape.
-        arr = np.ascontiguousarray(array, dtype=dtypes.storage_dtype(name)).reshape(np.shape(array))
+        arr = np.ascontiguousarray(array, dtype=dtypes.storage_dtype(name))
         return cls(arr.shape, name, lambda: arr)
 
     @property
@@ -65,7 +64,9 @@ class LazyTensor:
         want = dtypes.storage_dtype(self.dtype)
         if arr.dtype != want:
             arr = arr.astype(want)
-        return np.ascontiguousarray(arr).reshape(self.shape)   # reshape last: ascontiguousarray makes 0-d 1-d
+        if tuple(arr.shape) != self.shape:
+            arr = arr.reshape(self.shape)
+        return np.ascontiguousarray(arr)
 
     def map(self, fn: Callable[[np.ndarray], np.ndarray], shape, dtype: str | None = None) -> "LazyTensor":
         """A new LazyTensor whose data is fn(self.load()); `shape`/`dtype` describe the result."""
