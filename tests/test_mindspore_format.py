@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from hubfmt import hubfile
 from hubfmt.adapters import mindspore as adapter
-from hubfmt.checkpoint import Checkpoint, LazyTensor, TensorInfo
-from hubfmt.errors import ConversionError, OutputError
+from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+from hubfmt.errors import ConversionError, HubfmtError, OutputError
 from hubfmt.adapters.mindspore import proto
 
 DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64",
@@ -255,3 +255,41 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_packed_dims_and_unknown_fields_are_read(tmp_path):
+    """proto2 parsers accept packed repeated fields and skip unknown ones: so do we."""
+    content = np.arange(6, dtype=np.float32).tobytes()
+    tensor = (b"\x0a\x02\x02\x03" + b"\x12\x07Float32" + b"\x28\x05"            # packed dims, unknown field 5
+              + b"\x1a" + proto.varint(len(content)) + content)
+    value = b"\x0a\x01w" + b"\x12" + proto.varint(len(tensor)) + tensor
+    (tmp_path / "p.ckpt").write_bytes(b"\x0a" + proto.varint(len(value)) + value)
+    ckpt = adapter.read(tmp_path / "p.ckpt")
+    assert ckpt.tensor("w").tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_reading_is_lazy_and_copies_are_file_to_file(tmp_path):
+    ckpt = Checkpoint()
+    ckpt.add("fc.weight", LazyTensor.from_array(np.arange(12, dtype=np.float32).reshape(3, 4)))
+    adapter.write(ckpt, tmp_path / "m.ckpt")
+    back = adapter.read(tmp_path / "m.ckpt")
+    span = back["fc.weight"].tensor.span
+    assert span is not None and span.nbytes == 48
+    assert (tmp_path / "m.ckpt").read_bytes()[span.offset:span.offset + 48] == ckpt.tensor("fc.weight").tobytes()
+
+
+def test_layer_kind_from_layer_info(tmp_path):
+    ckpt = Checkpoint()
+    ckpt.add("bn.weight", LazyTensor.from_array(np.ones(2, np.float32)))
+    ckpt.layers["bn"] = LayerInfo("batch_norm")
+    adapter.write(ckpt, tmp_path / "m.ckpt")
+    assert [r.tag for r in proto.scan(tmp_path / "m.ckpt")[0]] == ["bn.gamma"]
+
+
+def test_options(tmp_path):
+    ckpt = Checkpoint()
+    ckpt.add("w", LazyTensor.from_array(np.ones(2, np.float32)))
+    with pytest.raises(HubfmtError, match="unknown option.*templete"):
+        adapter.write(ckpt, tmp_path / "m.ckpt", templete=["w"])
+    report = adapter.write(ckpt, tmp_path / "m.ckpt", keep_dtype=True)
+    assert report.of("warning")[0].name == "keep_dtype"

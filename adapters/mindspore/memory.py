@@ -65,7 +65,7 @@ def _lazy(param, ms) -> LazyTensor:
     return LazyTensor(tuple(param.shape), dt, lambda: np.ascontiguousarray(param.asnumpy()))
 
 
-def from_model(cell, *, keep_optimizer: bool = False, **_ignored) -> Checkpoint:
+def from_model(cell, *, keep_optimizer: bool = False) -> Checkpoint:
     """A MindSpore Cell's parameters (parameters_dict()) as a canonical, lazy Checkpoint, with
     layer kinds and attributes (conv stride/padding/groups, BatchNorm eps/momentum) from the cells.
 
@@ -110,7 +110,7 @@ def _ms_tensor(arr: np.ndarray, dtype: str, ms):
     return ms.Tensor(arr)
 
 
-def to_model(ckpt: Checkpoint, cell, *, strict: bool = True, **_ignored):
+def to_model(ckpt: Checkpoint, cell, *, strict: bool = True):
     """Load `ckpt` into MindSpore Cell `cell`, following the cell's parameter names (exact or by
     role: `bn.gamma` <- `bn.weight`), shapes and dtypes. With strict (the default) any parameter
     missing, unexpected, of the wrong shape or left unloaded by load_param_into_net is a

@@ -119,11 +119,12 @@ def safetensors_tensors(path: str) -> tuple[list[tuple[str, LazyTensor]], dict]:
     return [(n, src[n].tensor) for n in src], meta
 
 
-def read(path: str | os.PathLike, *, keep_optimizer: bool = False, **_ignored) -> Checkpoint:
+def read(path: str | os.PathLike, *, keep_optimizer: bool = False, prefer_ema: bool = False) -> Checkpoint:
     """Read a MindSpore .ckpt or safetensors checkpoint as a canonical, lazy Checkpoint.
 
     Optimizer state (learning_rate, global_step, moments.*, ...) is dropped and reported unless
     `keep_optimizer`; ModelCheckpoint's epoch_num/step_num and string entries go to `ckpt.extra`.
+    MindSpore checkpoints have no EMA convention: `prefer_ema` is reported and has no effect.
 
     >>> ckpt = read("efficientnet.ckpt")                    # doctest: +SKIP
     >>> ckpt["0._bn1.running_var"].info.original_name       # doctest: +SKIP
@@ -139,6 +140,8 @@ def read(path: str | os.PathLike, *, keep_optimizer: bool = False, **_ignored) -
     else:
         items, has_crc = ckpt_tensors(path)
     ckpt = to_canonical(items, keep_optimizer=keep_optimizer)
+    if prefer_ema:
+        ckpt.report.add("warning", os.path.basename(path), "prefer_ema: MindSpore checkpoints have no EMA weights convention")
     if has_crc:
         ckpt.report.add("warning", os.path.basename(path), "carries a MindSpore crc_num; hubfmt does not verify it")
     ckpt.source.framework = "mindspore"

@@ -42,12 +42,16 @@ class Item:
     source: str           # canonical name it came from
 
 
-def native_name(name: str, entry: Entry) -> str:
-    """The MindSpore parameter name for canonical `name`."""
+def native_name(name: str, entry: Entry, layers: dict | None = None) -> str:
+    """The MindSpore parameter name for canonical `name` (`layers`: the checkpoint's LayerInfo,
+    consulted when the tensor itself does not say its kind)."""
     info = entry.info
     layer, dot, role = name.rpartition(".")
-    if info.kind in NORM_KINDS or info.kind == "embedding":
-        return f"{layer}{dot}{names.native_role(info.kind, role)}"
+    kind = info.kind
+    if kind == "tensor" and layers and info.layer in layers:
+        kind = layers[info.layer].kind
+    if kind in NORM_KINDS or kind == "embedding":
+        return f"{layer}{dot}{names.native_role(kind, role)}"
     orig = info.original_name
     if orig and orig != name and names.canonical_name(orig) == name:
         return orig         # read from MindSpore: its own name back (e.g. gamma of an unknown norm)
@@ -68,7 +72,7 @@ def load_template(template) -> list[Target]:
         from .reader import read
         template = read(template)
     if isinstance(template, Checkpoint):
-        return [Target(native_name(n, e), e.tensor.shape, e.tensor.dtype) for n, e in template.entries.items()]
+        return [Target(native_name(n, e, template.layers), e.tensor.shape, e.tensor.dtype) for n, e in template.entries.items()]
     if hasattr(template, "parameters_dict"):          # a mindspore.nn.Cell (duck-typed: no import)
         return [Target(n, tuple(p.shape), _dtype_name(p.dtype)) for n, p in template.parameters_dict().items()]
     if isinstance(template, dict):
@@ -140,12 +144,12 @@ def plan(ckpt: Checkpoint, template=None, *, strict: bool = True, restore_dtype:
                         and tuple(orig) != tensor.shape and _fit(tensor, tuple(orig)) is not None):
                     tensor = _fit(tensor, tuple(orig))   # e.g. a MindSpore Conv1d weight back to [O,I,1,K]
                     report.add("reshaped", name, f"{list(e.tensor.shape)}->{list(orig)} (its original shape)")
-                items.append(Item(native_name(name, e), tensor, _out_dtype(e, restore_dtype, None, name, path), name))
+                items.append(Item(native_name(name, e, ckpt.layers), tensor, _out_dtype(e, restore_dtype, None, name, path), name))
     else:
         targets = load_template(template)
         by_native = {}
         for name, e in ckpt.entries.items():
-            by_native.setdefault(native_name(name, e), name)
+            by_native.setdefault(native_name(name, e, ckpt.layers), name)
         used, missing, mismatch = set(), [], []
         for t in targets:
             src = _source_of(t.name, ckpt, by_native)

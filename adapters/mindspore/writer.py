@@ -19,6 +19,7 @@ import numpy as np
 from hubfmt import dtypes
 from hubfmt.atomic import atomic_output
 from hubfmt.checkpoint import Checkpoint, LazyTensor, region_tensor
+from hubfmt.errors import HubfmtError
 from hubfmt.report import Report
 from hubfmt.streaming import Progress, write_tensor
 
@@ -26,6 +27,7 @@ from . import names, proto
 from .template import Item, plan
 
 SLICE_BYTES = 512 * 1024 * 1024      # mindspore.train.serialization: SLICE_SIZE (KiB) * 1024
+HUB_ONLY_OPTIONS = frozenset({"keep_dtype", "max_shard_size"})    # the CLI passes them to every writer
 
 
 def _slices(item: Item, nbytes: int, max_slice: int) -> list[LazyTensor]:
@@ -68,7 +70,7 @@ def _extra_items(ckpt: Checkpoint, taken: set[str], report: Report, *, strings: 
 
 def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False, progress: Progress | None = None,
           restore_dtype: bool = True, template=None, strict: bool = True, max_slice_bytes: int = SLICE_BYTES,
-          write_extra: bool = True, **_ignored) -> Report:
+          write_extra: bool = True, **options) -> Report:
     """Write `ckpt` as a MindSpore checkpoint at `path`: `.safetensors` -> MindSpore safetensors,
     anything else -> `.ckpt` protobuf. Floating tensors get their original dtype back unless
     `restore_dtype=False`. `template` makes the output follow a target's names, order, shapes
@@ -77,10 +79,15 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     >>> write(hubfmt.read("effnet.safetensors"), "effnet.ckpt", template="ms_effnet.ckpt")   # doctest: +SKIP
     """
     path = os.fspath(path)
+    unknown = set(options) - HUB_ONLY_OPTIONS
+    if unknown:
+        raise HubfmtError(f"unknown option(s) for MindSpore output: {', '.join(sorted(unknown))}", path)
     items, report = plan(ckpt, template, strict=strict, restore_dtype=restore_dtype, path=path)
     safetensors = path.endswith(".safetensors")
     extras = _extra_items(ckpt, {it.name for it in items}, report, strings=not safetensors) if write_extra else []
     report.destination = path
+    for opt in sorted(set(options) & HUB_ONLY_OPTIONS):
+        report.add("warning", opt, "applies to hub output only; ignored for a MindSpore checkpoint")
     for it in items:
         if it.tensor.shape == (0,) and not safetensors:
             report.add("warning", it.name, "empty [0] tensor: MindSpore's loader reads dims [0] as a scalar "
