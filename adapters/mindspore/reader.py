@@ -55,12 +55,22 @@ def _safetensors_metadata(path: str) -> dict:
 def _pieces_tensor(path: str, pieces, dtype: str, shape) -> LazyTensor:
     """A tensor whose content MindSpore split into several Values (> 512 MiB): read piece by piece."""
     def load():
+        # Straight into one buffer: the tensor is in memory once, never piece + copy.
         out = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=dtypes.storage_dtype(dtype))
         raw = memoryview(out).cast("B")
         pos = 0
-        for off, n in pieces:
-            raw[pos:pos + n] = memoryview(read_region(path, off, "uint8", (n,))).cast("B")
-            pos += n
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for off, n in pieces:
+                done = 0
+                while done < n:
+                    k = os.preadv(fd, [raw[pos + done:pos + n]], off + done)
+                    if k <= 0:
+                        raise FormatError(f"file ends inside a tensor (wanted {n} bytes at offset {off})", path)
+                    done += k
+                pos += n
+        finally:
+            os.close(fd)
         return out.reshape(shape)
     return LazyTensor(shape, dtype, load)
 
