@@ -12,6 +12,7 @@ from hubfmt import dtypes
 from hubfmt.adapters import mindspore as adapter
 from hubfmt.adapters.mindspore import proto
 from hubfmt.checkpoint import Checkpoint, LazyTensor
+from hubfmt.errors import FormatError
 
 NUMPY = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int8": np.int8,
          "int16": np.int16, "int32": np.int32, "int64": np.int64, "uint8": np.uint8, "uint16": np.uint16,
@@ -94,6 +95,7 @@ def test_reads_sliced_tensors_and_crc(tmp_path, monkeypatch):
     for name in arrays:
         assert ckpt.tensor(name).tobytes() == oracle[name].asnumpy().tobytes()
     assert "crc_num" in ckpt.report.of("warning")[0].detail
+    assert not adapter.read(path, verify_crc=True).report.of("warning")
 
 
 @st.composite
@@ -247,3 +249,25 @@ def test_training_checkpoint_optimizer_state_dropped(tmp_path):
         ["global_step", "learning_rate", "beta1_power", "beta2_power", "moment1.0.weight", "moment1.0.bias",
          "moment2.0.weight", "moment2.0.bias"])
     assert ckpt.extra == {"epoch_num": 1, "step_num": 1}
+
+
+@pytest.mark.parametrize("suffix,fmt", [(".ckpt", "ckpt"), (".safetensors", "safetensors")])
+def test_crc_written_by_mindspore_is_verified(tmp_path, suffix, fmt):
+    ms = _ms()
+    rng = np.random.default_rng(5)
+    arrays = {"a.weight": (rng.normal(size=(6, 5)).astype(np.float32), "float32"),
+              "b.bias": (rng.normal(size=(4,)).astype(np.float16), "float16")}
+    path = tmp_path / f"crc{suffix}"
+    _save(ms, path, arrays, crc_check=True, format=fmt)
+    ckpt = adapter.read(path, verify_crc=True)
+    assert not ckpt.report.of("warning")
+    raw = bytearray(path.read_bytes())
+    span = ckpt["a.weight"].tensor.span
+    raw[span.offset + 3] ^= 0x01                 # one bit of one weight
+    damaged = tmp_path / f"damaged{suffix}"
+    damaged.write_bytes(bytes(raw))
+    assert adapter.read(damaged).tensor("a.weight").tobytes() != arrays["a.weight"][0].tobytes()
+    with pytest.raises(FormatError, match="crc_num does not match"):
+        adapter.read(damaged, verify_crc=True)
+    with pytest.raises(ValueError):              # MindSpore agrees that the file is damaged
+        ms.load_checkpoint(str(damaged), crc_check=True, format=fmt)

@@ -6,9 +6,10 @@ Both are read lazily: tensors are LazyTensors over the file's bytes, loaded one 
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
 import struct
+import zlib
+from collections import Counter
 
 import numpy as np
 
@@ -129,12 +130,33 @@ def safetensors_tensors(path: str) -> tuple[list[tuple[str, LazyTensor]], dict]:
     return [(n, src[n].tensor) for n in src], meta
 
 
-def read(path: str | os.PathLike, *, keep_optimizer: bool = False, prefer_ema: bool = False) -> Checkpoint:
+def _crc_ok(path: str, fmt: str, items, meta: dict) -> bool:
+    """Check MindSpore's crc_num: .ckpt, CRC32 of everything before the trailer; safetensors,
+    CRC32 over (name, tensor bytes) in sorted name order. Streams; one tensor in memory at most."""
+    crc = 0
+    if fmt == CKPT:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            left = size - proto.CRC_TRAILER_SIZE
+            while left > 0:
+                chunk = f.read(min(left, 1 << 24))
+                crc = zlib.crc32(chunk, crc)
+                left -= len(chunk)
+            f.seek(size - proto.CRC_TRAILER_SIZE + len(proto.CRC_TRAILER))
+            return crc == int.from_bytes(f.read(10), "big")
+    for name, t in sorted(items, key=lambda kv: kv[0]):
+        crc = zlib.crc32(t.load().tobytes(), zlib.crc32(name.encode("utf-8"), crc))
+    return str(crc) == meta.get("crc_num")
+
+
+def read(path: str | os.PathLike, *, keep_optimizer: bool = False, prefer_ema: bool = False,
+         verify_crc: bool = False) -> Checkpoint:
     """Read a MindSpore .ckpt or safetensors checkpoint as a canonical, lazy Checkpoint.
 
     Optimizer state (learning_rate, global_step, moments.*, ...) is dropped and reported unless
     `keep_optimizer`; ModelCheckpoint's epoch_num/step_num and string entries go to `ckpt.extra`.
     MindSpore checkpoints have no EMA convention: `prefer_ema` is reported and has no effect.
+    `verify_crc` checks the crc_num save_checkpoint(crc_check=True) stores (one extra pass over the file).
 
     >>> ckpt = read("efficientnet.ckpt")                    # doctest: +SKIP
     >>> ckpt["0._bn1.running_var"].info.original_name       # doctest: +SKIP
@@ -144,16 +166,21 @@ def read(path: str | os.PathLike, *, keep_optimizer: bool = False, prefer_ema: b
     if not os.path.isfile(path):
         raise FormatError("no such file", path)
     fmt = SAFETENSORS if hubfile.is_safetensors(path) else CKPT
+    meta: dict = {}
     if fmt == SAFETENSORS:
         items, meta = safetensors_tensors(path)
         has_crc = "crc_num" in meta
     else:
         items, has_crc = ckpt_tensors(path)
+    if verify_crc and has_crc and not _crc_ok(path, fmt, [kv for kv in items if isinstance(kv[1], LazyTensor)], meta):
+        raise FormatError("crc_num does not match the content: the file is damaged", path)
     ckpt = to_canonical(items, keep_optimizer=keep_optimizer)
     if prefer_ema:
         ckpt.report.add("warning", os.path.basename(path), "prefer_ema: MindSpore checkpoints have no EMA weights convention")
-    if has_crc:
-        ckpt.report.add("warning", os.path.basename(path), "carries a MindSpore crc_num; hubfmt does not verify it")
+    if has_crc and not verify_crc:
+        ckpt.report.add("warning", os.path.basename(path), "carries a crc_num, not checked (read with verify_crc=True)")
+    elif verify_crc and not has_crc:
+        ckpt.report.add("warning", os.path.basename(path), "verify_crc: the file has no crc_num to check")
     ckpt.source.framework = "mindspore"
     ckpt.source.file = os.path.basename(path)
     ckpt.source.format = fmt
