@@ -77,6 +77,21 @@ class _Cursor:
         self.pos += n
 
     def varint(self, limit: int, what: str) -> int:
+        lo = self.pos - self._buf_at
+        buf = self._buf
+        if 0 <= lo and lo + 10 <= len(buf) and self.pos + 10 <= limit:
+            # Fast path: all ten possible bytes are in the window and inside the message.
+            value = shift = 0
+            for i in range(lo, lo + 10):
+                b = buf[i]
+                value |= (b & 0x7F) << shift
+                if b < 0x80:
+                    self.pos += i - lo + 1
+                    if value >= 1 << 64:
+                        self.fail(f"{what}: varint exceeds 64 bits")
+                    return value
+                shift += 7
+            self.fail(f"{what}: varint longer than 10 bytes")
         value = shift = 0
         for _ in range(10):
             (b,) = self.read(1, limit, what)
