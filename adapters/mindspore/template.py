@@ -128,58 +128,15 @@ def _listing(names_: list[str]) -> str:
 
 def plan(ckpt: Checkpoint, template=None, *, strict: bool = True, restore_dtype: bool = True,
          path=None) -> tuple[list[Item], Report]:
-    """The tensors to write, in output order, and a report of every decision."""
+    """The tensors to write, in output order, and a report of every decision.
+
+    >>> items, report = plan(ckpt, [("bn.gamma", (4,)), ("bn.beta", (4,))])     # doctest: +SKIP
+    """
     report = Report(stage="write")
-    items: list[Item] = []
     if template is None:
-        for name, e in ckpt.entries.items():
-            if e.info.tied_to:
-                report.add("dropped", name, f"tied to {e.info.tied_to}: MindSpore stores a shared parameter once")
-            elif e.info.role == "num_batches_tracked":
-                report.add("dropped", name, "MindSpore normalisation layers have no num_batches_tracked")
-            else:
-                tensor = e.tensor
-                orig = e.info.original_shape
-                if (ckpt.source.framework == "mindspore" and not e.info.original_layout and orig is not None
-                        and tuple(orig) != tensor.shape and _fit(tensor, tuple(orig)) is not None):
-                    tensor = _fit(tensor, tuple(orig))   # e.g. a MindSpore Conv1d weight back to [O,I,1,K]
-                    report.add("reshaped", name, f"{list(e.tensor.shape)}->{list(orig)} (its original shape)")
-                items.append(Item(native_name(name, e, ckpt.layers), tensor, _out_dtype(e, restore_dtype, None, name, path), name))
+        items = _own_names(ckpt, report, restore_dtype, path)
     else:
-        targets = load_template(template)
-        by_native = {}
-        for name, e in ckpt.entries.items():
-            by_native.setdefault(native_name(name, e, ckpt.layers), name)
-        used, missing, mismatch = set(), [], []
-        for t in targets:
-            src = _source_of(t.name, ckpt, by_native)
-            if src is None or src in used:
-                missing.append(t.name)
-                report.add("missing", t.name, "not in the source checkpoint")
-                continue
-            e = ckpt.entries[src]
-            tensor = e.tensor if t.shape is None else _fit(e.tensor, t.shape)
-            if tensor is None:
-                mismatch.append(t.name)
-                report.add("mismatch", t.name, f"source {src} has shape {list(e.tensor.shape)}, target wants {list(t.shape)}")
-                continue
-            if tensor is not e.tensor:
-                report.add("reshaped", t.name, f"{list(e.tensor.shape)}->{list(t.shape)}")
-            used.add(src)
-            items.append(Item(t.name, tensor, _out_dtype(e, restore_dtype, t.dtype, t.name, path), src))
-        unexpected = []
-        for name, e in ckpt.entries.items():
-            if name in used:
-                continue
-            if e.info.role == "num_batches_tracked" or e.info.tied_to:
-                report.add("dropped", name, "not a parameter of the target" + (f" (tied to {e.info.tied_to})" if e.info.tied_to else ""))
-            else:
-                unexpected.append(name)
-                report.add("unexpected", name, "not a parameter of the target")
-        if strict and (missing or mismatch or unexpected):
-            parts = [f"{label} {len(v)}: {_listing(v)}" for label, v in
-                     (("missing", missing), ("wrong shape", mismatch), ("unexpected", unexpected)) if v]
-            raise ConversionError("checkpoint does not fit the template (strict): " + "; ".join(parts), path)
+        items = _follow(ckpt, load_template(template), report, strict, restore_dtype, path)
     for it in items:
         if it.name != it.source:
             report.add("renamed", it.source, it.name)
@@ -189,3 +146,63 @@ def plan(ckpt: Checkpoint, template=None, *, strict: bool = True, restore_dtype:
             report.add("matched", it.name)
     return items, report
 
+
+def _own_names(ckpt: Checkpoint, report: Report, restore_dtype: bool, path) -> list[Item]:
+    """Every tensor under its MindSpore name, in the checkpoint's order."""
+    items = []
+    for name, e in ckpt.entries.items():
+        if e.info.tied_to:
+            report.add("dropped", name, f"tied to {e.info.tied_to}: MindSpore stores a shared parameter once")
+            continue
+        if e.info.role == "num_batches_tracked":
+            report.add("dropped", name, "MindSpore normalisation layers have no num_batches_tracked")
+            continue
+        tensor = e.tensor
+        orig = e.info.original_shape
+        if (ckpt.source.framework == "mindspore" and not e.info.original_layout and orig is not None
+                and tuple(orig) != tensor.shape and _fit(tensor, tuple(orig)) is not None):
+            tensor = _fit(tensor, tuple(orig))   # e.g. a MindSpore Conv1d weight back to [O,I,1,K]
+            report.add("reshaped", name, f"{list(e.tensor.shape)}->{list(orig)} (its original shape)")
+        items.append(Item(native_name(name, e, ckpt.layers), tensor,
+                          _out_dtype(e, restore_dtype, None, name, path), name))
+    return items
+
+
+def _follow(ckpt: Checkpoint, targets: list[Target], report: Report, strict: bool, restore_dtype: bool,
+            path) -> list[Item]:
+    """The template's parameters in its order, each from its source tensor; problems collected."""
+    by_native = {}
+    for name, e in ckpt.entries.items():
+        by_native.setdefault(native_name(name, e, ckpt.layers), name)
+    items, used, missing, mismatch = [], set(), [], []
+    for t in targets:
+        src = _source_of(t.name, ckpt, by_native)
+        if src is None or src in used:
+            missing.append(t.name)
+            report.add("missing", t.name, "not in the source checkpoint")
+            continue
+        e = ckpt.entries[src]
+        tensor = e.tensor if t.shape is None else _fit(e.tensor, t.shape)
+        if tensor is None:
+            mismatch.append(t.name)
+            report.add("mismatch", t.name, f"source {src} has shape {list(e.tensor.shape)}, target wants {list(t.shape)}")
+            continue
+        if tensor is not e.tensor:
+            report.add("reshaped", t.name, f"{list(e.tensor.shape)}->{list(t.shape)}")
+        used.add(src)
+        items.append(Item(t.name, tensor, _out_dtype(e, restore_dtype, t.dtype, t.name, path), src))
+    unexpected = []
+    for name, e in ckpt.entries.items():
+        if name in used:
+            continue
+        if e.info.role == "num_batches_tracked" or e.info.tied_to:
+            tied = f" (tied to {e.info.tied_to})" if e.info.tied_to else ""
+            report.add("dropped", name, "not a parameter of the target" + tied)
+        else:
+            unexpected.append(name)
+            report.add("unexpected", name, "not a parameter of the target")
+    if strict and (missing or mismatch or unexpected):
+        parts = [f"{label} {len(v)}: {_listing(v)}" for label, v in
+                 (("missing", missing), ("wrong shape", mismatch), ("unexpected", unexpected)) if v]
+        raise ConversionError("checkpoint does not fit the template (strict): " + "; ".join(parts), path)
+    return items
