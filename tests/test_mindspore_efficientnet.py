@@ -5,20 +5,16 @@ module names; real torch and real MindSpore compute the outputs (eval mode), com
 difference <= 1e-5. Every MindSpore parameter must be loaded by load_param_into_net.
 """
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import hubfmt  # noqa: E402
-from conftest import assert_same_outputs, require  # noqa: E402
-from effnet_models import (input_batch, layer_order, mindspore_effnet, rename_layers,  # noqa: E402
-                           torch_checkpoint, torch_effnet)
-from hubfmt import hubfile  # noqa: E402
-from hubfmt.adapters import mindspore as adapter  # noqa: E402
-from hubfmt.errors import ConversionError  # noqa: E402
+import hubfmt
+from conftest import assert_same_outputs, require
+from effnet_models import input_batch, layer_order, mindspore_effnet, rename_layers, torch_checkpoint, torch_effnet
+from hubfmt import hubfile
+from hubfmt.adapters import mindspore as adapter
+from hubfmt.errors import ConversionError
 
 
 def _torch_out(model, x):
