@@ -309,3 +309,12 @@ def test_options(tmp_path):
         adapter.write(ckpt, tmp_path / "m.ckpt", templete=["w"])
     report = adapter.write(ckpt, tmp_path / "m.ckpt", keep_dtype=True)
     assert report.of("warning")[0].name == "keep_dtype"
+
+
+def test_two_tensors_one_mindspore_name_is_refused(tmp_path):
+    ckpt = Checkpoint()
+    ckpt.add("bn.weight", LazyTensor.from_array(np.ones(2, np.float32)), TensorInfo(kind="batch_norm"))
+    ckpt.add("bn.gamma", LazyTensor.from_array(np.ones(2, np.float32)))
+    with pytest.raises(ConversionError, match="bn.weight and bn.gamma would both be written as 'bn.gamma'"):
+        adapter.write(ckpt, tmp_path / "m.ckpt")
+    assert not (tmp_path / "m.ckpt").exists()

@@ -137,6 +137,11 @@ def plan(ckpt: Checkpoint, template=None, *, strict: bool = True, restore_dtype:
         items = _own_names(ckpt, report, restore_dtype, path)
     else:
         items = _follow(ckpt, load_template(template), report, strict, restore_dtype, path)
+    seen: dict[str, str] = {}
+    for it in items:
+        if it.name in seen:
+            raise ConversionError(f"{seen[it.name]} and {it.source} would both be written as {it.name!r}", path)
+        seen[it.name] = it.source
     for it in items:
         if it.name != it.source:
             report.add("renamed", it.source, it.name)
