@@ -271,3 +271,12 @@ def test_crc_written_by_mindspore_is_verified(tmp_path, suffix, fmt):
         adapter.read(damaged, verify_crc=True)
     with pytest.raises(ValueError):              # MindSpore agrees that the file is damaged
         ms.load_checkpoint(str(damaged), crc_check=True, format=fmt)
+
+
+def test_encrypted_checkpoint_is_named_as_such(tmp_path):
+    ms = _ms()
+    path = tmp_path / "enc.ckpt"
+    ms.save_checkpoint(ms.nn.SequentialCell([ms.nn.Dense(4, 2)]), str(path), enc_key=b"0123456789abcdef")
+    with pytest.raises(FormatError, match="encrypted MindSpore checkpoint"):
+        adapter.read(path)
+    assert adapter.sniff(path) is None

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from hubfmt.errors import FormatError
 
+CIPHER_MAGIC = b"\xd8\x5e\x3a\x7f"   # save_checkpoint(enc_key=...) files start with 0x7F3A5ED8 (LE)
 CRC_TRAILER = b"crc_num"
 CRC_TRAILER_SIZE = 17
 _WINDOW = 1 << 16
@@ -214,6 +215,10 @@ def scan(path: str | os.PathLike, *, limit_records: int | None = None) -> tuple[
             records: list[Record] = []
             if end == 0:
                 cur.fail("the file is empty")
+            f.seek(0)
+            if f.read(4) == CIPHER_MAGIC:
+                raise FormatError("an encrypted MindSpore checkpoint (save_checkpoint(enc_key=...)): "
+                                  "decrypt it with MindSpore first", path)
             while cur.pos < end:
                 number, wire = cur.key(end)
                 if number != 1 or wire != 2:
