@@ -280,3 +280,21 @@ def test_encrypted_checkpoint_is_named_as_such(tmp_path):
     with pytest.raises(FormatError, match="encrypted MindSpore checkpoint"):
         adapter.read(path)
     assert adapter.sniff(path) is None
+
+
+def test_conv_transpose_layout_is_torch_layout():
+    """Conv2dTranspose weights are [in, out/groups, kh, kw] in both frameworks (measured, groups 1 and 2).
+    A file cannot tell them from convolutions; the live Cell can."""
+    ms = _ms()
+    torch = require("torch")
+    x = np.random.default_rng(6).normal(size=(1, 4, 5, 5)).astype(np.float32)
+    for groups in (1, 2):
+        cell = ms.nn.SequentialCell([ms.nn.Conv2dTranspose(4, 8, 3, stride=2, pad_mode="valid", group=groups,
+                                                           has_bias=True)])
+        ckpt = adapter.from_model(cell)
+        assert ckpt["0.weight"].info.kind == "conv_transpose2d"
+        assert ckpt["0.weight"].tensor.shape == (4, 8 // groups, 3, 3)
+        t_mod = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 8, 3, stride=2, groups=groups))
+        t_mod.load_state_dict({n: torch.from_numpy(ckpt.tensor(n).copy()) for n in ckpt})
+        with torch.no_grad():
+            assert_same_outputs(cell(ms.Tensor(x)).asnumpy(), t_mod(torch.from_numpy(x)).numpy())
