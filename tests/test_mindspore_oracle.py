@@ -298,3 +298,42 @@ def test_conv_transpose_layout_is_torch_layout():
         t_mod.load_state_dict({n: torch.from_numpy(ckpt.tensor(n).copy()) for n in ckpt})
         with torch.no_grad():
             assert_same_outputs(cell(ms.Tensor(x)).asnumpy(), t_mod(torch.from_numpy(x)).numpy())
+
+
+def test_norms_prelu_embedding_map_to_torch(tmp_path):
+    """MindSpore LayerNorm/GroupNorm/InstanceNorm2d/PReLU/Embedding parameters land on torch's
+    equivalents (from a .ckpt file), and from_model records the eps torch must use."""
+    ms = _ms()
+    torch = require("torch")
+    rng = np.random.default_rng(7)
+    cell = ms.nn.SequentialCell([ms.nn.LayerNorm((6,)), ms.nn.GroupNorm(2, 4), ms.nn.InstanceNorm2d(4),
+                                 ms.nn.PReLU(4), ms.nn.Embedding(5, 3)])
+    for p in cell.get_parameters():
+        p.set_data(ms.Tensor(rng.uniform(0.5, 1.5, p.shape).astype(np.float32)))
+    ms.save_checkpoint(cell, str(tmp_path / "norms.ckpt"))
+    ckpt = adapter.read(tmp_path / "norms.ckpt")
+    # A file cannot tell InstanceNorm2d (moving_mean, moving_variance, gamma, beta) from BatchNorm.
+    assert ckpt.layers["2"].kind == "batch_norm" and ckpt.layers["3"].kind == "prelu"
+    attrs = adapter.from_model(cell).layers
+    assert attrs["2"].kind == "instance_norm"
+    assert attrs["0"].attrs["eps"] == pytest.approx(1e-7) and attrs["1"].attrs == {"eps": 1e-5, "num_groups": 2}
+    t = {
+        "0": torch.nn.LayerNorm(6, eps=attrs["0"].attrs["eps"]), "1": torch.nn.GroupNorm(2, 4),
+        "2": torch.nn.InstanceNorm2d(4, affine=True, track_running_stats=True), "3": torch.nn.PReLU(4),
+        "4": torch.nn.Embedding(5, 3),
+    }
+    state = {n: torch.from_numpy(ckpt.tensor(n).copy()) for n in ckpt}
+    torch_seq = torch.nn.ModuleDict(t)
+    missing, unexpected = torch_seq.load_state_dict(state, strict=False)
+    assert unexpected == [] and set(missing) <= {"2.num_batches_tracked"}
+    x2 = rng.normal(size=(3, 6)).astype(np.float32)
+    x4 = rng.normal(size=(2, 4, 5, 5)).astype(np.float32)
+    ids = np.array([[0, 4, 2]], np.int32)
+    with torch.no_grad():
+        assert_same_outputs(cell[0](ms.Tensor(x2)).asnumpy(), t["0"](torch.from_numpy(x2)).numpy())
+        assert_same_outputs(cell[1](ms.Tensor(x4)).asnumpy(), t["1"](torch.from_numpy(x4)).numpy())
+        assert_same_outputs(cell[3](ms.Tensor(x4)).asnumpy(), t["3"](torch.from_numpy(x4)).numpy())
+        assert_same_outputs(cell[4](ms.Tensor(ids)).asnumpy(), t["4"](torch.from_numpy(ids).long()).numpy())
+    # and back into MindSpore names
+    adapter.write(ckpt, tmp_path / "back.ckpt")
+    assert [r.tag for r in proto.scan(tmp_path / "back.ckpt")[0]] == list(cell.parameters_dict())

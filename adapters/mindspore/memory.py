@@ -46,8 +46,11 @@ def _kind_and_attrs(cell) -> tuple[str | None, dict]:
                  "padding": _plain(cell.padding) if pad_mode == "pad" else pad_mode}
         if kind == "conv2d" and cell.group > 1 and cell.group == cell.in_channels:
             kind = "depthwise_conv2d"
-    elif kind in ("layer_norm", "group_norm", "instance_norm") and hasattr(cell, "eps"):
-        attrs = {"eps": float(cell.eps)}
+    elif kind in ("layer_norm", "group_norm", "instance_norm"):
+        # nn.LayerNorm calls it epsilon (default 1e-7, torch's is 1e-5); the others eps.
+        attrs = {"eps": float(getattr(cell, "eps", getattr(cell, "epsilon", 0.0)))}
+        if kind == "group_norm":
+            attrs["num_groups"] = int(cell.num_groups)
     return kind, attrs
 
 
@@ -91,7 +94,7 @@ def from_model(cell, *, keep_optimizer: bool = False) -> Checkpoint:
         items.append((name, t))
     ckpt = to_canonical(items, keep_optimizer=keep_optimizer, kinds=kinds)
     for name in conv1d:
-        canon = names.canonical_name(name)
+        canon = names.canonical_name(name, "conv1d")
         if canon in ckpt:
             ckpt[canon].info.original_shape = tuple(cell.parameters_dict()[name].shape)
             ckpt.report.add("reshaped", name, f"{list(ckpt[canon].info.original_shape)}->{list(ckpt[canon].tensor.shape)}")

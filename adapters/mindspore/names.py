@@ -22,6 +22,8 @@ STRING_TYPE = "str"        # save_checkpoint(append_dict={"k": "text"}): UTF-32L
 NORM_ROLES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 _NORM_ROLES_BACK = {v: k for k, v in NORM_ROLES.items()}
 EMBEDDING_ROLE = "embedding_table"
+# Roles whose meaning depends on the layer: nn.PReLU keeps its slopes in attribute `w`.
+KIND_ROLES = {"prelu": {"w": "weight"}}
 
 # Written by mindspore.train.callback.ModelCheckpoint(append_info=[...]): training progress, not weights.
 APPEND_INFO = ("epoch_num", "step_num")
@@ -38,15 +40,20 @@ OPTIMIZER_SLOTS = frozenset({
 })
 
 
-def canonical_name(native: str) -> str:
-    """`0._bn1.moving_variance` -> `0._bn1.running_var`; names without a MindSpore role unchanged."""
+def canonical_name(native: str, kind: str | None = None) -> str:
+    """`0._bn1.moving_variance` -> `0._bn1.running_var`; names without a MindSpore role unchanged.
+    `kind` (the layer's) settles roles that depend on it (`w` of a PReLU)."""
     layer, dot, role = native.rpartition(".")
-    role = NORM_ROLES.get(role) or ("weight" if role == EMBEDDING_ROLE else role)
+    role = (KIND_ROLES.get(kind, {}).get(role) or NORM_ROLES.get(role)
+            or ("weight" if role == EMBEDDING_ROLE else role))
     return f"{layer}{dot}{role}"
 
 
 def native_role(kind: str, role: str) -> str:
     """The MindSpore attribute name of a canonical `role` in a layer of `kind`."""
+    for native, canon in KIND_ROLES.get(kind, {}).items():
+        if canon == role:
+            return native
     if kind in NORM_KINDS:
         return _NORM_ROLES_BACK.get(role, role)
     if kind == "embedding" and role == "weight":
@@ -66,9 +73,10 @@ def is_optimizer_state(name: str, all_names) -> bool:
 def infer_kinds(roles_by_layer: dict[str, dict[str, tuple]]) -> dict[str, str]:
     """Layer kind from what a file shows: {layer: {native role: shape}} -> {layer: kind}.
 
-    A file does not record layer types, so this reads the evidence: moving statistics mean BatchNorm;
-    embedding_table an Embedding; a weight's rank a dense (2) or convolution (3, 4, 5) layer, a rank-4
-    [O,1,kh,kw] weight with O > 1 a depthwise convolution (group = channels, the common MBConv case).
+    A file does not record layer types, so this reads the evidence: moving statistics mean BatchNorm
+    (InstanceNorm2d's look the same); a lone 1-D `w` a PReLU; embedding_table an Embedding; a
+    weight's rank a dense (2) or convolution (3, 4, 5) layer, a rank-4 [O,1,kh,kw] weight with O > 1 a
+    depthwise convolution (group = channels, the common MBConv case).
     gamma/beta alone (LayerNorm, GroupNorm, InstanceNorm all look alike) stay kind "tensor".
     """
     kinds = {}
@@ -76,6 +84,8 @@ def infer_kinds(roles_by_layer: dict[str, dict[str, tuple]]) -> dict[str, str]:
         weight = roles.get("weight")
         if "moving_mean" in roles or "moving_variance" in roles:
             kind = "batch_norm"
+        elif set(roles) == {"w"} and len(roles["w"]) == 1:
+            kind = "prelu"
         elif EMBEDDING_ROLE in roles and len(roles[EMBEDDING_ROLE]) == 2:
             kind = "embedding"
         elif weight is not None and len(weight) == 2:

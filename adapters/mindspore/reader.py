@@ -217,11 +217,11 @@ def to_canonical(items, *, keep_optimizer: bool = False, extra: dict | None = No
         by_layer.setdefault(layer, {})[role] = t.shape
     layer_kinds = names.infer_kinds(by_layer)
     layer_kinds.update(kinds or {})
-    canon_count = Counter(names.canonical_name(n) for n, _ in params)
+    canon_count = Counter(names.canonical_name(n, layer_kinds.get(n.rpartition('.')[0])) for n, _ in params)
     for name, t in params:
         layer, _, role = name.rpartition(".")
         kind = layer_kinds.get(layer, "tensor")
-        canon = names.canonical_name(name)
+        canon = names.canonical_name(name, kind)
         if canon_count[canon] > 1:
             canon = name    # e.g. a cell with both `gamma` and `weight`: keep MindSpore's names
             ckpt.report.add("warning", name, "kept its MindSpore name: the canonical name would collide")

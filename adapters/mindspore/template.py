@@ -53,7 +53,7 @@ def native_name(name: str, entry: Entry, layers: dict | None = None) -> str:
     if kind in NORM_KINDS or kind == "embedding":
         return f"{layer}{dot}{names.native_role(kind, role)}"
     orig = info.original_name
-    if orig and orig != name and names.canonical_name(orig) == name:
+    if orig and orig != name and names.canonical_name(orig, kind) == name:
         return orig         # read from MindSpore: its own name back (e.g. gamma of an unknown norm)
     return name
 
@@ -117,8 +117,11 @@ def _source_of(target: str, ckpt: Checkpoint, by_native: dict) -> str | None:
         return target
     if target in by_native:
         return by_native[target]
-    canon = names.canonical_name(target)
-    return canon if canon in ckpt else None
+    for kind in (None, *names.KIND_ROLES):
+        canon = names.canonical_name(target, kind)
+        if canon in ckpt:
+            return canon
+    return None
 
 
 def _listing(names_: list[str]) -> str:
