@@ -302,7 +302,7 @@ def test_conv_transpose_layout_is_torch_layout():
 
 def test_norms_prelu_embedding_map_to_torch(tmp_path):
     """MindSpore LayerNorm/GroupNorm/InstanceNorm2d/PReLU/Embedding parameters land on torch's
-    equivalents (from a .ckpt file), and from_model records the eps torch must use."""
+    equivalents, and from_model records the eps torch must use."""
     ms = _ms()
     torch = require("torch")
     rng = np.random.default_rng(7)
@@ -312,17 +312,20 @@ def test_norms_prelu_embedding_map_to_torch(tmp_path):
         p.set_data(ms.Tensor(rng.uniform(0.5, 1.5, p.shape).astype(np.float32)))
     ms.save_checkpoint(cell, str(tmp_path / "norms.ckpt"))
     ckpt = adapter.read(tmp_path / "norms.ckpt")
-    # A file cannot tell InstanceNorm2d (moving_mean, moving_variance, gamma, beta) from BatchNorm.
-    assert ckpt.layers["2"].kind == "batch_norm" and ckpt.layers["3"].kind == "prelu"
-    attrs = adapter.from_model(cell).layers
-    assert attrs["2"].kind == "instance_norm"
+    # A file cannot tell InstanceNorm2d (moving_mean, moving_variance, gamma, beta) from BatchNorm,
+    # nor a PReLU's `w` from any parameter named w; the live Cell can.
+    assert ckpt.layers["2"].kind == "batch_norm" and "3.w" in ckpt
+    live = adapter.from_model(cell)
+    attrs = live.layers
+    assert attrs["2"].kind == "instance_norm" and attrs["3"].kind == "prelu" and "3.weight" in live
+    assert [live.tensor(n).tobytes() for n in live] == [ckpt.tensor(n).tobytes() for n in ckpt]
     assert attrs["0"].attrs["eps"] == pytest.approx(1e-7) and attrs["1"].attrs == {"eps": 1e-5, "num_groups": 2}
     t = {
         "0": torch.nn.LayerNorm(6, eps=attrs["0"].attrs["eps"]), "1": torch.nn.GroupNorm(2, 4),
         "2": torch.nn.InstanceNorm2d(4, affine=True, track_running_stats=True), "3": torch.nn.PReLU(4),
         "4": torch.nn.Embedding(5, 3),
     }
-    state = {n: torch.from_numpy(ckpt.tensor(n).copy()) for n in ckpt}
+    state = {n: torch.from_numpy(live.tensor(n).copy()) for n in live}
     torch_seq = torch.nn.ModuleDict(t)
     missing, unexpected = torch_seq.load_state_dict(state, strict=False)
     assert unexpected == [] and set(missing) <= {"2.num_batches_tracked"}

@@ -74,18 +74,17 @@ def infer_kinds(roles_by_layer: dict[str, dict[str, tuple]]) -> dict[str, str]:
     """Layer kind from what a file shows: {layer: {native role: shape}} -> {layer: kind}.
 
     A file does not record layer types, so this reads the evidence: moving statistics mean BatchNorm
-    (InstanceNorm2d's look the same); a lone 1-D `w` a PReLU; embedding_table an Embedding; a
+    (InstanceNorm2d's look the same); embedding_table an Embedding; a
     weight's rank a dense (2) or convolution (3, 4, 5) layer, a rank-4 [O,1,kh,kw] weight with O > 1 a
     depthwise convolution (group = channels, the common MBConv case).
-    gamma/beta alone (LayerNorm, GroupNorm, InstanceNorm all look alike) stay kind "tensor".
+    gamma/beta alone (LayerNorm, GroupNorm look alike) and PReLU's `w` stay kind "tensor": only a
+    live Cell (from_model) tells them apart.
     """
     kinds = {}
     for layer, roles in roles_by_layer.items():
         weight = roles.get("weight")
         if "moving_mean" in roles or "moving_variance" in roles:
             kind = "batch_norm"
-        elif set(roles) == {"w"} and len(roles["w"]) == 1:
-            kind = "prelu"
         elif EMBEDDING_ROLE in roles and len(roles[EMBEDDING_ROLE]) == 2:
             kind = "embedding"
         elif weight is not None and len(weight) == 2:
