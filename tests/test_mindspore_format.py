@@ -318,3 +318,16 @@ def test_two_tensors_one_mindspore_name_is_refused(tmp_path):
     with pytest.raises(ConversionError, match="bn.weight and bn.gamma would both be written as 'bn.gamma'"):
         adapter.write(ckpt, tmp_path / "m.ckpt")
     assert not (tmp_path / "m.ckpt").exists()
+
+
+def test_cli_mindspore_safetensors_needs_to_mindspore(tmp_path):
+    from conftest import run_cli
+    ckpt = Checkpoint()
+    ckpt.add("bn.gamma", LazyTensor.from_array(np.ones(2, np.float16)))
+    adapter.write(ckpt, tmp_path / "m.ckpt")
+    proc = run_cli("convert", tmp_path / "m.ckpt", tmp_path / "ms.safetensors", "--to", "mindspore")
+    assert proc.returncode == 0, proc.stderr
+    assert adapter.sniff(tmp_path / "ms.safetensors") == "mindspore-safetensors"
+    assert adapter.read(tmp_path / "ms.safetensors")["bn.weight"].tensor.dtype == "float16"
+    proc = run_cli("convert", tmp_path / "m.ckpt", tmp_path / "hub.safetensors")     # default: the hub
+    assert proc.returncode == 0 and adapter.sniff(tmp_path / "hub.safetensors") is None
