@@ -55,9 +55,12 @@ def _extra_items(ckpt: Checkpoint, taken: set[str], report: Report, *, strings: 
     for key, value in ckpt.extra.items():
         if key in taken:
             report.add("dropped", key, "non-tensor content named like a parameter")
-        elif isinstance(value, str) and strings:
-            out.append((key, value))
-        elif isinstance(value, (bool, int, float)) and not isinstance(value, str):
+        elif isinstance(value, str):
+            if strings:
+                out.append((key, value))
+            else:
+                report.add("dropped", key, "text cannot be stored in a safetensors file")
+        elif isinstance(value, (bool, int, float)):
             kind = "bool" if isinstance(value, bool) else "int64" if isinstance(value, int) else "float32"
             if kind == "int64" and not -2**63 <= value < 2**63:
                 report.add("dropped", key, "integer does not fit int64")
