@@ -48,7 +48,8 @@ def _kind_and_attrs(cell) -> tuple[str | None, dict]:
             kind = "depthwise_conv2d"
     elif kind in ("layer_norm", "group_norm", "instance_norm"):
         # nn.LayerNorm calls it epsilon (default 1e-7, torch's is 1e-5); the others eps.
-        attrs = {"eps": float(getattr(cell, "eps", getattr(cell, "epsilon", 0.0)))}
+        eps = getattr(cell, "eps", getattr(cell, "epsilon", None))
+        attrs = {} if eps is None else {"eps": float(eps)}
         if kind == "group_norm":
             attrs["num_groups"] = int(cell.num_groups)
     return kind, attrs
