@@ -66,7 +66,8 @@ class LazyTensor:
             arr = arr.astype(want)
         if tuple(arr.shape) != self.shape:
             arr = arr.reshape(self.shape)
-        return np.ascontiguousarray(arr)
+        # ascontiguousarray turns a 0-d array into shape (1,): reshape keeps scalars scalars.
+        return np.ascontiguousarray(arr).reshape(self.shape)
 
     def map(self, fn: Callable[[np.ndarray], np.ndarray], shape, dtype: str | None = None) -> "LazyTensor":
         """A new LazyTensor whose data is fn(self.load()); `shape`/`dtype` describe the result."""

@@ -61,20 +61,11 @@ def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
     float32 -> bfloat16 rounds to nearest even, so a bfloat16 -> float32 -> bfloat16 round trip is
     exact. Returns `array` itself when nothing changes.
     """
-    shape = np.shape(array)
     if src == dst:
-        out = array
-    elif src == "bfloat16" or dst == "bfloat16":
-        out = _convert_bfloat16(np.reshape(array, -1), src, dst).reshape(shape)   # 1-d: .view() refuses 0-d
-    else:
-        out = array.astype(storage_dtype(dst), copy=False)
-    sd = storage_dtype(dst)
-    if out.dtype != sd:
-        out = out.astype(sd)
-    return out
-
-
-def _convert_bfloat16(array: np.ndarray, src: str, dst: str) -> np.ndarray:
+        return _as_storage(array, dst)
+    shape = np.shape(array)
+    # 0-d arrays would go through numpy's scalar casting rules (uint32 << 16 -> int64): work 1-d.
+    array = np.asarray(array).reshape(-1)
     if src == "bfloat16":
         wide = (array.astype("<u4") << 16).view("<f4")
         out = wide if dst == "float32" else wide.astype(storage_dtype(dst))
@@ -88,4 +79,11 @@ def _convert_bfloat16(array: np.ndarray, src: str, dst: str) -> np.ndarray:
             top = (f32[nan] >> 16).astype("<u2")
             rounded[nan] = np.where(top & 0x007F, top, top | 0x0040)
         out = rounded
-    return out
+    else:
+        out = array.astype(storage_dtype(dst), copy=False)
+    return _as_storage(out, dst).reshape(shape)
+
+
+def _as_storage(array: np.ndarray, dtype: str) -> np.ndarray:
+    sd = storage_dtype(dtype)
+    return array if array.dtype == sd else array.astype(sd)
