@@ -122,3 +122,36 @@ def test_template_missing_parameters_fail_loudly(tmp_path):
     assert not out.exists() and os.listdir(tmp_path) == ["effnet.safetensors"]
     with pytest.raises(ConversionError):
         adapter.to_model(hub, msnet)
+
+
+def test_files_end_to_end_with_the_torch_adapter(tmp_path):
+    """torch.save .pt -> hub (CLI) -> MindSpore .ckpt -> load_checkpoint; and MindSpore .ckpt ->
+    hub (CLI) -> torch adapter .pt -> torch.load(weights_only=True). Every step a real file."""
+    ms = require("mindspore")
+    torch = require("torch")
+    from conftest import run_cli
+    from hubfmt import registry
+
+    tnet = torch_effnet(seed=11)
+    torch.save(tnet.state_dict(), tmp_path / "eff.pt")
+    assert run_cli("convert", tmp_path / "eff.pt", tmp_path / "eff.safetensors").returncode == 0
+    msnet = mindspore_effnet(seed=12)
+    adapter.write(_to_mindspore_names(hubfmt.read(tmp_path / "eff.safetensors"), msnet), tmp_path / "eff.ckpt",
+                  template=msnet)
+    not_loaded, _ = ms.load_param_into_net(msnet, ms.load_checkpoint(str(tmp_path / "eff.ckpt")), strict_load=True)
+    assert not_loaded == []
+    x = input_batch(3)
+    assert_same_outputs(_ms_out(msnet, x), _torch_out(tnet, x))
+
+    msnet2 = mindspore_effnet(seed=13)
+    ms.save_checkpoint(msnet2, str(tmp_path / "ms2.ckpt"))
+    proc = run_cli("convert", tmp_path / "ms2.ckpt", tmp_path / "ms2.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    hub = hubfmt.read(tmp_path / "ms2.safetensors")
+    tnet2 = torch_effnet(seed=14)
+    renamed = rename_layers(hub, dict(zip(layer_order(hub), layer_order(torch_checkpoint(tnet2)), strict=True)))
+    registry.adapter("torch").write(renamed, tmp_path / "ms2.pt")
+    state = torch.load(tmp_path / "ms2.pt", weights_only=True)
+    missing, unexpected = tnet2.load_state_dict(state, strict=False)
+    assert unexpected == [] and all(k.endswith("num_batches_tracked") for k in missing)
+    assert_same_outputs(_torch_out(tnet2.eval(), x), _ms_out(msnet2, x))
