@@ -49,7 +49,8 @@ class LazyTensor:
     @classmethod
     def from_array(cls, array: np.ndarray, dtype: str | None = None) -> "LazyTensor":
         name = dtype or dtypes.name_of(array.dtype)
-        arr = np.ascontiguousarray(array, dtype=dtypes.storage_dtype(name))
+        # ascontiguousarray turns a 0-d array into shape (1,): reshape keeps scalars scalars.
+        arr = np.ascontiguousarray(array, dtype=dtypes.storage_dtype(name)).reshape(np.shape(array))
         return cls(arr.shape, name, lambda: arr)
 
     @property
