@@ -97,8 +97,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
             report.add("matched", name)
         plan.append((name, e.tensor, dt, e.info.role not in BUFFER_ROLES and dt in dtypes.FLOATING))
         if name in counters:
-            # Not LazyTensor.from_array: it turns a 0-d array into shape (1,).
-            zero = LazyTensor((), "int64", lambda: np.zeros((), dtype="<i8"))
+            zero = LazyTensor.from_array(np.zeros((), dtype="<i8"))
             plan.append((counters[name], zero, "int64", False))
             report.add("created", counters[name], "OneFlow BatchNorm counter the source lacks (0)")
 
