@@ -71,14 +71,13 @@ def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
         out = wide if dst == "float32" else wide.astype(storage_dtype(dst))
     elif dst == "bfloat16":
         f32 = np.ascontiguousarray(array, dtype="<f4").view("<u4")
-        # round to nearest even; a NaN keeps its upper 16 bits (so bfloat16 -> float32 -> bfloat16
-        # is exact for every NaN, signalling ones included) and gets the quiet bit only when the
-        # truncation would leave no mantissa bit, i.e. turn it into an infinity.
+        # round to nearest even; NaN stays NaN: truncated, so a bfloat16 NaN (signalling ones too)
+        # comes back bit for bit; the quiet bit is set only when truncation would leave no payload.
         rounded = ((f32 + 0x7FFF + ((f32 >> 16) & 1)) >> 16).astype("<u2")
         nan = np.isnan(f32.view("<f4"))
         if nan.any():
             top = (f32[nan] >> 16).astype("<u2")
-            rounded[nan] = np.where(top & 0x7F, top, top | 0x0040)
+            rounded[nan] = np.where(top & 0x007F, top, top | 0x0040)
         out = rounded
     else:
         out = array.astype(storage_dtype(dst), copy=False)
