@@ -25,21 +25,21 @@ def _run(fn, *args, key):
         shutil.rmtree(work, ignore_errors=True)
 
 
-@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.framework)
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.label)
 def test_source_hub_source_is_bit_exact(fmt):
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(cf.checkpoints(fmt.dtypes, fmt.rank0))
     def check(ckpt):
-        _run(cf.through_hub, ckpt, fmt, key=f"{fmt.framework} -> hub -> {fmt.framework}")
+        _run(cf.through_hub, ckpt, fmt, key=f"{fmt.label} -> hub -> {fmt.label}")
     check()
 
 
-@pytest.mark.parametrize("fmt, other", PAIRS, ids=lambda f: f.framework)
+@pytest.mark.parametrize("fmt, other", PAIRS, ids=lambda f: f.label)
 def test_source_hub_other_hub_source_is_bit_exact(fmt, other):
     @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(cf.checkpoints(fmt.dtypes & other.dtypes, fmt.rank0 and other.rank0))
     def check(ckpt):
-        _run(cf.across, ckpt, fmt, other, key=f"{fmt.framework} -> hub -> {other.framework} -> hub -> {fmt.framework}")
+        _run(cf.across, ckpt, fmt, other, key=f"{fmt.label} -> hub -> {other.label} -> hub -> {fmt.label}")
     check()
 
 

@@ -58,30 +58,21 @@ def _hub_sharded(d: str) -> str:
     return p + hubfile.INDEX_SUFFIX
 
 
-def _native(fw: str, fmt) -> Callable[[str], str]:
+def _native(fw: str, ext: str) -> Callable[[str], str]:
     def build(d: str) -> str:
-        p = os.path.join(d, "model" + (fmt.extensions[0] if fmt.extensions else ""))
-        hubfmt.write(example_checkpoint(), p, framework=fw, format=fmt.name) if _takes_format(fw) else \
-            hubfmt.write(example_checkpoint(), p, framework=fw)
+        p = os.path.join(d, "model" + ext)      # the suffix selects the adapter's format
+        hubfmt.write(example_checkpoint(), p, framework=fw)
         return p
     return build
-
-
-def _takes_format(fw: str) -> bool:
-    import inspect
-    return "format" in inspect.signature(registry.adapter(fw).write).parameters
 
 
 def readers() -> dict[str, tuple[str, Callable[[str], str]]]:
     """reader name -> (framework for hubfmt.read, sample builder). Grows as adapters land."""
     out = {"hub": ("hub", _hub), "hub-sharded": ("hub", _hub_sharded)}
     for fw in registry.available():
-        mod = registry.adapter(fw)
-        writable = [f for f in mod.FORMATS if f.writes and f.extensions]
-        for fmt in writable:
-            # One sample per distinct extension: the format's own writer makes it.
-            if len(writable) == 1 or _takes_format(fw):
-                out[f"{fw}:{fmt.name}"] = (fw, _native(fw, fmt))
+        for fmt in registry.adapter(fw).FORMATS:
+            if fmt.writes and fmt.extensions:
+                out[f"{fw}:{fmt.name}"] = (fw, _native(fw, fmt.extensions[0]))
     for name, (fw, build) in EXTRA_SAMPLES.items():
         if fw in registry.available():
             out[name] = (fw, build)
