@@ -141,7 +141,7 @@ def _materialise(tmp_path, name: str, content) -> str:
 @pytest.mark.parametrize("fw", PICKLE_READERS)
 def test_every_pickle_reader_refuses_every_payload(tmp_path, fw):
     import hubfmt
-    tried = 0
+    tried, refused = 0, set()
     for pname, payload in PAYLOADS.items():
         for cname, content in _containers(fw, payload).items():
             path = _materialise(tmp_path, f"{pname}-{cname}", content)
@@ -150,11 +150,15 @@ def test_every_pickle_reader_refuses_every_payload(tmp_path, fw):
                     ckpt = hubfmt.read(path, framework=framework)
                     for name in ckpt:           # a reader may defer work to the tensors
                         ckpt.tensor(name)
-                except hubfmt.HubfmtError:
-                    pass
+                except hubfmt.HubfmtError as e:
+                    if "refused" in str(e):
+                        refused.add(pname)
                 tried += 1
                 assert not os.path.exists(CANARY), f"{pname} in {cname} ran through the {fw} reader"
     assert tried >= len(PAYLOADS) * 2
+    # Every payload reached the unpickler in some container and was refused there (not merely
+    # rejected earlier for a structural reason).
+    assert refused == set(PAYLOADS), set(PAYLOADS) - refused
 
 
 @pytest.mark.parametrize("fw", PICKLE_READERS)
