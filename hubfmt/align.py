@@ -1,0 +1,352 @@
+"""Template alignment: map a source checkpoint's tensors onto the names a destination expects.
+
+Two implementations of one network name and order their modules differently. Given the
+destination's expected parameters (a template: a checkpoint of any format, an in-memory
+Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles within them:
+
+1. layers with the same path that can hold the same weights;
+2. per layer family (conv/linear, transposed conv, recurrent, the rest), a sequence alignment
+   (Needleman-Wunsch, no gap cost) of the two layer orders. Two layers may pair when their roles
+   match and their shapes are equal or equal after [out,in] <-> [out,in,1,1]; a pair scores
+   MATCH plus NAME_WEIGHT times the similarity of the names (tokenised, synonyms folded). A pair
+   is decided only when it lies on every near-optimal alignment (score within TIE of the best):
+   otherwise the layers are reported "ambiguous" with their candidates, never guessed;
+3. layers left over (orders that cross) pair when each is the other's only candidate;
+4. what is still left pairs by order within a family for a "mismatch" report (same roles,
+   different shapes); the rest is "missing" (template only) or "unexpected" (source only).
+
+Confidence per match: 1.0 same name; 0.9 unique shape (the signature occurs once on each side);
+0.7 + 0.3 * name similarity by order; 0.5 + 0.3 * similarity when orders disagree; minus 0.1 for a
+reshape. num_batches_tracked is bookkeeping: created as 0 when only the template has it, dropped
+when only the source has it (both reported).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from .checkpoint import Checkpoint
+from .errors import AlignmentError
+from .layers import OPTIONAL_ROLES, Layer, group_layers, name_similarity, transform_between
+from .mapping import Mapping, Move, apply_mapping
+from .report import PROBLEMS, Event, Report
+from .rules import RuleSet, make_rule
+from .template import load_template
+
+MATCH = 10.0
+NAME_WEIGHT = 2.0
+TIE = 1.0
+_GROUP = {"affine": "affine", "deconv": "deconv", "recurrent": "recurrent"}   # the rest share one
+
+
+@dataclass
+class LayerMatch:
+    source: str
+    target: str
+    op: str            # "" or "conv1x1"
+    confidence: float
+    evidence: str
+    tensors: list[tuple[str, str]] = field(default_factory=list)   # (source tensor, template tensor)
+
+
+@dataclass
+class Alignment:
+    """The result of `align`: the tensor table, the layer matches, and the problems found."""
+
+    template: Checkpoint
+    mapping: Mapping
+    matches: list[LayerMatch] = field(default_factory=list)
+    report: Report = field(default_factory=Report)       # missing/unexpected/mismatch/ambiguous only
+    source_label: str = ""
+    template_label: str = ""
+    source_layer_sizes: dict[str, int] = field(default_factory=dict, repr=False)   # path -> tensor count
+
+    def problems(self, *, allow_missing: bool = False, allow_unexpected: bool = False) -> list[Event]:
+        allowed = {a for a, ok in (("missing", allow_missing), ("unexpected", allow_unexpected)) if ok}
+        return [e for e in self.report.problems if e.action not in allowed]
+
+    def check(self, *, allow_missing: bool = False, allow_unexpected: bool = False) -> None:
+        """Raise AlignmentError (exit status 1, with the table) when a problem is not allowed."""
+        bad = self.problems(allow_missing=allow_missing, allow_unexpected=allow_unexpected)
+        if bad:
+            counts: dict[str, int] = {}
+            for e in bad:
+                counts[e.action] = counts.get(e.action, 0) + 1
+            summary = ", ".join(f"{n} {a}" for a, n in counts.items())
+            hint = " (--allow-missing / --allow-unexpected relax those)" if {"missing", "unexpected"} & set(counts) else ""
+            raise AlignmentError(f"cannot align {self.source_label or 'the source'} to the template "
+                                 f"{self.template_label or ''}: {summary}{hint}".replace("  ", " "),
+                                 table=self.to_text())
+
+    def apply(self, source: Checkpoint) -> Checkpoint:
+        """The aligned checkpoint: source tensors under the template's names (lazy, no data read),
+        with the template's tensor infos; its report holds the renames and the allowed problems."""
+        report = _staged(Report())
+        out = apply_mapping(source, self.mapping, template=self.template, keep_unmapped=False, report=report)
+        report.extend(self.report)
+        out.report = report
+        return out
+
+    def layer_map(self) -> dict[str, str]:
+        """source layer path -> template layer path (to pair named intermediate outputs in hubfmt.verify)."""
+        return {m.source: m.target for m in self.matches}
+
+    def to_rules(self) -> RuleSet:
+        """The matches as an editable rules file: one glob rule per renamed layer where the whole
+        layer moves role for role, else one exact rule per tensor (`hubfmt align --save-rules`)."""
+        rules = []
+        for m in self.matches:
+            pairs = [(s, t) for s, t in m.tensors if s != t]
+            if not pairs:
+                continue
+            whole = ("*" not in m.source and len(m.tensors) == self.source_layer_sizes.get(m.source)
+                     and all(s.startswith(m.source + ".") and t.startswith(m.target + ".")
+                             and s[len(m.source) + 1:] == t[len(m.target) + 1:] and "." not in s[len(m.source) + 1:]
+                             for s, t in m.tensors))
+            reshape = {"reshape": "conv1x1"} if m.op else {}
+            if whole:
+                rules.append(make_rule({"glob": f"{m.source}.*", "replace": f"{m.target}.\\1", **reshape}))
+                continue
+            for s, t in pairs:
+                rules.append(make_rule({"pattern": re.escape(s), "replace": t.replace("\\", "\\\\"), **reshape}))
+        return RuleSet(rules)
+
+    def to_json(self) -> dict:
+        return {
+            "source": self.source_label,
+            "template": self.template_label,
+            "layers": [{"source": m.source, "target": m.target, "op": m.op or "rename",
+                        "confidence": round(m.confidence, 2), "evidence": m.evidence} for m in self.matches],
+            "tensors": self.mapping.to_rows(),
+            "counts": self.report.counts(),
+            "problems": [e.to_json() for e in self.report.problems],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+    def to_text(self) -> str:
+        """The proposed table, then every problem (the mismatch table among them)."""
+        renamed = sum(1 for m in self.matches if m.source != m.target)
+        lines = [f"alignment of {self.source_label or 'source'} to {self.template_label or 'template'}: "
+                 f"{len(self.matches)} layers matched ({renamed} renamed, "
+                 f"{sum(1 for m in self.matches if m.op)} reshaped)"]
+        lines.append(self.mapping.to_text())
+        for action in PROBLEMS:
+            evs = self.report.of(action)
+            if evs:
+                lines.append(f"{action} ({len(evs)}):")
+                width = min(60, max(len(e.name) for e in evs))
+                lines.extend(f"  {e.name:<{width}}  {e.detail}".rstrip() for e in evs)
+        if not self.report.problems:
+            lines.append("no problems")
+        return "\n".join(lines)
+
+
+def _staged(r: Report) -> Report:
+    r.stage = "align"
+    return r
+
+
+def _group(layer: Layer) -> str:
+    return _GROUP.get(layer.family, "rest")
+
+
+def _signature(layer: Layer) -> tuple:
+    return tuple(sorted((r, layer.shapes[r]) for r in layer.required))
+
+
+def _sequence_align(S: list[Layer], T: list[Layer]):
+    """Max-score order-preserving pairing of S and T; returns (score matrix, viable pairs, chosen pairs)."""
+    n, m = len(S), len(T)
+    score: dict[tuple[int, int], tuple[float, str]] = {}
+    for i, s in enumerate(S):
+        for j, t in enumerate(T):
+            op = transform_between(s, t)
+            if op is not None:
+                sc = MATCH + NAME_WEIGHT * name_similarity(s.tokens, t.tokens) + (0.5 if s.kind == t.kind else 0.0)
+                score[i, j] = (sc - (0.5 if op else 0.0), op)
+    F = [[0.0] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            best = max(F[i - 1][j], F[i][j - 1])
+            if (i - 1, j - 1) in score:
+                best = max(best, F[i - 1][j - 1] + score[i - 1, j - 1][0])
+            F[i][j] = best
+    B = [[0.0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            best = max(B[i + 1][j], B[i][j + 1])
+            if (i, j) in score:
+                best = max(best, B[i + 1][j + 1] + score[i, j][0])
+            B[i][j] = best
+    opt = F[n][m]
+    viable = {(i, j) for (i, j), (sc, _) in score.items() if F[i][j] + sc + B[i + 1][j + 1] > opt - TIE + 1e-9}
+    chosen = []
+    i, j = n, m
+    while i > 0 and j > 0:
+        if (i - 1, j - 1) in score and abs(F[i][j] - (F[i - 1][j - 1] + score[i - 1, j - 1][0])) < 1e-9:
+            chosen.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif F[i][j] == F[i - 1][j]:
+            i -= 1
+        else:
+            j -= 1
+    return score, viable, chosen[::-1]
+
+
+def _relaxed_pairs(S: list[Layer], T: list[Layer]) -> list[tuple[int, int]]:
+    """Order-preserving pairs of layers with the same roles (shapes may differ), for the mismatch table."""
+    n, m = len(S), len(T)
+    F = [[0.0] * (m + 1) for _ in range(n + 1)]
+    ok = lambda s, t: s.required == t.required and s.family == t.family   # noqa: E731
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            F[i][j] = max(F[i - 1][j], F[i][j - 1])
+            if ok(S[i - 1], T[j - 1]):
+                F[i][j] = max(F[i][j], F[i - 1][j - 1] + 1 + name_similarity(S[i - 1].tokens, T[j - 1].tokens))
+    pairs, i, j = [], n, m
+    while i > 0 and j > 0:
+        if ok(S[i - 1], T[j - 1]) and abs(F[i][j] - F[i - 1][j - 1] - 1 - name_similarity(S[i - 1].tokens, T[j - 1].tokens)) < 1e-9:
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif F[i][j] == F[i - 1][j]:
+            i -= 1
+        else:
+            j -= 1
+    return pairs[::-1]
+
+
+def align(source: Checkpoint, template, *, source_label: str = "", template_framework: str | None = None) -> Alignment:
+    """Align `source` to `template` (a Checkpoint, a checkpoint path of any supported format, or a
+    names+shapes listing .json/.txt). Never raises for unmatched tensors: call `.check()`.
+
+    >>> a = align(hubfmt.read("dpn.params"), "dpn_torch.pth")    # doctest: +SKIP
+    >>> a.check(); print(a.to_text()); ckpt = a.apply(source)     # doctest: +SKIP
+    """
+    tmpl, template_label = load_template(template, framework=template_framework)
+    S, T = group_layers(source), group_layers(tmpl)
+    report = _staged(Report())
+    decided: dict[int, tuple[int, str, float, str]] = {}    # source index -> (target index, op, confidence, evidence)
+    taken: set[int] = set()
+    ambiguous: dict[int, list[int]] = {}
+    involved: set[int] = set()
+
+    sig_count_s: dict[tuple, int] = {}
+    sig_count_t: dict[tuple, int] = {}
+    for s in S:
+        sig_count_s[_signature(s)] = sig_count_s.get(_signature(s), 0) + 1
+    for t in T:
+        sig_count_t[_signature(t)] = sig_count_t.get(_signature(t), 0) + 1
+
+    t_by_path = {t.path: t for t in T}
+    for s in S:
+        t = t_by_path.get(s.path)
+        op = transform_between(s, t) if t is not None else None
+        if op is not None:
+            decided[s.index] = (t.index, op, 1.0 - (0.1 if op else 0.0), "same name")
+            taken.add(t.index)
+
+    for group in sorted({_group(x) for x in S + T}):
+        gs = [s for s in S if _group(s) == group and s.index not in decided]
+        gt = [t for t in T if _group(t) == group and t.index not in taken]
+        if not gs or not gt:
+            continue
+        score, viable, chosen = _sequence_align(gs, gt)
+        cand_s: dict[int, set[int]] = {}
+        cand_t: dict[int, set[int]] = {}
+        for i, j in viable:
+            cand_s.setdefault(i, set()).add(j)
+            cand_t.setdefault(j, set()).add(i)
+        settled = set()
+        for i, j in chosen:
+            if cand_s.get(i) == {j} and cand_t.get(j) == {i}:
+                s, t = gs[i], gt[j]
+                op = score[i, j][1]
+                sim = name_similarity(s.tokens, t.tokens)
+                unique = sig_count_s[_signature(s)] == 1 and sig_count_t[_signature(t)] == 1
+                conf, ev = (0.9, "unique shape") if unique else (0.7 + 0.3 * sim, "order + shape")
+                decided[s.index] = (t.index, op, max(0.0, conf - (0.1 if op else 0.0)), ev + (" + reshape" if op else ""))
+                taken.add(t.index)
+                settled.add(i)
+        for i, js in cand_s.items():
+            if i not in settled:
+                ambiguous[gs[i].index] = sorted(gt[j].index for j in js)
+                involved.update(gt[j].index for j in js)
+
+    # Orders that cross: a leftover pairs when each side is the other's only candidate.
+    left_s = [s for s in S if s.index not in decided and s.index not in ambiguous]
+    left_t = [t for t in T if t.index not in taken and t.index not in involved]
+    cands = {s.index: [t for t in left_t if transform_between(s, t) is not None] for s in left_s}
+    back: dict[int, list[int]] = {}
+    for si, ts in cands.items():
+        for t in ts:
+            back.setdefault(t.index, []).append(si)
+    for s in left_s:
+        ts = cands[s.index]
+        if len(ts) == 1 and back[ts[0].index] == [s.index]:
+            t = ts[0]
+            op = transform_between(s, t)
+            conf = 0.5 + 0.3 * name_similarity(s.tokens, t.tokens) - (0.1 if op else 0.0)
+            decided[s.index] = (t.index, op, conf, "shape (order disagrees)" + (" + reshape" if op else ""))
+            taken.add(t.index)
+        elif len(ts) > 1:
+            ambiguous[s.index] = [t.index for t in ts]
+            involved.update(t.index for t in ts)
+
+    mapping, matches = _build(S, T, decided)
+    for si, tis in ambiguous.items():
+        s = S[si]
+        report.add("ambiguous", s.path, f"{s.describe()}: candidates {', '.join(T[t].path for t in tis)} "
+                                        "(same roles and shapes; order and names cannot settle it)")
+
+    left_s = [s for s in S if s.index not in decided and s.index not in ambiguous]
+    left_t = [t for t in T if t.index not in taken and t.index not in involved]
+    paired_s, paired_t = set(), set()
+    for group in sorted({_group(x) for x in left_s + left_t}):
+        gs = [s for s in left_s if _group(s) == group]
+        gt = [t for t in left_t if _group(t) == group]
+        for i, j in _relaxed_pairs(gs, gt):
+            s, t = gs[i], gt[j]
+            paired_s.add(s.index)
+            paired_t.add(t.index)
+            for role in s.required:
+                if s.shapes[role] != t.shapes[role]:
+                    report.add("mismatch", s.tensors[role], f"-> {t.tensors[role]}: source {list(s.shapes[role])} "
+                                                            f"vs template {list(t.shapes[role])}")
+    for s in left_s:
+        if s.index not in paired_s:
+            for name in s.tensors.values():
+                report.add("unexpected", name, f"{s.describe()}: no layer of the template takes it")
+    for t in left_t:
+        if t.index not in paired_t:
+            for name in t.tensors.values():
+                report.add("missing", name, f"{t.describe()}: no source layer fits")
+
+    return Alignment(tmpl, mapping, matches, report, source_label, template_label,
+                     {s.path: len(s.tensors) for s in S})
+
+
+def _build(S, T, decided) -> tuple[Mapping, list[LayerMatch]]:
+    """Tensor moves in the template's order for the decided layer pairs."""
+    by_target = {ti: (si, op, conf, ev) for si, (ti, op, conf, ev) in decided.items()}
+    moves, matches = [], []
+    for t in T:
+        if t.index not in by_target:
+            continue
+        si, op, conf, ev = by_target[t.index]
+        s = S[si]
+        match = LayerMatch(s.path, t.path, op, conf, ev)
+        matches.append(match)
+        for role, tname in t.tensors.items():
+            if role in s.tensors:
+                mv_op = op if role == "weight" else ""
+                moves.append(Move((s.tensors[role],), (tname,), mv_op, confidence=conf, note=ev))
+                match.tensors.append((s.tensors[role], tname))
+            elif role in OPTIONAL_ROLES:
+                moves.append(Move((), (tname,), "create", note="expected by the template, absent from the source (0)"))
+        for role, sname in s.tensors.items():
+            if role not in t.tensors and role in OPTIONAL_ROLES:
+                moves.append(Move((sname,), (), "drop", note="the template has no place for it"))
+    return Mapping(moves), matches
