@@ -11,12 +11,12 @@ Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles
    MATCH plus NAME_WEIGHT times the similarity of the names (tokenised, synonyms folded). A pair
    is decided only when it lies on every near-optimal alignment (score within TIE of the best):
    otherwise the layers are reported "ambiguous" with their candidates, never guessed;
-3. layers left over (orders that cross) pair when each is the other's only candidate;
+3. the sequence alignment repeats on what is left while it pairs anything (orders that cross);
 4. what is still left pairs by order within a family for a "mismatch" report (same roles,
    different shapes); the rest is "missing" (template only) or "unexpected" (source only).
 
 Confidence per match: 1.0 same name; 0.9 unique shape (the signature occurs once on each side);
-0.7 + 0.3 * name similarity by order; 0.5 + 0.3 * similarity when orders disagree; minus 0.1 for a
+0.7 + 0.3 * name similarity by order; 0.6 + 0.3 * similarity in a later round; minus 0.1 for a
 reshape. num_batches_tracked is bookkeeping: created as 0 when only the template has it, dropped
 when only the source has it (both reported).
 """
@@ -70,14 +70,11 @@ class Alignment:
         """Raise AlignmentError (exit status 1, with the table) when a problem is not allowed."""
         bad = self.problems(allow_missing=allow_missing, allow_unexpected=allow_unexpected)
         if bad:
-            counts: dict[str, int] = {}
-            for e in bad:
-                counts[e.action] = counts.get(e.action, 0) + 1
+            counts = {a: n for a in PROBLEMS if (n := sum(e.action == a for e in bad))}
             summary = ", ".join(f"{n} {a}" for a, n in counts.items())
             hint = " (--allow-missing / --allow-unexpected relax those)" if {"missing", "unexpected"} & set(counts) else ""
             raise AlignmentError(f"cannot align {self.source_label or 'the source'} to the template "
-                                 f"{self.template_label or ''}: {summary}{hint}".replace("  ", " "),
-                                 table=self.to_text())
+                                 f"{self.template_label}: {summary}{hint}", table=self.to_text())
 
     def apply(self, source: Checkpoint) -> Checkpoint:
         """The aligned checkpoint: source tensors under the template's names (lazy, no data read),
@@ -230,8 +227,8 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     report = _staged(Report())
     decided: dict[int, tuple[int, str, float, str]] = {}    # source index -> (target index, op, confidence, evidence)
     taken: set[int] = set()
-    ambiguous: dict[int, list[int]] = {}
-    involved: set[int] = set()
+    ambiguous: dict[int, list[int]] = {}     # source index -> candidate target indices
+    involved: set[int] = set()                # target indices among those candidates
 
     sig_count_s: dict[tuple, int] = {}
     sig_count_t: dict[tuple, int] = {}
@@ -248,55 +245,48 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
             decided[s.index] = (t.index, op, 1.0 - (0.1 if op else 0.0), "same name")
             taken.add(t.index)
 
-    for group in sorted({_group(x) for x in S + T}):
-        gs = [s for s in S if _group(s) == group and s.index not in decided]
-        gt = [t for t in T if _group(t) == group and t.index not in taken]
-        if not gs or not gt:
-            continue
-        score, viable, chosen = _sequence_align(gs, gt)
-        cand_s: dict[int, set[int]] = {}
-        cand_t: dict[int, set[int]] = {}
-        for i, j in viable:
-            cand_s.setdefault(i, set()).add(j)
-            cand_t.setdefault(j, set()).add(i)
-        settled = set()
-        for i, j in chosen:
-            if cand_s.get(i) == {j} and cand_t.get(j) == {i}:
+    # Rounds of sequence alignment on what is left: when orders cross (one implementation
+    # registers a block's projection before its squeeze-excite, the other after), the first round
+    # pairs the longest common order and a later one pairs the rest, again by order.
+    for round_ in range(1, len(S) + 2):
+        progress, ambiguous, involved = False, {}, set()
+        for group in sorted({_group(x) for x in S + T}):
+            gs = [s for s in S if _group(s) == group and s.index not in decided]
+            gt = [t for t in T if _group(t) == group and t.index not in taken]
+            if not gs or not gt:
+                continue
+            score, viable, chosen = _sequence_align(gs, gt)
+            cand_s: dict[int, set[int]] = {}
+            cand_t: dict[int, set[int]] = {}
+            for i, j in viable:
+                cand_s.setdefault(i, set()).add(j)
+                cand_t.setdefault(j, set()).add(i)
+            settled = set()
+            for i, j in chosen:
+                if cand_s.get(i) != {j} or cand_t.get(j) != {i}:
+                    continue
                 s, t = gs[i], gt[j]
                 op = score[i, j][1]
                 sim = name_similarity(s.tokens, t.tokens)
-                unique = sig_count_s[_signature(s)] == 1 and sig_count_t[_signature(t)] == 1
-                conf, ev = (0.9, "unique shape") if unique else (0.7 + 0.3 * sim, "order + shape")
-                decided[s.index] = (t.index, op, max(0.0, conf - (0.1 if op else 0.0)), ev + (" + reshape" if op else ""))
+                if sig_count_s[_signature(s)] == 1 and sig_count_t[_signature(t)] == 1:
+                    conf, ev = 0.9, "unique shape"
+                elif round_ == 1:
+                    conf, ev = 0.7 + 0.3 * sim, "order + shape"
+                else:
+                    conf, ev = 0.6 + 0.3 * sim, "order + shape (orders cross)"
+                decided[s.index] = (t.index, op, conf - (0.1 if op else 0.0), ev + (" + reshape" if op else ""))
                 taken.add(t.index)
                 settled.add(i)
-        for i, js in cand_s.items():
-            if i not in settled:
-                ambiguous[gs[i].index] = sorted(gt[j].index for j in js)
-                involved.update(gt[j].index for j in js)
-
-    # Orders that cross: a leftover pairs when each side is the other's only candidate.
-    left_s = [s for s in S if s.index not in decided and s.index not in ambiguous]
-    left_t = [t for t in T if t.index not in taken and t.index not in involved]
-    cands = {s.index: [t for t in left_t if transform_between(s, t) is not None] for s in left_s}
-    back: dict[int, list[int]] = {}
-    for si, ts in cands.items():
-        for t in ts:
-            back.setdefault(t.index, []).append(si)
-    for s in left_s:
-        ts = cands[s.index]
-        if len(ts) == 1 and back[ts[0].index] == [s.index]:
-            t = ts[0]
-            op = transform_between(s, t)
-            conf = 0.5 + 0.3 * name_similarity(s.tokens, t.tokens) - (0.1 if op else 0.0)
-            decided[s.index] = (t.index, op, conf, "shape (order disagrees)" + (" + reshape" if op else ""))
-            taken.add(t.index)
-        elif len(ts) > 1:
-            ambiguous[s.index] = [t.index for t in ts]
-            involved.update(t.index for t in ts)
+                progress = True
+            for i, js in cand_s.items():
+                if i not in settled:
+                    ambiguous[gs[i].index] = sorted(gt[j].index for j in js)
+                    involved.update(gt[j].index for j in js)
+        if not progress:
+            break
 
     mapping, matches = _build(S, T, decided)
-    for si, tis in ambiguous.items():
+    for si, tis in sorted(ambiguous.items()):
         s = S[si]
         report.add("ambiguous", s.path, f"{s.describe()}: candidates {', '.join(T[t].path for t in tis)} "
                                         "(same roles and shapes; order and names cannot settle it)")
@@ -304,15 +294,19 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     left_s = [s for s in S if s.index not in decided and s.index not in ambiguous]
     left_t = [t for t in T if t.index not in taken and t.index not in involved]
     paired_s, paired_t = set(), set()
-    for group in sorted({_group(x) for x in left_s + left_t}):
-        gs = [s for s in left_s if _group(s) == group]
-        gt = [t for t in left_t if _group(t) == group]
-        for i, j in _relaxed_pairs(gs, gt):
-            s, t = gs[i], gt[j]
+    while True:   # rounds again, for orders that cross
+        pairs = []
+        for group in sorted({_group(x) for x in left_s + left_t}):
+            gs = [s for s in left_s if _group(s) == group and s.index not in paired_s]
+            gt = [t for t in left_t if _group(t) == group and t.index not in paired_t]
+            pairs += [(gs[i], gt[j]) for i, j in _relaxed_pairs(gs, gt)]
+        if not pairs:
+            break
+        for s, t in pairs:
             paired_s.add(s.index)
             paired_t.add(t.index)
-            for role in s.required:
-                if s.shapes[role] != t.shapes[role]:
+            for role in s.tensors:
+                if role in s.required and s.shapes[role] != t.shapes[role]:
                     report.add("mismatch", s.tensors[role], f"-> {t.tensors[role]}: source {list(s.shapes[role])} "
                                                             f"vs template {list(t.shapes[role])}")
     for s in left_s:

@@ -152,7 +152,7 @@ def name_tokens(path: str) -> tuple[str, ...]:
                 out.append(str(int(tok)))
                 continue
             tok = TOKEN_SYNONYMS.get(tok, tok)
-            if tok:
+            if tok and not (out and out[-1] == tok):   # squeeze_excite -> se, not se se
                 out.append(tok)
     return tuple(out)
 

@@ -172,7 +172,12 @@ def _info(src: Checkpoint, m: Move, name: str, tensor: LazyTensor, template: Che
     if template is not None and name in template:
         # The destination's view of the tensor (kind, role, native name), with the source's dtype.
         base = template[name].info
-        return dataclasses.replace(base, original_dtype=(first.original_dtype if first else "") or tensor.dtype, tied_to=None)
+        kind = base.kind
+        if kind in ("", "tensor") and first is not None:
+            # A names+shapes listing knows no kinds; the source does (adjusted for a reshape).
+            kind = {2: "linear", 4: "conv2d"}.get(len(tensor.shape), first.kind) if m.op == "conv1x1" else first.kind
+        return dataclasses.replace(base, kind=kind, original_dtype=(first.original_dtype if first else "") or tensor.dtype,
+                                   tied_to=None)
     layer, _, role = name.rpartition(".")
     if first is None:
         return TensorInfo(kind="batch_norm", role=role, layer=layer, original_dtype=tensor.dtype)
