@@ -60,7 +60,7 @@ class Alignment:
     report: Report = field(default_factory=Report)       # missing/unexpected/mismatch/ambiguous only
     source_label: str = ""
     template_label: str = ""
-    source_layer_sizes: dict[str, int] = field(default_factory=dict, repr=False)   # path -> tensor count
+    source_layer_sizes: dict[str, int] = field(default_factory=dict, repr=False)   # path -> non-optional tensors
 
     def problems(self, *, allow_missing: bool = False, allow_unexpected: bool = False) -> list[Event]:
         allowed = {a for a, ok in (("missing", allow_missing), ("unexpected", allow_unexpected)) if ok}
@@ -97,7 +97,8 @@ class Alignment:
             pairs = [(s, t) for s, t in m.tensors if s != t]
             if not pairs:
                 continue
-            whole = ("*" not in m.source and len(m.tensors) == self.source_layer_sizes.get(m.source)
+            # A glob also carries num_batches_tracked along; alignment would drop it, rules keep it.
+            whole = ("*" not in m.source and len(m.tensors) >= self.source_layer_sizes.get(m.source, 0)
                      and all(s.startswith(m.source + ".") and t.startswith(m.target + ".")
                              and s[len(m.source) + 1:] == t[len(m.target) + 1:] and "." not in s[len(m.source) + 1:]
                              for s, t in m.tensors))
@@ -319,7 +320,7 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
                 report.add("missing", name, f"{t.describe()}: no source layer fits")
 
     return Alignment(tmpl, mapping, matches, report, source_label, template_label,
-                     {s.path: len(s.tensors) for s in S})
+                     {s.path: len(s.required) for s in S})
 
 
 def _build(S, T, decided) -> tuple[Mapping, list[LayerMatch]]:
