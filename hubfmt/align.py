@@ -10,14 +10,18 @@ Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles
    match and their shapes are equal or equal after [out,in] <-> [out,in,1,1]; a pair scores
    MATCH plus NAME_WEIGHT times the similarity of the names (tokenised, synonyms folded). A pair
    is decided only when it lies on every near-optimal alignment (score within TIE of the best):
-   otherwise the layers are reported "ambiguous" with their candidates, never guessed;
+   otherwise the layers are reported "ambiguous" with their candidates, never guessed.
+   Structure beats order: modules (name prefixes: blocks, branches) whose layers have the same
+   signatures pair k-th with k-th; a layer pair inside paired modules scores CONTEXT more, one
+   across them is excluded. Weight layers go first; a norm layer registered right after a conv
+   then pairs only with a norm registered right after that conv's match (CONTEXT more);
 3. the sequence alignment repeats on what is left while it pairs anything (orders that cross);
 4. what is still left pairs by order within a family for a "mismatch" report (same roles,
    different shapes); the rest is "missing" (template only) or "unexpected" (source only).
 
 Confidence per match: 1.0 same name; 0.9 unique shape (the signature occurs once on each side);
 0.7 + 0.3 * name similarity by order; 0.6 + 0.3 * similarity in a later round; minus 0.1 for a
-reshape. num_batches_tracked is bookkeeping: created as 0 when only the template has it, dropped
+reshape; plus 0.1 (at most 1.0) with structural context. num_batches_tracked is bookkeeping: created as 0 when only the template has it, dropped
 when only the source has it (both reported).
 """
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .rules import RuleSet, make_rule
 from .template import load_template
 
 MATCH = 10.0
+CONTEXT = 10.0
 NAME_WEIGHT = 2.0
 TIE = 1.0
 _GROUP = {"affine": "affine", "deconv": "deconv", "recurrent": "recurrent"}   # the rest share one
@@ -155,16 +160,60 @@ def _signature(layer: Layer) -> tuple:
     return tuple(sorted((r, layer.shapes[r]) for r in layer.required))
 
 
-def _sequence_align(S: list[Layer], T: list[Layer]):
-    """Max-score order-preserving pairing of S and T; returns (score matrix, viable pairs, chosen pairs)."""
+def _module_ids(S: list[Layer], T: list[Layer]) -> tuple[dict[int, frozenset], dict[int, frozenset]]:
+    """Pair the two sides' modules (name prefixes) whose layers have the same multiset of
+    signatures, k-th with k-th in order, when both sides have equally many of that kind; returns,
+    per layer, the ids of the module pairs it lies in (blocks, stages, a shortcut branch...)."""
+    def modules(layers: list[Layer]) -> dict[tuple, list[frozenset]]:
+        members: dict[str, list[int]] = {}
+        for layer in layers:
+            parts = layer.path.split(".")
+            for k in range(1, len(parts)):
+                members.setdefault(".".join(parts[:k]), []).append(layer.index)
+        by_sig: dict[tuple, list[frozenset]] = {}
+        seen = set()
+        for idxs in members.values():
+            key = frozenset(idxs)
+            if len(key) < 2 or key in seen or len(key) == len(layers):   # wrappers and the whole model say nothing
+                continue
+            seen.add(key)
+            by_sig.setdefault(tuple(sorted(_signature(layers[i]) for i in idxs)), []).append(key)
+        return by_sig
+
+    ms, mt = modules(S), modules(T)
+    ids_s: dict[int, set] = {}
+    ids_t: dict[int, set] = {}
+    n = 0
+    for sig, mods in ms.items():
+        if len(mt.get(sig, ())) != len(mods):
+            continue
+        for a, b in zip(mods, mt[sig]):
+            for i in a:
+                ids_s.setdefault(i, set()).add(n)
+            for j in b:
+                ids_t.setdefault(j, set()).add(n)
+            n += 1
+    return ({i: frozenset(v) for i, v in ids_s.items()}, {j: frozenset(v) for j, v in ids_t.items()})
+
+
+def _preceding_affine(layers: list[Layer]) -> dict[int, int]:
+    """norm layer index -> index of the weight (conv/linear) layer registered right before it."""
+    return {b.index: a.index for a, b in zip(layers, layers[1:]) if a.family == "affine" and b.family == "norm"}
+
+
+def _sequence_align(S: list[Layer], T: list[Layer], context=None):
+    """Max-score order-preserving pairing of S and T.
+
+    Returns ({(i, j): (score, op, context bonus)}, viable pairs, chosen pairs)."""
     n, m = len(S), len(T)
-    score: dict[tuple[int, int], tuple[float, str]] = {}
+    score: dict[tuple[int, int], tuple[float, str, float]] = {}
     for i, s in enumerate(S):
         for j, t in enumerate(T):
             op = transform_between(s, t)
-            if op is not None:
-                sc = MATCH + NAME_WEIGHT * name_similarity(s.tokens, t.tokens) + (0.5 if s.kind == t.kind else 0.0)
-                score[i, j] = (sc - (0.5 if op else 0.0), op)
+            bonus = context(s, t) if context and op is not None else 0.0
+            if op is not None and bonus is not None:
+                sc = MATCH + bonus + NAME_WEIGHT * name_similarity(s.tokens, t.tokens) + (0.5 if s.kind == t.kind else 0.0)
+                score[i, j] = (sc - (0.5 if op else 0.0), op, bonus)
     F = [[0.0] * (m + 1) for _ in range(n + 1)]
     for i in range(1, n + 1):
         for j in range(1, m + 1):
@@ -180,7 +229,7 @@ def _sequence_align(S: list[Layer], T: list[Layer]):
                 best = max(best, B[i + 1][j + 1] + score[i, j][0])
             B[i][j] = best
     opt = F[n][m]
-    viable = {(i, j) for (i, j), (sc, _) in score.items() if F[i][j] + sc + B[i + 1][j + 1] > opt - TIE + 1e-9}
+    viable = {(i, j) for (i, j), (sc, _, _) in score.items() if F[i][j] + sc + B[i + 1][j + 1] > opt - TIE + 1e-9}
     chosen = []
     i, j = n, m
     while i > 0 and j > 0:
@@ -228,8 +277,6 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     report = _staged(Report())
     decided: dict[int, tuple[int, str, float, str]] = {}    # source index -> (target index, op, confidence, evidence)
     taken: set[int] = set()
-    ambiguous: dict[int, list[int]] = {}     # source index -> candidate target indices
-    involved: set[int] = set()                # target indices among those candidates
 
     sig_count_s: dict[tuple, int] = {}
     sig_count_t: dict[tuple, int] = {}
@@ -241,22 +288,48 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     t_by_path = {t.path: t for t in T}
     for s in S:
         t = t_by_path.get(s.path)
-        op = transform_between(s, t) if t is not None else None
+        op = transform_between(s, t, same_name=True) if t is not None else None
         if op is not None:
             decided[s.index] = (t.index, op, 1.0 - (0.1 if op else 0.0), "same name")
             taken.add(t.index)
 
-    # Rounds of sequence alignment on what is left: when orders cross (one implementation
-    # registers a block's projection before its squeeze-excite, the other after), the first round
-    # pairs the longest common order and a later one pairs the rest, again by order.
-    for round_ in range(1, len(S) + 2):
-        progress, ambiguous, involved = False, {}, set()
-        for group in sorted({_group(x) for x in S + T}):
+    # Weight layers first: a norm layer's context is the weight layer registered just before it
+    # (its conv), and a pair whose contexts were matched scores CONTEXT more. That settles a
+    # block's batch norms even when one implementation registers its shortcut first.
+    before_s, before_t = _preceding_affine(S), _preceding_affine(T)
+
+    # Modules (blocks, branches) with the same contents pair by order. A layer pair inside paired
+    # modules scores CONTEXT more; one that would cross paired modules is excluded, as is a norm
+    # pair whose preceding convs were matched, but not to each other. Evidence of structure beats
+    # order: when orders cross inside a block, the longest common order would pair wrong layers.
+    mod_s, mod_t = _module_ids(S, T)
+
+    def context(s: Layer, t: Layer, group: str) -> float | None:
+        a, b = mod_s.get(s.index, frozenset()), mod_t.get(t.index, frozenset())
+        if a != b:
+            return None
+        bonus = CONTEXT if a else 0.0
+        if group == "rest":
+            ps, pt = before_s.get(s.index), before_t.get(t.index)
+            if ps is not None and pt is not None and ps in decided and pt in taken:
+                if decided[ps][0] != pt:
+                    return None
+                bonus += CONTEXT
+        return bonus
+
+    ambiguous: dict[int, list[int]] = {}     # source index -> candidate target indices
+    involved: set[int] = set()                # target indices among those candidates
+    groups = sorted({_group(x) for x in S + T}, key=lambda g: (g == "rest", g))
+    for group in groups:
+        # Rounds on what is left: when orders cross (one implementation registers a block's
+        # projection before its squeeze-excite, the other after), the first round pairs the
+        # longest common order and a later one the rest, again by order.
+        for round_ in range(1, len(S) + 2):
             gs = [s for s in S if _group(s) == group and s.index not in decided]
             gt = [t for t in T if _group(t) == group and t.index not in taken]
             if not gs or not gt:
-                continue
-            score, viable, chosen = _sequence_align(gs, gt)
+                break
+            score, viable, chosen = _sequence_align(gs, gt, lambda s, t: context(s, t, group))
             cand_s: dict[int, set[int]] = {}
             cand_t: dict[int, set[int]] = {}
             for i, j in viable:
@@ -275,16 +348,16 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
                     conf, ev = 0.7 + 0.3 * sim, "order + shape"
                 else:
                     conf, ev = 0.6 + 0.3 * sim, "order + shape (orders cross)"
+                if score[i, j][2] > 0:
+                    conf, ev = min(1.0, conf + 0.1), ev + " + context"
                 decided[s.index] = (t.index, op, conf - (0.1 if op else 0.0), ev + (" + reshape" if op else ""))
                 taken.add(t.index)
                 settled.add(i)
-                progress = True
-            for i, js in cand_s.items():
-                if i not in settled:
+            if not settled:
+                for i, js in cand_s.items():
                     ambiguous[gs[i].index] = sorted(gt[j].index for j in js)
                     involved.update(gt[j].index for j in js)
-        if not progress:
-            break
+                break
 
     mapping, matches = _build(S, T, decided)
     for si, tis in sorted(ambiguous.items()):

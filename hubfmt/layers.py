@@ -124,10 +124,11 @@ def families_compatible(a: Layer, b: Layer) -> bool:
     return (not a.kind_known or not b.kind_known) and {a.family, b.family} <= {"norm", "prelu", "other"}
 
 
-def transform_between(src: Layer, dst: Layer) -> str | None:
+def transform_between(src: Layer, dst: Layer, *, same_name: bool = False) -> str | None:
     """"" when `src`'s tensors fit `dst` as they are, "conv1x1" when they fit after
-    [out,in] <-> [out,in,1,1], None when they cannot hold the same weights."""
-    if src.required != dst.required or not families_compatible(src, dst):
+    [out,in] <-> [out,in,1,1], None when they cannot hold the same weights. Layers of the same
+    name need not agree on their kind (a rules file may have fused per-gate linears into an LSTM)."""
+    if src.required != dst.required or not (same_name or families_compatible(src, dst)):
         return None
     if all(src.shapes[r] == dst.shapes[r] for r in src.required):
         return ""
