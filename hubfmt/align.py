@@ -79,7 +79,7 @@ class Alignment:
             summary = ", ".join(f"{n} {a}" for a, n in counts.items())
             hint = " (--allow-missing / --allow-unexpected relax those)" if {"missing", "unexpected"} & set(counts) else ""
             raise AlignmentError(f"cannot align {self.source_label or 'the source'} to the template "
-                                 f"{self.template_label}: {summary}{hint}", table=self.to_text())
+                                 f"{self.template_label}: {summary}{hint}", table=self.to_text(problems_only=True))
 
     def apply(self, source: Checkpoint) -> Checkpoint:
         """The aligned checkpoint: source tensors under the template's names (lazy, no data read),
@@ -129,13 +129,14 @@ class Alignment:
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2)
 
-    def to_text(self) -> str:
-        """The proposed table, then every problem (the mismatch table among them)."""
+    def to_text(self, *, problems_only: bool = False) -> str:
+        """The proposed table (unless `problems_only`), then every problem (the mismatch table among them)."""
         renamed = sum(1 for m in self.matches if m.source != m.target)
         lines = [f"alignment of {self.source_label or 'source'} to {self.template_label or 'template'}: "
                  f"{len(self.matches)} layers matched ({renamed} renamed, "
                  f"{sum(1 for m in self.matches if m.op)} reshaped)"]
-        lines.append(self.mapping.to_text())
+        if not problems_only:
+            lines.append(self.mapping.to_text())
         for action in PROBLEMS:
             evs = self.report.of(action)
             if evs:
