@@ -5,23 +5,27 @@ destination's expected parameters (a template: a checkpoint of any format, an in
 Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles within them:
 
 1. layers with the same path that can hold the same weights;
-2. per layer family (conv/linear, transposed conv, recurrent, the rest), a sequence alignment
-   (Needleman-Wunsch, no gap cost) of the two layer orders. Two layers may pair when their roles
-   match and their shapes are equal or equal after [out,in] <-> [out,in,1,1]; a pair scores
-   MATCH plus NAME_WEIGHT times the similarity of the names (tokenised, synonyms folded). A pair
-   is decided only when it lies on every near-optimal alignment (score within TIE of the best):
-   otherwise the layers are reported "ambiguous" with their candidates, never guessed.
-   Structure beats order: modules (name prefixes: blocks, branches) whose layers have the same
-   signatures pair k-th with k-th; a layer pair inside paired modules scores CONTEXT more, one
-   across them is excluded. Weight layers go first; a norm layer registered right after a conv
-   then pairs only with a norm registered right after that conv's match (CONTEXT more);
-3. the sequence alignment repeats on what is left while it pairs anything (orders that cross);
+2. structure: modules (name prefixes: blocks, stages, branches) whose layers have the same
+   multiset of signatures (roles + shapes) pair k-th with k-th, innermost first; inside a module
+   pair, a signature found once on each side pairs directly, several pair by order within the
+   module, or by names when names clearly disagree with that order. Registration orders differ
+   between implementations (a block's projection before or after its squeeze-excite); module
+   contents do not;
+3. per layer family (conv/linear, transposed conv, recurrent, the rest), a sequence alignment
+   (Needleman-Wunsch, no gap cost) of the two layer orders for what is left. Two layers may pair
+   when their roles match, their shapes are equal or equal after [out,in] <-> [out,in,1,1], and
+   they lie in the same paired modules; a pair scores MATCH plus NAME_WEIGHT times the
+   similarity of the names (tokenised, synonyms folded). A pair is decided only when it lies on
+   every near-optimal alignment (score within TIE of the best): otherwise the layers are
+   reported "ambiguous" with their candidates, never guessed. The alignment repeats on what is
+   left while it pairs anything (orders that cross);
 4. what is still left pairs by order within a family for a "mismatch" report (same roles,
    different shapes); the rest is "missing" (template only) or "unexpected" (source only).
 
-Confidence per match: 1.0 same name; 0.9 unique shape (the signature occurs once on each side);
-0.7 + 0.3 * name similarity by order; 0.6 + 0.3 * similarity in a later round; minus 0.1 for a
-reshape; plus 0.1 (at most 1.0) with structural context. num_batches_tracked is bookkeeping: created as 0 when only the template has it, dropped
+Confidence per match: 1.0 same name; 0.95 alone in its module pair; 0.75 + 0.2 * name similarity
+by order or names inside a module pair; 0.9 unique shape (the signature occurs once on each side);
+0.7 + 0.3 * similarity by global order; 0.6 + 0.3 * similarity in a later round; minus 0.1 for a
+reshape. num_batches_tracked is bookkeeping: created as 0 when only the template has it, dropped
 when only the source has it (both reported).
 """
 from __future__ import annotations
@@ -39,7 +43,6 @@ from .rules import RuleSet, make_rule
 from .template import load_template
 
 MATCH = 10.0
-CONTEXT = 10.0
 NAME_WEIGHT = 2.0
 TIE = 1.0
 _GROUP = {"affine": "affine", "deconv": "deconv", "recurrent": "recurrent"}   # the rest share one
@@ -161,10 +164,10 @@ def _signature(layer: Layer) -> tuple:
     return tuple(sorted((r, layer.shapes[r]) for r in layer.required))
 
 
-def _module_ids(S: list[Layer], T: list[Layer]) -> tuple[dict[int, frozenset], dict[int, frozenset]]:
-    """Pair the two sides' modules (name prefixes) whose layers have the same multiset of
-    signatures, k-th with k-th in order, when both sides have equally many of that kind; returns,
-    per layer, the ids of the module pairs it lies in (blocks, stages, a shortcut branch...)."""
+def _module_pairs(S: list[Layer], T: list[Layer]) -> list[tuple[frozenset, frozenset]]:
+    """Pairs of modules (name prefixes: blocks, stages, branches) of the two sides whose layers have
+    the same multiset of signatures, k-th with k-th in order when both sides have equally many
+    such modules; innermost first. Wrappers (same layers as an inner module) count once."""
     def modules(layers: list[Layer]) -> dict[tuple, list[frozenset]]:
         members: dict[str, list[int]] = {}
         for layer in layers:
@@ -175,46 +178,72 @@ def _module_ids(S: list[Layer], T: list[Layer]) -> tuple[dict[int, frozenset], d
         seen = set()
         for idxs in members.values():
             key = frozenset(idxs)
-            if len(key) < 2 or key in seen or len(key) == len(layers):   # wrappers and the whole model say nothing
+            if len(key) < 2 or key in seen or len(key) == len(layers):   # the whole model says nothing
                 continue
             seen.add(key)
             by_sig.setdefault(tuple(sorted(_signature(layers[i]) for i in idxs)), []).append(key)
         return by_sig
 
     ms, mt = modules(S), modules(T)
-    ids_s: dict[int, set] = {}
-    ids_t: dict[int, set] = {}
-    n = 0
-    for sig, mods in ms.items():
-        if len(mt.get(sig, ())) != len(mods):
-            continue
-        for a, b in zip(mods, mt[sig]):
-            for i in a:
-                ids_s.setdefault(i, set()).add(n)
-            for j in b:
-                ids_t.setdefault(j, set()).add(n)
-            n += 1
-    return ({i: frozenset(v) for i, v in ids_s.items()}, {j: frozenset(v) for j, v in ids_t.items()})
+    pairs = [(a, b) for sig, mods in ms.items() if len(mt.get(sig, ())) == len(mods) for a, b in zip(mods, mt[sig])]
+    return sorted(pairs, key=lambda p: len(p[0]))
 
 
-def _preceding_affine(layers: list[Layer]) -> dict[int, int]:
-    """norm layer index -> index of the weight (conv/linear) layer registered right before it."""
-    return {b.index: a.index for a, b in zip(layers, layers[1:]) if a.family == "affine" and b.family == "norm"}
+def _match_in_modules(S, T, pairs, decided, taken) -> None:
+    """Inside paired modules, pair layers by signature: alone in its module -> decided; several of
+    one signature -> by order within the module, or by names when they clearly disagree with
+    order (registration orders differ between implementations; module contents do not)."""
+    for a, b in pairs:
+        by_sig: dict[tuple, tuple[list[Layer], list[Layer]]] = {}
+        for i in sorted(a):
+            if i not in decided:
+                by_sig.setdefault(_signature(S[i]), ([], []))[0].append(S[i])
+        for j in sorted(b):
+            if j not in taken:
+                by_sig.setdefault(_signature(T[j]), ([], []))[1].append(T[j])
+        for ss, tt in by_sig.values():
+            if len(ss) != len(tt) or not ss:
+                continue
+            if len(ss) == 1:
+                chosen, ev = [(ss[0], tt[0])], "module + shape"
+            else:
+                chosen, ev = list(zip(ss, tt)), "module + order"
+                by_names = _name_assignment(ss, tt)
+                gain = sum(name_similarity(s.tokens, t.tokens) for s, t in by_names) - sum(
+                    name_similarity(s.tokens, t.tokens) for s, t in chosen)
+                if gain * NAME_WEIGHT >= TIE:
+                    chosen, ev = by_names, "module + names"
+            for s, t in chosen:
+                conf = 0.95 if ev == "module + shape" else 0.75 + 0.2 * name_similarity(s.tokens, t.tokens)
+                decided[s.index] = (t.index, "", conf, ev)
+                taken.add(t.index)
+
+
+def _name_assignment(ss: list[Layer], tt: list[Layer]) -> list[tuple[Layer, Layer]]:
+    """Greedy assignment by name similarity (most similar pair first)."""
+    cells = sorted(((name_similarity(s.tokens, t.tokens), -i, -j) for i, s in enumerate(ss) for j, t in enumerate(tt)),
+                   reverse=True)
+    used_s, used_t, out = set(), set(), []
+    for _, i, j in cells:
+        if -i not in used_s and -j not in used_t:
+            used_s.add(-i)
+            used_t.add(-j)
+            out.append((ss[-i], tt[-j]))
+    return out
 
 
 def _sequence_align(S: list[Layer], T: list[Layer], context=None):
-    """Max-score order-preserving pairing of S and T.
-
-    Returns ({(i, j): (score, op, context bonus)}, viable pairs, chosen pairs)."""
+    """Max-score order-preserving pairing of S and T; `context(s, t)` is a score bonus, or None
+    to forbid the pair. Returns ({(i, j): (score, op)}, viable pairs, chosen pairs)."""
     n, m = len(S), len(T)
-    score: dict[tuple[int, int], tuple[float, str, float]] = {}
+    score: dict[tuple[int, int], tuple[float, str]] = {}
     for i, s in enumerate(S):
         for j, t in enumerate(T):
             op = transform_between(s, t)
             bonus = context(s, t) if context and op is not None else 0.0
             if op is not None and bonus is not None:
                 sc = MATCH + bonus + NAME_WEIGHT * name_similarity(s.tokens, t.tokens) + (0.5 if s.kind == t.kind else 0.0)
-                score[i, j] = (sc - (0.5 if op else 0.0), op, bonus)
+                score[i, j] = (sc - (0.5 if op else 0.0), op)
     F = [[0.0] * (m + 1) for _ in range(n + 1)]
     for i in range(1, n + 1):
         for j in range(1, m + 1):
@@ -230,7 +259,7 @@ def _sequence_align(S: list[Layer], T: list[Layer], context=None):
                 best = max(best, B[i + 1][j + 1] + score[i, j][0])
             B[i][j] = best
     opt = F[n][m]
-    viable = {(i, j) for (i, j), (sc, _, _) in score.items() if F[i][j] + sc + B[i + 1][j + 1] > opt - TIE + 1e-9}
+    viable = {(i, j) for (i, j), (sc, _) in score.items() if F[i][j] + sc + B[i + 1][j + 1] > opt - TIE + 1e-9}
     chosen = []
     i, j = n, m
     while i > 0 and j > 0:
@@ -294,34 +323,24 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
             decided[s.index] = (t.index, op, 1.0 - (0.1 if op else 0.0), "same name")
             taken.add(t.index)
 
-    # Weight layers first: a norm layer's context is the weight layer registered just before it
-    # (its conv), and a pair whose contexts were matched scores CONTEXT more. That settles a
-    # block's batch norms even when one implementation registers its shortcut first.
-    before_s, before_t = _preceding_affine(S), _preceding_affine(T)
+    # Structure beats order: inside blocks that pair up, registration orders may cross.
+    pairs = _module_pairs(S, T)
+    _match_in_modules(S, T, pairs, decided, taken)
+    # A pair the sequence alignment proposes must not cross paired modules.
+    mod_s: dict[int, set] = {}
+    mod_t: dict[int, set] = {}
+    for n, (a, b) in enumerate(pairs):
+        for i in a:
+            mod_s.setdefault(i, set()).add(n)
+        for j in b:
+            mod_t.setdefault(j, set()).add(n)
 
-    # Modules (blocks, branches) with the same contents pair by order. A layer pair inside paired
-    # modules scores CONTEXT more; one that would cross paired modules is excluded, as is a norm
-    # pair whose preceding convs were matched, but not to each other. Evidence of structure beats
-    # order: when orders cross inside a block, the longest common order would pair wrong layers.
-    mod_s, mod_t = _module_ids(S, T)
-
-    def context(s: Layer, t: Layer, group: str) -> float | None:
-        a, b = mod_s.get(s.index, frozenset()), mod_t.get(t.index, frozenset())
-        if a != b:
-            return None
-        bonus = CONTEXT if a else 0.0
-        if group == "rest":
-            ps, pt = before_s.get(s.index), before_t.get(t.index)
-            if ps is not None and pt is not None and ps in decided and pt in taken:
-                if decided[ps][0] != pt:
-                    return None
-                bonus += CONTEXT
-        return bonus
+    def context(s: Layer, t: Layer) -> float | None:
+        return 0.0 if mod_s.get(s.index, set()) == mod_t.get(t.index, set()) else None
 
     ambiguous: dict[int, list[int]] = {}     # source index -> candidate target indices
     involved: set[int] = set()                # target indices among those candidates
-    groups = sorted({_group(x) for x in S + T}, key=lambda g: (g == "rest", g))
-    for group in groups:
+    for group in sorted({_group(x) for x in S + T}):
         # Rounds on what is left: when orders cross (one implementation registers a block's
         # projection before its squeeze-excite, the other after), the first round pairs the
         # longest common order and a later one the rest, again by order.
@@ -330,7 +349,7 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
             gt = [t for t in T if _group(t) == group and t.index not in taken]
             if not gs or not gt:
                 break
-            score, viable, chosen = _sequence_align(gs, gt, lambda s, t: context(s, t, group))
+            score, viable, chosen = _sequence_align(gs, gt, context)
             cand_s: dict[int, set[int]] = {}
             cand_t: dict[int, set[int]] = {}
             for i, j in viable:
@@ -349,8 +368,6 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
                     conf, ev = 0.7 + 0.3 * sim, "order + shape"
                 else:
                     conf, ev = 0.6 + 0.3 * sim, "order + shape (orders cross)"
-                if score[i, j][2] > 0:
-                    conf, ev = min(1.0, conf + 0.1), ev + " + context"
                 decided[s.index] = (t.index, op, conf - (0.1 if op else 0.0), ev + (" + reshape" if op else ""))
                 taken.add(t.index)
                 settled.add(i)

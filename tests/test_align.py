@@ -34,12 +34,42 @@ def test_efficientnet_like_pair_aligns_without_a_table():
     assert list(out) == list(tmpl)                  # the template's names, in the template's order
     assert_lands_as_expected(src, out, expected)
     assert sorted(out.report.names("dropped")) == sorted(n for n in src if n.endswith("num_batches_tracked"))
-    # Block 0's projection is registered before its squeeze-excite in the template: a later round pairs it.
+    # The template registers each block's projection before its squeeze-excite; the blocks pair
+    # as modules (same contents), and inside them the two same-shape batch norms pair by order.
     rows = {m.source: m for m in a.matches}
-    assert rows["_blocks.0._project_conv"].target == "0.proj"
-    assert "cross" in rows["_blocks.0._project_conv"].evidence
+    assert rows["_blocks.0._project_conv"].target == "0.proj" and rows["_blocks.0._project_conv"].evidence == "module + shape"
+    assert rows["_blocks.1._bn2"].target == "1.proj_bn" and rows["_blocks.1._bn2"].evidence == "module + order"
     assert all(0.5 <= m.confidence <= 1.0 for m in a.matches)
     assert rows["_conv_stem"].evidence == "unique shape"
+
+
+def test_flat_names_with_crossing_orders_pair_in_a_later_round():
+    src, tmpl = Builder(0), Builder(1)
+    for name, shape in (("conv0", (8, 3, 3, 3)), ("conv1", (16, 8, 3, 3)), ("conv2", (32, 16, 1, 1)), ("conv3", (8, 32, 1, 1))):
+        src.conv(f"net_{name}", shape)
+    for name, shape in (("a", (8, 3, 3, 3)), ("d", (8, 32, 1, 1)), ("b", (16, 8, 3, 3)), ("c", (32, 16, 1, 1))):
+        tmpl.conv(f"m_{name}", shape)
+    a = align(src.ckpt, tmpl.ckpt)
+    assert moved(a) == {"net_conv0.weight": "m_a.weight", "net_conv1.weight": "m_b.weight",
+                        "net_conv2.weight": "m_c.weight", "net_conv3.weight": "m_d.weight"}
+    assert {m.source: m.evidence for m in a.matches}["net_conv3"] == "unique shape"
+
+
+def test_blocks_pair_as_modules_and_names_beat_order_inside_them():
+    src, tmpl = Builder(0), Builder(1)
+    for i in range(2):
+        src.conv(f"blocks.{i}.conv", (8, 8, 3, 3))
+        src.bn(f"blocks.{i}.bn_in", 8)
+        src.bn(f"blocks.{i}.bn_out", 8)
+    for i in range(2):
+        tmpl.conv(f"layers.{i}.conv", (8, 8, 3, 3))
+        tmpl.bn(f"layers.{i}.bn_out", 8)      # registered in the other order
+        tmpl.bn(f"layers.{i}.bn_in", 8)
+    a = align(src.ckpt, tmpl.ckpt)
+    assert a.layer_map() == {"blocks.0.conv": "layers.0.conv", "blocks.0.bn_in": "layers.0.bn_in",
+                             "blocks.0.bn_out": "layers.0.bn_out", "blocks.1.conv": "layers.1.conv",
+                             "blocks.1.bn_in": "layers.1.bn_in", "blocks.1.bn_out": "layers.1.bn_out"}
+    assert {m.evidence for m in a.matches} == {"module + shape", "module + names"}
 
 
 def test_aligned_checkpoint_is_lazy_and_takes_infos_from_the_template():
