@@ -232,6 +232,54 @@ def _name_assignment(ss: list[Layer], tt: list[Layer]) -> list[tuple[Layer, Laye
     return out
 
 
+def _anchors(layers: list[Layer]) -> dict[int, int]:
+    """norm layer index -> the conv/linear registered right before it whose output it normalises."""
+    out = {}
+    for a, b in zip(layers, layers[1:]):
+        w = a.shapes.get("weight")
+        if a.family == "affine" and b.family == "norm" and w and b.shapes.get("weight", b.shapes.get("running_mean", (None,)))[:1] == w[:1]:
+            out[b.index] = a.index
+    return out
+
+
+def _align_rounds(group, S, T, decided, taken, ambiguous, involved, context, sig_count_s, sig_count_t, note) -> None:
+    """Sequence-align one family's undecided layers, in rounds while a round settles anything."""
+    for round_ in range(1, len(S) + 2):
+        gs = [s for s in S if _group(s) == group and s.index not in decided]
+        gt = [t for t in T if _group(t) == group and t.index not in taken]
+        if not gs or not gt:
+            return
+        score, viable, chosen = _sequence_align(gs, gt, context)
+        cand_s: dict[int, set[int]] = {}
+        cand_t: dict[int, set[int]] = {}
+        for i, j in viable:
+            cand_s.setdefault(i, set()).add(j)
+            cand_t.setdefault(j, set()).add(i)
+        settled = set()
+        for i, j in chosen:
+            if cand_s.get(i) != {j} or cand_t.get(j) != {i}:
+                continue
+            s, t = gs[i], gt[j]
+            op = score[i, j][1]
+            sim = name_similarity(s.tokens, t.tokens)
+            if sig_count_s[_signature(s)] == 1 and sig_count_t[_signature(t)] == 1:
+                conf, ev = 0.9, "unique shape"
+            elif round_ == 1:
+                conf, ev = 0.7 + 0.3 * sim, "order + shape"
+            else:
+                conf, ev = 0.6 + 0.3 * sim, "order + shape (orders cross)"
+            if note:
+                conf, ev = conf - 0.2, ev + note
+            decided[s.index] = (t.index, op, conf - (0.1 if op else 0.0), ev + (" + reshape" if op else ""))
+            taken.add(t.index)
+            settled.add(i)
+        if not settled:
+            for i, js in cand_s.items():
+                ambiguous[gs[i].index] = sorted(gt[j].index for j in js)
+                involved.update(gt[j].index for j in js)
+            return
+
+
 def _sequence_align(S: list[Layer], T: list[Layer], context=None):
     """Max-score order-preserving pairing of S and T; `context(s, t)` is a score bonus, or None
     to forbid the pair. Returns ({(i, j): (score, op)}, viable pairs, chosen pairs)."""
@@ -326,7 +374,11 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     # Structure beats order: inside blocks that pair up, registration orders may cross.
     pairs = _module_pairs(S, T)
     _match_in_modules(S, T, pairs, decided, taken)
-    # A pair the sequence alignment proposes must not cross paired modules.
+    # A pair the sequence alignment proposes must not cross paired modules; and a norm layer
+    # registered right after the conv whose output it normalises (its anchor) pairs only with a
+    # norm anchored on that conv's match: order alone would pair a shortcut's batch norm with the
+    # main branch's when one implementation registers the shortcut first. When that leaves layers
+    # unpaired (a registration order against the data flow), a last pass drops the anchors.
     mod_s: dict[int, set] = {}
     mod_t: dict[int, set] = {}
     for n, (a, b) in enumerate(pairs):
@@ -334,48 +386,25 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
             mod_s.setdefault(i, set()).add(n)
         for j in b:
             mod_t.setdefault(j, set()).add(n)
+    anchor_s, anchor_t = _anchors(S), _anchors(T)
+    use_anchors = True
 
     def context(s: Layer, t: Layer) -> float | None:
-        return 0.0 if mod_s.get(s.index, set()) == mod_t.get(t.index, set()) else None
+        if mod_s.get(s.index, set()) != mod_t.get(t.index, set()):
+            return None
+        ps, pt = anchor_s.get(s.index), anchor_t.get(t.index)
+        if use_anchors and ps in decided and pt in taken and decided[ps][0] != pt:
+            return None
+        return 0.0
 
     ambiguous: dict[int, list[int]] = {}     # source index -> candidate target indices
     involved: set[int] = set()                # target indices among those candidates
-    for group in sorted({_group(x) for x in S + T}):
-        # Rounds on what is left: when orders cross (one implementation registers a block's
-        # projection before its squeeze-excite, the other after), the first round pairs the
-        # longest common order and a later one the rest, again by order.
-        for round_ in range(1, len(S) + 2):
-            gs = [s for s in S if _group(s) == group and s.index not in decided]
-            gt = [t for t in T if _group(t) == group and t.index not in taken]
-            if not gs or not gt:
-                break
-            score, viable, chosen = _sequence_align(gs, gt, context)
-            cand_s: dict[int, set[int]] = {}
-            cand_t: dict[int, set[int]] = {}
-            for i, j in viable:
-                cand_s.setdefault(i, set()).add(j)
-                cand_t.setdefault(j, set()).add(i)
-            settled = set()
-            for i, j in chosen:
-                if cand_s.get(i) != {j} or cand_t.get(j) != {i}:
-                    continue
-                s, t = gs[i], gt[j]
-                op = score[i, j][1]
-                sim = name_similarity(s.tokens, t.tokens)
-                if sig_count_s[_signature(s)] == 1 and sig_count_t[_signature(t)] == 1:
-                    conf, ev = 0.9, "unique shape"
-                elif round_ == 1:
-                    conf, ev = 0.7 + 0.3 * sim, "order + shape"
-                else:
-                    conf, ev = 0.6 + 0.3 * sim, "order + shape (orders cross)"
-                decided[s.index] = (t.index, op, conf - (0.1 if op else 0.0), ev + (" + reshape" if op else ""))
-                taken.add(t.index)
-                settled.add(i)
-            if not settled:
-                for i, js in cand_s.items():
-                    ambiguous[gs[i].index] = sorted(gt[j].index for j in js)
-                    involved.update(gt[j].index for j in js)
-                break
+    # (weight layers sort before "rest", so a norm's anchor is decided before the norm is aligned)
+    for use_anchors in (True, False):
+        ambiguous, involved = {}, set()
+        for group in sorted({_group(x) for x in S + T}):
+            _align_rounds(group, S, T, decided, taken, ambiguous, involved, context, sig_count_s, sig_count_t,
+                          "" if use_anchors else " (second pass, conv-norm adjacency ignored)")
 
     mapping, matches = _build(S, T, decided)
     for si, tis in sorted(ambiguous.items()):

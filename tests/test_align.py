@@ -254,3 +254,20 @@ def test_json_output_is_complete():
     assert {"source": "fc6", "target": "classifier", "op": "conv1x1"}.items() <= next(
         x for x in j["layers"] if x["source"] == "fc6").items()
     assert any(r["op"] == "create" for r in j["tensors"])
+
+
+def test_flat_names_batch_norms_follow_their_convs():
+    """MXNet-style flat names, no module structure: the shortcut is registered last in the source
+    and first in the template. Order alone would give the shortcut's norm to the main branch."""
+    src, tmpl = Builder(0), Builder(1)
+    for name, shape in (("conv0", (16, 8, 3, 3)), ("conv1", (16, 16, 3, 3)), ("conv2", (16, 8, 1, 1))):
+        src.conv(f"resnet_stage2_{name}", shape)
+        src.bn(f"resnet_stage2_{name.replace('conv', 'batchnorm')}", 16)
+    for name, shape in (("shortcut", (16, 8, 1, 1)), ("a", (16, 8, 3, 3)), ("b", (16, 16, 3, 3))):
+        tmpl.conv(f"block_conv_{name}", shape)
+        tmpl.bn(f"block_bn_{name}", 16, tracked=True)
+    a = align(src.ckpt, tmpl.ckpt)
+    assert a.problems() == []
+    assert {k: v for k, v in a.layer_map().items() if "batchnorm" in k} == {
+        "resnet_stage2_batchnorm0": "block_bn_a", "resnet_stage2_batchnorm1": "block_bn_b",
+        "resnet_stage2_batchnorm2": "block_bn_shortcut"}
