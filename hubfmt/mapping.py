@@ -133,7 +133,8 @@ def _merged(parts: list[LazyTensor], axis: int) -> LazyTensor:
 
 
 def _zero_tracked() -> LazyTensor:
-    return LazyTensor.from_array(np.array(0, dtype=np.int64))
+    # A 0-d int64 counter, as torch and OneFlow keep it (from_array would make it 1-d).
+    return LazyTensor((), "int64", lambda: np.zeros((), dtype=np.int64))
 
 
 def _tensors(src: Checkpoint, m: Move) -> list[LazyTensor]:
