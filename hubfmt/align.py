@@ -6,27 +6,35 @@ Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles
 
 1. layers with the same path that can hold the same weights;
 2. structure: modules (name prefixes: blocks, stages, branches) whose layers have the same
-   multiset of signatures (roles + shapes) pair k-th with k-th, innermost first; inside a module
-   pair, a signature found once on each side pairs directly, several pair by order within the
-   module, or by names when names clearly disagree with that order. Registration orders differ
-   between implementations (a block's projection before or after its squeeze-excite); module
-   contents do not;
-3. per layer family (conv/linear, transposed conv, recurrent, the rest), a sequence alignment
+   multiset of signatures (roles + shapes) pair top-down: under a paired parent, sub-modules of
+   one signature pair by order, or by names when names clearly disagree with order; a module
+   with no counterpart (one side keeps its blocks in a list, the other not) is looked through.
+   Inside a module pair (innermost first), a signature found once on each side pairs directly,
+   several pair by order within the module or by names (relative to the module). Registration
+   orders differ between implementations (a block's projection before or after its
+   squeeze-excite); module contents do not;
+3. per group (conv/linear/transposed conv, recurrent, the rest), a sequence alignment
    (Needleman-Wunsch, no gap cost) of the two layer orders for what is left. Two layers may pair
-   when their roles match, their shapes are equal or equal after [out,in] <-> [out,in,1,1], and
-   they lie in the same paired modules; a pair scores MATCH plus NAME_WEIGHT times the
-   similarity of the names (tokenised, synonyms folded). A pair is decided only when it lies on
-   every near-optimal alignment (score within TIE of the best): otherwise the layers are
-   reported "ambiguous" with their candidates, never guessed. The alignment repeats on what is
-   left while it pairs anything (orders that cross);
+   when their roles match, their shapes are equal or equal after [out,in] <-> [out,in,1,1]
+   (a state dict cannot tell a transposed conv from a conv: equal shapes pair, with a warning),
+   they lie in the same paired modules, and, for a norm registered right after the conv whose
+   output it normalises, the other side's norm is registered right after that conv's match
+   (else order would give a shortcut's batch norm to the main branch when one implementation
+   registers the shortcut first; a second pass drops this for registrations against the data
+   flow). A pair scores MATCH plus NAME_WEIGHT times the similarity of the names (tokenised,
+   synonyms folded) and is decided only when it lies on every near-optimal alignment (score
+   within TIE of the best): otherwise the layers are reported "ambiguous" with their candidates,
+   never guessed. The alignment repeats on what is left while it pairs anything (orders that
+   cross);
 4. what is still left pairs by order within a family for a "mismatch" report (same roles,
    different shapes); the rest is "missing" (template only) or "unexpected" (source only).
 
-Confidence per match: 1.0 same name; 0.95 alone in its module pair; 0.75 + 0.2 * name similarity
-by order or names inside a module pair; 0.9 unique shape (the signature occurs once on each side);
-0.7 + 0.3 * similarity by global order; 0.6 + 0.3 * similarity in a later round; minus 0.1 for a
-reshape. num_batches_tracked is bookkeeping: created as 0 when only the template has it, dropped
-when only the source has it (both reported).
+Confidence per match: 1.0 same name; 0.95 alone in its module pair; 0.75 + 0.2 * name
+similarity by order or names inside a module pair (0.05 less when the modules paired by names);
+0.9 unique shape (the signature occurs once on each side); 0.7 + 0.3 * similarity by global order;
+0.6 + 0.3 * similarity in a later round; 0.2 less in the second pass; 0.1 less for a reshape.
+num_batches_tracked is bookkeeping: created as 0 when only the template has it, dropped when only
+the source has it (both reported). The matching itself lives in hubfmt.matching.
 """
 from __future__ import annotations
 
@@ -36,16 +44,13 @@ from dataclasses import dataclass, field
 
 from .checkpoint import Checkpoint
 from .errors import AlignmentError
-from .layers import OPTIONAL_ROLES, Layer, group_layers, name_similarity, transform_between
+from .layers import OPTIONAL_ROLES, Layer, group_layers, transform_between
+from .matching import align_rounds, anchors, group_of, match_in_modules, module_pairs, relaxed_pairs, signature
 from .mapping import Mapping, Move, apply_mapping
 from .report import PROBLEMS, Event, Report
 from .rules import RuleSet, make_rule
 from .template import load_template
 
-MATCH = 10.0
-NAME_WEIGHT = 2.0
-TIE = 1.0
-_GROUP = {"affine": "affine", "deconv": "deconv", "recurrent": "recurrent"}   # the rest share one
 
 
 @dataclass
@@ -156,193 +161,6 @@ def _staged(r: Report) -> Report:
     return r
 
 
-def _group(layer: Layer) -> str:
-    return _GROUP.get(layer.family, "rest")
-
-
-def _signature(layer: Layer) -> tuple:
-    return tuple(sorted((r, layer.shapes[r]) for r in layer.required))
-
-
-def _module_pairs(S: list[Layer], T: list[Layer]) -> list[tuple[frozenset, frozenset]]:
-    """Pairs of modules (name prefixes: blocks, stages, branches) of the two sides whose layers have
-    the same multiset of signatures, k-th with k-th in order when both sides have equally many
-    such modules; innermost first. Wrappers (same layers as an inner module) count once."""
-    def modules(layers: list[Layer]) -> dict[tuple, list[frozenset]]:
-        members: dict[str, list[int]] = {}
-        for layer in layers:
-            parts = layer.path.split(".")
-            for k in range(1, len(parts)):
-                members.setdefault(".".join(parts[:k]), []).append(layer.index)
-        by_sig: dict[tuple, list[frozenset]] = {}
-        seen = set()
-        for idxs in members.values():
-            key = frozenset(idxs)
-            if len(key) < 2 or key in seen or len(key) == len(layers):   # the whole model says nothing
-                continue
-            seen.add(key)
-            by_sig.setdefault(tuple(sorted(_signature(layers[i]) for i in idxs)), []).append(key)
-        return by_sig
-
-    ms, mt = modules(S), modules(T)
-    pairs = [(a, b) for sig, mods in ms.items() if len(mt.get(sig, ())) == len(mods) for a, b in zip(mods, mt[sig])]
-    return sorted(pairs, key=lambda p: len(p[0]))
-
-
-def _match_in_modules(S, T, pairs, decided, taken) -> None:
-    """Inside paired modules, pair layers by signature: alone in its module -> decided; several of
-    one signature -> by order within the module, or by names when they clearly disagree with
-    order (registration orders differ between implementations; module contents do not)."""
-    for a, b in pairs:
-        by_sig: dict[tuple, tuple[list[Layer], list[Layer]]] = {}
-        for i in sorted(a):
-            if i not in decided:
-                by_sig.setdefault(_signature(S[i]), ([], []))[0].append(S[i])
-        for j in sorted(b):
-            if j not in taken:
-                by_sig.setdefault(_signature(T[j]), ([], []))[1].append(T[j])
-        for ss, tt in by_sig.values():
-            if len(ss) != len(tt) or not ss:
-                continue
-            if len(ss) == 1:
-                chosen, ev = [(ss[0], tt[0])], "module + shape"
-            else:
-                chosen, ev = list(zip(ss, tt)), "module + order"
-                by_names = _name_assignment(ss, tt)
-                gain = sum(name_similarity(s.tokens, t.tokens) for s, t in by_names) - sum(
-                    name_similarity(s.tokens, t.tokens) for s, t in chosen)
-                if gain * NAME_WEIGHT >= TIE:
-                    chosen, ev = by_names, "module + names"
-            for s, t in chosen:
-                conf = 0.95 if ev == "module + shape" else 0.75 + 0.2 * name_similarity(s.tokens, t.tokens)
-                decided[s.index] = (t.index, "", conf, ev)
-                taken.add(t.index)
-
-
-def _name_assignment(ss: list[Layer], tt: list[Layer]) -> list[tuple[Layer, Layer]]:
-    """Greedy assignment by name similarity (most similar pair first)."""
-    cells = sorted(((name_similarity(s.tokens, t.tokens), -i, -j) for i, s in enumerate(ss) for j, t in enumerate(tt)),
-                   reverse=True)
-    used_s, used_t, out = set(), set(), []
-    for _, i, j in cells:
-        if -i not in used_s and -j not in used_t:
-            used_s.add(-i)
-            used_t.add(-j)
-            out.append((ss[-i], tt[-j]))
-    return out
-
-
-def _anchors(layers: list[Layer]) -> dict[int, int]:
-    """norm layer index -> the conv/linear registered right before it whose output it normalises."""
-    out = {}
-    for a, b in zip(layers, layers[1:]):
-        w = a.shapes.get("weight")
-        if a.family == "affine" and b.family == "norm" and w and b.shapes.get("weight", b.shapes.get("running_mean", (None,)))[:1] == w[:1]:
-            out[b.index] = a.index
-    return out
-
-
-def _align_rounds(group, S, T, decided, taken, ambiguous, involved, context, sig_count_s, sig_count_t, note) -> None:
-    """Sequence-align one family's undecided layers, in rounds while a round settles anything."""
-    for round_ in range(1, len(S) + 2):
-        gs = [s for s in S if _group(s) == group and s.index not in decided]
-        gt = [t for t in T if _group(t) == group and t.index not in taken]
-        if not gs or not gt:
-            return
-        score, viable, chosen = _sequence_align(gs, gt, context)
-        cand_s: dict[int, set[int]] = {}
-        cand_t: dict[int, set[int]] = {}
-        for i, j in viable:
-            cand_s.setdefault(i, set()).add(j)
-            cand_t.setdefault(j, set()).add(i)
-        settled = set()
-        for i, j in chosen:
-            if cand_s.get(i) != {j} or cand_t.get(j) != {i}:
-                continue
-            s, t = gs[i], gt[j]
-            op = score[i, j][1]
-            sim = name_similarity(s.tokens, t.tokens)
-            if sig_count_s[_signature(s)] == 1 and sig_count_t[_signature(t)] == 1:
-                conf, ev = 0.9, "unique shape"
-            elif round_ == 1:
-                conf, ev = 0.7 + 0.3 * sim, "order + shape"
-            else:
-                conf, ev = 0.6 + 0.3 * sim, "order + shape (orders cross)"
-            if note:
-                conf, ev = conf - 0.2, ev + note
-            decided[s.index] = (t.index, op, conf - (0.1 if op else 0.0), ev + (" + reshape" if op else ""))
-            taken.add(t.index)
-            settled.add(i)
-        if not settled:
-            for i, js in cand_s.items():
-                ambiguous[gs[i].index] = sorted(gt[j].index for j in js)
-                involved.update(gt[j].index for j in js)
-            return
-
-
-def _sequence_align(S: list[Layer], T: list[Layer], context=None):
-    """Max-score order-preserving pairing of S and T; `context(s, t)` is a score bonus, or None
-    to forbid the pair. Returns ({(i, j): (score, op)}, viable pairs, chosen pairs)."""
-    n, m = len(S), len(T)
-    score: dict[tuple[int, int], tuple[float, str]] = {}
-    for i, s in enumerate(S):
-        for j, t in enumerate(T):
-            op = transform_between(s, t)
-            bonus = context(s, t) if context and op is not None else 0.0
-            if op is not None and bonus is not None:
-                sc = MATCH + bonus + NAME_WEIGHT * name_similarity(s.tokens, t.tokens) + (0.5 if s.kind == t.kind else 0.0)
-                score[i, j] = (sc - (0.5 if op else 0.0), op)
-    F = [[0.0] * (m + 1) for _ in range(n + 1)]
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            best = max(F[i - 1][j], F[i][j - 1])
-            if (i - 1, j - 1) in score:
-                best = max(best, F[i - 1][j - 1] + score[i - 1, j - 1][0])
-            F[i][j] = best
-    B = [[0.0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n - 1, -1, -1):
-        for j in range(m - 1, -1, -1):
-            best = max(B[i + 1][j], B[i][j + 1])
-            if (i, j) in score:
-                best = max(best, B[i + 1][j + 1] + score[i, j][0])
-            B[i][j] = best
-    opt = F[n][m]
-    viable = {(i, j) for (i, j), (sc, _) in score.items() if F[i][j] + sc + B[i + 1][j + 1] > opt - TIE + 1e-9}
-    chosen = []
-    i, j = n, m
-    while i > 0 and j > 0:
-        if (i - 1, j - 1) in score and abs(F[i][j] - (F[i - 1][j - 1] + score[i - 1, j - 1][0])) < 1e-9:
-            chosen.append((i - 1, j - 1))
-            i, j = i - 1, j - 1
-        elif F[i][j] == F[i - 1][j]:
-            i -= 1
-        else:
-            j -= 1
-    return score, viable, chosen[::-1]
-
-
-def _relaxed_pairs(S: list[Layer], T: list[Layer]) -> list[tuple[int, int]]:
-    """Order-preserving pairs of layers with the same roles (shapes may differ), for the mismatch table."""
-    n, m = len(S), len(T)
-    F = [[0.0] * (m + 1) for _ in range(n + 1)]
-    ok = lambda s, t: s.required == t.required and s.family == t.family   # noqa: E731
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            F[i][j] = max(F[i - 1][j], F[i][j - 1])
-            if ok(S[i - 1], T[j - 1]):
-                F[i][j] = max(F[i][j], F[i - 1][j - 1] + 1 + name_similarity(S[i - 1].tokens, T[j - 1].tokens))
-    pairs, i, j = [], n, m
-    while i > 0 and j > 0:
-        if ok(S[i - 1], T[j - 1]) and abs(F[i][j] - F[i - 1][j - 1] - 1 - name_similarity(S[i - 1].tokens, T[j - 1].tokens)) < 1e-9:
-            pairs.append((i - 1, j - 1))
-            i, j = i - 1, j - 1
-        elif F[i][j] == F[i - 1][j]:
-            i -= 1
-        else:
-            j -= 1
-    return pairs[::-1]
-
-
 def align(source: Checkpoint, template, *, source_label: str = "", template_framework: str | None = None) -> Alignment:
     """Align `source` to `template` (a Checkpoint, a checkpoint path of any supported format, or a
     names+shapes listing .json/.txt). Never raises for unmatched tensors: call `.check()`.
@@ -359,9 +177,9 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     sig_count_s: dict[tuple, int] = {}
     sig_count_t: dict[tuple, int] = {}
     for s in S:
-        sig_count_s[_signature(s)] = sig_count_s.get(_signature(s), 0) + 1
+        sig_count_s[signature(s)] = sig_count_s.get(signature(s), 0) + 1
     for t in T:
-        sig_count_t[_signature(t)] = sig_count_t.get(_signature(t), 0) + 1
+        sig_count_t[signature(t)] = sig_count_t.get(signature(t), 0) + 1
 
     t_by_path = {t.path: t for t in T}
     for s in S:
@@ -372,8 +190,8 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
             taken.add(t.index)
 
     # Structure beats order: inside blocks that pair up, registration orders may cross.
-    pairs = _module_pairs(S, T)
-    _match_in_modules(S, T, pairs, decided, taken)
+    pairs = module_pairs(S, T)
+    match_in_modules(S, T, pairs, decided, taken)
     # A pair the sequence alignment proposes must not cross paired modules; and a norm layer
     # registered right after the conv whose output it normalises (its anchor) pairs only with a
     # norm anchored on that conv's match: order alone would pair a shortcut's batch norm with the
@@ -381,12 +199,12 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     # unpaired (a registration order against the data flow), a last pass drops the anchors.
     mod_s: dict[int, set] = {}
     mod_t: dict[int, set] = {}
-    for n, (a, b) in enumerate(pairs):
+    for n, (_, a, _, b, _) in enumerate(pairs):
         for i in a:
             mod_s.setdefault(i, set()).add(n)
         for j in b:
             mod_t.setdefault(j, set()).add(n)
-    anchor_s, anchor_t = _anchors(S), _anchors(T)
+    anchor_s, anchor_t = anchors(S), anchors(T)
     use_anchors = True
 
     def context(s: Layer, t: Layer) -> float | None:
@@ -402,11 +220,15 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     # (weight layers sort before "rest", so a norm's anchor is decided before the norm is aligned)
     for use_anchors in (True, False):
         ambiguous, involved = {}, set()
-        for group in sorted({_group(x) for x in S + T}):
-            _align_rounds(group, S, T, decided, taken, ambiguous, involved, context, sig_count_s, sig_count_t,
+        for group in sorted({group_of(x) for x in S + T}):
+            align_rounds(group, S, T, decided, taken, ambiguous, involved, context, sig_count_s, sig_count_t,
                           "" if use_anchors else " (second pass, conv-norm adjacency ignored)")
 
     mapping, matches = _build(S, T, decided)
+    for si, (ti, *_rest) in sorted(decided.items()):
+        if S[si].family != T[ti].family and S[si].kind_known and T[ti].kind_known:
+            report.add("warning", S[si].path, f"kinds differ: source {S[si].kind}, template {T[ti].kind} "
+                                              f"(same shapes; the template's kind is kept)")
     for si, tis in sorted(ambiguous.items()):
         s = S[si]
         report.add("ambiguous", s.path, f"{s.describe()}: candidates {', '.join(T[t].path for t in tis)} "
@@ -417,10 +239,10 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     paired_s, paired_t = set(), set()
     while True:   # rounds again, for orders that cross
         pairs = []
-        for group in sorted({_group(x) for x in left_s + left_t}):
-            gs = [s for s in left_s if _group(s) == group and s.index not in paired_s]
-            gt = [t for t in left_t if _group(t) == group and t.index not in paired_t]
-            pairs += [(gs[i], gt[j]) for i, j in _relaxed_pairs(gs, gt)]
+        for group in sorted({group_of(x) for x in left_s + left_t}):
+            gs = [s for s in left_s if group_of(s) == group and s.index not in paired_s]
+            gt = [t for t in left_t if group_of(t) == group and t.index not in paired_t]
+            pairs += [(gs[i], gt[j]) for i, j in relaxed_pairs(gs, gt)]
         if not pairs:
             break
         for s, t in pairs:

@@ -128,9 +128,16 @@ def transform_between(src: Layer, dst: Layer, *, same_name: bool = False) -> str
     """"" when `src`'s tensors fit `dst` as they are, "conv1x1" when they fit after
     [out,in] <-> [out,in,1,1], None when they cannot hold the same weights. Layers of the same
     name need not agree on their kind (a rules file may have fused per-gate linears into an LSTM)."""
-    if src.required != dst.required or not (same_name or families_compatible(src, dst)):
+    if src.required != dst.required:
         return None
-    if all(src.shapes[r] == dst.shapes[r] for r in src.required):
+    same_shapes = all(src.shapes[r] == dst.shapes[r] for r in src.required)
+    if {src.family, dst.family} == {"affine", "deconv"}:
+        # A state dict does not say whether a 4-d weight is a conv's or a transposed conv's: the
+        # reader's kind is a guess. Equal shapes may pair (the caller reports the disagreement).
+        return "" if same_shapes else None
+    if not (same_name or families_compatible(src, dst)):
+        return None
+    if same_shapes:
         return ""
     if src.family == "affine" == dst.family and "weight" in src.required:
         if conv1x1_shape(src.shapes["weight"]) == dst.shapes["weight"] and all(

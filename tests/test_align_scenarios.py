@@ -241,3 +241,228 @@ def test_torch_efficientnet_to_mindspore(tmp_path):
     assert not_loaded == [] and unused == []
     got = net(ms.Tensor(X)).asnumpy()
     assert_same_outputs(got, _torch_out(model))
+
+
+# ---- TF1 UNet (name-based checkpoint bundle) -> PyTorch -------------------------------------
+
+def tf1_unet(tf, path):
+    """A small UNet in the TF1 graph API (NHWC), variables named as tf.layers names them
+    (`down1/conv/kernel`, `down1/bn/moving_variance`, `upconv1/kernel`), randomised, saved with
+    Saver. Returns the network's output for X, as NCHW."""
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    rng = np.random.default_rng(9)
+
+    def var(name, shape, positive=False):
+        val = rng.random(shape) + 0.5 if positive else rng.standard_normal(shape) * 0.3
+        return v1.get_variable(name, initializer=val.astype(np.float32))
+
+    def block(h, cin, c, scope):
+        with v1.variable_scope(scope):
+            with v1.variable_scope("conv"):
+                h = tf.nn.conv2d(h, var("kernel", (3, 3, cin, c)), 1, "SAME")
+            with v1.variable_scope("bn"):
+                gamma, beta = var("gamma", (c,), True), var("beta", (c,))
+                mean, variance = var("moving_mean", (c,)), var("moving_variance", (c,), True)
+                h = tf.nn.batch_normalization(h, mean, variance, beta, gamma, 1e-3)
+            return tf.nn.relu(h)
+
+    with g.as_default():
+        x = v1.placeholder(tf.float32, (X.shape[0], 16, 16, 3))
+        d1 = block(x, 3, 8, "down1")
+        d2 = block(tf.nn.max_pool2d(d1, 2, 2, "VALID"), 8, 16, "down2")
+        with v1.variable_scope("upconv1"):
+            u1 = tf.nn.conv2d_transpose(d2, var("kernel", (2, 2, 8, 16)), (X.shape[0], 16, 16, 8), 2, "SAME")
+            u1 = tf.nn.bias_add(u1, var("bias", (8,)))
+        y = block(tf.concat([d1, u1], axis=3), 16, 8, "up1")
+        with v1.variable_scope("logits"):
+            out = tf.nn.bias_add(tf.nn.conv2d(y, var("kernel", (1, 1, 8, 2)), 1, "SAME"), var("bias", (2,)))
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            want = sess.run(out, {x: X.transpose(0, 2, 3, 1)})
+            v1.train.Saver().save(sess, str(path))
+    return want.transpose(0, 3, 1, 2)
+
+
+def torch_unet():
+    torch = require("torch")
+    nn = torch.nn
+
+    def block(cin, c):
+        return nn.Sequential(nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c, eps=1e-3), nn.ReLU())
+
+    class UNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc1, self.enc2 = block(3, 8), block(8, 16)
+            self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+            self.dec1 = block(16, 8)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            e1 = self.enc1(x)
+            e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
+            return self.head(self.dec1(torch.cat([e1, self.up(e2)], dim=1)))
+
+    return UNet()
+
+
+def test_tf1_unet_to_torch(tmp_path):
+    tf = require("tensorflow")
+    torch = require("torch")
+    adapter("tensorflow"), adapter("torch")
+    want = tf1_unet(tf, tmp_path / "unet.ckpt")
+    model = torch_unet()
+    torch.save(model.state_dict(), tmp_path / "unet_init.pth")
+    _convert(tmp_path / "unet.ckpt", tmp_path / "unet.pth", tmp_path / "unet_init.pth")
+    model.load_state_dict(torch.load(tmp_path / "unet.pth", weights_only=True), strict=True)
+    assert_same_outputs(_torch_out(model), want)
+
+
+# ---- PyTorch YOLO-style -> OneFlow -----------------------------------------------------------
+
+def torch_yolo():
+    """YOLOv5-style names: model.N.{conv,bn}, a C3 block (cv1/cv2 branches, bottleneck, cv3), SPPF, Detect."""
+    torch = require("torch")
+    nn = torch.nn
+
+    class Conv(nn.Module):
+        def __init__(self, cin, cout, k=1, s=1):
+            super().__init__()
+            self.conv = nn.Conv2d(cin, cout, k, s, k // 2, bias=False)
+            self.bn = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.03)
+            self.act = nn.SiLU()
+
+        def forward(self, x):
+            return self.act(self.bn(self.conv(x)))
+
+    class Bottleneck(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.cv1, self.cv2 = Conv(c, c, 1), Conv(c, c, 3)
+
+        def forward(self, x):
+            return x + self.cv2(self.cv1(x))
+
+    class C3(nn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            c = cout // 2
+            self.cv1, self.cv2, self.cv3 = Conv(cin, c), Conv(cin, c), Conv(2 * c, cout)
+            self.m = nn.Sequential(Bottleneck(c))
+
+        def forward(self, x):
+            return self.cv3(torch.cat([self.m(self.cv1(x)), self.cv2(x)], 1))
+
+    class SPPF(nn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.cv1, self.cv2 = Conv(cin, cin // 2), Conv(cin * 2, cout)
+            self.m = nn.MaxPool2d(5, 1, 2)
+
+        def forward(self, x):
+            x = self.cv1(x)
+            y1 = self.m(x)
+            y2 = self.m(y1)
+            return self.cv2(torch.cat([x, y1, y2, self.m(y2)], 1))
+
+    class Detect(nn.Module):
+        def __init__(self, c, no):
+            super().__init__()
+            self.m = nn.ModuleList([nn.Conv2d(c, no, 1)])
+
+        def forward(self, x):
+            return self.m[0](x)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Sequential(Conv(3, 8, 3, 2), Conv(8, 16, 3, 2), C3(16, 16), SPPF(16, 16), Detect(16, 27))
+
+        def forward(self, x):
+            return self.model(x)
+
+    return Model()
+
+
+ONEFLOW_YOLO = r'''
+import sys, os, numpy as np
+import oneflow as flow
+nn = flow.nn
+
+class ConvBnAct(nn.Module):
+    def __init__(self, cin, cout, k=1, s=1):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.03)       # registered before its conv
+        self.conv = nn.Conv2d(cin, cout, k, s, k // 2, bias=False)
+
+    def forward(self, x):
+        return flow.nn.functional.silu(self.bn(self.conv(x)))
+
+class CSP(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        c = cout // 2
+        self.branch2 = ConvBnAct(cin, c)          # the shortcut branch first
+        self.branch1 = ConvBnAct(cin, c)
+        self.res1 = ConvBnAct(c, c, 1)
+        self.res2 = ConvBnAct(c, c, 3)
+        self.fuse = ConvBnAct(2 * c, cout)
+
+    def forward(self, x):
+        y = self.branch1(x)
+        y = y + self.res2(self.res1(y))
+        return self.fuse(flow.cat([y, self.branch2(x)], 1))
+
+class Pyramid(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.reduce = ConvBnAct(cin, cin // 2)
+        self.expand = ConvBnAct(cin * 2, cout)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+
+    def forward(self, x):
+        x = self.reduce(x)
+        y1 = self.pool(x)
+        y2 = self.pool(y1)
+        return self.expand(flow.cat([x, y1, y2, self.pool(y2)], 1))
+
+class Yolo(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = ConvBnAct(3, 8, 3, 2)
+        self.down = ConvBnAct(8, 16, 3, 2)
+        self.csp = CSP(16, 16)
+        self.spp = Pyramid(16, 16)
+        self.head = nn.Conv2d(16, 27, 1)
+
+    def forward(self, x):
+        return self.head(self.spp(self.csp(self.down(self.stem(x)))))
+
+mode, d = sys.argv[1], sys.argv[2]
+model = Yolo().eval()
+if mode == "init":
+    flow.save(model.state_dict(), os.path.join(d, "init.oneflow"))
+else:
+    print(model.load_state_dict(flow.load(os.path.join(d, "yolo.oneflow")), strict=True))
+    x = flow.tensor(np.load(os.path.join(d, "x.npy")))
+    np.save(os.path.join(d, "out.npy"), model(x).numpy())
+'''
+
+
+def test_torch_yolo_to_oneflow(tmp_path, monkeypatch):
+    from conftest import run_oneflow
+
+    # Importing MindSpore (another test in this process) sets this, and OneFlow's protobuf breaks on it.
+    monkeypatch.delenv("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", raising=False)
+    torch = require("torch")
+    adapter("oneflow"), adapter("torch")
+    model = randomize(torch_yolo(), 13)
+    torch.save(model.state_dict(), tmp_path / "yolo.pt")
+    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run_oneflow(ONEFLOW_YOLO, "init", str(tmp_path))
+    r = _convert(tmp_path / "yolo.pt", tmp_path / "yolo.oneflow", tmp_path / "init.oneflow")
+    assert "ambiguous" not in r.stdout
+    run_oneflow(ONEFLOW_YOLO, "run", str(tmp_path))
+    assert_same_outputs(np.load(tmp_path / "out.npy"), _torch_out(model, x))
