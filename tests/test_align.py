@@ -271,3 +271,22 @@ def test_flat_names_batch_norms_follow_their_convs():
     assert {k: v for k, v in a.layer_map().items() if "batchnorm" in k} == {
         "resnet_stage2_batchnorm0": "block_bn_a", "resnet_stage2_batchnorm1": "block_bn_b",
         "resnet_stage2_batchnorm2": "block_bn_shortcut"}
+
+
+def test_registration_against_the_data_flow_pairs_in_a_second_pass():
+    """Pre-activation blocks: the template registers each norm after the conv it feeds, so the
+    conv-norm adjacency points the wrong way; the second pass pairs by order, less confident."""
+    src, tmpl = Builder(0), Builder(1)
+    src.bn("net_bn0", 16)
+    src.conv("net_conv0", (8, 16, 1, 1))
+    src.bn("net_bn1", 8)
+    src.conv("net_conv1", (8, 8, 3, 3))
+    tmpl.conv("conv_a", (8, 16, 1, 1))
+    tmpl.bn("bn_a", 16)
+    tmpl.conv("conv_b", (8, 8, 3, 3))
+    tmpl.bn("bn_b", 8)
+    a = align(src.ckpt, tmpl.ckpt)
+    assert a.problems() == []
+    rows = {m.source: m for m in a.matches}
+    assert rows["net_bn1"].target == "bn_b" and "second pass" in rows["net_bn1"].evidence
+    assert rows["net_bn1"].confidence < rows["net_conv1"].confidence
