@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hubfmt import Checkpoint, LayerInfo, LazyTensor, TensorInfo, hubfile
 from hubfmt.align import align
@@ -290,3 +292,33 @@ def test_registration_against_the_data_flow_pairs_in_a_second_pass():
     rows = {m.source: m for m in a.matches}
     assert rows["net_bn1"].target == "bn_b" and "second pass" in rows["net_bn1"].evidence
     assert rows["net_bn1"].confidence < rows["net_conv1"].confidence
+
+
+_SHAPES = {"conv": [(8, 8, 3, 3), (8, 8, 1, 1), (16, 8, 3, 3)], "bn": [(8,), (16,)], "fc": [(4, 8)]}
+
+
+@settings(max_examples=60, deadline=None)
+@given(layers=st.lists(st.tuples(st.sampled_from(["conv", "bn", "fc"]), st.integers(0, 2)), min_size=1, max_size=14),
+       dropped=st.sets(st.integers(0, 13), max_size=2), data=st.data())
+def test_never_a_wrong_match(layers, dropped, data):
+    """The template is the source network renamed (names share no token), maybe with layers
+    removed. Whatever alignment decides is right; what it cannot decide it reports."""
+    words_s = st.text("abcdefghijklm", min_size=3, max_size=6)
+    words_t = st.text("nopqrstuvwxyz", min_size=3, max_size=6)
+    src, tmpl, truth = Builder(0), Builder(1), {}
+    for k, (kind, v) in enumerate(layers):
+        shape = _SHAPES[kind][v % len(_SHAPES[kind])]
+        # letters only (a digit would be a shared token); the suffix keeps names unique
+        s_name = data.draw(words_s) + "abcdefghijklm"[k % 13] + "abcdefghijklm"[k // 13]
+        t_name = data.draw(words_t) + "nopqrstuvwxyz"[k % 13] + "nopqrstuvwxyz"[k // 13]
+        add = {"conv": lambda b, n: b.conv(n, shape), "bn": lambda b, n: b.bn(n, shape[0]),
+               "fc": lambda b, n: b.conv(n, shape, "linear", bias=True)}[kind]
+        add(src, s_name)
+        if k not in dropped:
+            add(tmpl, t_name)
+            truth[s_name] = t_name
+    a = align(src.ckpt, tmpl.ckpt)
+    for s, t in a.layer_map().items():
+        assert truth.get(s) == t, (s, t, a.to_text())
+    if not set(dropped) & set(range(len(layers))):
+        assert a.problems() == [] and a.layer_map() == truth
