@@ -87,35 +87,42 @@ def _alignment_options(c) -> None:
 
 
 def _cmd_dry_run(a) -> int:
-    from .convert import read, rename
     from .errors import HubfmtError
 
     if not (a.rules or a.template):
         raise HubfmtError("--dry-run shows a rename/alignment table: give --rules and/or --template")
-    ckpt = read(a.src, framework=a.src_fw, **({"prefer_ema": True} if a.prefer_ema else {}))
-    _, table = rename(ckpt, rules=a.rules, template=a.template, template_framework=a.template_fw,
-                      allow_missing=a.allow_missing, allow_unexpected=a.allow_unexpected, source_label=a.src)
-    print(table)
-    return 0
+    return _show_alignment(a, prefer_ema=a.prefer_ema)
+
+
+def _show_alignment(a, *, prefer_ema: bool = False, save_rules: str | None = None, as_json: bool = False) -> int:
+    """Print the rules table and/or the alignment table; exit status 1 when a problem is not allowed."""
+    from .align import align
+    from .convert import read, rename
+    from .rules import load_rules
+
+    ckpt = read(a.src, framework=a.src_fw, **({"prefer_ema": True} if prefer_ema else {}))
+    if a.rules:
+        rules = load_rules(a.rules)
+        if not as_json:
+            print(rules.plan(ckpt).to_text())
+        ckpt, _ = rename(ckpt, rules=rules)
+    if not a.template:
+        return 0
+    alignment = align(ckpt, a.template, source_label=a.src, template_framework=a.template_fw)
+    print(alignment.dumps() if as_json else alignment.to_text())
+    if save_rules:
+        from .atomic import atomic_output
+
+        with atomic_output(save_rules, overwrite=a.overwrite) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(f"# hubfmt align {a.src} {a.template}: review before use\n" + alignment.to_rules().dumps())
+        if not as_json:
+            print(f"rules written to {save_rules}")
+    return 1 if alignment.problems(allow_missing=a.allow_missing, allow_unexpected=a.allow_unexpected) else 0
 
 
 def _cmd_align(a) -> int:
-    from .align import align
-    from .atomic import atomic_output
-    from .convert import read, rename
-
-    ckpt = read(a.src, framework=a.src_fw)
-    if a.rules:
-        ckpt, _ = rename(ckpt, rules=a.rules)
-    alignment = align(ckpt, a.template, source_label=a.src, template_framework=a.template_fw)
-    print(alignment.dumps() if a.json else alignment.to_text())
-    if a.save_rules:
-        with atomic_output(a.save_rules, overwrite=a.overwrite) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(f"# hubfmt align {a.src} {a.template}: review before use\n" + alignment.to_rules().dumps())
-        if not a.json:
-            print(f"rules written to {a.save_rules}")
-    return 1 if alignment.problems(allow_missing=a.allow_missing, allow_unexpected=a.allow_unexpected) else 0
+    return _show_alignment(a, save_rules=a.save_rules, as_json=a.json)
 
 
 def _cmd_convert(a) -> int:

@@ -49,10 +49,10 @@ def rename(ckpt: Checkpoint, *, rules=None, template=None, template_framework: s
            allow_missing: bool = False, allow_unexpected: bool = False, source_label: str = "") -> tuple[Checkpoint, str]:
     """Apply rename `rules` (a rules file or RuleSet), then align to `template` (see hubfmt.align).
 
-    Returns the checkpoint to write (lazy; its report holds the renaming events) and the table a
-    dry run shows. Raises AlignmentError
-    (exit status 1, with the table) when the alignment has a problem the caller did not allow, so
-    a conversion fails before its output is opened.
+    Returns the checkpoint to write (lazy; its report holds the renaming events) and the tables
+    (rules, alignment). Raises AlignmentError (exit status 1, with the problems table) when the
+    alignment has a problem the caller did not allow, so a conversion fails before its output
+    is opened.
 
     >>> ckpt, table = rename(hubfmt.read("dpn.params"), template="dpn_torch.pth")   # doctest: +SKIP
     """

@@ -120,3 +120,13 @@ def test_listing_template_and_bad_rules_file(tmp_path):
     r = run_cli("convert", s, tmp_path / "o2.safetensors", "--rules", bad)
     assert r.returncode == 2 and str(bad) in r.stderr and "'replace'" in r.stderr
     assert not (tmp_path / "o2.safetensors").exists()
+
+
+def test_dry_run_with_problems_shows_the_whole_table_and_exits_1(tmp_path):
+    s, t, _ = _files(tmp_path, ambiguous_pair())
+    rules = tmp_path / "r.toml"
+    rules.write_text("[[rule]]\nglob = 'stem.*'\nreplace = 'stem.\\1'\n")
+    r = run_cli("convert", s, tmp_path / "out.safetensors", "--template", t, "--rules", rules, "--dry-run")
+    assert r.returncode == 1 and r.stderr == ""
+    assert "rule 1: glob stem.*" in r.stdout and "stem.weight  stem.weight" in r.stdout and "ambiguous (2):" in r.stdout
+    assert not (tmp_path / "out.safetensors").exists()
