@@ -40,7 +40,7 @@ TOKEN_SYNONYMS = {
     "fc": "fc", "dense": "fc", "linear": "fc", "classifier": "fc", "head": "fc", "logits": "fc",
     "dw": "dw", "depthwise": "dw", "dwconv": "dw",
     "se": "se", "squeeze": "se", "excite": "se", "excitation": "se",
-    "downsample": "shortcut", "shortcut": "shortcut", "proj": "shortcut", "sc": "shortcut",
+    "downsample": "shortcut", "shortcut": "shortcut", "sc": "shortcut",
     "block": "block", "blocks": "block", "layer": "block", "layers": "block", "stage": "block", "stages": "block",
     "module": "", "model": "", "net": "", "backbone": "", "features": "", "feature": "", "body": "", "bias": "",
     "weight": "", "weights": "", "kernel": "", "gamma": "", "beta": "",

@@ -12,8 +12,8 @@ from hubfmt.convert import rename
 from hubfmt.rules import RuleSet
 
 from conftest import assert_same_outputs, require, run_cli
-from torch_nets import (ConvClassifierNet, DenseClassifierNet, EfficientNetA, EfficientNetB, GateLSTM, ResNetA,
-                        ResNetB, TorchLSTM, as_numpy, checkpoint_of, load_into, randomize)
+from torch_nets import (ConvClassifierNet, DenseClassifierNet, EfficientNetA, EfficientNetB, FusedAttention, GateLSTM,
+                        ResNetA, ResNetB, SplitAttention, TorchLSTM, as_numpy, checkpoint_of, load_into, randomize)
 
 torch = require("torch")
 X = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
@@ -109,3 +109,28 @@ def test_lstm_gates_merged_by_rules_then_split_back():
     back, _ = rename(checkpoint_of(fused), rules=rules.inverse(), template=checkpoint_of(other))
     load_into(other, back)
     assert_same_outputs(as_numpy(other, x), as_numpy(gates, x))
+
+
+QKV_RULES = r"""
+[[rule]]
+glob = '**.in_proj_*'
+replace = '\1.{part}.\2'
+split = { axis = 0, parts = ["q", "k", "v"] }
+"""
+
+
+def test_fused_attention_split_by_rules_then_aligned():
+    """nn.MultiheadAttention keeps q, k, v in one in_proj tensor; the other implementation has
+    three Linear layers. Rules split the fused tensor, alignment does the names."""
+    fused, split = randomize(FusedAttention(), 8), randomize(SplitAttention(), 9)
+    x = np.random.default_rng(3).standard_normal((2, 5, 8)).astype(np.float32)
+    rules = RuleSet.loads(QKV_RULES)
+    ckpt, table = rename(checkpoint_of(fused), rules=rules, template=checkpoint_of(split))
+    assert "split" in table and "attn.in_proj_weight" in table
+    load_into(split, ckpt)
+    assert_same_outputs(as_numpy(split, x), as_numpy(fused, x))
+    # ... and back: align to the fused template seen through the rules, then merge with their inverse.
+    other = randomize(FusedAttention(), 10)
+    renamed, _ = rename(checkpoint_of(split), template=rules.apply(checkpoint_of(other)))
+    load_into(other, rules.inverse().apply(renamed))
+    assert_same_outputs(as_numpy(other, x), as_numpy(fused, x))

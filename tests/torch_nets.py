@@ -265,6 +265,39 @@ class TorchLSTM(nn.Module):
         return self.rnn(x)[0]
 
 
+# --- Attention: torch's fused nn.MultiheadAttention vs separate q/k/v projections -------------
+
+class FusedAttention(nn.Module):
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        return self.norm(x + self.attn(x, x, x, need_weights=False)[0])
+
+
+class SplitAttention(nn.Module):
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.ln = nn.LayerNorm(dim)         # registered first
+        self.mha = nn.Module()
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self.mha, name, nn.Linear(dim, dim))
+
+    def forward(self, x):
+        n, t, d = x.shape
+        h = self.heads
+
+        def split(y):
+            return y.view(n, t, h, d // h).transpose(1, 2)
+
+        q, k, v = split(self.mha.q_proj(x)), split(self.mha.k_proj(x)), split(self.mha.v_proj(x))
+        a = torch.softmax(q @ k.transpose(-1, -2) / (d // h) ** 0.5, dim=-1) @ v
+        return self.ln(x + self.mha.o_proj(a.transpose(1, 2).reshape(n, t, d)))
+
+
 def as_numpy(model, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model.eval()(torch.from_numpy(x)).numpy()
