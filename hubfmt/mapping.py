@@ -205,7 +205,8 @@ def _event(report: Report, m: Move, tensors: list[LazyTensor], src: Checkpoint) 
         report.add("renamed", m.targets[0], f"merged from {', '.join(m.sources)} along axis {m.axis}")
         return
     s, t = m.sources[0], m.targets[0]
-    report.add("matched" if s == t else "renamed", s, "" if s == t else f"-> {t}")
+    why = ", ".join(x for x in (f"{m.confidence:.2f}" if m.confidence is not None else "", m.note) if x)
+    report.add("matched" if s == t else "renamed", s, ("" if s == t else f"-> {t}") + (f" ({why})" if why else ""))
     if m.op == "conv1x1":
         report.add("reshaped", t, f"{list(src[s].tensor.shape)} -> {list(tensors[0].shape)}")
 
