@@ -322,3 +322,29 @@ def test_never_a_wrong_match(layers, dropped, data):
         assert truth.get(s) == t, (s, t, a.to_text())
     if not set(dropped) & set(range(len(layers))):
         assert a.problems() == [] and a.layer_map() == truth
+
+
+@settings(max_examples=40, deadline=None)
+@given(blocks=st.lists(st.lists(st.tuples(st.sampled_from(["conv", "bn", "fc"]), st.integers(0, 2)), min_size=1, max_size=4),
+                       min_size=1, max_size=5),
+       dropped_block=st.integers(-1, 4), data=st.data())
+def test_never_a_wrong_match_with_modules(blocks, dropped_block, data):
+    """Blocks as modules (`blk<b>.<layer>` vs `stage.<b>.<layer>`), the template renamed and maybe
+    missing one block: decided pairs are right, and with nothing missing everything pairs."""
+    src, tmpl, truth = Builder(0), Builder(1), {}
+    for b, layers in enumerate(blocks):
+        for k, (kind, v) in enumerate(layers):
+            shape = _SHAPES[kind][v % len(_SHAPES[kind])]
+            s_name = f"blk{'abcdefghijklm'[b]}.{data.draw(st.text('abcdefghijklm', min_size=2, max_size=4))}{'abcdefghijklm'[k]}"
+            t_name = f"stage.{'nopqrstuvwxyz'[b]}.{data.draw(st.text('nopqrstuvwxyz', min_size=2, max_size=4))}{'nopqrstuvwxyz'[k]}"
+            add = {"conv": lambda x, n: x.conv(n, shape), "bn": lambda x, n: x.bn(n, shape[0]),
+                   "fc": lambda x, n: x.conv(n, shape, "linear", bias=True)}[kind]
+            add(src, s_name)
+            if b != dropped_block:
+                add(tmpl, t_name)
+                truth[s_name] = t_name
+    a = align(src.ckpt, tmpl.ckpt)
+    for s, t in a.layer_map().items():
+        assert truth.get(s) == t, (s, t, a.to_text())
+    if not 0 <= dropped_block < len(blocks):
+        assert a.problems() == [] and a.layer_map() == truth
