@@ -348,3 +348,31 @@ def test_never_a_wrong_match_with_modules(blocks, dropped_block, data):
         assert truth.get(s) == t, (s, t, a.to_text())
     if not 0 <= dropped_block < len(blocks):
         assert a.problems() == [] and a.layer_map() == truth
+
+
+_POOL = [("conv", (8, 8, 3, 3)), ("conv", (8, 8, 1, 1)), ("conv", (16, 8, 3, 3)), ("bn", (8,)), ("bn", (16,)),
+         ("fc", (4, 8)), ("conv", (16, 16, 1, 1)), ("bn", (4,))]
+
+
+@settings(max_examples=40, deadline=None)
+@given(blocks=st.lists(st.lists(st.sampled_from(range(len(_POOL))), min_size=2, max_size=5, unique=True),
+                       min_size=2, max_size=5), data=st.data())
+def test_orders_crossing_inside_blocks_are_recovered(blocks, data):
+    """Each block's layers have distinct signatures; the template registers them in another order
+    inside each block (blocks themselves in the same order): everything pairs, correctly."""
+    src, tmpl, truth = Builder(0), Builder(1), {}
+
+    def add(builder, kind, shape, name):
+        {"conv": lambda: builder.conv(name, shape), "bn": lambda: builder.bn(name, shape[0]),
+         "fc": lambda: builder.conv(name, shape, "linear", bias=True)}[kind]()
+
+    for b, members in enumerate(blocks):
+        names = {i: (f"blk{'abcdefghijklm'[b]}.l{'abcdefghijklm'[k]}", f"stage.{'nopqrstuvwxyz'[b]}.q{'nopqrstuvwxyz'[k]}")
+                 for k, i in enumerate(members)}
+        for i in members:
+            add(src, *_POOL[i], names[i][0])
+        for i in data.draw(st.permutations(members)):
+            add(tmpl, *_POOL[i], names[i][1])
+        truth.update(names.values())
+    a = align(src.ckpt, tmpl.ckpt)
+    assert a.problems() == [] and a.layer_map() == truth, a.to_text()
