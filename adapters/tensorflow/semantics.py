@@ -78,8 +78,11 @@ KERAS_CLASS_KINDS = {
 # Kinds import_layer/export_layer know beyond hubfmt.layouts.KINDS (they map onto canonical kinds).
 PSEUDO_KINDS = frozenset({"separable_conv2d", "tf1_lstm"})
 # Native leaf aliases (TF1 slim / contrib names) -> the Keras-style leaf this module speaks.
+# Keras 3 tracks Dense/Conv kernels as the attribute `_kernel` (TF2 object paths show it).
 LEAF_ALIASES = {"weights": "kernel", "biases": "bias", "depthwise_weights": "depthwise_kernel",
-                "pointwise_weights": "pointwise_kernel"}
+                "pointwise_weights": "pointwise_kernel", "_kernel": "kernel",
+                "_depthwise_kernel": "depthwise_kernel", "_pointwise_kernel": "pointwise_kernel",
+                "_embeddings": "embeddings"}
 _NORM_LEAVES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
                 "moving_variance": "running_var"}
 _RNN_GATES = {"lstm": ("ifgo", "ifgo"), "gru": ("zrn", "rzn"), "rnn": ("", ""), "tf1_lstm": ("igfo", "ifgo")}
