@@ -336,12 +336,16 @@ def export_layer(kind: str, canon: dict[str, LazyTensor], *, attrs: dict | None 
         _opt(out, canon, "bias", "bias", kind)
         _no_extra(canon, {"weight", "bias"}, kind)
     elif kind == "depthwise_conv2d":
-        out.append(_depthwise_out(_need(canon, "weight", kind), attrs, shapes.get("depthwise_kernel"), "depthwise_kernel"))
+        # Keras 3 DepthwiseConv2D names its kernel `kernel`
+        native = shapes.get("depthwise_kernel", shapes.get("kernel"))
+        out.append(_depthwise_out(_need(canon, "weight", kind), attrs, native, "depthwise_kernel"))
         _opt(out, canon, "bias", "bias", kind)
         _no_extra(canon, {"weight", "bias"}, kind)
     elif kind == "separable_conv2d":
-        out.append(_depthwise_out(_need(canon, "depthwise.weight", kind), attrs, shapes.get("depthwise_kernel"),
-                                  "depthwise_kernel"))
+        dw = _depthwise_out(_need(canon, "depthwise.weight", kind), attrs, shapes.get("depthwise_kernel"),
+                            "depthwise_kernel")
+        dw.source = "depthwise.weight"
+        out.append(dw)
         pw = _kernel_out("conv2d", _need(canon, "pointwise.weight", kind), "pointwise_kernel")
         pw.source = "pointwise.weight"
         out.append(pw)

@@ -235,6 +235,8 @@ def _fill_layer(ckpt: Checkpoint, nl: NativeLayer, template: Bundle, filled: dic
         return
     for m in mapped:
         key = nl.keys.get(m.name)
+        if key is None and m.name == "depthwise_kernel":      # Keras 3 calls it `kernel`
+            key = nl.keys.get("kernel")
         if key is None:
             rep.add("dropped", full(m.source.split("+")[0]), f"the template has no {m.name} here")
             continue

@@ -38,7 +38,7 @@ _GRU_SCOPE = re.compile(r"gru_cell", re.I)
 # Leaves each kind understands; other leaves of a layer pass through as plain tensors.
 _KIND_LEAVES = {
     "separable_conv2d": {"depthwise_kernel", "pointwise_kernel", "bias"},
-    "depthwise_conv2d": {"depthwise_kernel", "bias"},
+    "depthwise_conv2d": {"depthwise_kernel", "kernel", "bias"},
     "batch_norm": {"gamma", "beta", "moving_mean", "moving_variance"},
     "layer_norm": {"gamma", "beta"},
     "embedding": {"embeddings"},
@@ -94,8 +94,27 @@ def _infer_kind(layer: str, leaves: dict[str, LazyTensor]) -> str:
             return "linear"
         if rank in (3, 4, 5):
             d = rank - 2
+            by_bias = _kind_from_bias(leaves["kernel"].shape, leaves.get("bias"), d)
+            if by_bias:
+                return by_bias
             return f"conv_transpose{d}d" if _TRANSPOSED_SCOPE.search(last) else f"conv{d}d"
     return "tensor"
+
+
+def _kind_from_bias(kshape: tuple, bias: LazyTensor | None, d: int) -> str | None:
+    """Keras 3 names every conv kernel `kernel`, and TF2 object paths carry no layer class; the
+    bias length tells the layouts apart: conv [..,I,O] has O, transposed [..,O,I] has O = shape[-2],
+    depthwise [..,C,M] has C*M. (Depthwise with C = 1 is conv with I = 1: the same canonical tensor.)"""
+    if bias is None or len(bias.shape) != 1:
+        return None
+    n, a, b = bias.shape[0], kshape[-2], kshape[-1]
+    if n == b:
+        return f"conv{d}d"
+    if d == 2 and n == a * b:
+        return "depthwise_conv2d"
+    if n == a:
+        return f"conv_transpose{d}d"
+    return None
 
 
 def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, prefer_ema: bool = False,
@@ -108,7 +127,7 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
     their model path rather than the key the saver happened to use. `kinds` overrides the inferred
     kind of a layer (canonical layer path or native scope -> kind, e.g. {'up1': 'conv_transpose2d'}).
     """
-    ckpt = ckpt or Checkpoint()
+    ckpt = Checkpoint() if ckpt is None else ckpt
     rep = ckpt.report
     kinds = dict(kinds or {})
     items = list(variables)
@@ -178,7 +197,7 @@ def _tf2_classify(key: str, var: str) -> str | None:
 
 def _keep_counter(ckpt: Checkpoint, var: str, t: LazyTensor | None) -> None:
     if var in _COUNTERS and t is not None and t.shape == () and t.dtype.startswith("int"):
-        ckpt.extra[_COUNTERS[var]] = int(t.load())
+        ckpt.extra[_COUNTERS[var]] = int(t.load().reshape(-1)[0])
 
 
 def _apply_ema(numeric: dict, prefer_ema: bool, rep) -> None:
@@ -270,7 +289,7 @@ def _layer_info(ckpt: Checkpoint, layer: str, kind: str, mapped: list, leaves: d
         ckpt.layers[f"{layer}.depthwise"] = LayerInfo("depthwise_conv2d", {"groups": dw[2]})
         ckpt.layers[f"{layer}.pointwise"] = LayerInfo("conv2d", {})
     elif kind == "depthwise_conv2d":
-        dw = leaves["depthwise_kernel"].shape
+        dw = leaves.get("depthwise_kernel", leaves.get("kernel")).shape
         ckpt.layers[layer] = LayerInfo("depthwise_conv2d", {"groups": dw[2]})
     elif kind == "batch_norm":
         ckpt.layers[layer] = LayerInfo("batch_norm", semantics.bn_attrs())
