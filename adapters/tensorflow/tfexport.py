@@ -29,7 +29,8 @@ from . import semantics
 from .bundle import DT_STRING, TF_DTYPE_CODES, Bundle, OutTensor
 from .tfimport import EMA, NativeLayer, import_variables
 
-_ALIAS_LEAVES = {v: k for k, v in semantics.LEAF_ALIASES.items() if not k.startswith("_")}
+# TF1 slim leaf names worth keeping on export (Keras 3's private `_kernel` is not a TF1 name).
+_TF1_ALIASES = {k for k in semantics.LEAF_ALIASES if not k.startswith("_")}
 
 
 def _target_dtype(dtype: str, original: str, restore: bool, name: str, rep: Report) -> str:
@@ -99,7 +100,7 @@ def _leaf(ckpt: Checkpoint, m: semantics.Mapped, roles: dict[str, str]) -> str:
     src = roles.get(m.source.split("+")[0])
     if src:
         orig_leaf = ckpt.entries[src].info.original_name.rpartition("/")[2]
-        if semantics.LEAF_ALIASES.get(orig_leaf) == m.name and orig_leaf in _ALIAS_LEAVES:
+        if orig_leaf in _TF1_ALIASES and semantics.LEAF_ALIASES[orig_leaf] == m.name:
             return orig_leaf
     return m.name
 
