@@ -34,6 +34,9 @@ _TF_DTYPE_NAMES = {7: "string", 11: "qint8", 12: "quint8", 13: "qint32", 15: "qi
                    18: "complex128", 20: "resource", 21: "variant"}
 BUNDLE_VERSION = 1            # kTensorBundleVersion (producer); min_consumer 0
 MAX_INDEX_BYTES = 1 << 30     # an index is names and small protos: anything larger is not one
+# CRC each span of an opened bundle must have. Bytes copied file-to-file are never loaded, so the
+# loader cannot check them; the bundle writer checks the CRC it computes anyway against this.
+_EXPECTED_CRC: dict = {}
 _DATA_RE = re.compile(r"^(.*)\.data-(\d{5})-of-(\d{5})$")
 
 
@@ -84,6 +87,8 @@ class Bundle:
         t = region_tensor(path, e.offset, e.dtype, e.shape)
         if not self.verify_data:
             return t
+        if t.span is not None:
+            _EXPECTED_CRC[t.span] = unmask(e.crc)
 
         def load(path=path, e=e):
             arr = read_region(path, e.offset, e.dtype, e.shape)
@@ -167,16 +172,19 @@ def latest_from_state(state_path: str) -> str | None:
 
 
 def is_bundle(path: str) -> bool:
-    """Cheap sniff: does `path` designate a checkpoint whose .index ends with the table magic?"""
+    """Cheap sniff: does `path` designate a checkpoint? Its .index ends with the table magic, or
+    (a damaged one, which read() then explains) it has data shards beside it."""
     try:
         prefix, _ = resolve_prefix(path)
         index = prefix + ".index"
         size = os.path.getsize(index)
-        if size < sstable.FOOTER_SIZE:
-            return False
-        with open(index, "rb") as f:
-            f.seek(size - 8)
-            return struct.unpack("<Q", f.read(8))[0] == sstable.MAGIC
+        if size >= sstable.FOOTER_SIZE:
+            with open(index, "rb") as f:
+                f.seek(size - 8)
+                if struct.unpack("<Q", f.read(8))[0] == sstable.MAGIC:
+                    return True
+        directory, base = os.path.split(os.path.abspath(prefix))
+        return any(f.startswith(base + ".data-") for f in os.listdir(directory))
     except (OSError, FormatError):
         return False
 
@@ -346,6 +354,13 @@ def _crc_of_region(fd: int, offset: int, nbytes: int) -> int:
     return crc
 
 
+def _check_copied(t: OutTensor, crc: int) -> None:
+    span = t.tensor.span
+    want = _EXPECTED_CRC.get(span) if span is not None and (t.dtype or t.tensor.dtype) == t.tensor.dtype else None
+    if want is not None and want != crc:
+        raise FormatError(f"checksum mismatch in the tensor at offset {span.offset}: corrupt data", span.path)
+
+
 def bundle_files(prefix: str, num_shards: int) -> list[str]:
     """Output files of a bundle, in publishing order (data shards first, the index last)."""
     return [shard_path(prefix, i, num_shards) for i in range(num_shards)] + [prefix + ".index"]
@@ -373,6 +388,7 @@ def write_bundle(prefix: str, tensors: list[OutTensor], *, overwrite: bool = Fal
                         n = write_tensor(f, t.tensor, t.dtype)
                         f.flush()
                         crc = _crc_of_region(f.fileno(), offset, n)
+                        _check_copied(t, crc)
                         code, shape = TF_DTYPE_CODES[t.dtype or t.tensor.dtype], t.tensor.shape
                     records.append((t.name.encode("utf-8"), _encode_entry(code, shape, i, offset, n, crc)))
                     total += n

@@ -1,0 +1,170 @@
+"""Damaged TensorFlow checkpoints: a one-line FormatError naming the file, exit status 2 from the
+CLI, and nothing written. No TensorFlow needed."""
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from hubfmt.adapters import tensorflow as tfa
+from hubfmt.adapters.tensorflow import bundle, sstable, wire
+from hubfmt.adapters.tensorflow.crc32c import crc32c, mask
+from hubfmt.checkpoint import Checkpoint, LazyTensor, TensorInfo
+from hubfmt.errors import FormatError
+
+
+def good(tmp_path, name="m", shards=None):
+    c = Checkpoint()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        c.add(f"layer{i}.weight", LazyTensor.from_array(rng.standard_normal((6, 5)).astype(np.float32)),
+              TensorInfo(kind="linear"))
+    tfa.write(c, tmp_path / name, max_shard_size=shards, update_state=False)
+    return tmp_path / name
+
+
+def data(prefix, i=0, n=1):
+    return prefix.parent / f"{prefix.name}.data-{i:05d}-of-{n:05d}"
+
+
+def index(prefix):
+    return prefix.parent / f"{prefix.name}.index"
+
+
+def expect_error(prefix, culprit, match, *, on_load=False):
+    """read (and load every tensor when on_load) -> FormatError naming `culprit`; the CLI says the
+    same in one line with exit 2 and writes nothing."""
+    with pytest.raises(FormatError, match=match) as err:
+        ckpt = tfa.read(prefix)
+        if on_load:
+            for n in ckpt:
+                ckpt.tensor(n)
+    assert err.value.path == str(culprit) and "\n" not in str(err.value)
+    out = prefix.parent / "out.safetensors"
+    r = run_cli("convert", prefix, out)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(culprit) in lines[0], r.stderr
+    assert not out.exists() and not [f for f in os.listdir(prefix.parent) if "hubfmt-tmp" in f]
+
+
+def test_truncated_index(tmp_path):
+    p = good(tmp_path)
+    raw = index(p).read_bytes()
+    index(p).write_bytes(raw[: len(raw) // 2])
+    expect_error(p, index(p), "bad table magic")
+
+
+def test_index_shorter_than_a_footer(tmp_path):
+    p = good(tmp_path)
+    index(p).write_bytes(b"\x00" * 10)
+    expect_error(p, index(p), "too short")
+
+
+def test_truncated_data_shard(tmp_path):
+    p = good(tmp_path)
+    raw = data(p).read_bytes()
+    data(p).write_bytes(raw[:-7])
+    expect_error(p, data(p), "past the end of the shard")
+
+
+def test_missing_shard(tmp_path):
+    p = good(tmp_path, shards=200)
+    shards = sorted(f for f in os.listdir(tmp_path) if ".data-" in f)
+    assert len(shards) > 1
+    os.unlink(tmp_path / shards[1])
+    expect_error(p, tmp_path / shards[1], "missing data shard")
+
+
+def test_corrupt_table_block(tmp_path):
+    p = good(tmp_path)
+    raw = bytearray(index(p).read_bytes())
+    raw[12] ^= 0x40                                   # inside the first data block
+    index(p).write_bytes(bytes(raw))
+    expect_error(p, index(p), "bad checksum")
+
+
+def _index_with(entries: list[tuple[str, bytes]], num_shards=1) -> bytes:
+    header = wire.field_varint(1, num_shards) + wire.field_bytes(3, wire.field_varint(1, 1))
+    return sstable.write_table([(b"", header)] + [(k.encode(), v) for k, v in entries])
+
+
+def _entry(shape, offset, size, shard=0, dtype=1):
+    return bundle._encode_entry(dtype, shape, shard, offset, size, 0)
+
+
+def test_offset_past_end_of_shard(tmp_path):
+    p = tmp_path / "m"
+    data(p).write_bytes(b"\x00" * 64)
+    index(p).write_bytes(_index_with([("w", _entry((4,), 1 << 40, 16))]))
+    expect_error(p, data(p), "past the end of the shard")
+
+
+def test_size_not_matching_shape(tmp_path):
+    p = tmp_path / "m"
+    data(p).write_bytes(b"\x00" * 64)
+    index(p).write_bytes(_index_with([("w", _entry((4, 4), 0, 16))]))
+    expect_error(p, index(p), "do not hold float32")
+
+
+def test_shard_id_out_of_range(tmp_path):
+    p = tmp_path / "m"
+    data(p).write_bytes(b"\x00" * 64)
+    index(p).write_bytes(_index_with([("w", _entry((4,), 0, 16, shard=3))]))
+    expect_error(p, index(p), "names shard 3 of 1")
+
+
+def test_corrupt_tensor_data_caught_by_its_checksum(tmp_path):
+    p = good(tmp_path)
+    raw = bytearray(data(p).read_bytes())
+    raw[5] ^= 0x01
+    data(p).write_bytes(bytes(raw))
+    expect_error(p, data(p), "checksum mismatch", on_load=True)
+
+
+def test_snappy_block_refused_clearly(tmp_path):
+    p = tmp_path / "m"
+    data(p).write_bytes(b"\x00" * 16)
+    table = bytearray(_index_with([("w", _entry((4,), 0, 16))]))
+    # mark the first data block snappy-compressed, with a valid checksum for that type byte
+    footer = bytes(table[-48:])
+    _, pos = wire.read_varint(footer, 0)
+    _, pos = wire.read_varint(footer, pos)
+    ioff, pos = wire.read_varint(footer, pos)
+    isize, _ = wire.read_varint(footer, pos)
+    first = sstable._entries(sstable._block(bytes(table), ioff, isize, "index"), "index")[0][1]
+    off, n = wire.read_varint(first, 0)[0], wire.read_varint(first, wire.read_varint(first, 0)[1])[0]
+    table[off + n] = 1
+    table[off + n + 1: off + n + 5] = struct.pack("<I", mask(crc32c(bytes(table[off:off + n + 1]))))
+    index(p).write_bytes(bytes(table))
+    expect_error(p, index(p), "snappy-compressed")
+
+
+def test_damaged_source_leaves_no_tf_output(tmp_path):
+    """A conversion into a TF checkpoint that fails midway publishes nothing (shards and index)."""
+    p = good(tmp_path)
+    raw = bytearray(data(p).read_bytes())
+    raw[-3] ^= 0x01
+    data(p).write_bytes(bytes(raw))
+    ckpt = tfa.read(p)                                   # linear kernels: transposed, so loaded and checked
+    with pytest.raises(FormatError, match="checksum"):
+        tfa.write(ckpt, tmp_path / "dst")
+    assert sorted(os.listdir(tmp_path)) == sorted([index(p).name, data(p).name])
+
+
+def test_corrupt_data_not_laundered_by_a_file_to_file_copy(tmp_path):
+    """Untransposed tensors are copied in the kernel, never loaded: the TF writer still checks
+    the source CRC against the bytes it copied."""
+    p = good(tmp_path)
+    raw = bytearray(data(p).read_bytes())
+    raw[-3] ^= 0x01
+    data(p).write_bytes(bytes(raw))
+    ckpt = tfa.read(p, kinds={f"layer{i}": "tensor" for i in range(4)})   # no layout change: kernel copies
+    assert all(e.tensor.span is not None for e in ckpt.entries.values())
+    with pytest.raises(FormatError, match="checksum") as err:
+        tfa.write(ckpt, tmp_path / "dst")
+    assert err.value.path == str(data(p))
+    assert sorted(os.listdir(tmp_path)) == sorted([index(p).name, data(p).name])
