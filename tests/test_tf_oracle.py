@@ -351,3 +351,47 @@ def test_hypothesis_bundle_read_by_tensorflow(tmp_path_factory, specs):
     back = hubfile.read(tmp / "h.safetensors")
     for n, a in arrays.items():
         assert back.tensor(n.replace("/", ".")).tobytes() == a.tobytes()
+
+
+def test_tf2_keras_recurrent_layers_to_torch(tmp_path):
+    """Keras LSTM (gates i,f,c,o, one bias) and GRU (z,r,h, reset_after, bias [2,3h]) through a TF2
+    object checkpoint into torch nn.LSTM / nn.GRU."""
+    keras = require("keras")
+    rng = np.random.default_rng(12)
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.LSTM(5, return_sequences=True),
+                              keras.layers.GRU(4, return_sequences=True)])
+    for w in model.weights:
+        w.assign(rng.standard_normal(w.shape).astype(np.float32) * 0.5)
+    prefix = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    ckpt = through_hub(tfa.read(prefix), tmp_path)
+    kinds = {e.info.kind for e in ckpt.entries.values()}
+    assert kinds == {"lstm", "gru"}
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(3, 5, batch_first=True)
+            self.gru = torch.nn.GRU(5, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.gru(self.lstm(x)[0])[0]
+    net = to_torch(Net(), ckpt, names=list(ckpt))
+    feed = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    with torch.no_grad():
+        got = net(torch.from_numpy(feed)).numpy()
+    assert_same_outputs(got, model(feed).numpy())
+
+
+def test_from_model_tf_module():
+    class Block(tf.Module):
+        def __init__(self):
+            super().__init__(name="block")
+            with tf.name_scope("conv"):
+                self.k = tf.Variable(np.ones((3, 3, 2, 4), np.float32), name="kernel")
+                self.b = tf.Variable(np.arange(4, dtype=np.float32), name="bias")
+    m = Block()
+    ckpt = tfa.from_model(m)
+    assert sorted(ckpt) == ["conv.bias", "conv.weight"] and ckpt["conv.weight"].tensor.shape == (4, 2, 3, 3)
+    m.b.assign(np.zeros(4, np.float32))
+    tfa.to_model(ckpt, m)
+    np.testing.assert_array_equal(m.b.numpy(), np.arange(4, dtype=np.float32))
