@@ -168,3 +168,18 @@ def test_corrupt_data_not_laundered_by_a_file_to_file_copy(tmp_path):
         tfa.write(ckpt, tmp_path / "dst")
     assert err.value.path == str(data(p))
     assert sorted(os.listdir(tmp_path)) == sorted([index(p).name, data(p).name])
+
+
+def test_partitioned_variable_with_a_missing_piece(tmp_path):
+    from hubfmt.adapters.tensorflow.partitioned import slice_key
+
+    def extent(start, length):
+        return wire.field_bytes(1, wire.field_varint(1, start) + wire.field_varint(2, length))
+    pieces = [[(0, 2), (0, 4)], [(2, 2), (0, 4)]]
+    full = _entry((4, 4), 0, 0) + b"".join(wire.field_bytes(7, extent(*a) + extent(*b)) for a, b in pieces)
+    p = tmp_path / "m"
+    data(p).write_bytes(b"\x00" * 32)
+    header = wire.field_varint(1, 1) + wire.field_bytes(3, wire.field_varint(1, 1))
+    index(p).write_bytes(sstable.write_table([(b"", header), (slice_key("emb/embeddings", pieces[0]), _entry((2, 4), 0, 32)),
+                                              (b"emb/embeddings", full)]))
+    expect_error(p, index(p), r"piece \[\(2, 2\), \(0, 4\)\] of the partitioned variable is missing")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import hubfmt
 from hubfmt import hubfile
 from hubfmt.adapters import tensorflow as tfa
-from hubfmt.adapters.tensorflow import bundle, crc32c, semantics, sstable, wire
+from hubfmt.adapters.tensorflow import bundle, crc32c, partitioned, semantics, sstable, wire
 from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
 from hubfmt.errors import ConversionError, OutputError
 
@@ -33,7 +33,7 @@ def tf_written(tmp_path, name="model"):
 
 
 def test_doctests():
-    for mod in (crc32c, wire, sstable, semantics):
+    for mod in (crc32c, wire, sstable, semantics, partitioned):
         assert doctest.testmod(mod).failed == 0, mod.__name__
 
 

@@ -172,6 +172,21 @@ def test_tf1_training_state_dropped_and_ema_offered(tmp_path):
     assert not np.array_equal(shadows["dense/kernel"], raw["dense/kernel"])
 
 
+def test_tf1_partitioned_variable_joined(tmp_path):
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.get_variable("emb/embeddings", shape=[7, 4], initializer=tf.compat.v1.random_normal_initializer(),
+                                  partitioner=tf.compat.v1.fixed_size_partitioner(3))
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.train.Saver().save(sess, str(tmp_path / "m"))
+    want = tf.train.load_checkpoint(str(tmp_path / "m")).get_tensor("emb/embeddings")
+    ckpt = tfa.read(tmp_path / "m")
+    assert list(ckpt) == ["emb.weight"] and ckpt["emb.weight"].info.kind == "embedding"
+    assert ckpt.tensor("emb.weight").tobytes() == want.tobytes()
+    assert any("3 pieces" in e.detail for e in ckpt.report.of("warning"))
+
+
 # ----------------------------------------------------------------------------------- torch -> TF1
 
 def test_torch_cnn_to_tf1_restored_by_saver(tmp_path):

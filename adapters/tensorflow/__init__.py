@@ -92,16 +92,16 @@ def read(path, **options) -> Checkpoint:
     ckpt.source = SourceInfo(FRAMEWORK, "", bundle.prefix, "tf2-checkpoint" if tf2 else "tf1-checkpoint")
     for note in bundle.notes:
         ckpt.report.add("warning", path, note)
-    sliced = [n for n, e in bundle.entries.items() if e.sliced]
-    if sliced and options.get("strict", True):
-        raise ConversionError(f"partitioned variables are not supported: {', '.join(sliced[:3])}", bundle.index_path)
+    for name, e in bundle.entries.items():
+        if e.sliced:
+            ckpt.report.add("warning", name, f"partitioned variable: {len(e.slices)} pieces joined into one tensor")
     paths = None
     if tf2:
         try:
             paths = variable_paths(bundle.strings(OBJECT_GRAPH_KEY)[0])
         except Malformed as e:
             raise FormatError(f"bad TF2 object graph: {e}", bundle.index_path) from None
-    variables = [(n, bundle.tensor(n) if e.dtype is not None and not e.sliced else None)
+    variables = [(n, bundle.tensor(n) if e.dtype is not None else None)
                  for n, e in bundle.entries.items()]
     opts = {k: v for k, v in options.items() if k in ("prefer_ema", "kinds", "forget_bias", "strict")}
     return import_variables(variables, paths=paths, ckpt=ckpt, **opts)

@@ -53,7 +53,8 @@ class BundleEntry:
     offset: int = 0
     size: int = 0
     crc: int = 0                  # masked CRC-32C as stored
-    sliced: bool = False          # a partitioned variable's full-tensor entry
+    sliced: bool = False          # a partitioned variable's full-tensor entry (no bytes of its own)
+    slices: list = field(default_factory=list)   # its TensorSliceProtos: [(start, length or -1 = all)] per dim
 
     @property
     def dtype_name(self) -> str:
@@ -67,6 +68,7 @@ class Bundle:
     prefix: str
     num_shards: int
     entries: dict[str, BundleEntry] = field(default_factory=dict)
+    slice_entries: dict[bytes, BundleEntry] = field(default_factory=dict)   # partition pieces, by encoded key
     notes: list[str] = field(default_factory=list)     # what resolving the path involved (e.g. .meta ignored)
     verify_data: bool = True
 
@@ -79,10 +81,15 @@ class Bundle:
 
     def tensor(self, name: str) -> LazyTensor:
         """The entry's data as a lazy tensor over its shard (kernel-copyable span). When
-        verify_data is on, loading it checks the stored CRC."""
-        e = self.entries[name]
+        verify_data is on, loading it checks the stored CRC. Partitioned variables are assembled."""
+        return self.tensor_of(self.entries[name])
+
+    def tensor_of(self, e: BundleEntry) -> LazyTensor:
         if e.dtype is None:
-            raise FormatError(f"tensor {name!r} has dtype {e.dtype_name}, not a numeric tensor", self.index_path)
+            raise FormatError(f"tensor {e.name!r} has dtype {e.dtype_name}, not a numeric tensor", self.index_path)
+        if e.sliced:
+            from .partitioned import assemble
+            return assemble(self, e)
         path = self.shard_path(e.shard)
         t = region_tensor(path, e.offset, e.dtype, e.shape)
         if not self.verify_data:
@@ -217,6 +224,20 @@ def _parse_shape(value: bytes) -> tuple:
     return tuple(dims)
 
 
+def _parse_slice(value: bytes) -> list[tuple[int, int]]:
+    extents = []
+    for num, wt, v in wire.fields(value):
+        if num == 1 and wt == 2:
+            start, length = 0, -1
+            for n2, w2, v2 in wire.fields(v):
+                if n2 == 1 and w2 == 0:
+                    start = wire.signed64(v2)
+                elif n2 == 2 and w2 == 0:
+                    length = wire.signed64(v2)
+            extents.append((start, length))
+    return extents
+
+
 def _parse_entry(name: str, value: bytes) -> BundleEntry:
     e = BundleEntry(name, 0, None, ())
     for num, wt, v in wire.fields(value):
@@ -232,8 +253,9 @@ def _parse_entry(name: str, value: bytes) -> BundleEntry:
             e.size = wire.signed64(v)
         elif num == 6 and wt == 5:
             e.crc = v
-        elif num == 7:
+        elif num == 7 and wt == 2:
             e.sliced = True
+            e.slices.append(_parse_slice(v))
     e.dtype = TF_DTYPES.get(e.tf_dtype)
     return e
 
@@ -263,7 +285,10 @@ def open_bundle(path: str, *, verify_data: bool = True) -> Bundle:
         bundle = Bundle(prefix, num_shards, notes=notes, verify_data=verify_data)
         for key, value in items[1:]:
             name = key.decode("utf-8", "replace")
-            bundle.entries[name] = _parse_entry(name, value)
+            if key.startswith(b"\x00"):        # a piece of a partitioned variable (OrderedCode key)
+                bundle.slice_entries[key] = _parse_entry(name, value)
+            else:
+                bundle.entries[name] = _parse_entry(name, value)
     except wire.Malformed as e:
         raise FormatError(str(e), index) from None
     _check_bounds(bundle)
@@ -272,7 +297,7 @@ def open_bundle(path: str, *, verify_data: bool = True) -> Bundle:
 
 def _check_bounds(b: Bundle) -> None:
     sizes: dict[int, int] = {}
-    for e in b.entries.values():
+    for e in [*b.entries.values(), *b.slice_entries.values()]:
         if e.sliced:
             continue           # the full-tensor record of a partitioned variable holds no bytes
         if not 0 <= e.shard < b.num_shards:

@@ -175,7 +175,7 @@ def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: boo
     from .objgraph import OBJECT_GRAPH_KEY, variable_paths
 
     rep = Report(stage="write")
-    numeric = [(k, template.tensor(k) if e.dtype is not None and not e.sliced else None)
+    numeric = [(k, template.tensor(k) if e.dtype is not None else None)
                for k, e in template.entries.items()]
     paths = variable_paths(template.strings(OBJECT_GRAPH_KEY)[0]) if OBJECT_GRAPH_KEY in template.entries else None
     layers: list[NativeLayer] = []
