@@ -237,3 +237,23 @@ def test_cli_convert_to_and_from_a_prefix(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("formats")
     assert "tf-checkpoint" in r.stdout
+
+
+def test_export_scope_from_tf1_names_only(tmp_path):
+    """A TF1 source keeps its scopes; Keras h5 paths and TF2 object keys are not TF1 names."""
+    c = Checkpoint()
+    w = LazyTensor.from_array(np.ones((3, 2), np.float32))
+    c.add("head.fc.weight", w, TensorInfo(kind="linear", original_name="model/head.fc/kernel"))
+    c.add("dense.weight", w, TensorInfo(kind="linear", original_name="layers/dense/vars/0"))
+    c.add("out.weight", w, TensorInfo(kind="linear", original_name="out/kernel/.ATTRIBUTES/VARIABLE_VALUE"))
+    tfa.write(c, tmp_path / "m")
+    assert list(bundle.open_bundle(str(tmp_path / "m")).entries) == ["dense/kernel", "model/head.fc/kernel", "out/kernel"]
+
+
+def test_dense_after_flatten_is_flagged(tmp_path):
+    rng = np.random.default_rng(4)
+    outs = [bundle.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in
+            [("conv/kernel", (3, 3, 3, 8)), ("fc/kernel", (8 * 4 * 4, 10)), ("pooled_fc/kernel", (8, 10))]]
+    bundle.write_bundle(str(tmp_path / "m"), outs)
+    warned = tfa.read(tmp_path / "m").report.names("warning")
+    assert "fc.weight" in warned and "pooled_fc.weight" not in warned

@@ -84,14 +84,20 @@ def _layer_kind(ckpt: Checkpoint, roles: dict[str, str], kinds: dict, layer: str
     return kind
 
 
+_TF_LEAVES = {"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance", "depthwise_kernel",
+              "pointwise_kernel", "embeddings", "recurrent_kernel", *_TF1_ALIASES}
+
+
 def _native_scope(ckpt: Checkpoint, layer: str, roles: dict[str, str]) -> str:
-    """The TF scope of a canonical layer: from the source's TF1 names when they are TF names."""
+    """The TF scope of a canonical layer: from the source's names when they are TF1 variable names
+    (`scope/kernel`; not TF2 object keys, not Keras h5 paths like `layers/dense/vars/0`)."""
     for name in roles.values():
         orig = ckpt.entries[name].info.original_name
-        if "/" in orig and ".ATTRIBUTES" not in orig:
-            if orig.endswith("/" + EMA):
-                orig = orig[: -len(EMA) - 1]
-            return orig.rpartition("/")[0]
+        if orig.endswith("/" + EMA):
+            orig = orig[: -len(EMA) - 1]
+        scope, _, leaf = orig.rpartition("/")
+        if scope and leaf in _TF_LEAVES and ".ATTRIBUTES" not in orig:
+            return scope
     return layer.replace(".", "/")
 
 

@@ -166,10 +166,24 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
     saw_bn = False
     for layer, members in groups.items():
         saw_bn |= _import_group(ckpt, layer, members, kinds, forget_bias, strict, layers_out)
+    _warn_flatten_order(ckpt)
     if saw_bn:
         rep.add("warning", "*", "batch-norm eps/momentum are not stored in TF checkpoints: recorded the "
                 "tf.compat.v1.layers/Keras defaults eps=1e-3, momentum=0.99 (canonical 0.01)")
     return ckpt
+
+
+def _warn_flatten_order(ckpt: Checkpoint) -> None:
+    """A Dense after Flatten of NHWC conv features expects its inputs in H,W,C order; a NCHW model
+    flattens C,H,W. The checkpoint cannot say which layer feeds which, so flag the candidates."""
+    channels = {e.tensor.shape[0] for e in ckpt.entries.values()
+                if e.info.kind.startswith("conv") and e.info.role == "weight" and len(e.tensor.shape) >= 3}
+    for name, e in ckpt.entries.items():
+        if e.info.kind == "linear" and e.info.role == "weight" and len(e.tensor.shape) == 2:
+            n = e.tensor.shape[1]
+            if any(c and n % c == 0 and n // c > 1 for c in channels):
+                ckpt.report.add("warning", name, f"{n} inputs: if this layer follows a Flatten of NHWC conv "
+                                "features, a NCHW model flattens them in C,H,W order and needs these columns permuted")
 
 
 def _tf2_variable_path(key: str, paths: dict | None) -> str:
