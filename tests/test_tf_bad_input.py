@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 
 from hubfmt.adapters import tensorflow as tfa
-from hubfmt.adapters.tensorflow import bundle, sstable, wire
+from hubfmt.adapters.tensorflow import bundle, bundle_write, sstable, wire
 from hubfmt.adapters.tensorflow.crc32c import crc32c, mask
 from hubfmt.checkpoint import Checkpoint, LazyTensor, TensorInfo
 from hubfmt.errors import FormatError
@@ -93,7 +93,7 @@ def _index_with(entries: list[tuple[str, bytes]], num_shards=1) -> bytes:
 
 
 def _entry(shape, offset, size, shard=0, dtype=1):
-    return bundle._encode_entry(dtype, shape, shard, offset, size, 0)
+    return bundle_write._encode_entry(dtype, shape, shard, offset, size, 0)
 
 
 def test_offset_past_end_of_shard(tmp_path):

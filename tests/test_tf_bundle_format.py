@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import hubfmt
 from hubfmt import hubfile
 from hubfmt.adapters import tensorflow as tfa
-from hubfmt.adapters.tensorflow import bundle, crc32c, partitioned, semantics, sstable, wire
+from hubfmt.adapters.tensorflow import bundle, bundle_write, crc32c, partitioned, semantics, sstable, wire
 from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
 from hubfmt.errors import ConversionError, OutputError
 
@@ -59,9 +59,9 @@ def test_reads_what_tensorflow_wrote(tmp_path):
 
 def test_writer_reproduces_tensorflow_bytes(tmp_path):
     """Same tensors in, the same .index and .data out, byte for byte, as TensorFlow's writer."""
-    outs = [bundle.OutTensor("s", strings=[b"hello", b"wo"], shape=(2,)),
-            bundle.OutTensor("scope/a", LazyTensor.from_array(np.arange(6, dtype=np.float32).reshape(2, 3)))]
-    bundle.write_bundle(str(tmp_path / "m"), outs)
+    outs = [bundle_write.OutTensor("s", strings=[b"hello", b"wo"], shape=(2,)),
+            bundle_write.OutTensor("scope/a", LazyTensor.from_array(np.arange(6, dtype=np.float32).reshape(2, 3)))]
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
     assert (tmp_path / "m.data-00000-of-00001").read_bytes() == TF_DATA
     ours = sstable.read_table((tmp_path / "m.index").read_bytes())
     assert ours == sstable.read_table(TF_INDEX)
@@ -130,8 +130,8 @@ def test_kinds_inferred_from_names_ranks_and_bias(tmp_path):
               "dw/kernel": (3, 3, 4, 2), "dw/bias": (8,),                      # Keras 3 DepthwiseConv2D
               "emb/embeddings": (10, 3), "ln/gamma": (3,), "ln/beta": (3,),
               "fc/weights": (4, 2), "fc/biases": (2,)}
-    outs = [bundle.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in arrays.items()]
-    bundle.write_bundle(str(tmp_path / "m"), outs)
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in arrays.items()]
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
     c = tfa.read(tmp_path / "m")
     kinds = {n: e.info.kind for n, e in c.entries.items()}
     assert kinds["enc.conv2d.weight"] == "conv2d" and c["enc.conv2d.weight"].tensor.shape == (4, 2, 3, 3)
@@ -146,11 +146,11 @@ def test_kinds_inferred_from_names_ranks_and_bias(tmp_path):
 
 def test_training_state_and_ema_without_tensorflow(tmp_path):
     w = np.ones((2, 3), np.float32)
-    outs = [bundle.OutTensor(n, LazyTensor.from_array(a)) for n, a in [
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(a)) for n, a in [
         ("dense/kernel", w), ("dense/kernel/Adam", w), ("dense/kernel/Adam_1", w),
         ("dense/kernel/ExponentialMovingAverage", w * 2), ("beta1_power", np.float32(0.9)),
         ("global_step", np.int64(1234)), ("conv/kernel/Momentum", np.ones((1, 1, 1, 1), np.float32))]]
-    bundle.write_bundle(str(tmp_path / "m"), outs)
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
     c = tfa.read(tmp_path / "m")
     # conv/kernel/Momentum has no conv/kernel beside it: a weight that happens to be named so
     assert list(c) == ["conv.kernel.Momentum", "dense.weight"] and c.tensor("dense.weight").sum() == 6
@@ -164,9 +164,9 @@ def test_training_state_and_ema_without_tensorflow(tmp_path):
 
 def test_gru_without_reset_after_is_refused_unless_not_strict(tmp_path):
     rng = np.random.default_rng(3)
-    outs = [bundle.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32)))
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32)))
             for n, s in [("gru/kernel", (3, 12)), ("gru/recurrent_kernel", (4, 12)), ("gru/bias", (12,))]]
-    bundle.write_bundle(str(tmp_path / "m"), outs)
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
     with pytest.raises(ConversionError, match="reset_after"):
         tfa.read(tmp_path / "m")
     loose = tfa.read(tmp_path / "m", strict=False)
@@ -252,8 +252,8 @@ def test_export_scope_from_tf1_names_only(tmp_path):
 
 def test_dense_after_flatten_is_flagged(tmp_path):
     rng = np.random.default_rng(4)
-    outs = [bundle.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in
             [("conv/kernel", (3, 3, 3, 8)), ("fc/kernel", (8 * 4 * 4, 10)), ("pooled_fc/kernel", (8, 10))]]
-    bundle.write_bundle(str(tmp_path / "m"), outs)
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
     warned = tfa.read(tmp_path / "m").report.names("warning")
     assert "fc.weight" in warned and "pooled_fc.weight" not in warned

@@ -4,7 +4,6 @@ by tf.compat.v1.train.Saver / tf.train.Checkpoint and give the torch outputs."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from conftest import assert_same_outputs, require
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -136,7 +136,8 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     bad = set(options) - _WRITE_OPTIONS
     if bad:
         raise TypeError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
-    from .bundle import open_bundle, update_state_file, write_bundle
+    from .bundle import open_bundle
+    from .bundle_write import update_state_file, write_bundle
     from .tfexport import export_by_rule, export_by_template
 
     prefix = output_prefix(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from hubfmt import dtypes
-from hubfmt.checkpoint import LazyTensor, read_region
+from hubfmt.checkpoint import LazyTensor
 from hubfmt.errors import FormatError
 
 

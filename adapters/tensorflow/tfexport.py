@@ -26,7 +26,8 @@ from hubfmt.errors import ConversionError
 from hubfmt.report import Report
 
 from . import semantics
-from .bundle import DT_STRING, TF_DTYPE_CODES, Bundle, OutTensor
+from .bundle import DT_STRING, TF_DTYPE_CODES, Bundle
+from .bundle_write import OutTensor
 from .tfimport import EMA, NativeLayer, import_variables
 
 # TF1 slim leaf names worth keeping on export (Keras 3's private `_kernel` is not a TF1 name).
