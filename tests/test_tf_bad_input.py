@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from conftest import run_cli
 
 from hubfmt.adapters import tensorflow as tfa
@@ -183,3 +185,31 @@ def test_partitioned_variable_with_a_missing_piece(tmp_path):
     index(p).write_bytes(sstable.write_table([(b"", header), (slice_key("emb/embeddings", pieces[0]), _entry((2, 4), 0, 32)),
                                               (b"emb/embeddings", full)]))
     expect_error(p, index(p), r"piece \[\(2, 2\), \(0, 4\)\] of the partitioned variable is missing")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzzed_index_gives_format_error_or_a_checked_bundle(tmp_path_factory, fuzz):
+    """Any damage to the index: a FormatError naming a file of the checkpoint, never another
+    exception; a bundle that still opens only names bytes inside its shard."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    p = good(tmp)
+    raw = bytearray(index(p).read_bytes())
+    how = fuzz.draw(st.sampled_from(["flip", "truncate", "splice"]))
+    if how == "flip":
+        for _ in range(fuzz.draw(st.integers(1, 4))):
+            i = fuzz.draw(st.integers(0, len(raw) - 1))
+            raw[i] ^= fuzz.draw(st.integers(1, 255))
+    elif how == "truncate":
+        raw = raw[: fuzz.draw(st.integers(0, len(raw) - 1))]
+    else:
+        i = fuzz.draw(st.integers(0, len(raw) - 1))
+        raw[i:i] = fuzz.draw(st.binary(min_size=1, max_size=16))
+    index(p).write_bytes(bytes(raw))
+    try:
+        b = bundle.open_bundle(str(p))
+    except FormatError as e:
+        assert e.path in (str(index(p)), str(data(p))) and "\n" not in e.message
+        return
+    size = data(p).stat().st_size
+    assert all(e.offset + e.size <= size for e in b.entries.values())

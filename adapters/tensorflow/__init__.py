@@ -76,7 +76,11 @@ def read(path, **options) -> Checkpoint:
     """
     path = os.fspath(path)
     if os.path.isfile(path) and path.endswith(_KERAS_SUFFIXES):
-        return _keras().read(path, **options)
+        prefer_ema = options.pop("prefer_ema", None)
+        ckpt = _keras().read(path, **options)
+        if prefer_ema:
+            ckpt.report.add("warning", path, "prefer_ema: Keras weight files hold no EMA shadow variables")
+        return ckpt
     bad = set(options) - _READ_OPTIONS
     if bad:
         raise TypeError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
