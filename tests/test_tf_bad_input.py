@@ -213,3 +213,17 @@ def test_fuzzed_index_gives_format_error_or_a_checked_bundle(tmp_path_factory, f
         return
     size = data(p).stat().st_size
     assert all(e.offset + e.size <= size for e in b.entries.values())
+
+
+def test_v1_single_file_checkpoint_refused_clearly(tmp_path):
+    p = tmp_path / "model.ckpt-1000"
+    p.write_bytes(sstable.write_table([(b"w", b"x")]))       # V1 files are tables themselves
+    expect_error(p, p, "V1 checkpoint")
+
+
+def test_unsupported_dtype_dropped_with_its_name(tmp_path):
+    p = tmp_path / "m"
+    data(p).write_bytes(b"\x00" * 16)
+    index(p).write_bytes(_index_with([("c128", _entry((1,), 0, 16, dtype=18))]))
+    ckpt = tfa.read(p)
+    assert len(ckpt) == 0 and "complex128" in ckpt.report.of("dropped")[0].detail

@@ -105,7 +105,7 @@ def read(path, **options) -> Checkpoint:
             paths = variable_paths(bundle.strings(OBJECT_GRAPH_KEY)[0])
         except Malformed as e:
             raise FormatError(f"bad TF2 object graph: {e}", bundle.index_path) from None
-    variables = [(n, bundle.tensor(n) if e.dtype is not None else None)
+    variables = [(n, bundle.tensor(n) if e.dtype is not None else e.dtype_name)
                  for n, e in bundle.entries.items()]
     opts = {k: v for k, v in options.items() if k in ("prefer_ema", "kinds", "forget_bias", "strict")}
     return import_variables(variables, paths=paths, ckpt=ckpt, **opts)

@@ -176,18 +176,29 @@ def latest_from_state(state_path: str) -> str | None:
     return _unescape(m.group(1)) if m else None
 
 
+def _is_table(path: str) -> bool:
+    """Does the file end with the LevelDB table magic?"""
+    try:
+        size = os.path.getsize(path)
+        if not os.path.isfile(path) or size < sstable.FOOTER_SIZE:
+            return False
+        with open(path, "rb") as f:
+            f.seek(size - 8)
+            return struct.unpack("<Q", f.read(8))[0] == sstable.MAGIC
+    except OSError:
+        return False
+
+
 def is_bundle(path: str) -> bool:
     """Cheap sniff: does `path` designate a checkpoint? Its .index ends with the table magic, or
-    (a damaged one, which read() then explains) it has data shards beside it."""
+    (a damaged one, which read() then explains) it has data shards beside it, or it is a V1
+    single-file checkpoint (a table itself), which read() refuses with a clear message."""
     try:
         prefix, _ = resolve_prefix(path)
-        index = prefix + ".index"
-        size = os.path.getsize(index)
-        if size >= sstable.FOOTER_SIZE:
-            with open(index, "rb") as f:
-                f.seek(size - 8)
-                if struct.unpack("<Q", f.read(8))[0] == sstable.MAGIC:
-                    return True
+        if _is_table(prefix + ".index"):
+            return True
+        if not os.path.exists(prefix + ".index") and _is_table(path):
+            return True
         directory, base = os.path.split(os.path.abspath(prefix))
         return any(f.startswith(base + ".data-") for f in os.listdir(directory))
     except (OSError, FormatError):
@@ -263,6 +274,9 @@ def open_bundle(path: str, *, verify_data: bool = True) -> Bundle:
     shard's size. Raises FormatError naming the file on any problem."""
     prefix, notes = resolve_prefix(path)
     index = prefix + ".index"
+    if not os.path.exists(index) and _is_table(path):
+        raise FormatError("a TensorFlow V1 checkpoint (single-file format of TF < 1.0): not supported; "
+                          "re-save it with TensorFlow's Saver (V2 format) first", path)
     try:
         size = os.path.getsize(index)
     except OSError:

@@ -182,7 +182,7 @@ def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: boo
     from .objgraph import OBJECT_GRAPH_KEY, variable_paths
 
     rep = Report(stage="write")
-    numeric = [(k, template.tensor(k) if e.dtype is not None else None)
+    numeric = [(k, template.tensor(k) if e.dtype is not None else e.dtype_name)
                for k, e in template.entries.items()]
     paths = variable_paths(template.strings(OBJECT_GRAPH_KEY)[0]) if OBJECT_GRAPH_KEY in template.entries else None
     layers: list[NativeLayer] = []

@@ -121,7 +121,8 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
                      kinds: dict[str, str] | None = None, forget_bias: float = semantics.TF1_FORGET_BIAS,
                      strict: bool = True, paths: dict[str, list[list[str]]] | None = None,
                      ckpt: Checkpoint | None = None, layers_out: list | None = None) -> Checkpoint:
-    """Build a canonical Checkpoint from (native name, tensor) pairs; tensor None = not numeric.
+    """Build a canonical Checkpoint from (native name, tensor) pairs; a str (or None) instead of a
+    tensor names the dtype of a non-numeric entry (string, resource, ...), which is dropped.
 
     `paths` (TF2: checkpoint key -> object paths from objgraph.variable_paths) names variables by
     their model path rather than the key the saver happened to use. `kinds` overrides the inferred
@@ -143,8 +144,9 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
         else:
             var = key[:-2] if key.endswith(":0") else key
             why = None
-        if why is None and t is None:
-            why = "not a numeric tensor"
+        if why is None and not isinstance(t, LazyTensor):
+            why = f"{t or 'non-numeric'} tensor: not weights (the hub carries numeric tensors)"
+            t = None
         if why is not None:
             _keep_counter(ckpt, var, t)
             rep.add("dropped", key, why)
