@@ -257,3 +257,26 @@ def test_dense_after_flatten_is_flagged(tmp_path):
     bundle_write.write_bundle(str(tmp_path / "m"), outs)
     warned = tfa.read(tmp_path / "m").report.names("warning")
     assert "fc.weight" in warned and "pooled_fc.weight" not in warned
+
+
+def test_tf1_to_hub_to_tf1_keeps_names_and_values(tmp_path):
+    """Slim leaves, a separable conv and a fused LSTM cell survive TF1 -> hub file -> TF1. Bytes are
+    identical except the LSTM bias: forget_bias is added on import and subtracted on export, which
+    can move float32 values by an ulp of 1.0."""
+    rng = np.random.default_rng(5)
+    spec = [("net/fc/weights", (4, 3)), ("net/fc/biases", (3,)), ("rnn/lstm_cell/kernel", (7, 16)),
+            ("rnn/lstm_cell/bias", (16,)), ("net/sep/depthwise_weights", (3, 3, 4, 2)),
+            ("net/sep/pointwise_weights", (1, 1, 8, 5)), ("net/sep/biases", (5,)), ("bn/gamma", (5,)),
+            ("bn/beta", (5,)), ("bn/moving_mean", (5,)), ("bn/moving_variance", (5,))]
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in spec]
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
+    hubfmt.convert(tmp_path / "m", tmp_path / "h.safetensors")
+    hubfmt.convert(tmp_path / "h.safetensors", tmp_path / "back.index")
+    src, back = bundle.open_bundle(str(tmp_path / "m")), bundle.open_bundle(str(tmp_path / "back"))
+    assert sorted(src.entries) == sorted(back.entries)
+    for k in src.entries:
+        a, b = src.tensor(k).load(), back.tensor(k).load()
+        if k == "rnn/lstm_cell/bias":
+            np.testing.assert_allclose(a, b, rtol=0, atol=2.5e-7)
+        else:
+            assert a.tobytes() == b.tobytes(), k
