@@ -225,6 +225,36 @@ def test_torch_cnn_to_tf1_with_template(tmp_path):
     assert_same_outputs(got, want)
 
 
+def test_torch_to_tf1_template_with_adam_and_ema(tmp_path):
+    """A training checkpoint as template: weights filled, EMA shadows follow them (an eval graph
+    restoring ema.variables_to_restore() gets the new weights), Adam slots reset to zero."""
+    rng = np.random.default_rng(13)
+    g, x, y = M.tf1_cnn(tf, M.cnn_params(rng))
+    with g.as_default():
+        step = tf.compat.v1.train.get_or_create_global_step()
+        train = tf.compat.v1.train.AdamOptimizer(0.1).minimize(tf.reduce_sum(y ** 2), global_step=step)
+        ema = tf.compat.v1.train.ExponentialMovingAverage(0.5)
+        with tf.control_dependencies([train]):
+            ema_op = ema.apply(tf.compat.v1.trainable_variables())
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(ema_op, {x: rng.standard_normal((2, 8, 8, 3)).astype(np.float32)})
+            tf.compat.v1.train.Saver().save(sess, str(tmp_path / "train"))
+    torch.manual_seed(4)
+    net = M.torch_cnn(torch).eval()
+    report = tfa.write(from_torch(net), tmp_path / "out", template=tmp_path / "train")
+    assert "dense/kernel/ExponentialMovingAverage" in report.names("created")
+    reader = tf.train.load_checkpoint(str(tmp_path / "out"))
+    assert not reader.get_tensor("dense/kernel/Adam").any() and reader.get_tensor("global_step") == 1
+    feed = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = net(nchw(feed)).numpy()
+    with g.as_default(), tf.compat.v1.Session(graph=g) as sess:
+        for saver in (tf.compat.v1.train.Saver(), tf.compat.v1.train.Saver(ema.variables_to_restore())):
+            saver.restore(sess, str(tmp_path / "out"))
+            assert_same_outputs(sess.run(y, {x: feed}), want)
+
+
 def test_torch_lstm_to_tf1_fused_cell(tmp_path):
     torch.manual_seed(2)
     net = M.torch_lstm(torch).eval()

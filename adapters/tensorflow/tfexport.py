@@ -11,9 +11,11 @@ Two ways to choose names:
 - after a template (`export_by_template`): a TF1 or TF2 checkpoint of the destination model. Its
   variables are read with the same rules, so its canonical names say which tensor fills which key;
   its kinds and shapes settle what a canonical tensor cannot say (depth multiplier, cell type).
-  Everything in the template that is not a weight (the TF2 object graph, save_counter, optimizer
-  state, global_step) is copied from it unchanged and reported, so TensorFlow's loaders accept
-  the result as they accept the template.
+  Entries derived from a filled weight follow it: ExponentialMovingAverage shadows get the new
+  weights, optimizer slots (TF1 `w/Adam`, TF2 `.OPTIMIZER_SLOT`) zeros. Everything else that is not
+  a weight (the TF2 object graph, save_counter, global_step, Keras 3 `optimizer/_variables/N`) is
+  copied from the template unchanged. All of it is reported, and TensorFlow's loaders accept the
+  result as they accept the template.
 
 >>> outs, report = export_by_rule(ckpt)             # doctest: +SKIP
 >>> [o.name for o in outs][:2]                       # doctest: +SKIP
@@ -21,6 +23,9 @@ Two ways to choose names:
 """
 from __future__ import annotations
 
+import numpy as np
+
+from hubfmt import dtypes
 from hubfmt.checkpoint import Checkpoint, LazyTensor
 from hubfmt.errors import ConversionError
 from hubfmt.report import Report
@@ -28,7 +33,8 @@ from hubfmt.report import Report
 from . import semantics
 from .bundle import DT_STRING, TF_DTYPE_CODES, Bundle
 from .bundle_write import OutTensor
-from .tfimport import EMA, NativeLayer, import_variables
+from .objgraph import VALUE_SUFFIX
+from .tfimport import EMA, SLOT_RE, NativeLayer, import_variables
 
 # TF1 slim leaf names worth keeping on export (Keras 3's private `_kernel` is not a TF1 name).
 _TF1_ALIASES = {k for k in semantics.LEAF_ALIASES if not k.startswith("_")}
@@ -196,6 +202,17 @@ def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: boo
     for key, e in template.entries.items():
         if key in filled:
             continue
+        derived = _derived_from(key, filled)
+        if derived and e.dtype is not None and tuple(filled[derived[0]].tensor.shape) == tuple(e.shape):
+            base, how = derived
+            if how == "ema":
+                filled[key] = OutTensor(key, filled[base].tensor, e.dtype if restore_dtype else None)
+                rep.add("created", key, f"EMA shadow of {base}: set to the new weights")
+            else:
+                z = LazyTensor(e.shape, e.dtype, lambda e=e: np.zeros(e.shape, dtypes.storage_dtype(e.dtype)))
+                filled[key] = OutTensor(key, z)
+                rep.add("created", key, f"optimizer slot of {base}: reset to zeros (the template's belongs to other weights)")
+            continue
         if e.tf_dtype == DT_STRING:
             filled[key] = OutTensor(key, strings=template.strings(key), shape=e.shape)
         elif e.dtype is not None and not e.sliced:
@@ -216,6 +233,21 @@ def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: boo
                               + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
     del tmpl
     return [filled[k] for k in template.entries if k in filled], rep
+
+
+def _derived_from(key: str, filled: dict) -> tuple[str, str] | None:
+    """(weight key, "ema" or "slot") when a template entry belongs to a weight just filled: its
+    ExponentialMovingAverage shadow or an optimizer slot (TF1 `w/Adam`, TF2 `.OPTIMIZER_SLOT`)."""
+    if key.endswith("/" + EMA) and key[: -len(EMA) - 1] in filled:
+        return key[: -len(EMA) - 1], "ema"
+    parent, _, leaf = key.rpartition("/")
+    if SLOT_RE.match(leaf) and parent in filled:
+        return parent, "slot"
+    if "/.OPTIMIZER_SLOT/" in key:
+        base = key.split("/.OPTIMIZER_SLOT/")[0] + VALUE_SUFFIX
+        if base in filled:
+            return base, "slot"
+    return None
 
 
 def _fill_layer(ckpt: Checkpoint, nl: NativeLayer, template: Bundle, filled: dict, used: set, rep: Report,

@@ -26,7 +26,7 @@ from hubfmt.errors import ConversionError
 from . import semantics
 from .objgraph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
 
-_SLOT_RE = re.compile(r"^(Adam|Adam_1|Momentum|RMSProp|RMSProp_1|Adagrad|AdagradDA|AdagradDA_1|Adadelta|Adadelta_1|"
+SLOT_RE = re.compile(r"^(Adam|Adam_1|Momentum|RMSProp|RMSProp_1|Adagrad|AdagradDA|AdagradDA_1|Adadelta|Adadelta_1|"
                       r"Ftrl|Ftrl_1|LazyAdam|LazyAdam_1|Nadam|Nadam_1|AdamW|AdamW_1|ProximalAdagrad|"
                       r"GradientDescent|LARSOptimizer|LAMB|LAMB_1)$")
 _POWER_RE = re.compile(r"^beta[12]_power(_\d+)?$")
@@ -57,7 +57,7 @@ def _classify(name: str, names: set[str]) -> str | None:
     """Why a TF1 variable is training state and not a weight (None: it is a weight)."""
     parts = name.split("/")
     leaf = parts[-1]
-    if _SLOT_RE.match(leaf) and "/".join(parts[:-1]) in names:
+    if SLOT_RE.match(leaf) and "/".join(parts[:-1]) in names:
         return f"optimizer slot ({leaf})"
     if _POWER_RE.match(leaf):
         return "optimizer state (Adam beta power)"
