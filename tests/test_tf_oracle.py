@@ -293,12 +293,12 @@ def test_written_bundle_read_back_by_tensorflow_bit_exact(tmp_path):
 def _keras_model(keras):
     return keras.Sequential([
         keras.Input((8, 8, 3)),
-        keras.layers.Conv2D(4, 3, padding="same"),
-        keras.layers.BatchNormalization(),
+        keras.layers.Conv2D(4, 3, padding="same", name="conv"),
+        keras.layers.BatchNormalization(name="bn"),
         keras.layers.ReLU(),
-        keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same"),
+        keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw"),
         keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(5),
+        keras.layers.Dense(5, name="head"),
     ])
 
 
@@ -324,7 +324,11 @@ def test_tf2_keras_object_checkpoint_to_torch(tmp_path):
     prefix = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(str(tmp_path / "ckpt"))
     ckpt = tfa.read(prefix)
     assert ckpt.source.format == "tf2-checkpoint"
-    assert all(not n.startswith("optimizer") for n in ckpt)       # named by the model path, not the optimizer's
+    # named by the Keras layer names (as a Keras file would be), in model order, not by the
+    # optimizer's alias of each variable
+    assert list(ckpt) == ["conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+                          "dw.weight", "dw.bias", "head.weight", "head.bias"]
+    assert ckpt["dw.weight"].info.kind == "depthwise_conv2d"
     assert any("optimizer" in e.name for e in ckpt.report.of("dropped"))
     feed = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
     want = model(feed, training=False).numpy()
@@ -402,14 +406,15 @@ def test_tf2_keras_recurrent_layers_to_torch(tmp_path):
     object checkpoint into torch nn.LSTM / nn.GRU."""
     keras = require("keras")
     rng = np.random.default_rng(12)
-    model = keras.Sequential([keras.Input((6, 3)), keras.layers.LSTM(5, return_sequences=True),
-                              keras.layers.GRU(4, return_sequences=True)])
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.LSTM(5, return_sequences=True, name="lstm"),
+                              keras.layers.GRU(4, return_sequences=True, name="gru")])
     for w in model.weights:
         w.assign(rng.standard_normal(w.shape).astype(np.float32) * 0.5)
     prefix = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
     ckpt = through_hub(tfa.read(prefix), tmp_path)
-    kinds = {e.info.kind for e in ckpt.entries.values()}
-    assert kinds == {"lstm", "gru"}
+    assert list(ckpt) == [f"{layer}.{role}" for layer in ("lstm", "gru")
+                          for role in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    assert {e.info.kind for e in ckpt.entries.values()} == {"lstm", "gru"}
 
     class Net(torch.nn.Module):
         def __init__(self):

@@ -85,7 +85,7 @@ def read(path, **options) -> Checkpoint:
     if bad:
         raise TypeError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
     from .bundle import open_bundle
-    from .objgraph import OBJECT_GRAPH_KEY, variable_paths
+    from .objgraph import OBJECT_GRAPH_KEY, variable_full_names, variable_paths
     from .tfimport import import_variables
     from .wire import Malformed
 
@@ -99,16 +99,17 @@ def read(path, **options) -> Checkpoint:
     for name, e in bundle.entries.items():
         if e.sliced:
             ckpt.report.add("warning", name, f"partitioned variable: {len(e.slices)} pieces joined into one tensor")
-    paths = None
+    paths = full_names = None
     if tf2:
         try:
-            paths = variable_paths(bundle.strings(OBJECT_GRAPH_KEY)[0])
+            graph = bundle.strings(OBJECT_GRAPH_KEY)[0]
+            paths, full_names = variable_paths(graph), variable_full_names(graph)
         except Malformed as e:
             raise FormatError(f"bad TF2 object graph: {e}", bundle.index_path) from None
     variables = [(n, bundle.tensor(n) if e.dtype is not None else e.dtype_name)
                  for n, e in bundle.entries.items()]
     opts = {k: v for k, v in options.items() if k in ("prefer_ema", "kinds", "forget_bias", "strict")}
-    return import_variables(variables, paths=paths, ckpt=ckpt, **opts)
+    return import_variables(variables, paths=paths, full_names=full_names, ckpt=ckpt, **opts)
 
 
 def output_prefix(path: str) -> str:

@@ -185,15 +185,18 @@ def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: boo
                        forget_bias: float = semantics.TF1_FORGET_BIAS, kinds: dict | None = None,
                        strict: bool = True) -> tuple[list[OutTensor], Report]:
     """Fill a template checkpoint's keys from `ckpt` by canonical name (see module docstring)."""
-    from .objgraph import OBJECT_GRAPH_KEY, variable_paths
+    from .objgraph import OBJECT_GRAPH_KEY, variable_full_names, variable_paths
 
     rep = Report(stage="write")
     numeric = [(k, template.tensor(k) if e.dtype is not None else e.dtype_name)
                for k, e in template.entries.items()]
-    paths = variable_paths(template.strings(OBJECT_GRAPH_KEY)[0]) if OBJECT_GRAPH_KEY in template.entries else None
+    paths = full_names = None
+    if OBJECT_GRAPH_KEY in template.entries:
+        graph = template.strings(OBJECT_GRAPH_KEY)[0]
+        paths, full_names = variable_paths(graph), variable_full_names(graph)
     layers: list[NativeLayer] = []
-    tmpl = import_variables(numeric, paths=paths, layers_out=layers, forget_bias=forget_bias, kinds=kinds,
-                            strict=strict)
+    tmpl = import_variables(numeric, paths=paths, full_names=full_names, layers_out=layers, forget_bias=forget_bias,
+                            kinds=kinds, strict=strict)
     used: set[str] = set()
     filled: dict[str, OutTensor] = {}
     problems = []

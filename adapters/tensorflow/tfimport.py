@@ -120,12 +120,15 @@ def _kind_from_bias(kshape: tuple, bias: LazyTensor | None, d: int) -> str | Non
 def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, prefer_ema: bool = False,
                      kinds: dict[str, str] | None = None, forget_bias: float = semantics.TF1_FORGET_BIAS,
                      strict: bool = True, paths: dict[str, list[list[str]]] | None = None,
-                     ckpt: Checkpoint | None = None, layers_out: list | None = None) -> Checkpoint:
+                     full_names: dict[str, str] | None = None, ckpt: Checkpoint | None = None,
+                     layers_out: list | None = None) -> Checkpoint:
     """Build a canonical Checkpoint from (native name, tensor) pairs; a str (or None) instead of a
     tensor names the dtype of a non-numeric entry (string, resource, ...), which is dropped.
 
     `paths` (TF2: checkpoint key -> object paths from objgraph.variable_paths) names variables by
-    their model path rather than the key the saver happened to use. `kinds` overrides the inferred
+    their model path rather than the key the saver happened to use; `full_names` (TF2: key -> the
+    variable's own name) name them by layer names instead when those are unique (Keras models:
+    'sequential/conv2d/kernel' -> 'conv2d.weight', the names a Keras file gives). `kinds` overrides the inferred
     kind of a layer (canonical layer path or native scope -> kind, e.g. {'up1': 'conv_transpose2d'}).
     """
     ckpt = Checkpoint() if ckpt is None else ckpt
@@ -152,6 +155,10 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
             rep.add("dropped", key, why)
             continue
         numeric[var] = (key, t)
+    if tf2:
+        numeric = {v: numeric[v] for v in sorted(numeric, key=natural_key)}   # object paths: model order
+        if full_names:
+            numeric = _by_full_names(numeric, full_names)
     if not tf2:
         names = set(numeric)
         for var in list(numeric):
@@ -162,9 +169,10 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
     _apply_ema(numeric, prefer_ema, rep)
 
     groups: dict[str, dict[str, tuple[str, LazyTensor]]] = {}
-    for var in sorted(numeric, key=natural_key):
+    for var in (numeric if tf2 else sorted(numeric, key=natural_key)):
         layer, _, leaf = var.rpartition("/")
         groups.setdefault(layer, {})[leaf] = numeric[var]
+    groups = _cells_into_layers(groups)
     saw_bn = False
     for layer, members in groups.items():
         saw_bn |= _import_group(ckpt, layer, members, kinds, forget_bias, strict, layers_out)
@@ -173,6 +181,31 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
         rep.add("warning", "*", "batch-norm eps/momentum are not stored in TF checkpoints: recorded the "
                 "tf.compat.v1.layers/Keras defaults eps=1e-3, momentum=0.99 (canonical 0.01)")
     return ckpt
+
+
+def _by_full_names(numeric: dict, full_names: dict[str, str]) -> dict:
+    """Rename TF2 variables by their own names when they look like one Keras model's
+    ('<model>/<layer...>/<var>', unique), minus the model's name ('sequential/c1/kernel' ->
+    'c1/kernel'); else keep the object paths. The order stays the object graph's (model order)."""
+    names = {var: full_names.get(key, "").removesuffix(":0") for var, (key, _) in numeric.items()}
+    firsts = {n.split("/", 1)[0] for n in names.values()}
+    if (not names or len(firsts) != 1 or len(set(names.values())) != len(names)
+            or not all(n.count("/") >= 2 for n in names.values())):
+        return numeric
+    return {names[var].split("/", 1)[1]: value for var, value in numeric.items()}
+
+
+def _cells_into_layers(groups: dict) -> dict:
+    """A Keras RNN's variables live on its cell (`lstm/lstm_cell/kernel`, `layer_with_weights-0/cell/
+    kernel`); canonically they belong to the layer (`lstm.weight_ih_l0`)."""
+    out = {}
+    for layer, members in groups.items():
+        parent, _, last = layer.rpartition("/")
+        if ("recurrent_kernel" in members and parent and (last == "cell" or last.endswith("_cell"))
+                and parent not in groups):
+            layer = parent
+        out[layer] = members
+    return out
 
 
 def _warn_flatten_order(ckpt: Checkpoint) -> None:
