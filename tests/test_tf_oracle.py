@@ -444,3 +444,23 @@ def test_from_model_tf_module():
     m.b.assign(np.zeros(4, np.float32))
     tfa.to_model(ckpt, m)
     np.testing.assert_array_equal(m.b.numpy(), np.arange(4, dtype=np.float32))
+
+
+def test_tf2_checkpoint_and_keras_weights_file_agree(tmp_path):
+    """The same Keras model saved as a TF2 object checkpoint and as a .weights.h5 file reads as the
+    same canonical checkpoint (names, order, values). Needs the Keras half of the adapter."""
+    import pytest
+
+    pytest.importorskip("hubfmt.adapters.tensorflow.keras_h5", reason="keras_h5 lives on the keras branch")
+    keras = require("keras")
+    rng = np.random.default_rng(14)
+    cnn = _keras_model(keras)
+    rnn = keras.Sequential([keras.Input((6, 3)), keras.layers.LSTM(5, return_sequences=True, name="lstm"),
+                            keras.layers.GRU(4, name="gru")])
+    for model, tag in ((cnn, "cnn"), (rnn, "rnn")):
+        _randomize_keras(model, rng)
+        model.save_weights(str(tmp_path / f"{tag}.weights.h5"))
+        a = tfa.read(tmp_path / f"{tag}.weights.h5")
+        b = tfa.read(tf.train.Checkpoint(model=model).save(str(tmp_path / tag)))
+        assert list(a) == list(b)
+        assert all(a.tensor(n).tobytes() == b.tensor(n).tobytes() for n in a)
