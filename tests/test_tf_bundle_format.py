@@ -280,3 +280,16 @@ def test_tf1_to_hub_to_tf1_keeps_names_and_values(tmp_path):
             np.testing.assert_allclose(a, b, rtol=0, atol=2.5e-7)
         else:
             assert a.tobytes() == b.tobytes(), k
+
+
+def test_tf1_gru_cell_kept_as_linear_with_a_warning(tmp_path):
+    rng = np.random.default_rng(6)
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in
+            [("rnn/gru_cell/gates/kernel", (7, 8)), ("rnn/gru_cell/gates/bias", (8,)),
+             ("rnn/gru_cell/candidate/kernel", (7, 4)), ("rnn/gru_cell/candidate/bias", (4,)),
+             ("odd/weights", (2, 3)), ("odd/kernel", (2, 3))]]
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
+    c = tfa.read(tmp_path / "m")
+    assert c["rnn.gru_cell.gates.weight"].tensor.shape == (8, 7)
+    assert {"rnn.gru_cell.gates", "rnn.gru_cell.candidate"} <= set(c.report.names("warning"))
+    assert {"odd.weights", "odd.kernel"} <= set(c)          # two spellings of one leaf: kept apart, untouched

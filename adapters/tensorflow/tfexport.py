@@ -85,7 +85,7 @@ def _layer_kind(ckpt: Checkpoint, roles: dict[str, str], kinds: dict, layer: str
         oh = ckpt.entries[wh].info.original_name if wh else ""
         if oi and oi == oh:
             return "tf1_lstm"
-        if oi.rstrip("/").endswith("kernel") and oh.endswith("recurrent_kernel"):
+        if "recurrent_kernel" in oh:        # a Keras LSTM (TF1 name or TF2 key)
             return "lstm"
         return "tf1_lstm" if rnn_style == "tf1" else "lstm"
     return kind
@@ -195,8 +195,9 @@ def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: boo
         graph = template.strings(OBJECT_GRAPH_KEY)[0]
         paths, full_names = variable_paths(graph), variable_full_names(graph)
     layers: list[NativeLayer] = []
-    tmpl = import_variables(numeric, paths=paths, full_names=full_names, layers_out=layers, forget_bias=forget_bias,
-                            kinds=kinds, strict=strict)
+    # Reading the template with the reader's rules gives its layers, kinds, keys and shapes.
+    import_variables(numeric, paths=paths, full_names=full_names, layers_out=layers, forget_bias=forget_bias,
+                     kinds=kinds, strict=strict)
     used: set[str] = set()
     filled: dict[str, OutTensor] = {}
     problems = []
@@ -234,7 +235,6 @@ def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: boo
     if problems and strict:
         raise ConversionError(f"checkpoint does not fit the template ({len(problems)} problems): "
                               + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
-    del tmpl
     return [filled[k] for k in template.entries if k in filled], rep
 
 

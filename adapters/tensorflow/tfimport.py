@@ -34,7 +34,7 @@ _COUNTERS = {"global_step": "global_step", "save_counter": "save_counter"}
 EMA = "ExponentialMovingAverage"
 _TRANSPOSED_SCOPE = re.compile(r"(transpose|deconv|upconv)", re.I)
 _LSTM_SCOPE = re.compile(r"lstm", re.I)
-_GRU_SCOPE = re.compile(r"gru_cell", re.I)
+_TF1_GRU_SCOPE = re.compile(r"gru_cell/(gates|candidate)$")
 # Leaves each kind understands; other leaves of a layer pass through as plain tensors.
 _KIND_LEAVES = {
     "separable_conv2d": {"depthwise_kernel", "pointwise_kernel", "bias"},
@@ -281,9 +281,15 @@ def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forg
     canon_layer = layouts.module_path(layer) if layer else ""
     leaves = {semantics.normalize_leaf(leaf): t for leaf, (_, t) in members.items()}
     natives = {semantics.normalize_leaf(leaf): key for leaf, (key, _) in members.items()}
-    kind = kinds.get(canon_layer) or kinds.get(layer) or _infer_kind(layer, leaves)
-    if kind == "tf1_lstm" and _GRU_SCOPE.search(layer):
+    if len(leaves) != len(members):       # e.g. both `weights` and `kernel`: keep them apart, as they are
+        leaves = {leaf: t for leaf, (_, t) in members.items()}
+        natives = {leaf: key for leaf, (key, _) in members.items()}
         kind = "tensor"
+    else:
+        kind = kinds.get(canon_layer) or kinds.get(layer) or _infer_kind(layer, leaves)
+    if _TF1_GRU_SCOPE.search(layer) and kind == "linear":
+        rep.add("warning", canon_layer, "TF1 GRUCell part, kept as a linear layer: the cell applies its reset "
+                "gate before the recurrent matmul, torch's GRU after it, so there is no canonical GRU")
     known = _KIND_LEAVES.get(kind, {"kernel", "bias"}) if kind != "tensor" else set()
     mapped_leaves = {k: v for k, v in leaves.items() if k in known}
     rest = {k: v for k, v in leaves.items() if k not in known}
