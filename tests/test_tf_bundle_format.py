@@ -293,3 +293,23 @@ def test_tf1_gru_cell_kept_as_linear_with_a_warning(tmp_path):
     assert c["rnn.gru_cell.gates.weight"].tensor.shape == (8, 7)
     assert {"rnn.gru_cell.gates", "rnn.gru_cell.candidate"} <= set(c.report.names("warning"))
     assert {"odd.weights", "odd.kernel"} <= set(c)          # two spellings of one leaf: kept apart, untouched
+
+
+def test_conv_kind_from_scope_then_bias_then_a_warning(tmp_path):
+    rng = np.random.default_rng(7)
+    spec = [("up/conv2d_transpose/kernel", (2, 2, 6, 6)), ("up/conv2d_transpose/bias", (6,)),   # in == out: by name
+            ("block_dw/depthwise/kernel", (3, 3, 6, 1)),                                        # no bias: by name
+            ("mystery/kernel", (3, 3, 6, 1)), ("mystery/bias", (6,)),                           # dw m=1 or transposed
+            ("plain/kernel", (3, 3, 6, 6))]                                                     # nothing says
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in spec]
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
+    c = tfa.read(tmp_path / "m")
+    assert c["up.conv2d_transpose.weight"].info.kind == "conv_transpose2d"
+    assert c["block_dw.depthwise.weight"].info.kind == "depthwise_conv2d"
+    assert c["mystery.weight"].info.kind == "depthwise_conv2d"
+    assert c["plain.weight"].info.kind == "conv2d"
+    warned = dict((e.name, e.detail) for e in c.report.of("warning"))
+    assert "fits depthwise_conv2d and conv_transpose2d" in warned["mystery"] and "plain" in warned
+    assert "up.conv2d_transpose" not in warned and "block_dw.depthwise" not in warned
+    fixed = tfa.read(tmp_path / "m", kinds={"mystery": "conv_transpose2d"})
+    assert fixed["mystery.weight"].info.kind == "conv_transpose2d" and "mystery" not in fixed.report.names("warning")

@@ -33,6 +33,8 @@ _POWER_RE = re.compile(r"^beta[12]_power(_\d+)?$")
 _COUNTERS = {"global_step": "global_step", "save_counter": "save_counter"}
 EMA = "ExponentialMovingAverage"
 _TRANSPOSED_SCOPE = re.compile(r"(transpose|deconv|upconv)", re.I)
+_DEPTHWISE_SCOPE = re.compile(r"(depthwise|dwconv|conv_?dw)", re.I)
+_CONV_SCOPE = re.compile(r"conv", re.I)
 _LSTM_SCOPE = re.compile(r"lstm", re.I)
 _TF1_GRU_SCOPE = re.compile(r"gru_cell/(gates|candidate)$")
 # Leaves each kind understands; other leaves of a layer pass through as plain tensors.
@@ -68,53 +70,60 @@ def _classify(name: str, names: set[str]) -> str | None:
     return None
 
 
-def _infer_kind(layer: str, leaves: dict[str, LazyTensor]) -> str:
+def _infer_kind(layer: str, leaves: dict[str, LazyTensor]) -> tuple[str, str]:
+    """(kind, warning or '') of a layer from its leaves, ranks and scope name."""
     ls = set(leaves)
     last = layer.rsplit("/", 1)[-1]
     if {"depthwise_kernel", "pointwise_kernel"} <= ls:
-        return "separable_conv2d"
+        return "separable_conv2d", ""
     if "depthwise_kernel" in ls:
-        return "depthwise_conv2d"
+        return "depthwise_conv2d", ""
     if "embeddings" in ls:
-        return "embedding"
+        return "embedding", ""
     if ls & {"moving_mean", "moving_variance"}:
-        return "batch_norm"
+        return "batch_norm", ""
     if ls & {"gamma", "beta"}:
-        return "layer_norm"
+        return "layer_norm", ""
     if "recurrent_kernel" in ls and "kernel" in ls:
         k, r = leaves["kernel"].shape, leaves["recurrent_kernel"].shape
         if len(k) == 2 and len(r) == 2 and r[0] and r[1] % r[0] == 0:
-            return {4: "lstm", 3: "gru", 1: "rnn"}.get(r[1] // r[0], "tensor")
-        return "tensor"
+            return {4: "lstm", 3: "gru", 1: "rnn"}.get(r[1] // r[0], "tensor"), ""
+        return "tensor", ""
     if "kernel" in ls:
-        rank = len(leaves["kernel"].shape)
-        if rank == 2:
-            if _LSTM_SCOPE.search(last) and leaves["kernel"].shape[1] % 4 == 0:
-                return "tf1_lstm"
-            return "linear"
-        if rank in (3, 4, 5):
-            d = rank - 2
-            by_bias = _kind_from_bias(leaves["kernel"].shape, leaves.get("bias"), d)
-            if by_bias:
-                return by_bias
-            return f"conv_transpose{d}d" if _TRANSPOSED_SCOPE.search(last) else f"conv{d}d"
-    return "tensor"
+        shape = leaves["kernel"].shape
+        if len(shape) == 2:
+            if _LSTM_SCOPE.search(last) and shape[1] % 4 == 0:
+                return "tf1_lstm", ""
+            return "linear", ""
+        if len(shape) in (3, 4, 5):
+            return _conv_kind(last, shape, leaves.get("bias"))
+    return "tensor", ""
 
 
-def _kind_from_bias(kshape: tuple, bias: LazyTensor | None, d: int) -> str | None:
-    """Keras 3 names every conv kernel `kernel`, and TF2 object paths carry no layer class; the
-    bias length tells the layouts apart: conv [..,I,O] has O, transposed [..,O,I] has O = shape[-2],
-    depthwise [..,C,M] has C*M. (Depthwise with C = 1 is conv with I = 1: the same canonical tensor.)"""
+def _conv_kind(scope: str, kshape: tuple, bias: LazyTensor | None) -> tuple[str, str]:
+    """Conv, transposed conv or depthwise for a `kernel` of rank 3-5. Keras 3 names all three
+    `kernel` and TF2 object paths carry no layer class, so: the scope name when it says
+    (conv2d_transpose, depthwise_conv2d, conv1), else the bias length (conv [..,I,O] has O,
+    transposed [..,O,I] has O = shape[-2], depthwise [..,C,M] has C*M), else conv, with a warning."""
+    d = len(kshape) - 2
+    if d == 2 and _DEPTHWISE_SCOPE.search(scope):
+        return "depthwise_conv2d", ""
+    if _TRANSPOSED_SCOPE.search(scope):
+        return f"conv_transpose{d}d", ""
+    if _CONV_SCOPE.search(scope):
+        return f"conv{d}d", ""
     if bias is None or len(bias.shape) != 1:
-        return None
+        return f"conv{d}d", (f"kernel {list(kshape)} read as conv{d}d: nothing tells a transposed or depthwise "
+                             "conv apart here (pass kinds={layer: kind} if it is one)")
     n, a, b = bias.shape[0], kshape[-2], kshape[-1]
-    if n == b:
-        return f"conv{d}d"
-    if d == 2 and n == a * b:
-        return "depthwise_conv2d"
-    if n == a:
-        return f"conv_transpose{d}d"
-    return None
+    fits = [k for k, ok in ((f"conv{d}d", n == b), ("depthwise_conv2d", d == 2 and n == a * b),
+                            (f"conv_transpose{d}d", n == a)) if ok]
+    if len(fits) == 1:
+        return fits[0], ""
+    if not fits:
+        return f"conv{d}d", f"bias of {n} fits no conv layout of kernel {list(kshape)}"
+    return fits[0], (f"kernel {list(kshape)} with bias {n} fits {' and '.join(fits)}: read as {fits[0]} "
+                     "(pass kinds={layer: kind} if it is not)")
 
 
 def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, prefer_ema: bool = False,
@@ -286,7 +295,11 @@ def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forg
         natives = {leaf: key for leaf, (key, _) in members.items()}
         kind = "tensor"
     else:
-        kind = kinds.get(canon_layer) or kinds.get(layer) or _infer_kind(layer, leaves)
+        kind = kinds.get(canon_layer) or kinds.get(layer)
+        if not kind:
+            kind, doubt = _infer_kind(layer, leaves)
+            if doubt:
+                rep.add("warning", canon_layer, doubt)
     if _TF1_GRU_SCOPE.search(layer) and kind == "linear":
         rep.add("warning", canon_layer, "TF1 GRUCell part, kept as a linear layer: the cell applies its reset "
                 "gate before the recurrent matmul, torch's GRU after it, so there is no canonical GRU")
