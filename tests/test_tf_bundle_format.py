@@ -313,3 +313,16 @@ def test_conv_kind_from_scope_then_bias_then_a_warning(tmp_path):
     assert "up.conv2d_transpose" not in warned and "block_dw.depthwise" not in warned
     fixed = tfa.read(tmp_path / "m", kinds={"mystery": "conv_transpose2d"})
     assert fixed["mystery.weight"].info.kind == "conv_transpose2d" and "mystery" not in fixed.report.names("warning")
+
+
+def test_bundle_conversion_imports_no_framework(tmp_path):
+    import subprocess
+    import sys
+
+    p = tf_written(tmp_path)
+    code = ("import sys, hubfmt; hubfmt.convert(sys.argv[1], sys.argv[2]); hubfmt.convert(sys.argv[2], sys.argv[3]); "
+            "print(','.join(m for m in ('tensorflow', 'keras', 'torch', 'h5py') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, str(p), str(tmp_path / "h.safetensors"), str(tmp_path / "o.index")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""
