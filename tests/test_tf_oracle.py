@@ -126,6 +126,29 @@ def test_tf1_lstm_to_torch_folds_forget_bias(tmp_path):
     assert "rnn.basic_lstm_cell.bias_hh_l0" in rep.names("created")
 
 
+def test_tf1_multi_rnn_cell_is_one_stacked_lstm_both_ways(tmp_path):
+    """cell_k of a MultiRNNCell is layer k of torch's nn.LSTM(num_layers=2), and back."""
+    rng = np.random.default_rng(15)
+    g, x, y = M.tf1_lstm_stack(tf, M.stack_params(rng))
+    feed = rng.standard_normal((3, M.LSTM_T, M.LSTM_IN)).astype(np.float32)
+    want = M.run_tf(tf, g, x, y, feed, save=str(tmp_path / "stack"))
+    ckpt = through_hub(tfa.read(tmp_path / "stack"), tmp_path)
+    assert "rnn.multi_rnn_cell.weight_hh_l1" in ckpt
+    net = to_torch(M.torch_lstm_stack(torch), ckpt)
+    with torch.no_grad():
+        assert_same_outputs(net(torch.from_numpy(feed)).numpy(), want)
+    torch.manual_seed(5)
+    other = M.torch_lstm_stack(torch).eval()
+    tfa.write(from_torch(other), tmp_path / "back")                        # by rule
+    tfa.write(from_torch(other), tmp_path / "templated", template=tmp_path / "stack")
+    zeros = {k: np.zeros_like(v) for k, v in M.stack_params(rng).items()}
+    g2, x2, y2 = M.tf1_lstm_stack(tf, zeros)
+    with torch.no_grad():
+        want = other(torch.from_numpy(feed)).numpy()
+    for prefix in ("back", "templated"):
+        assert_same_outputs(M.run_tf(tf, g2, x2, y2, feed, restore=str(tmp_path / prefix)), want)
+
+
 def test_tf1_unet_to_torch(tmp_path):
     rng = np.random.default_rng(3)
     g, x, y = M.tf1_unet(tf, M.unet_params(rng))

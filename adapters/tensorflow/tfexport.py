@@ -7,7 +7,8 @@ Two ways to choose names:
   used them). A `<x>.depthwise` + `<x>.pointwise` pair is written as one separable conv `x`.
   LSTMs become one fused TF1 cell (`kernel` [in+h,4h] + `bias`, forget_bias subtracted) when they
   came from one, Keras-style `kernel`/`recurrent_kernel`/`bias` when they came from Keras, else
-  as `rnn_style` says ("tf1" by default).
+  as `rnn_style` says ("tf1" by default); a stacked LSTM (weight_ih_l1 ...) as TF1 cells becomes
+  a MultiRNNCell: `<layer>/cell_<k>/basic_lstm_cell/{kernel,bias}`.
 - after a template (`export_by_template`): a TF1 or TF2 checkpoint of the destination model. Its
   variables are read with the same rules, so its canonical names say which tensor fills which key;
   its kinds and shapes settle what a canonical tensor cannot say (depth multiplier, cell type).
@@ -22,6 +23,8 @@ Two ways to choose names:
 ['conv1/kernel', 'conv1/bias']
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -127,39 +130,66 @@ def export_by_rule(ckpt: Checkpoint, *, restore_dtype: bool = True, kinds: dict 
     outs: list[OutTensor] = []
     for layer, roles in _groups(ckpt, rep).items():
         kind = _layer_kind(ckpt, roles, kinds, layer, rnn_style)
-        canon = {r: ckpt.entries[n].tensor for r, n in roles.items()}
-        if "num_batches_tracked" in canon:
-            rep.add("dropped", roles["num_batches_tracked"], "torch-only batch counter")
-            canon.pop("num_batches_tracked")
-        _bn_warning(ckpt, layer, kind, rep)
-        try:
-            mapped = semantics.export_layer(kind, canon, attrs=_attrs(ckpt, layer, forget_bias)) if kind != "tensor" else None
-        except ConversionError as e:
-            if strict:
-                raise ConversionError(f"layer {layer!r} ({kind}): {e.message}") from None
-            rep.add("warning", layer, f"written as plain tensors: {e.message}")
-            mapped = None
-        scope = _native_scope(ckpt, layer, roles)
-        if mapped is None:
-            for role, name in roles.items():
-                if role == "num_batches_tracked":
-                    continue
-                e = ckpt.entries[name]
-                native = f"{scope}/{role}" if layer else role
-                outs.append(OutTensor(native, e.tensor, _target_dtype(e.tensor.dtype, e.info.original_dtype,
-                                                                      restore_dtype, native, rep)))
-                rep.add("renamed", name, native)
-            continue
-        for m in mapped:
-            native = f"{scope}/{_leaf(ckpt, m, roles)}" if scope else m.name
-            first = roles[m.source.split("+")[0]]
-            info = ckpt.entries[first].info
-            outs.append(OutTensor(native, m.tensor, _target_dtype(m.tensor.dtype, info.original_dtype,
-                                                                  restore_dtype, native, rep)))
-            rep.add("renamed", "+".join(roles[s] for s in m.source.split("+")), native)
-            for action, detail in m.events:
-                rep.add(action, native, detail)
+        for scope, part in _cells(ckpt, layer, roles, kind):
+            outs += _export_group(ckpt, layer, scope, part, kind, rep, restore_dtype, forget_bias, strict)
     return outs, rep
+
+
+_RNN_ROLE = re.compile(r"^((?:weight|bias)_(?:ih|hh))_l(\d+)$")
+
+
+def _cells(ckpt: Checkpoint, layer: str, roles: dict[str, str], kind: str):
+    """(TF scope, roles) per TF variable group of a canonical layer: one, or for a stacked LSTM
+    (weight_ih_l0, weight_ih_l1, ...) written as TF1 cells, one MultiRNNCell cell per layer."""
+    by_index: dict[int, dict[str, str]] = {}
+    for role, name in roles.items():
+        m = _RNN_ROLE.match(role)
+        by_index.setdefault(int(m.group(2)) if m else 0, {})[f"{m.group(1)}_l0" if m else role] = name
+    if kind != "tf1_lstm" or len(by_index) == 1:
+        return [(_native_scope(ckpt, layer, roles), roles)]
+    base = layer.replace(".", "/")
+    out = []
+    for k in sorted(by_index):
+        part = by_index[k]
+        scope = _native_scope(ckpt, layer, part)
+        out.append((scope if scope != base else f"{base}/cell_{k}/basic_lstm_cell", part))
+    return out
+
+
+def _export_group(ckpt: Checkpoint, layer: str, scope: str, roles: dict[str, str], kind: str, rep: Report,
+                  restore_dtype: bool, forget_bias: float, strict: bool) -> list[OutTensor]:
+    outs = []
+    canon = {r: ckpt.entries[n].tensor for r, n in roles.items()}
+    if "num_batches_tracked" in canon:
+        rep.add("dropped", roles["num_batches_tracked"], "torch-only batch counter")
+        canon.pop("num_batches_tracked")
+    _bn_warning(ckpt, layer, kind, rep)
+    try:
+        mapped = semantics.export_layer(kind, canon, attrs=_attrs(ckpt, layer, forget_bias)) if kind != "tensor" else None
+    except ConversionError as e:
+        if strict:
+            raise ConversionError(f"layer {layer!r} ({kind}): {e.message}") from None
+        rep.add("warning", layer, f"written as plain tensors: {e.message}")
+        mapped = None
+    if mapped is None:
+        for role, name in roles.items():
+            if role == "num_batches_tracked":
+                continue
+            e = ckpt.entries[name]
+            native = f"{scope}/{role}" if layer else role
+            outs.append(OutTensor(native, e.tensor, _target_dtype(e.tensor.dtype, e.info.original_dtype,
+                                                                  restore_dtype, native, rep)))
+            rep.add("renamed", name, native)
+        return outs
+    for m in mapped:
+        native = f"{scope}/{_leaf(ckpt, m, roles)}" if scope else m.name
+        info = ckpt.entries[roles[m.source.split("+")[0]]].info
+        outs.append(OutTensor(native, m.tensor, _target_dtype(m.tensor.dtype, info.original_dtype,
+                                                              restore_dtype, native, rep)))
+        rep.add("renamed", "+".join(roles[s] for s in m.source.split("+")), native)
+        for action, detail in m.events:
+            rep.add(action, native, detail)
+    return outs
 
 
 def _attrs(ckpt: Checkpoint, layer: str, forget_bias: float) -> dict:
@@ -256,6 +286,8 @@ def _derived_from(key: str, filled: dict) -> tuple[str, str] | None:
 def _fill_layer(ckpt: Checkpoint, nl: NativeLayer, template: Bundle, filled: dict, used: set, rep: Report,
                 problems: list, restore_dtype: bool, forget_bias: float) -> None:
     def full(role):
+        if nl.layer_index:
+            role = role.replace("_l0", f"_l{nl.layer_index}")
         return f"{nl.canon_layer}.{role}" if nl.canon_layer else role
     for leaf, name in nl.plain.items():
         key = nl.keys[leaf]

@@ -7,7 +7,10 @@ kind is inferred from its leaves, ranks and scope names (override with `kinds={l
 and semantics.import_layer maps the group. Training state is dropped and reported: optimizer
 slots (`.../Adam`, `.../Momentum`, `beta1_power`, TF2 `optimizer/...` and `.OPTIMIZER_SLOT`),
 `global_step` and `save_counter` (their values kept in ckpt.extra), ExponentialMovingAverage
-shadows (or used instead of the raw weights with prefer_ema=True).
+shadows (or used instead of the raw weights with prefer_ema=True). The cells of a TF1
+MultiRNNCell (`rnn/multi_rnn_cell/cell_<k>/basic_lstm_cell`) are the layers of one canonical
+LSTM (`rnn.multi_rnn_cell.weight_ih_l<k>`, torch's num_layers); a Keras RNN's cell belongs to
+its layer (`lstm.weight_ih_l0`).
 
 >>> ckpt = import_variables([("dense/kernel", k), ("dense/bias", b)])    # doctest: +SKIP
 >>> list(ckpt)                                                             # doctest: +SKIP
@@ -37,6 +40,8 @@ _DEPTHWISE_SCOPE = re.compile(r"(depthwise|dwconv|conv_?dw)", re.I)
 _CONV_SCOPE = re.compile(r"conv", re.I)
 _LSTM_SCOPE = re.compile(r"lstm", re.I)
 _TF1_GRU_SCOPE = re.compile(r"gru_cell/(gates|candidate)$")
+# A MultiRNNCell stack: rnn/multi_rnn_cell/cell_1/basic_lstm_cell -> layer rnn.multi_rnn_cell, suffix _l1
+_STACK_CELL = re.compile(r"^(.*multi_rnn_cell)/cell_(\d+)/[^/]*lstm_cell$")
 # Leaves each kind understands; other leaves of a layer pass through as plain tensors.
 _KIND_LEAVES = {
     "separable_conv2d": {"depthwise_kernel", "pointwise_kernel", "bias"},
@@ -184,7 +189,9 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
     groups = _cells_into_layers(groups)
     saw_bn = False
     for layer, members in groups.items():
-        saw_bn |= _import_group(ckpt, layer, members, kinds, forget_bias, strict, layers_out)
+        m = _STACK_CELL.match(layer)
+        stack = (m.group(1), int(m.group(2))) if m else None
+        saw_bn |= _import_group(ckpt, layer, members, kinds, forget_bias, strict, layers_out, stack)
     _warn_flatten_order(ckpt)
     if saw_bn:
         rep.add("warning", "*", "batch-norm eps/momentum are not stored in TF checkpoints: recorded the "
@@ -280,12 +287,13 @@ class NativeLayer:
     kind: str
     keys: dict[str, str]              # leaf -> checkpoint key
     shapes: dict[str, tuple]          # leaf -> shape
-    roles: list[str]                  # canonical roles produced by import_layer
+    roles: list[str]                  # canonical roles produced by import_layer (layer 0 form: weight_ih_l0)
     plain: dict[str, str]             # leaf -> canonical name, for leaves kept as plain tensors
+    layer_index: int = 0              # k of a MultiRNNCell's cell_k: its roles are weight_ih_l<k> ...
 
 
 def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forget_bias: float, strict: bool,
-                  layers_out: list | None) -> bool:
+                  layers_out: list | None, stack: tuple[str, int] | None = None) -> bool:
     rep = ckpt.report
     canon_layer = layouts.module_path(layer) if layer else ""
     leaves = {semantics.normalize_leaf(leaf): t for leaf, (_, t) in members.items()}
@@ -307,6 +315,7 @@ def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forg
     mapped_leaves = {k: v for k, v in leaves.items() if k in known}
     rest = {k: v for k, v in leaves.items() if k not in known}
     mapped: list = []
+    index = 0
     if mapped_leaves:
         try:
             mapped = semantics.import_layer(kind, mapped_leaves, attrs={"forget_bias": forget_bias})
@@ -316,16 +325,22 @@ def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forg
                                       "or strict=False)") from None
             rep.add("warning", canon_layer, f"kept as plain tensors: {e.message}")
             mapped, rest = [], leaves
+    roles = [m.name for m in mapped]
+    if stack and kind == "tf1_lstm" and mapped and not rest:
+        # cell k of a stack is layer k of one canonical LSTM (torch's num_layers)
+        canon_layer, index = layouts.module_path(stack[0]), stack[1]
         for m in mapped:
-            _add(ckpt, canon_layer, m, natives, leaves)
-        if mapped:
-            _layer_info(ckpt, canon_layer, kind, mapped, leaves)
+            m.name = m.name.replace("_l0", f"_l{index}")
+    for m in mapped:
+        _add(ckpt, canon_layer, m, natives, leaves)
+    if mapped:
+        _layer_info(ckpt, canon_layer, kind, mapped, leaves)
     if layers_out is not None:
-        layers_out.append(NativeLayer(canon_layer, kind if mapped_leaves and mapped else "tensor",
+        layers_out.append(NativeLayer(canon_layer, kind if mapped else "tensor",
                                       {k: natives[k] for k in (mapped_leaves if mapped else {})},
-                                      {k: leaves[k].shape for k in leaves},
-                                      [m.name for m in mapped] if mapped_leaves else [],
-                                      {leaf: (f"{canon_layer}.{leaf}" if canon_layer else leaf) for leaf in rest}))
+                                      {k: leaves[k].shape for k in leaves}, roles,
+                                      {leaf: (f"{canon_layer}.{leaf}" if canon_layer else leaf) for leaf in rest},
+                                      index))
         layers_out[-1].keys.update({k: natives[k] for k in rest})
     for leaf, t in rest.items():
         name = f"{canon_layer}.{leaf}" if canon_layer else leaf
