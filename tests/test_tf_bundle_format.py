@@ -186,6 +186,7 @@ def test_shards_state_file_and_overwrite(tmp_path):
     with pytest.raises(OutputError):
         tfa.write(c, tmp_path / "b")
     tfa.write(c, tmp_path / "b", overwrite=True)
+    assert tfa.output_prefix(str(tmp_path / "c.data-00000-of-00001")) == str(tmp_path / "c")
     sub = tmp_path / "dir"
     sub.mkdir()
     tfa.write(c, sub)

@@ -113,10 +113,16 @@ def read(path, **options) -> Checkpoint:
 
 
 def output_prefix(path: str) -> str:
-    """The bundle prefix a destination path designates (`x.index` -> `x`; a directory -> `dir/model.ckpt`)."""
+    """The bundle prefix a destination path designates (`x.index` or `x.data-00000-of-00001` -> `x`;
+    a directory -> `dir/model.ckpt`)."""
+    import re
+
     path = os.fspath(path)
     if path.endswith(".index"):
         return path[:-6]
+    shard = re.match(r"^(.*)\.data-\d{5}-of-\d{5}$", path)
+    if shard:
+        return shard.group(1)
     if os.path.isdir(path):
         return os.path.join(path, "model.ckpt")
     return path
