@@ -184,19 +184,19 @@ def _cmd_formats(a) -> int:
 
     from . import registry
 
-    print("hub       hub (.safetensors, sharded .safetensors.index.json)   read+write, no framework needed")
+    print(f"{'hub':<10} {'hub':<22} {'.safetensors, .safetensors.index.json':<28} {'read+write':<10} no framework needed; the neutral format (spec/hubfmt-v1.md)")
     for fw in registry.ADAPTERS:
         try:
             mod = registry.adapter(fw)
         except ImportError as e:
-            print(f"{fw:<9} adapter unavailable: {e}")
+            print(f"{fw:<10} adapter unavailable: {e}")
             continue
         installed = importlib.util.find_spec(mod.FRAMEWORK_MODULE) is not None
         for fmt in mod.FORMATS:
             rw = "+".join(x for x, ok in (("read", fmt.reads), ("write", fmt.writes)) if ok)
-            print(f"{fw:<9} {fmt.name:<20} {', '.join(fmt.extensions) or '(' + fmt.layout + ')':<28} {rw:<10} "
+            print(f"{fw:<10} {fmt.name:<22} {', '.join(fmt.extensions) or '(' + fmt.layout + ')':<28} {rw:<10} "
                   f"no framework needed; {fmt.description}")
-        print(f"{'':<9} in-memory models (from_model/to_model): {'available' if installed else 'needs ' + mod.PIP_NAME}")
+        print(f"{'':<10} in-memory models (from_model/to_model): {'available' if installed else 'needs pip install ' + mod.PIP_NAME}")
     return 0
 
 
