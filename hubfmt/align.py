@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .checkpoint import Checkpoint
@@ -174,12 +175,7 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     decided: dict[int, tuple[int, str, float, str]] = {}    # source index -> (target index, op, confidence, evidence)
     taken: set[int] = set()
 
-    sig_count_s: dict[tuple, int] = {}
-    sig_count_t: dict[tuple, int] = {}
-    for s in S:
-        sig_count_s[signature(s)] = sig_count_s.get(signature(s), 0) + 1
-    for t in T:
-        sig_count_t[signature(t)] = sig_count_t.get(signature(t), 0) + 1
+    sig_count_s, sig_count_t = Counter(map(signature, S)), Counter(map(signature, T))
 
     t_by_path = {t.path: t for t in T}
     for s in S:
@@ -215,11 +211,10 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
             return None
         return 0.0
 
-    ambiguous: dict[int, list[int]] = {}     # source index -> candidate target indices
-    involved: set[int] = set()                # target indices among those candidates
-    # (weight layers sort before "rest", so a norm's anchor is decided before the norm is aligned)
+    # Groups in sorted order: "affine" before "rest", so a norm's anchor is decided first.
     for use_anchors in (True, False):
-        ambiguous, involved = {}, set()
+        ambiguous: dict[int, list[int]] = {}     # source index -> candidate target indices
+        involved: set[int] = set()                # target indices among those candidates
         for group in sorted({group_of(x) for x in S + T}):
             align_rounds(group, S, T, decided, taken, ambiguous, involved, context, sig_count_s, sig_count_t,
                           "" if use_anchors else " (second pass, conv-norm adjacency ignored)")
@@ -236,8 +231,16 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
 
     left_s = [s for s in S if s.index not in decided and s.index not in ambiguous]
     left_t = [t for t in T if t.index not in taken and t.index not in involved]
+    _report_leftovers(left_s, left_t, report)
+    return Alignment(tmpl, mapping, matches, report, source_label, template_label,
+                     {s.path: len(s.required) for s in S})
+
+
+def _report_leftovers(left_s: list[Layer], left_t: list[Layer], report: Report) -> None:
+    """Layers nothing matched: same roles in order within a group -> "mismatch" (the shape
+    table); the rest "unexpected" (source) or "missing" (template)."""
     paired_s, paired_t = set(), set()
-    while True:   # rounds again, for orders that cross
+    while True:   # in rounds, for orders that cross
         pairs = []
         for group in sorted({group_of(x) for x in left_s + left_t}):
             gs = [s for s in left_s if group_of(s) == group and s.index not in paired_s]
@@ -248,10 +251,15 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
         for s, t in pairs:
             paired_s.add(s.index)
             paired_t.add(t.index)
-            for role in s.tensors:
-                if role in s.required and s.shapes[role] != t.shapes[role]:
-                    report.add("mismatch", s.tensors[role], f"-> {t.tensors[role]}: source {list(s.shapes[role])} "
-                                                            f"vs template {list(t.shapes[role])}")
+            differ = [r for r in s.tensors if r in s.required and s.shapes[r] != t.shapes[r]]
+            for role in differ:
+                report.add("mismatch", s.tensors[role], f"-> {t.tensors[role]}: source {list(s.shapes[role])} "
+                                                        f"vs template {list(t.shapes[role])}")
+            if not differ:   # it fits, but paired modules put the two in different places
+                for name in s.tensors.values():
+                    report.add("unexpected", name, f"fits {t.path} by shape, but not where the modules put it")
+                for name in t.tensors.values():
+                    report.add("missing", name, f"{s.path} fits by shape, but not where the modules put it")
     for s in left_s:
         if s.index not in paired_s:
             for name in s.tensors.values():
@@ -260,9 +268,6 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
         if t.index not in paired_t:
             for name in t.tensors.values():
                 report.add("missing", name, f"{t.describe()}: no source layer fits")
-
-    return Alignment(tmpl, mapping, matches, report, source_label, template_label,
-                     {s.path: len(s.required) for s in S})
 
 
 def _build(S, T, decided) -> tuple[Mapping, list[LayerMatch]]:
