@@ -148,7 +148,8 @@ def anchors(layers: list[Layer]) -> dict[int, int]:
     out = {}
     for a, b in zip(layers, layers[1:]):
         w = a.shapes.get("weight")
-        if a.family == "affine" and b.family == "norm" and w and b.shapes.get("weight", b.shapes.get("running_mean", (None,)))[:1] == w[:1]:
+        channels = b.shapes.get("weight") or b.shapes.get("running_mean")
+        if a.family == "affine" and b.family == "norm" and w and channels and channels[:1] == w[:1]:
             out[b.index] = a.index
     return out
 
@@ -236,7 +237,10 @@ def relaxed_pairs(S: list[Layer], T: list[Layer]) -> list[tuple[int, int]]:
     """Order-preserving pairs of layers with the same roles (shapes may differ), for the mismatch table."""
     n, m = len(S), len(T)
     F = [[0.0] * (m + 1) for _ in range(n + 1)]
-    ok = lambda s, t: s.required == t.required and s.family == t.family   # noqa: E731
+
+    def ok(s: Layer, t: Layer) -> bool:
+        return s.required == t.required and s.family == t.family
+
     for i in range(1, n + 1):
         for j in range(1, m + 1):
             F[i][j] = max(F[i - 1][j], F[i][j - 1])
