@@ -50,10 +50,6 @@ class Mapping:
 
     moves: list[Move] = field(default_factory=list)
 
-    def target_of(self) -> dict[str, str]:
-        """source name -> target name for the one-to-one rows (rename, conv1x1)."""
-        return {m.sources[0]: m.targets[0] for m in self.moves if m.op in ("", "conv1x1")}
-
     def inverse(self) -> "Mapping":
         """The table that undoes this one. Raises ConversionError when a row dropped data.
 
