@@ -181,7 +181,7 @@ def _info(src: Checkpoint, m: Move, name: str, tensor: LazyTensor, template: Che
     kind = first.kind
     if m.op == "conv1x1":
         kind = "conv2d" if len(tensor.shape) == 4 else "linear"
-    return dataclasses.replace(first, layer=layer, role=role, kind=kind, tied_to=None,
+    return dataclasses.replace(first, layer=layer, role=role, kind=kind, tied_to=first.tied_to if m.op == "" else None,
                                original_shape=first.original_shape if m.op == "" else None)
 
 
@@ -213,7 +213,9 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
 
     No tensor data is read. Tensor infos come from `template` where it names the tensor (so the
     destination writer sees the destination's kinds and native names), else from the source.
-    Source tensors the mapping does not mention are kept unchanged when `keep_unmapped`.
+    Source tensors the mapping does not mention are kept unchanged when `keep_unmapped`. Ties
+    (`info.tied_to`) follow renames; split/merged tensors and tensors described by a template are
+    stored untied (the template's ties say nothing about the source's data).
 
     >>> out = apply_mapping(ckpt, Mapping([Move(("fc.weight",), ("classifier.weight",))]))  # doctest: +SKIP
     """

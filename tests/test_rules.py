@@ -244,3 +244,15 @@ def test_module_imports_without_tomllib_and_says_what_is_needed():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("HubfmtError") and "pip install tomli" in out.stdout
     assert issubclass(ConversionError, HubfmtError)
+
+
+def test_ties_follow_the_rename():
+    src = Checkpoint()
+    emb = LazyTensor.from_array(RNG.standard_normal((10, 4)).astype(np.float32))
+    src.add("wte.weight", emb, TensorInfo(kind="embedding"))
+    src.add("lm_head.weight", emb, TensorInfo(kind="linear", tied_to="wte.weight"))
+    out = RuleSet.loads("[[rule]]\nglob = 'wte.*'\nreplace = 'embed_tokens.\\1'\n").apply(src)
+    assert out["lm_head.weight"].info.tied_to == "embed_tokens.weight"
+    assert out.stored_names() == ["embed_tokens.weight"]
+    both = RuleSet.loads("[[rule]]\nglob = '*.weight'\nreplace = 'model.\\1.weight'\n").apply(src)
+    assert both["model.lm_head.weight"].info.tied_to == "model.wte.weight"
