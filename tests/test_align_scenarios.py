@@ -244,6 +244,12 @@ def test_torch_efficientnet_to_mindspore(tmp_path):
     assert not_loaded == [] and unused == []
     got = net(ms.Tensor(X)).asnumpy()
     assert_same_outputs(got, _torch_out(model))
+    # The verification API across frameworks: torch with named intermediates, MindSpore final only.
+    from hubfmt.adapters.torch.verify import runner
+    from hubfmt.verify import verify
+
+    v = verify(runner(model), lambda x: {"output": net(ms.Tensor(x)).asnumpy()}, X)
+    assert v.ok and len(v.rows) == 1 and len(v.unpaired) > 20, v.to_text()
 
 
 # ---- TF1 UNet (name-based checkpoint bundle) -> PyTorch -------------------------------------
