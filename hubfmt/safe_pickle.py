@@ -275,6 +275,25 @@ class RestrictedUnpickler(pickle._Unpickler):
         self.opaque_classes.add(qual)
         return opaque_class(module, name)
 
+    def load(self):
+        """The unpickled object. Every failure is a FormatError naming the source (an
+        UnsafePickleError when the pickle asked for code), except MemoryError: a bounded input
+        must never cause one, so it stays visible as the bug it is."""
+        from .errors import FormatError, HubfmtError
+
+        try:
+            return super().load()
+        except HubfmtError as e:
+            if e.path is None:
+                raise type(e)(e.message, self._source) from None
+            raise
+        except MemoryError:
+            raise
+        except RecursionError:
+            raise FormatError("pickle nests too deeply", self._source) from None
+        except Exception as e:      # struct.error, EOFError, ValueError... from damaged bytes
+            raise FormatError(f"corrupt pickle: {type(e).__name__}: {e}", self._source) from None
+
     def persistent_load(self, pid):
         if self._persistent is None:
             raise UnsafePickleError("unexpected persistent id in the pickle", self._source)
@@ -307,8 +326,6 @@ def restricted_loads(data: bytes, **kwargs) -> Any:
         raise
     except RecursionError:
         raise FormatError("pickle nests too deeply", source) from None
-    except Exception as e:      # anything a damaged pickle makes the unpickler raise
-        raise FormatError(f"corrupt pickle: {type(e).__name__}: {e}", source) from None
 
 
 MAX_DEPTH = 200
