@@ -54,8 +54,13 @@ def _fsync_trees(paths: list[str]) -> None:
             _fsync_path(p)
         return
     from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=min(32, len(todo))) as pool:
-        list(pool.map(_fsync_path, todo))       # list(): re-raises the first failure
+    try:
+        with ThreadPoolExecutor(max_workers=min(16, len(todo))) as pool:
+            list(pool.map(_fsync_path, todo))   # list(): re-raises the first failure
+    except RuntimeError:
+        # No thread could start (a memory rlimit counts their stacks): one at a time.
+        for p in todo:
+            _fsync_path(p)
 
 
 def _remove(path: str) -> None:
