@@ -13,7 +13,9 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fuzz"))
 import harness  # noqa: E402
@@ -39,18 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     if a.seconds is None and a.examples is None:
         a.seconds = 60.0
     names = a.reader or list(harness.readers())
-    harness.readers()                 # import the adapters before measuring the baseline
+    samples_root = tempfile.mkdtemp(prefix="hubfmt-fuzz-samples-")
+    samples = {}
+    for i, name in enumerate(names):        # samples first: some need a framework's address space
+        d = os.path.join(samples_root, str(i))
+        os.makedirs(d)
+        samples[name] = harness.prepare(name, d)
     limit = (_vm_kb() * 1024) + a.memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     results = []
     for name in names:
-        s = harness.run(name, max_examples=a.examples, seconds=a.seconds, per_input_seconds=a.per_input_seconds)
+        s = harness.run(name, max_examples=a.examples, seconds=a.seconds, per_input_seconds=a.per_input_seconds,
+                        sample=samples[name])
         results.append(s)
         if not a.json:
             print(f"{name:<28} {s.executions:>8} executions  read {s.outcomes['read']:>6}  "
                   f"refused {s.outcomes['error']:>6}  unexpected {s.outcomes['unexpected']}", flush=True)
             for u in s.unexpected:
                 print(f"    {u}")
+    shutil.rmtree(samples_root, ignore_errors=True)
     if a.json:
         print(json.dumps([{"reader": s.reader, "executions": s.executions, "outcomes": dict(s.outcomes),
                            "unexpected": s.unexpected} for s in results]))

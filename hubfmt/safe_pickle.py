@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import struct
 import types
 from typing import Any, Callable, Mapping
 
@@ -240,6 +241,37 @@ COMMON_ALLOWED: dict[tuple[str, str], Callable] = {
 }
 
 
+_CHUNK = 1 << 20
+_MAX_LINE = 64 << 20
+
+
+class _BoundedReader:
+    """The unpickler's view of its stream: a length field can claim terabytes, but read(n) only
+    ever allocates what the stream actually holds (file.read(n) would allocate n bytes first),
+    and a text line stops at 64 MiB."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n <= _CHUNK:
+            return self._f.read(n)
+        parts = []
+        while n > 0:
+            part = self._f.read(min(n, _CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
+
+    def readline(self) -> bytes:
+        return self._f.readline(_MAX_LINE)
+
+    def readinto(self, b) -> int:
+        return self._f.readinto(b)
+
+
 _CALLABLE_TYPES = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType)
 
 
@@ -258,7 +290,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def __init__(self, file, *, allowed: Mapping[tuple[str, str], Callable] | None = None,
                  persistent_load: Callable[[Any], Any] | None = None, opaque: bool = False,
                  source: str = "pickle"):
-        super().__init__(file, encoding="latin1")
+        super().__init__(_BoundedReader(file), encoding="latin1")
         self._allowed = {**COMMON_ALLOWED, **(allowed or {})}
         self._persistent = persistent_load
         self._opaque = opaque
@@ -307,6 +339,16 @@ class RestrictedUnpickler(pickle._Unpickler):
         super().load_build()
 
     dispatch[pickle.BUILD[0]] = load_build
+
+    def load_bytearray8(self):
+        # Python's version allocates bytearray(claimed length) before reading: read first.
+        (n,) = struct.unpack("<Q", self.read(8))
+        data = self.read(n)
+        if len(data) != n:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(bytearray(data))
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
 
 def restricted_loads(data: bytes, **kwargs) -> Any:

@@ -197,16 +197,28 @@ def check_one(path: str, framework: str, per_input_seconds: float) -> str:
         signal.signal(signal.SIGALRM, old)
 
 
+def prepare(reader: str, sample_dir: str) -> str:
+    """Write `reader`'s sample checkpoint into the empty directory `sample_dir`; its path.
+    Separate from run() so a caller can make every sample (some with a framework, which needs
+    address space) before it lowers RLIMIT_AS for the fuzzing itself."""
+    return readers()[reader][1](sample_dir)
+
+
 def run(reader: str, *, max_examples: int | None = None, seconds: float | None = None,
-        per_input_seconds: float = 10.0, keep: int = 5) -> Stats:
-    """Fuzz one reader for `max_examples` inputs or `seconds` of wall time."""
-    framework, build = readers()[reader]
+        per_input_seconds: float = 10.0, keep: int = 5, sample: str | None = None) -> Stats:
+    """Fuzz one reader for `max_examples` inputs or `seconds` of wall time, mutating `sample`
+    (made by prepare(); by default made here)."""
+    framework = readers()[reader][0]
     stats = Stats(reader)
     work = tempfile.mkdtemp(prefix="hubfmt-fuzz-")
     try:
         sample_dir = os.path.join(work, "sample")
-        os.makedirs(sample_dir)
-        sample = build(sample_dir)
+        if sample is None:
+            os.makedirs(sample_dir)
+            sample = prepare(reader, sample_dir)
+        else:
+            shutil.copytree(os.path.dirname(sample), sample_dir)
+            sample = os.path.join(sample_dir, os.path.basename(sample))
         files = sample_files(sample)
         originals = {f: open(f, "rb").read() for f in files}
         assert check_one(sample, framework, 60) == "read", f"the unmutated {reader} sample does not read"

@@ -149,6 +149,9 @@ def resource_exhaustion() -> dict[str, bytes]:
     out["memo-index-2e31"] = b"\x80\x02]r" + struct.pack("<I", 0x7FFFFFF0) + b"."
     out["binbytes8-claims-1tb"] = b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"xx."
     out["binunicode8-claims-1tb"] = b"\x80\x04\x8d" + struct.pack("<Q", 2**40) + b"xx."
+    out["bytearray8-claims-1tb"] = b"\x80\x05\x96" + struct.pack("<Q", 2**40) + b"xx."
+    out["bytearray8-claims-2gb"] = b"\x80\x05\x96" + struct.pack("<Q", 2**31 + 12345) + b"xx."
+    out["long4-claims-2gb"] = b"\x80\x02\x8b" + struct.pack("<i", 2**31 - 1) + b"xx."
     out["frame-claims-1tb"] = b"\x80\x04\x95" + struct.pack("<Q", 2**40) + b"N."
     out["bytearray-of-1tb"] = _wrap(_global("builtins", "bytearray", 2) + b"(\x8a\x06" + (2**40).to_bytes(6, "little") + b"tR")
     # Two references to the same list at every level: 2**64 paths through 64 levels.
