@@ -26,42 +26,38 @@ import time
 
 import numpy as np
 
-from hubfmt import Checkpoint, LazyTensor, TensorInfo, convert, hubfile, registry
+from hubfmt import Checkpoint, LayerInfo, LazyTensor, TensorInfo, convert, hubfile, registry
 from hubfmt.cli import _size
 
-N_TENSORS = 177
 MiB = 2**20
 
 
 # ---- the checkpoint -------------------------------------------------------------------------
 
-def plan_shapes(total: int, n: int = N_TENSORS) -> list[tuple[str, str, tuple]]:
-    """(name, kind, shape) for `n` float32 tensors summing to about `total` bytes.
-
-    Shaped like a real network: 60 big linear/conv weights share 15/16 of the bytes (32 MiB each
-    at 2 GiB), the rest are smaller linear weights, biases and norms."""
-    big_n = 60
-    big = max(total * 15 // 16 // big_n // 4, 1)           # elements per big tensor
-    small_total = max(total // 16 // 4, n)                  # elements shared by the rest
+def plan_shapes(total: int) -> list[tuple[str, str, str, tuple]]:
+    """(name, kind, dtype, shape) for 177 tensors summing to about `total` bytes, shaped like a
+    network every format can hold: 60 conv/linear layers (weight + bias) share 15/16 of the bytes
+    (weights of 32 MiB at 2 GiB), 14 batch norms (weight, bias, running_mean, running_var) and
+    one num_batches_tracked the rest."""
+    big_n, norm_n = 60, 14
+    big = max(total * 15 // 16 // big_n // 4, 1)           # float32 elements per big weight
     out = []
     for i in range(big_n):
         if i % 3 == 0:                                     # conv2d [out, in, 3, 3]
             o = max(int((big / 9) ** 0.5), 1)
-            out.append((f"blocks.{i}.conv.weight", "conv2d", (o, max(big // (9 * o), 1), 3, 3)))
+            out.append((f"blocks.{i}.conv.weight", "conv2d", "float32", (o, max(big // (9 * o), 1), 3, 3)))
+            out.append((f"blocks.{i}.conv.bias", "conv2d", "float32", (o,)))
         else:                                              # linear [out, in]
             o = max(int(big ** 0.5) // 2, 1)
-            out.append((f"blocks.{i}.fc.weight", "linear", (o, max(big // o, 1))))
-    rest = n - big_n
-    weights = np.linspace(1.0, 3.0, rest)
-    sizes = np.maximum((weights / weights.sum() * small_total).astype(int), 1)
-    for j, k in enumerate(sizes):
-        if j % 3 == 0:
-            out.append((f"norms.{j}.weight", "batch_norm", (int(k),)))
-        elif j % 3 == 1:
-            out.append((f"heads.{j}.bias", "linear", (int(k),)))
-        else:
-            w = max(int(k) // 64, 1)
-            out.append((f"heads.{j}.weight", "linear", (w, 64)))
+            out.append((f"blocks.{i}.fc.weight", "linear", "float32", (o, max(big // o, 1))))
+            out.append((f"blocks.{i}.fc.bias", "linear", "float32", (o,)))
+    used = sum(int(np.prod(s)) for _, _, _, s in out) * 4
+    per_norm = max((total - used) // norm_n // 16, 1)      # 4 float32 vectors per norm
+    for j in range(norm_n):
+        c = max(int(per_norm * (0.5 + j / norm_n)), 1)
+        for role in ("weight", "bias", "running_mean", "running_var"):
+            out.append((f"norms.{j}.{role}", "batch_norm", "float32", (c,)))
+    out.append((f"norms.{norm_n - 1}.num_batches_tracked", "batch_norm", "int64", ()))
     return out
 
 
@@ -69,10 +65,14 @@ def synthetic_checkpoint(total: int) -> Checkpoint:
     """A lazy checkpoint: each tensor is generated when the writer asks for it."""
     ckpt = Checkpoint()
     ckpt.source.framework = "benchmark"
-    for i, (name, kind, shape) in enumerate(plan_shapes(total)):
-        def gen(i=i, shape=shape):
+    for i, (name, kind, dtype, shape) in enumerate(plan_shapes(total)):
+        def gen(i=i, shape=shape, dtype=dtype):
+            if dtype == "int64":
+                return np.full(shape, 1000, dtype=np.int64)
             return np.random.default_rng(i).standard_normal(shape, dtype=np.float32)
-        ckpt.add(name, LazyTensor(shape, "float32", gen), TensorInfo(kind=kind))
+        ckpt.add(name, LazyTensor(shape, dtype, gen), TensorInfo(kind=kind))
+    for j in range(14):
+        ckpt.layers[f"norms.{j}"] = LayerInfo("batch_norm", {"eps": 1e-5, "momentum": 0.1})
     return ckpt
 
 
