@@ -1,0 +1,451 @@
+"""The structure of Keras 3 weight files: where each layer's variables lie, without Keras.
+
+A `.weights.h5` file stores one group per saved object (model, layer, optimizer), each holding
+`vars/0..N`, the object's variables by position, and a `name` attribute (the layer name, Keras >=
+3.x). Items of a list (`Functional.layers`, a subclassed model's list attribute) are named by their
+snake_cased class and a counter (`conv2d`, `conv2d_1`); attributes by the attribute name (`conv1`,
+`cell`). A `.keras` file is a zip archive of `config.json` (every layer's class and configuration),
+`metadata.json` and `model.weights.h5`; Keras stores the members uncompressed, so the h5 bytes lie
+raw inside the zip and tensors can still be read (and copied) in place.
+
+`scan(path)` turns either file into a list of `VarGroup`s (one per object that owns variables)
+with each variable's shape, dtype and, when its bytes lie raw, its absolute offset in `path`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import struct
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hubfmt import dtypes
+from hubfmt.checkpoint import LazyTensor, region_tensor
+from hubfmt.errors import FormatError, MissingFrameworkError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+WEIGHTS_MEMBER = "model.weights.h5"     # Keras 3's name for the weights inside a .keras archive
+CONFIG_MEMBER = "config.json"
+METADATA_MEMBER = "metadata.json"
+MAX_JSON = 64 * 2**20                    # a larger config.json is damage, not a model
+MAX_GROUPS = 1_000_000                   # objects in one file: bounds the walk of a hostile file
+# Container-model classes: their `layers` list is saved as items named by class.
+MODEL_CLASSES = ("Functional", "Sequential", "Model")
+
+
+def h5py_module():
+    """h5py, or a one-line error saying how to get it (it is the `keras` extra)."""
+    try:
+        import h5py
+    except ImportError:
+        raise MissingFrameworkError("h5py", "h5py", "reading or writing Keras .weights.h5/.keras files") from None
+    return h5py
+
+
+def snake_case(class_name: str) -> str:
+    """The name Keras gives a list item of this class in a weights file: 'Conv2DTranspose' ->
+    'conv2d_transpose', 'BatchNormalization' -> 'batch_normalization', 'SimpleRNN' -> 'simple_rnn'."""
+    s = re.sub(r"\W+", "", class_name)
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", s)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
+
+
+def unique_names(class_names) -> list[str]:
+    """Keras's item names for a list of objects of these classes, in order (dense, dense_1, ...)."""
+    used: dict[str, int] = {}
+    out = []
+    for c in class_names:
+        base = snake_case(c)
+        if base in used:
+            used[base] += 1
+            out.append(f"{base}_{used[base]}")
+        else:
+            used[base] = 0
+            out.append(base)
+    return out
+
+
+@dataclass
+class Var:
+    """One stored variable: `path` is its h5 dataset path (`layers/conv2d/vars/0`)."""
+
+    path: str
+    shape: tuple
+    dtype: str
+    offset: int | None      # absolute offset of its raw little-endian bytes in the file, if contiguous
+
+
+@dataclass
+class VarGroup:
+    """An object that owns variables (a layer, an RNN cell, the optimizer, a subclassed model).
+
+    `object_path` is its h5 group (`layers/lstm`; for an RNN cell, the RNN layer that owns it),
+    `vars_path` the group holding its variables (`layers/lstm/cell/vars`), `module` the canonical
+    module path (layer names for list items, attribute names otherwise), `class_name` and `config`
+    from config.json when the file has one ("" / {} when not)."""
+
+    object_path: str
+    vars_path: str
+    module: str
+    layer_name: str = ""
+    class_name: str = ""
+    config: dict = field(default_factory=dict)
+    vars: list[Var] = field(default_factory=list)
+    from_cell: bool = False
+
+
+@dataclass
+class Store:
+    """What `scan` found: the file, its kind, the variable groups in model order, and the archive's
+    config/metadata (None for a bare .weights.h5)."""
+
+    path: str
+    format: str
+    groups: list[VarGroup]
+    config: dict | None = None
+    metadata: dict | None = None
+    optimizer: list[Var] = field(default_factory=list)
+    h5_start: int = 0
+
+
+class _Window(io.RawIOBase):
+    """A read-only file object over bytes [start, start+size) of a file: the h5 member of a zip."""
+
+    def __init__(self, f, start: int, size: int):
+        self._f, self._start, self._size, self._pos = f, start, size, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, pos, whence=0):
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, b):
+        n = max(0, min(len(b), self._size - self._pos))
+        if n == 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        b[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def is_hdf5(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
+def is_keras_archive(path: str) -> bool:
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+        return CONFIG_MEMBER in names and WEIGHTS_MEMBER in names
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def _member_data_offset(path: str, f, info: zipfile.ZipInfo, size: int) -> int:
+    """Where a stored (uncompressed) zip member's bytes start: after its local file header."""
+    f.seek(info.header_offset)
+    head = f.read(30)
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        raise FormatError(f"zip member {info.filename}: bad local header", path)
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.file_size > size:
+        raise FormatError(f"zip member {info.filename} ends past the end of the file ({size} bytes)", path)
+    return start
+
+
+def _read_json(path: str, z: zipfile.ZipFile, member: str) -> dict | None:
+    try:
+        info = z.getinfo(member)
+    except KeyError:
+        return None
+    if info.file_size > MAX_JSON:
+        raise FormatError(f"{member} is implausibly large ({info.file_size} bytes)", path)
+    try:
+        doc = json.loads(z.read(member).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError) as e:
+        raise FormatError(f"{member} is not valid JSON: {e}", path) from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"{member} is not a JSON object", path)
+    return doc
+
+
+@contextmanager
+def open_h5(path: str):
+    """(h5py.File, absolute offset of the h5 bytes in `path` (None when compressed), their size,
+    config, metadata) for a .weights.h5 file or a .keras archive; FormatError for anything else."""
+    h5py = h5py_module()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FormatError("no such file", path)
+    size = os.path.getsize(path)
+    if is_hdf5(path):
+        try:
+            h5 = h5py.File(path, "r")
+        except OSError as e:
+            raise FormatError(f"not a readable HDF5 file ({_h5_reason(e)})", path) from None
+        try:
+            yield h5, 0, size, None, None
+        finally:
+            h5.close()
+        return
+    if not zipfile.is_zipfile(path):
+        raise FormatError("neither an HDF5 .weights.h5 file nor a .keras zip archive", path)
+    try:
+        z = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise FormatError(f"damaged zip archive: {e}", path) from None
+    with z, open(path, "rb") as raw:
+        try:
+            info = z.getinfo(WEIGHTS_MEMBER)
+        except KeyError:
+            raise FormatError(f"zip archive without {WEIGHTS_MEMBER}: not a Keras 3 .keras file", path) from None
+        config = _read_json(path, z, CONFIG_MEMBER)
+        metadata = _read_json(path, z, METADATA_MEMBER)
+        if info.compress_type == zipfile.ZIP_STORED:
+            start = _member_data_offset(path, raw, info, size)
+            fobj = _Window(raw, start, info.file_size)
+        else:   # compressed: readable through zipfile (slower seeks), no in-place byte ranges
+            start = None
+            fobj = z.open(info)
+        try:
+            h5 = h5py.File(fobj, "r")
+        except (OSError, ValueError) as e:
+            raise FormatError(f"{WEIGHTS_MEMBER} in the archive is not a readable HDF5 file ({_h5_reason(e)})", path) from None
+        try:
+            yield h5, start, info.file_size, config, metadata
+        finally:
+            h5.close()
+
+
+def _h5_reason(e: Exception) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg[:200]
+
+
+def _dtype_of(ds, path: str, where: str) -> str:
+    dt = ds.dtype
+    if ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):   # Keras marks its opaque 2-byte bfloat16
+        if dt.itemsize != 2:
+            raise FormatError(f"{where}: marked bfloat16 but stored with {dt.itemsize}-byte elements", path)
+        return "bfloat16"
+    try:
+        return dtypes.name_of(dt)
+    except ValueError:
+        raise FormatError(f"{where}: unsupported dtype {dt}", path) from None
+
+
+def _var(ds, where: str, path: str, h5_start: int | None, limit: int) -> Var:
+    dt = _dtype_of(ds, path, where)
+    shape = tuple(int(d) for d in ds.shape) if ds.shape is not None else ()
+    offset = None
+    nbytes = dtypes.itemsize(dt) * int(np.prod(shape, dtype=np.int64))
+    native_le = ds.dtype.byteorder in ("<", "=", "|") and (ds.dtype.byteorder != "=" or np.little_endian)
+    if h5_start is not None and native_le and ds.chunks is None and ds.compression is None and nbytes:
+        off = ds.id.get_offset()
+        if off is not None:
+            if off < 0 or off + nbytes > limit:
+                raise FormatError(f"{where}: data at offset {off} (+{nbytes} bytes) lies past the end of the "
+                                  f"file ({limit} bytes): truncated", path)
+            offset = h5_start + off
+    return Var(where, shape, dt, offset)
+
+
+def _name_attr(group) -> str:
+    v = group.attrs.get("name") if "name" in group.attrs else None
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    return v if isinstance(v, str) else ""
+
+
+def config_by_path(config: dict | None) -> dict[str, dict]:
+    """h5 object path -> layer config entry ({"class_name", "config", ...}), by replaying how Keras
+    names the items of Functional/Sequential `layers` lists (Sequential leaves out its InputLayer)."""
+    out: dict[str, dict] = {}
+
+    def visit(entry, prefix):
+        if not isinstance(entry, dict):
+            return
+        cls = entry.get("class_name")
+        inner = entry.get("config")
+        if cls not in MODEL_CLASSES or not isinstance(inner, dict) or not isinstance(inner.get("layers"), list):
+            return
+        items = [e for e in inner["layers"] if isinstance(e, dict) and isinstance(e.get("class_name"), str)]
+        if cls == "Sequential":
+            items = [e for e in items if e["class_name"] != "InputLayer"]
+        for e, name in zip(items, unique_names(e["class_name"] for e in items)):
+            p = f"{prefix}layers/{name}"
+            out[p] = e
+            visit(e, p + "/")
+
+    if config:
+        out[""] = config
+        visit(config, "")
+    return out
+
+
+def scan(path: str) -> Store:
+    """The variable groups of a .weights.h5 file or a .keras archive, in model order.
+
+    >>> [g.module for g in scan("m.weights.h5").groups]          # doctest: +SKIP
+    ['conv', 'bn', 'lstm', 'head.d1']
+    """
+    path = os.fspath(path)
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    with open_h5(path) as (h5, start, limit, config, metadata):
+        fmt = "keras-archive" if config is not None else "keras-weights-h5"
+        if "layers" not in h5 and "vars" not in h5:
+            if "model_weights" in h5 or "layer_names" in h5.attrs:
+                raise FormatError("a legacy Keras 2 HDF5 file (layer_names/model_weights): hubfmt reads Keras 3 "
+                                  ".weights.h5 and .keras files; re-save it with Keras 3", path)
+            raise FormatError("HDF5 file without Keras 3 weights (no 'layers' or 'vars' group): not Keras weights", path)
+        configs = config_by_path(config)
+        walker = _Walker(h5, path, start, limit, configs)
+        walker.walk_object(h5["/"], "", "", True)
+        return Store(path, fmt, _model_order(walker.groups, configs), config, metadata, walker.optimizer, start or 0)
+
+
+class _Walker:
+    def __init__(self, h5, path, start, limit, configs):
+        self.h5, self.path, self.start, self.limit, self.configs = h5, path, start, limit, configs
+        self.groups: list[VarGroup] = []
+        self.optimizer: list[Var] = []
+        self.count = 0
+        self.Group = type(h5["/"])
+
+    def _vars(self, vg, vars_path) -> list[Var]:
+        items = []
+        for key in vg:
+            obj = vg[key]
+            where = f"{vars_path}/{key}"
+            if isinstance(obj, self.Group) or not key.isdigit():
+                raise FormatError(f"{where}: Keras variable groups hold datasets named 0..N only", self.path)
+            items.append((int(key), _var(obj, where, self.path, self.start, self.limit)))
+        items.sort(key=lambda kv: kv[0])
+        if [k for k, _ in items] != list(range(len(items))):
+            raise FormatError(f"{vars_path}: variables are not numbered 0..{len(items) - 1} "
+                              f"(found {', '.join(str(k) for k, _ in items)})", self.path)
+        return [v for _, v in items]
+
+    def walk_object(self, g, h5_path, module, is_root=False, cell_of: VarGroup | None = None):
+        """An object group (has or may have `vars`); its other children are attributes or lists."""
+        self.count += 1
+        if self.count > MAX_GROUPS:
+            raise FormatError(f"more than {MAX_GROUPS} groups: not a plausible Keras weights file", self.path)
+        vg = g.get("vars")
+        vars_path = f"{h5_path}/vars" if h5_path else "vars"
+        name = _name_attr(vg) if isinstance(vg, self.Group) else ""
+        entry = self.configs.get(h5_path, {})
+        cls, cfg = entry.get("class_name", ""), entry.get("config")
+        group = VarGroup(h5_path, vars_path, module, name, cls if isinstance(cls, str) else "",
+                         cfg if isinstance(cfg, dict) else {})
+        if isinstance(vg, self.Group):
+            group.vars = self._vars(vg, vars_path)
+        if cell_of is not None:
+            # An RNN's cell: its variables are the RNN layer's (canonical names have no 'cell').
+            cell_cfg = cell_of.config.get("cell") if isinstance(cell_of.config.get("cell"), dict) else None
+            group.object_path, group.module, group.layer_name = cell_of.object_path, cell_of.module, cell_of.layer_name
+            group.class_name = (cell_cfg or {}).get("class_name") or cell_of.class_name
+            group.config = {**cell_of.config, **((cell_cfg or {}).get("config") or {})}
+            group.from_cell = True
+        if group.vars:
+            if h5_path == "optimizer" or h5_path.startswith("optimizer/"):
+                self.optimizer.extend(group.vars)
+            else:
+                self.groups.append(group)
+        for key in g:
+            if key == "vars":
+                continue
+            child = g[key]
+            child_path = f"{h5_path}/{key}" if h5_path else key
+            if not isinstance(child, self.Group):
+                raise FormatError(f"{child_path}: a dataset outside a 'vars' group: not Keras weights", self.path)
+            if is_root and key == "optimizer":
+                self.walk_object(child, child_path, "optimizer")
+            elif "vars" in child:
+                sub = _join(module, key)
+                if key == "cell" and not group.vars:
+                    self.walk_object(child, child_path, module, cell_of=group)
+                else:
+                    self.walk_object(child, child_path, sub)
+            else:
+                self.walk_list(child, child_path, module if key == "layers" else _join(module, key))
+
+    def walk_list(self, g, h5_path, module):
+        """A list's group: items named by class (`dense`, `dense_1`) or nested lists (`container`)."""
+        for key in g:
+            child = g[key]
+            child_path = f"{h5_path}/{key}"
+            if not isinstance(child, self.Group):
+                raise FormatError(f"{child_path}: a dataset outside a 'vars' group: not Keras weights", self.path)
+            if "vars" in child:
+                vg = child["vars"]
+                cfg = self.configs.get(child_path, {}).get("config")
+                name = cfg.get("name") if isinstance(cfg, dict) else None
+                if not isinstance(name, str):
+                    name = _name_attr(vg) if isinstance(vg, self.Group) else ""
+                self.walk_object(child, child_path, _join(module, _segment(name or key)))
+            else:
+                self.walk_list(child, child_path, _join(module, key))
+
+
+def _segment(name: str) -> str:
+    # Canonical module paths are '.'-separated: a '.' or '/' inside a layer name would split it.
+    return name.replace(".", "_").replace("/", "_")
+
+
+def _join(prefix: str, seg: str) -> str:
+    return f"{prefix}.{seg}" if prefix else seg
+
+
+def _model_order(groups: list[VarGroup], configs: dict) -> list[VarGroup]:
+    """Groups in the order the model declares its layers when config.json says it, else in the
+    order Keras wrote them (smallest data offset first: h5 lists names alphabetically)."""
+    rank = {p: i for i, p in enumerate(configs)}
+
+    def key(item):
+        i, g = item
+        offs = [v.offset for v in g.vars if v.offset is not None]
+        return (rank.get(g.object_path, len(rank)), min(offs) if offs else float("inf"), i)
+    return [g for _, g in sorted(enumerate(groups), key=key)]
+
+
+def lazy(store: Store, var: Var) -> LazyTensor:
+    """A LazyTensor for one variable: a byte range of the file when raw, else read through h5py."""
+    if var.offset is not None:
+        return region_tensor(store.path, var.offset, var.dtype, var.shape)
+    path, where, dt = store.path, var.path, var.dtype
+
+    def load():
+        with open_h5(path) as (h5, *_):
+            try:
+                a = h5[where][()]
+            except (OSError, KeyError, ValueError) as e:
+                raise FormatError(f"{where}: cannot read ({_h5_reason(e)})", path) from None
+        a = np.asarray(a)
+        if dt == "bfloat16":
+            return np.ascontiguousarray(a).view("<u2").reshape(var.shape)
+        return np.ascontiguousarray(a, dtype=dtypes.storage_dtype(dt))
+    return LazyTensor(var.shape, dt, load)
