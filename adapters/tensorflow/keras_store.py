@@ -412,8 +412,9 @@ class _Walker:
 
 
 def _segment(name: str) -> str:
-    # Canonical module paths are '.'-separated: a '.' or '/' inside a layer name would split it.
-    return name.replace(".", "_").replace("/", "_")
+    # A '.' in a layer name (one hubfmt wrote for "features.0") stays: it splits the module path
+    # the same way. Keras forbids '/' in names; a hostile file's '/' must not make a path.
+    return name.replace("/", "_")
 
 
 def _join(prefix: str, seg: str) -> str:

@@ -1,0 +1,240 @@
+"""Where each canonical layer goes in a Keras 3 weights file: the plan the writer follows.
+
+A `Target` is one Keras variable group (`layers/conv2d/vars`) with the class that reads it. Targets
+come from a template (a .keras archive, a .weights.h5 of the destination, or a live model saved to
+a temporary .keras), matched to the checkpoint's layers by name, else by order when the layer
+kinds and counts agree; or, without a template, by rule: the h5 paths the checkpoint came from
+(`original_name`, when it was read from a Keras file), else Keras's list-item names
+(`layers/<snake class>[_n]`) in checkpoint order, the layer name being the canonical module path.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+
+from hubfmt.checkpoint import Checkpoint
+from hubfmt.errors import ConversionError, HubfmtError
+from hubfmt.report import Report
+
+from . import keras_classes, keras_store, semantics
+
+_VAR_PATH = re.compile(r"^(?:(.*)/)?vars/(\d+)$")
+# Universal position order of Keras leaves: every known class stores a subset in this order.
+LEAF_ORDER = ("kernel", "depthwise_kernel", "pointwise_kernel", "recurrent_kernel", "embeddings", "bias",
+              "gamma", "beta", "moving_mean", "moving_variance")
+
+
+@dataclass
+class CanonLayer:
+    """One destination Keras layer's canonical tensors: roles relative to `module` -> entry name."""
+
+    module: str
+    kind: str                     # canonical kind, 'separable_conv2d', or 'tensor' (kept by position)
+    roles: dict[str, str] = field(default_factory=dict)
+
+    def vars_hint(self, ckpt: Checkpoint) -> str | None:
+        """The Keras vars group every tensor came from, when they agree (read from a Keras file)."""
+        groups = set()
+        for name in self.roles.values():
+            m = _VAR_PATH.match(ckpt.entries[name].info.original_name or "")
+            if not m:
+                return None
+            groups.add(m.group(1) or "")
+        return groups.pop() if len(groups) == 1 else None
+
+
+@dataclass
+class Target:
+    vars_path: str                # "layers/lstm/cell/vars"
+    module: str                   # canonical module path the template gives this layer
+    class_name: str
+    config: dict = field(default_factory=dict)
+    shapes: list[tuple] = field(default_factory=list)   # template's variable shapes (None: by rule)
+    layer_name: str = ""
+    parents: dict[str, str] = field(default_factory=dict)   # object group -> name attribute to write
+
+
+def canonical_layers(ckpt: Checkpoint, report: Report, *, strict: bool) -> list[CanonLayer]:
+    """Group the checkpoint's entries into destination layers, in checkpoint order."""
+    layers: dict[str, CanonLayer] = {}
+    for name, e in ckpt.entries.items():
+        info = e.info
+        if info.role == "num_batches_tracked":
+            report.add("dropped", name, "Keras BatchNormalization has no num_batches_tracked")
+            continue
+        if info.kind == "tensor":
+            m = re.match(r"^(?:(.*)\.)?vars\.(\d+)$", name)
+            if not m:
+                if strict:
+                    raise ConversionError(f"{name}: a tensor of unknown kind with no Keras layer to hold it "
+                                          "(strict=False drops it)")
+                report.add("dropped", name, "unknown kind: no Keras layer holds it")
+                continue
+            layer = layers.setdefault("tensor:" + (m.group(1) or ""), CanonLayer(m.group(1) or "", "tensor"))
+            layer.roles[m.group(2)] = name
+            continue
+        module = info.layer
+        role = name[len(module) + 1:] if module and name.startswith(module + ".") else info.role
+        layer = layers.setdefault(module, CanonLayer(module, info.kind))
+        if layer.kind != info.kind:
+            raise ConversionError(f"layer {module} mixes kinds {layer.kind} and {info.kind}")
+        layer.roles[role] = name
+    return list(layers.values())
+
+
+def merge_separable(layers: list[CanonLayer], ckpt: Checkpoint, want: set[str] | None) -> list[CanonLayer]:
+    """`P.depthwise` + `P.pointwise` -> one SeparableConv2D `P` when the destination has one there
+    (`want`: modules the template makes SeparableConv2D), or, by rule, when both came from one."""
+    by_module = {layer.module: layer for layer in layers}
+    out, skip = [], set()
+    for layer in layers:
+        if layer.module in skip:
+            continue
+        parent, _, leaf = layer.module.rpartition(".")
+        other = by_module.get(f"{parent}.pointwise") if leaf == "depthwise" else None
+        if other and layer.kind == "depthwise_conv2d" and other.kind == "conv2d" and "bias" not in layer.roles:
+            merged = CanonLayer(parent, "separable_conv2d",
+                                {**{f"depthwise.{r}": n for r, n in layer.roles.items()},
+                                 **{f"pointwise.{r}": n for r, n in other.roles.items()}})
+            hint = merged.vars_hint(ckpt)
+            if (want is not None and parent in want) or (want is None and hint is not None):
+                out.append(merged)
+                skip.add(other.module)
+                continue
+        out.append(layer)
+    return out
+
+
+# ---- targets from a template ----------------------------------------------------------------
+
+def template_targets(template) -> tuple[list[Target], dict | None, dict | None]:
+    """(targets in model order, config.json, metadata.json) of a template: a path to a .keras or
+    .weights.h5 file, or a live Keras model (saved to a temporary .keras archive first)."""
+    if isinstance(template, (str, os.PathLike)):
+        store = keras_store.scan(os.fspath(template))
+    elif hasattr(template, "save") and hasattr(template, "layers"):
+        with tempfile.TemporaryDirectory(prefix="hubfmt-keras-") as d:
+            p = os.path.join(d, "template.keras")
+            template.save(p)
+            store = keras_store.scan(p)
+    else:
+        raise HubfmtError(f"template must be a .keras/.weights.h5 path or a Keras model, not {type(template).__name__}")
+    targets = []
+    for g in store.groups:
+        cls = g.class_name or keras_classes.infer_class(g)
+        parents = {}
+        if g.from_cell:
+            parents[g.object_path] = g.layer_name
+        targets.append(Target(g.vars_path, g.module, cls, g.config, [v.shape for v in g.vars], g.layer_name, parents))
+    return targets, store.config, store.metadata
+
+
+def target_kind(t: Target) -> str:
+    if t.class_name in keras_classes.KNOWN:
+        return semantics.KERAS_CLASS_KINDS[t.class_name]
+    return "tensor"
+
+
+def match(layers: list[CanonLayer], targets: list[Target], report: Report, *, strict: bool
+          ) -> list[tuple[CanonLayer, Target]]:
+    """Pair layers with template targets: by module path, else by order (same count and kinds)."""
+    by_module = {t.module: t for t in targets}
+    named = [(layer, by_module.get(layer.module)) for layer in layers]
+    if all(t is not None for _, t in named) and len({id(t) for _, t in named}) == len(targets):
+        return named
+    kinds_agree = len(layers) == len(targets) and all(
+        layer.kind == target_kind(t) for layer, t in zip(layers, targets))
+    if kinds_agree:
+        for layer, t in zip(layers, targets):
+            if layer.module != t.module:
+                report.add("renamed", layer.module, f"-> template layer {t.module} (matched by order and kind)")
+        return list(zip(layers, targets))
+    pairs = [(layer, t) for layer, t in named if t is not None]
+    used = {id(t) for _, t in pairs}
+    unexpected = [layer.module for layer, t in named if t is None]
+    missing = [t.module for t in targets if id(t) not in used]
+    for m in unexpected:
+        report.add("unexpected", m, "no layer of this name in the template")
+    for m in missing:
+        report.add("missing", m, "template layer with variables that the checkpoint does not fill")
+    if strict and (unexpected or missing):
+        detail = []
+        if unexpected:
+            detail.append(f"not in the template: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else ""))
+        if missing:
+            detail.append(f"not in the checkpoint: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
+        raise ConversionError(f"checkpoint layers ({len(layers)}) do not match the template's ({len(targets)}) by "
+                              f"name, nor by order and kind; {'; '.join(detail)}")
+    return pairs
+
+
+# ---- targets by rule ------------------------------------------------------------------------
+
+def rule_targets(layers: list[CanonLayer], ckpt: Checkpoint) -> list[tuple[CanonLayer, Target]]:
+    """Targets without a template: the Keras paths a layer was read from, else Keras's list-item
+    names under `layers/` in checkpoint order (a flat Functional/Sequential model)."""
+    hints = {id(layer): layer.vars_hint(ckpt) for layer in layers}
+    used = {h.rsplit("/vars", 1)[0] for h in hints.values() if h}
+    counters: dict[str, int] = {}
+    out = []
+    for layer in layers:
+        hint = hints[id(layer)]
+        if layer.kind == "tensor":
+            if hint is None:
+                raise ConversionError(f"{layer.module}: variables kept by position but their Keras path is unknown")
+            out.append((layer, Target(f"{hint}/vars" if hint else "vars", layer.module, "", {},
+                                      [], layer.module.rpartition(".")[2])))
+            continue
+        cls = keras_classes.CLASS_OF_KIND.get(layer.kind)
+        if cls is None:
+            raise ConversionError(f"{layer.module}: no Keras layer class for kind {layer.kind}")
+        rnn = layer.kind in keras_classes.RNN_KINDS
+        parents = {}
+        if hint is not None:
+            obj = hint[: -len("/cell")] if rnn and hint.endswith("/cell") else hint
+            vars_path = f"{hint}/vars" if hint else "vars"
+            parents = _object_names(obj, layer.module)
+        else:
+            base = keras_store.snake_case(cls)
+            while True:
+                n = counters.get(base, -1) + 1
+                counters[base] = n
+                obj = f"layers/{base}" + (f"_{n}" if n else "")
+                if obj not in used:
+                    break
+            used.add(obj)
+            vars_path = f"{obj}/cell/vars" if rnn else f"{obj}/vars"
+        name = parents.pop(obj, layer.module)
+        if rnn:
+            parents[obj] = name
+            name = f"{name}_cell"
+        out.append((layer, Target(vars_path, layer.module, cls, {}, [], name, parents)))
+    return out
+
+
+def _object_names(obj: str, module: str) -> dict[str, str]:
+    """Name attributes for the object groups along `obj` that the reader turns into module path
+    segments: list items under `layers` (nested models) and the layer itself."""
+    segs = obj.split("/") if obj else []
+    mods = module.split(".") if module else []
+    # A 'layers' segment is a model's list; every other segment is one module path segment.
+    objects = [i for i, s in enumerate(segs) if s != "layers"]
+    if len(objects) != len(mods):
+        return {obj: module}
+    out = {}
+    for i, m in zip(objects, mods):
+        if i == len(segs) - 1 or segs[i + 1] == "layers":
+            out["/".join(segs[: i + 1])] = m
+    return out
+
+
+def positions(t: Target, leaves_present: list[str]) -> list[str]:
+    """Leaf at each position of the target's vars group."""
+    if t.shapes and t.class_name in keras_classes.KNOWN:
+        try:
+            return keras_classes.leaves(t.class_name, t.config, t.shapes)[1]
+        except keras_classes.LayoutError as e:
+            raise ConversionError(f"template layer {t.module}: {e}") from None
+    return [leaf for leaf in LEAF_ORDER if leaf in leaves_present]

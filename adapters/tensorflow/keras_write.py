@@ -1,0 +1,182 @@
+"""Canonical -> Keras 3 `.weights.h5` / `.keras`, streaming and atomic, without Keras.
+
+The h5 skeleton (groups, `name` attributes, datasets) is laid out first with h5py, every dataset
+contiguous and allocated up front; then each tensor's bytes are streamed to its dataset's offset
+with write_tensor (a kernel copy when the source bytes already lie raw in a file), one tensor at a
+time. A `.keras` archive stores config.json, metadata.json and that h5 file, uncompressed, as
+Keras does; its config comes from the template or from the checkpoint (read from a .keras).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from hubfmt import dtypes
+from hubfmt.atomic import atomic_output
+from hubfmt.checkpoint import Checkpoint, LazyTensor
+from hubfmt.errors import ConversionError, HubfmtError
+from hubfmt.report import Report
+from hubfmt.streaming import write_tensor
+
+from . import keras_plan, keras_store, semantics
+
+
+@dataclass
+class _Dataset:
+    path: str             # "layers/conv2d/vars/0"
+    tensor: LazyTensor
+    dtype: str            # dtype written
+    source: str           # canonical name(s)
+
+
+def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, restore_dtype: bool = True,
+          template=None, strict: bool = True, **options) -> Report:
+    """Write `ckpt` as a Keras 3 weights file that `model.load_weights(path)` accepts.
+
+    `path` ending in `.keras` writes an archive (needs a config: a .keras or live-model template,
+    or a checkpoint read from a .keras). `template` (a .keras, a .weights.h5 of the destination
+    model, or a live Keras model) fixes the Keras paths and classes; layers match by name, else by
+    order. Without one, layers go where they were read from, else to Keras's default names for a
+    flat model in checkpoint order. strict=False writes what matches and reports the rest.
+
+    >>> write(read("torch_twin.safetensors"), "m.weights.h5", template=keras_model)   # doctest: +SKIP
+    """
+    if options:
+        raise TypeError(f"unknown write option(s) for Keras files: {', '.join(sorted(options))}")
+    path = os.fspath(path)
+    archive = path.endswith(".keras")
+    report = Report(stage="write")
+    layers = keras_plan.canonical_layers(ckpt, report, strict=strict)
+    config = metadata = None
+    if template is not None:
+        targets, config, metadata = keras_plan.template_targets(template)
+        separable = {t.module for t in targets if t.class_name == "SeparableConv2D"}
+        layers = keras_plan.merge_separable(layers, ckpt, separable)
+        pairs = keras_plan.match(layers, targets, report, strict=strict)
+    else:
+        layers = keras_plan.merge_separable(layers, ckpt, None)
+        pairs = keras_plan.rule_targets(layers, ckpt)
+    if archive:
+        config = config or ckpt.extra.get("keras_config")
+        metadata = metadata or ckpt.extra.get("keras_metadata")
+        if not isinstance(config, dict):
+            raise HubfmtError("a .keras archive needs the model's config.json: pass template= (a .keras file or a "
+                              "Keras model), or write a .weights.h5 instead", path)
+    datasets, parents = _datasets(ckpt, pairs, report, restore_dtype)
+    total = 0
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        h5_path = tmp + ".h5" if archive else tmp
+        try:
+            total = _write_h5(h5_path, datasets, parents, progress)
+            if archive:
+                _write_archive(tmp, h5_path, config, metadata)
+        finally:
+            if archive and os.path.exists(h5_path):
+                os.unlink(h5_path)
+    report.tensors_in = len(ckpt)
+    report.tensors_out = len(datasets)
+    report.bytes_out = total
+    return report
+
+
+def _datasets(ckpt: Checkpoint, pairs, report: Report, restore_dtype: bool):
+    datasets: list[_Dataset] = []
+    parents: dict[str, str] = {}
+    for layer, target in pairs:
+        canon = {role: ckpt.entries[name].tensor for role, name in layer.roles.items()}
+        if layer.kind == "tensor":
+            natives = [(f"{target.vars_path}/{int(role)}", role, canon[role]) for role in sorted(canon, key=int)]
+            if target.shapes and len(target.shapes) != len(natives):
+                raise ConversionError(f"{layer.module}: {len(natives)} variables, the template layer "
+                                      f"{target.module} has {len(target.shapes)}")
+            mapped = [(p, layer.roles[r], t, []) for p, r, t in natives]
+        else:
+            kind = layer.kind
+            attrs = dict(ckpt.layers[layer.module].attrs) if layer.module in ckpt.layers else {}
+            if kind == "separable_conv2d" and f"{layer.module}.depthwise" in ckpt.layers:
+                attrs = dict(ckpt.layers[f"{layer.module}.depthwise"].attrs)
+            leaves_t = keras_plan.positions(target, [])
+            native_shapes = dict(zip(leaves_t, target.shapes)) if target.shapes else None
+            try:
+                out = semantics.export_layer(kind, canon, attrs=attrs, native_shapes=native_shapes)
+            except ConversionError as e:
+                raise ConversionError(f"{layer.module}: {e.message}") from None
+            by_leaf = {m.name: m for m in out}
+            order = keras_plan.positions(target, list(by_leaf))
+            if set(order) != set(by_leaf):
+                raise ConversionError(f"{layer.module}: the checkpoint gives {', '.join(sorted(by_leaf))}, the Keras "
+                                      f"layer {target.module} ({target.class_name}) stores {', '.join(order)}")
+            mapped = []
+            for i, leaf in enumerate(order):
+                m = by_leaf[leaf]
+                first_role = m.source.split("+")[0]
+                src_name = layer.roles.get(first_role, "+".join(layer.roles.get(r, r) for r in m.source.split("+")))
+                if target.shapes and tuple(m.tensor.shape) != tuple(target.shapes[i]):
+                    raise ConversionError(f"{src_name}: shape {list(m.tensor.shape)} as Keras {leaf}, the template "
+                                          f"layer {target.module} has {list(target.shapes[i])}")
+                mapped.append((f"{target.vars_path}/{i}", src_name, m.tensor, m.events))
+        for h5path, src_name, tensor, events in mapped:
+            entry = ckpt.entries.get(src_name)
+            want = tensor.dtype
+            if restore_dtype and entry is not None and entry.info.original_dtype in dtypes.DTYPES:
+                want = entry.info.original_dtype
+            if want != tensor.dtype:
+                report.add("cast", h5path, f"{tensor.dtype}->{want} (original dtype restored)")
+            report.add("renamed", h5path, src_name)
+            for action, detail in events:
+                report.add(action, h5path, detail)
+            datasets.append(_Dataset(h5path, tensor, want, src_name))
+        parents.update({target.vars_path: target.layer_name})
+        parents.update({f"{obj}/vars": name for obj, name in target.parents.items()})
+    return datasets, parents
+
+
+def _write_h5(h5_path: str, datasets: list[_Dataset], names: dict[str, str], progress) -> int:
+    """Lay out the file with h5py (datasets allocated, not filled), then stream the bytes in."""
+    h5py = keras_store.h5py_module()
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)     # offsets known now; bytes come later
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)        # no zeros written first
+    offsets = []
+    with h5py.File(h5_path, "w") as h5:
+        for vars_path, name in names.items():
+            g = h5.require_group(vars_path)
+            if name:
+                g.attrs["name"] = name
+        for d in datasets:
+            np_dtype = np.dtype("V2") if d.dtype == "bfloat16" else dtypes.storage_dtype(d.dtype)
+            ds = h5.create_dataset(d.path, shape=d.tensor.shape, dtype=np_dtype, dcpl=dcpl)
+            if d.dtype == "bfloat16":
+                ds.attrs["dtype"] = "bfloat16"     # how Keras marks bfloat16 (opaque 2-byte elements)
+            offsets.append(ds.id.get_offset())
+    total = 0
+    with open(h5_path, "r+b") as f:
+        for d, off in zip(datasets, offsets):
+            t = d.tensor
+            n = dtypes.itemsize(d.dtype) * int(np.prod(t.shape, dtype=np.int64))
+            if n:
+                if off is None:
+                    raise HubfmtError(f"{d.path}: HDF5 allocated no storage for a non-empty dataset", h5_path)
+                f.seek(off)
+                written = write_tensor(f, t, d.dtype)
+                if written != n:
+                    raise ConversionError(f"{d.source}: wrote {written} bytes for {d.path}, expected {n}")
+                total += written
+            if progress:
+                progress.update(n)
+    return total
+
+
+def _write_archive(tmp: str, h5_path: str, config: dict, metadata: dict | None) -> None:
+    meta = dict(metadata or {})
+    meta.setdefault("keras_version", "3")
+    meta["date_saved"] = datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr(keras_store.METADATA_MEMBER, json.dumps(meta))
+        z.writestr(keras_store.CONFIG_MEMBER, json.dumps(config))
+        z.write(h5_path, keras_store.WEIGHTS_MEMBER)
