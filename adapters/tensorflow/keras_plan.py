@@ -144,12 +144,23 @@ def match(layers: list[CanonLayer], targets: list[Target], report: Report, *, st
     named = [(layer, by_module.get(layer.module)) for layer in layers]
     if all(t is not None for _, t in named) and len({id(t) for _, t in named}) == len(targets):
         return named
+    # Names agree for most layers: pair the rest in order when their kinds agree (a subclassed
+    # model's attribute can be saved under its layer name: Keras saves `layers/<class>` first).
+    used = {id(t) for _, t in named if t is not None}
+    rest_l = [layer for layer, t in named if t is None]
+    rest_t = [t for t in targets if id(t) not in used]
+    if len(rest_l) == len(rest_t) and len(rest_l) < len(layers) and all(
+            layer.kind == target_kind(t) for layer, t in zip(rest_l, rest_t)):
+        fill = dict(zip(map(id, rest_l), rest_t))
+        for layer, t in zip(rest_l, rest_t):
+            report.add("renamed", layer.module, f"-> destination layer {t.module} (matched by order and kind)")
+        return [(layer, t if t is not None else fill[id(layer)]) for layer, t in named]
     kinds_agree = len(layers) == len(targets) and all(
         layer.kind == target_kind(t) for layer, t in zip(layers, targets))
     if kinds_agree:
         for layer, t in zip(layers, targets):
             if layer.module != t.module:
-                report.add("renamed", layer.module, f"-> template layer {t.module} (matched by order and kind)")
+                report.add("renamed", layer.module, f"-> destination layer {t.module} (matched by order and kind)")
         return list(zip(layers, targets))
     pairs = [(layer, t) for layer, t in named if t is not None]
     used = {id(t) for _, t in pairs}
@@ -238,3 +249,43 @@ def positions(t: Target, leaves_present: list[str]) -> list[str]:
         except keras_classes.LayoutError as e:
             raise ConversionError(f"template layer {t.module}: {e}") from None
     return [leaf for leaf in LEAF_ORDER if leaf in leaves_present]
+
+
+def exports(ckpt: Checkpoint, pairs: list[tuple[CanonLayer, Target]]):
+    """Each destination variable: (target, position, canonical source name, lazy native tensor,
+    report events), shapes checked against the template's when it gave them."""
+    for layer, target in pairs:
+        canon = {role: ckpt.entries[name].tensor for role, name in layer.roles.items()}
+        if layer.kind == "tensor":
+            roles = sorted(canon, key=int)
+            if target.shapes and len(target.shapes) != len(roles):
+                raise ConversionError(f"{layer.module}: {len(roles)} variables, the template layer "
+                                      f"{target.module} has {len(target.shapes)}")
+            for i, role in enumerate(roles):
+                _check_shape(layer.roles[role], canon[role], target, i, f"vars/{i}")
+                yield target, i, layer.roles[role], canon[role], []
+            continue
+        attrs = dict(ckpt.layers[layer.module].attrs) if layer.module in ckpt.layers else {}
+        if layer.kind == "separable_conv2d" and f"{layer.module}.depthwise" in ckpt.layers:
+            attrs = dict(ckpt.layers[f"{layer.module}.depthwise"].attrs)
+        native_shapes = dict(zip(positions(target, []), target.shapes)) if target.shapes else None
+        try:
+            out = semantics.export_layer(layer.kind, canon, attrs=attrs, native_shapes=native_shapes)
+        except ConversionError as e:
+            raise ConversionError(f"{layer.module}: {e.message}") from None
+        by_leaf = {m.name: m for m in out}
+        order = positions(target, list(by_leaf))
+        if set(order) != set(by_leaf):
+            raise ConversionError(f"{layer.module}: the checkpoint gives {', '.join(sorted(by_leaf))}, the Keras "
+                                  f"layer {target.module} ({target.class_name}) stores {', '.join(order)}")
+        for i, leaf in enumerate(order):
+            m = by_leaf[leaf]
+            src_name = layer.roles.get(m.source.split("+")[0], layer.module)
+            _check_shape(src_name, m.tensor, target, i, leaf)
+            yield target, i, src_name, m.tensor, m.events
+
+
+def _check_shape(src_name: str, tensor, target: Target, i: int, leaf: str) -> None:
+    if target.shapes and tuple(tensor.shape) != tuple(target.shapes[i]):
+        raise ConversionError(f"{src_name}: shape {list(tensor.shape)} as Keras {leaf}, the destination "
+                              f"layer {target.module} has {list(target.shapes[i])}")

@@ -23,7 +23,7 @@ from hubfmt.errors import ConversionError, HubfmtError
 from hubfmt.report import Report
 from hubfmt.streaming import write_tensor
 
-from . import keras_plan, keras_store, semantics
+from . import keras_plan, keras_store
 
 
 @dataclass
@@ -87,51 +87,20 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
 def _datasets(ckpt: Checkpoint, pairs, report: Report, restore_dtype: bool):
     datasets: list[_Dataset] = []
     parents: dict[str, str] = {}
-    for layer, target in pairs:
-        canon = {role: ckpt.entries[name].tensor for role, name in layer.roles.items()}
-        if layer.kind == "tensor":
-            natives = [(f"{target.vars_path}/{int(role)}", role, canon[role]) for role in sorted(canon, key=int)]
-            if target.shapes and len(target.shapes) != len(natives):
-                raise ConversionError(f"{layer.module}: {len(natives)} variables, the template layer "
-                                      f"{target.module} has {len(target.shapes)}")
-            mapped = [(p, layer.roles[r], t, []) for p, r, t in natives]
-        else:
-            kind = layer.kind
-            attrs = dict(ckpt.layers[layer.module].attrs) if layer.module in ckpt.layers else {}
-            if kind == "separable_conv2d" and f"{layer.module}.depthwise" in ckpt.layers:
-                attrs = dict(ckpt.layers[f"{layer.module}.depthwise"].attrs)
-            leaves_t = keras_plan.positions(target, [])
-            native_shapes = dict(zip(leaves_t, target.shapes)) if target.shapes else None
-            try:
-                out = semantics.export_layer(kind, canon, attrs=attrs, native_shapes=native_shapes)
-            except ConversionError as e:
-                raise ConversionError(f"{layer.module}: {e.message}") from None
-            by_leaf = {m.name: m for m in out}
-            order = keras_plan.positions(target, list(by_leaf))
-            if set(order) != set(by_leaf):
-                raise ConversionError(f"{layer.module}: the checkpoint gives {', '.join(sorted(by_leaf))}, the Keras "
-                                      f"layer {target.module} ({target.class_name}) stores {', '.join(order)}")
-            mapped = []
-            for i, leaf in enumerate(order):
-                m = by_leaf[leaf]
-                first_role = m.source.split("+")[0]
-                src_name = layer.roles.get(first_role, "+".join(layer.roles.get(r, r) for r in m.source.split("+")))
-                if target.shapes and tuple(m.tensor.shape) != tuple(target.shapes[i]):
-                    raise ConversionError(f"{src_name}: shape {list(m.tensor.shape)} as Keras {leaf}, the template "
-                                          f"layer {target.module} has {list(target.shapes[i])}")
-                mapped.append((f"{target.vars_path}/{i}", src_name, m.tensor, m.events))
-        for h5path, src_name, tensor, events in mapped:
-            entry = ckpt.entries.get(src_name)
-            want = tensor.dtype
-            if restore_dtype and entry is not None and entry.info.original_dtype in dtypes.DTYPES:
-                want = entry.info.original_dtype
-            if want != tensor.dtype:
-                report.add("cast", h5path, f"{tensor.dtype}->{want} (original dtype restored)")
-            report.add("renamed", h5path, src_name)
-            for action, detail in events:
-                report.add(action, h5path, detail)
-            datasets.append(_Dataset(h5path, tensor, want, src_name))
-        parents.update({target.vars_path: target.layer_name})
+    for target, index, src_name, tensor, events in keras_plan.exports(ckpt, pairs):
+        h5path = f"{target.vars_path}/{index}"
+        entry = ckpt.entries.get(src_name)
+        want = tensor.dtype
+        if restore_dtype and entry is not None and entry.info.original_dtype in dtypes.DTYPES:
+            want = entry.info.original_dtype
+        if want != tensor.dtype:
+            report.add("cast", h5path, f"{tensor.dtype}->{want} (original dtype restored)")
+        report.add("renamed", h5path, src_name)
+        for action, detail in events:
+            report.add(action, h5path, detail)
+        datasets.append(_Dataset(h5path, tensor, want, src_name))
+    for _, target in pairs:
+        parents[target.vars_path] = target.layer_name
         parents.update({f"{obj}/vars": name for obj, name in target.parents.items()})
     return datasets, parents
 
