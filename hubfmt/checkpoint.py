@@ -49,7 +49,8 @@ class LazyTensor:
     @classmethod
     def from_array(cls, array: np.ndarray, dtype: str | None = None) -> "LazyTensor":
         name = dtype or dtypes.name_of(array.dtype)
-        arr = np.ascontiguousarray(array, dtype=dtypes.storage_dtype(name))
+        # ascontiguousarray turns a 0-d array into shape (1,): reshape keeps scalars scalars.
+        arr = np.ascontiguousarray(array, dtype=dtypes.storage_dtype(name)).reshape(np.shape(array))
         return cls(arr.shape, name, lambda: arr)
 
     @property
@@ -66,7 +67,8 @@ class LazyTensor:
             arr = arr.astype(want)
         if tuple(arr.shape) != self.shape:
             arr = arr.reshape(self.shape)
-        return np.ascontiguousarray(arr)
+        # ascontiguousarray turns a 0-d array into shape (1,): reshape keeps scalars scalars.
+        return np.ascontiguousarray(arr).reshape(self.shape)
 
     def map(self, fn: Callable[[np.ndarray], np.ndarray], shape, dtype: str | None = None) -> "LazyTensor":
         """A new LazyTensor whose data is fn(self.load()); `shape`/`dtype` describe the result."""

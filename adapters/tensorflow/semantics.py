@@ -78,8 +78,11 @@ KERAS_CLASS_KINDS = {
 # Kinds import_layer/export_layer know beyond hubfmt.layouts.KINDS (they map onto canonical kinds).
 PSEUDO_KINDS = frozenset({"separable_conv2d", "tf1_lstm"})
 # Native leaf aliases (TF1 slim / contrib names) -> the Keras-style leaf this module speaks.
+# Keras 3 tracks Dense/Conv kernels as the attribute `_kernel` (TF2 object paths show it).
 LEAF_ALIASES = {"weights": "kernel", "biases": "bias", "depthwise_weights": "depthwise_kernel",
-                "pointwise_weights": "pointwise_kernel"}
+                "pointwise_weights": "pointwise_kernel", "_kernel": "kernel",
+                "_depthwise_kernel": "depthwise_kernel", "_pointwise_kernel": "pointwise_kernel",
+                "_embeddings": "embeddings"}
 _NORM_LEAVES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
                 "moving_variance": "running_var"}
 _RNN_GATES = {"lstm": ("ifgo", "ifgo"), "gru": ("zrn", "rzn"), "rnn": ("", ""), "tf1_lstm": ("igfo", "ifgo")}
@@ -333,12 +336,16 @@ def export_layer(kind: str, canon: dict[str, LazyTensor], *, attrs: dict | None 
         _opt(out, canon, "bias", "bias", kind)
         _no_extra(canon, {"weight", "bias"}, kind)
     elif kind == "depthwise_conv2d":
-        out.append(_depthwise_out(_need(canon, "weight", kind), attrs, shapes.get("depthwise_kernel"), "depthwise_kernel"))
+        # Keras 3 DepthwiseConv2D names its kernel `kernel`
+        native = shapes.get("depthwise_kernel", shapes.get("kernel"))
+        out.append(_depthwise_out(_need(canon, "weight", kind), attrs, native, "depthwise_kernel"))
         _opt(out, canon, "bias", "bias", kind)
         _no_extra(canon, {"weight", "bias"}, kind)
     elif kind == "separable_conv2d":
-        out.append(_depthwise_out(_need(canon, "depthwise.weight", kind), attrs, shapes.get("depthwise_kernel"),
-                                  "depthwise_kernel"))
+        dw = _depthwise_out(_need(canon, "depthwise.weight", kind), attrs, shapes.get("depthwise_kernel"),
+                            "depthwise_kernel")
+        dw.source = "depthwise.weight"
+        out.append(dw)
         pw = _kernel_out("conv2d", _need(canon, "pointwise.weight", kind), "pointwise_kernel")
         pw.source = "pointwise.weight"
         out.append(pw)

@@ -1,0 +1,105 @@
+"""CRC-32C (Castagnoli), the checksum of LevelDB tables and TensorFlow checkpoint bundles, in numpy.
+
+A CRC is sequential, so one stream runs at Python speed (a table lookup per byte). For long inputs
+we cut the data into many equal lanes, run all lanes at once as numpy vectors (slicing-by-4: one
+step eats four bytes per lane) and chain the lane CRCs with one precomputed linear map, "shift the
+register over L zero bytes", applied as four 256-entry tables. That gives hundreds of MB/s.
+
+>>> hex(crc32c(b"123456789"))
+'0xe3069283'
+>>> unmask(mask(0x12345678)) == 0x12345678
+True
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_POLY = 0x82F63B78            # reflected Castagnoli polynomial
+_MASK_DELTA = 0xA282EAD8
+_LANES = 4096                 # vector width for long inputs
+_LONG = 1 << 16               # inputs from this size use lanes
+
+
+def _byte_table() -> np.ndarray:
+    t = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        t = np.where(t & 1, (t >> 1) ^ np.uint32(_POLY), t >> 1).astype(np.uint32)
+    return t
+
+
+_T0 = _byte_table()
+# slicing-by-4 tables: _TS[k][b] is the register after byte b followed by k zero bytes
+_TS = [_T0]
+for _k in range(3):
+    _prev = _TS[-1]
+    _TS.append((_T0[_prev & 0xFF] ^ (_prev >> 8)).astype(np.uint32))
+_T0_LIST = _T0.tolist()
+
+
+def _raw_bytes(data: bytes | memoryview, reg: int) -> int:
+    """Advance the (unconditioned) register over `data`, one byte at a time."""
+    t = _T0_LIST
+    for b in bytes(data):
+        reg = t[(reg ^ b) & 0xFF] ^ (reg >> 8)
+    return reg
+
+
+def _shift_tables(nbytes: int) -> list[np.ndarray]:
+    """Tables for the linear map reg -> register after `nbytes` zero bytes (from state reg)."""
+    images = _lanes(np.zeros((32, nbytes), dtype=np.uint8), np.array([1 << b for b in range(32)], dtype=np.uint32))
+    tables = []
+    for byte_pos in range(4):
+        vals = np.arange(256, dtype=np.uint32)
+        acc = np.zeros(256, dtype=np.uint32)
+        for b in range(8):
+            acc ^= np.where((vals >> b) & 1, images[byte_pos * 8 + b], np.uint32(0)).astype(np.uint32)
+        tables.append(acc)
+    return tables
+
+
+def _lanes(block: np.ndarray, regs: np.ndarray) -> np.ndarray:
+    """Registers of each row of `block` (uint8 [lanes, L], L % 4 == 0) from starting `regs`."""
+    words = np.ascontiguousarray(block).view("<u4")
+    t0, t1, t2, t3 = _TS
+    reg = regs.astype(np.uint32).copy()
+    for j in range(words.shape[1]):
+        reg ^= words[:, j]
+        reg = t3[reg & 0xFF] ^ t2[(reg >> 8) & 0xFF] ^ t1[(reg >> 16) & 0xFF] ^ t0[reg >> 24]
+    return reg
+
+
+_SHIFT_CACHE: dict[int, list[np.ndarray]] = {}
+
+
+def _raw(data, reg: int) -> int:
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    n = buf.size
+    if n < _LONG:
+        return _raw_bytes(buf.tobytes(), reg)
+    # Lane length a power of two (so few shift tables are ever built), between _LANES and 2*_LANES lanes.
+    lane_len = 1 << ((n // _LANES).bit_length() - 1)
+    lanes = n // lane_len
+    body = lane_len * lanes
+    lane_regs = _lanes(buf[:body].reshape(lanes, lane_len), np.zeros(lanes, np.uint32))
+    tables = _SHIFT_CACHE.get(lane_len)
+    if tables is None:
+        tables = _SHIFT_CACHE.setdefault(lane_len, _shift_tables(lane_len))
+    s0, s1, s2, s3 = (t.tolist() for t in tables)
+    for lr in lane_regs.tolist():
+        reg = (s0[reg & 0xFF] ^ s1[(reg >> 8) & 0xFF] ^ s2[(reg >> 16) & 0xFF] ^ s3[reg >> 24]) ^ lr
+    return _raw_bytes(buf[body:].tobytes(), reg)
+
+
+def crc32c(data, crc: int = 0) -> int:
+    """CRC-32C of `data` (bytes-like or numpy array), continuing from `crc` (a previous result)."""
+    return _raw(data, crc ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+
+
+def mask(crc: int) -> int:
+    """LevelDB's masked form, stored wherever a CRC may itself be checksummed."""
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def unmask(masked: int) -> int:
+    rot = (masked - _MASK_DELTA) & 0xFFFFFFFF
+    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF

@@ -1,0 +1,272 @@
+"""A canonical Checkpoint -> TensorFlow variables (the naming half of the TF writer).
+
+Two ways to choose names:
+- by rule (`export_by_rule`): each canonical layer `a.b` becomes the scope `a/b` (or the scope of
+  the tensor's original TF name when it came from TF), its tensors the leaves semantics.export_layer
+  gives (kernel, bias, gamma, ...; TF1 slim leaves `weights`/`biases` are kept when the source
+  used them). A `<x>.depthwise` + `<x>.pointwise` pair is written as one separable conv `x`.
+  LSTMs become one fused TF1 cell (`kernel` [in+h,4h] + `bias`, forget_bias subtracted) when they
+  came from one, Keras-style `kernel`/`recurrent_kernel`/`bias` when they came from Keras, else
+  as `rnn_style` says ("tf1" by default).
+- after a template (`export_by_template`): a TF1 or TF2 checkpoint of the destination model. Its
+  variables are read with the same rules, so its canonical names say which tensor fills which key;
+  its kinds and shapes settle what a canonical tensor cannot say (depth multiplier, cell type).
+  Everything in the template that is not a weight (the TF2 object graph, save_counter, optimizer
+  state, global_step) is copied from it unchanged and reported, so TensorFlow's loaders accept
+  the result as they accept the template.
+
+>>> outs, report = export_by_rule(ckpt)             # doctest: +SKIP
+>>> [o.name for o in outs][:2]                       # doctest: +SKIP
+['conv1/kernel', 'conv1/bias']
+"""
+from __future__ import annotations
+
+from hubfmt.checkpoint import Checkpoint, LazyTensor
+from hubfmt.errors import ConversionError
+from hubfmt.report import Report
+
+from . import semantics
+from .bundle import DT_STRING, TF_DTYPE_CODES, Bundle, OutTensor
+from .tfimport import EMA, NativeLayer, import_variables
+
+# TF1 slim leaf names worth keeping on export (Keras 3's private `_kernel` is not a TF1 name).
+_TF1_ALIASES = {k for k in semantics.LEAF_ALIASES if not k.startswith("_")}
+
+
+def _target_dtype(dtype: str, original: str, restore: bool, name: str, rep: Report) -> str:
+    want = original if restore and original in TF_DTYPE_CODES else dtype
+    if want not in TF_DTYPE_CODES:
+        raise ConversionError(f"tensor {name!r}: dtype {want} cannot be stored in a TensorFlow checkpoint")
+    if want != dtype:
+        rep.add("cast", name, f"{dtype}->{want}")
+    return want
+
+
+def _groups(ckpt: Checkpoint, rep: Report) -> dict[str, dict[str, str]]:
+    """Canonical layer -> {role: canonical name}, in checkpoint order; separable pairs merged."""
+    groups: dict[str, dict[str, str]] = {}
+    for name, e in ckpt.entries.items():
+        if e.info.tied_to:
+            rep.add("tied", name, f"same tensor as {e.info.tied_to}: stored once")
+            continue
+        layer = e.info.layer if name.startswith(e.info.layer + ".") and e.info.layer else name.rpartition(".")[0]
+        groups.setdefault(layer, {})[name[len(layer) + 1:] if layer else name] = name
+    for layer in [g for g in groups if g.endswith(".depthwise")]:
+        parent = layer[: -len(".depthwise")]
+        pw = parent + ".pointwise"
+        dw_kind = ckpt.entries[groups[layer].get("weight", "")].info.kind if "weight" in groups[layer] else ""
+        pw_w = groups.get(pw, {}).get("weight")
+        if (dw_kind == "depthwise_conv2d" and pw_w and ckpt.entries[pw_w].tensor.shape[2:] == (1, 1)
+                and "bias" not in groups[layer] and parent not in groups):
+            merged = {f"depthwise.{r}": n for r, n in groups.pop(layer).items()}
+            merged.update({f"pointwise.{r}": n for r, n in groups.pop(pw).items()})
+            groups[parent] = merged
+    return groups
+
+
+def _layer_kind(ckpt: Checkpoint, roles: dict[str, str], kinds: dict, layer: str, rnn_style: str) -> str:
+    if layer in kinds:
+        return kinds[layer]
+    pseudo = semantics.kind_from_roles(roles)
+    if pseudo:
+        return pseudo
+    infos = [ckpt.entries[n].info for n in roles.values()]
+    kind = next((i.kind for i in infos if i.kind != "tensor"), "tensor")
+    if kind == "lstm":
+        wi, wh = roles.get("weight_ih_l0"), roles.get("weight_hh_l0")
+        oi = ckpt.entries[wi].info.original_name if wi else ""
+        oh = ckpt.entries[wh].info.original_name if wh else ""
+        if oi and oi == oh:
+            return "tf1_lstm"
+        if oi.rstrip("/").endswith("kernel") and oh.endswith("recurrent_kernel"):
+            return "lstm"
+        return "tf1_lstm" if rnn_style == "tf1" else "lstm"
+    return kind
+
+
+def _native_scope(ckpt: Checkpoint, layer: str, roles: dict[str, str]) -> str:
+    """The TF scope of a canonical layer: from the source's TF1 names when they are TF names."""
+    for name in roles.values():
+        orig = ckpt.entries[name].info.original_name
+        if "/" in orig and ".ATTRIBUTES" not in orig:
+            if orig.endswith("/" + EMA):
+                orig = orig[: -len(EMA) - 1]
+            return orig.rpartition("/")[0]
+    return layer.replace(".", "/")
+
+
+def _leaf(ckpt: Checkpoint, m: semantics.Mapped, roles: dict[str, str]) -> str:
+    """Keep the source's TF1 alias (weights/biases) of a leaf when it used one."""
+    src = roles.get(m.source.split("+")[0])
+    if src:
+        orig_leaf = ckpt.entries[src].info.original_name.rpartition("/")[2]
+        if orig_leaf in _TF1_ALIASES and semantics.LEAF_ALIASES[orig_leaf] == m.name:
+            return orig_leaf
+    return m.name
+
+
+def export_by_rule(ckpt: Checkpoint, *, restore_dtype: bool = True, kinds: dict | None = None,
+                   rnn_style: str = "tf1", forget_bias: float = semantics.TF1_FORGET_BIAS,
+                   strict: bool = True) -> tuple[list[OutTensor], Report]:
+    """Canonical -> TF variable names and layouts by rule (see module docstring)."""
+    rep = Report(stage="write")
+    kinds = kinds or {}
+    outs: list[OutTensor] = []
+    for layer, roles in _groups(ckpt, rep).items():
+        kind = _layer_kind(ckpt, roles, kinds, layer, rnn_style)
+        canon = {r: ckpt.entries[n].tensor for r, n in roles.items()}
+        if "num_batches_tracked" in canon:
+            rep.add("dropped", roles["num_batches_tracked"], "torch-only batch counter")
+            canon.pop("num_batches_tracked")
+        _bn_warning(ckpt, layer, kind, rep)
+        try:
+            mapped = semantics.export_layer(kind, canon, attrs=_attrs(ckpt, layer, forget_bias)) if kind != "tensor" else None
+        except ConversionError as e:
+            if strict:
+                raise ConversionError(f"layer {layer!r} ({kind}): {e.message}") from None
+            rep.add("warning", layer, f"written as plain tensors: {e.message}")
+            mapped = None
+        scope = _native_scope(ckpt, layer, roles)
+        if mapped is None:
+            for role, name in roles.items():
+                if role == "num_batches_tracked":
+                    continue
+                e = ckpt.entries[name]
+                native = f"{scope}/{role}" if layer else role
+                outs.append(OutTensor(native, e.tensor, _target_dtype(e.tensor.dtype, e.info.original_dtype,
+                                                                      restore_dtype, native, rep)))
+                rep.add("renamed", name, native)
+            continue
+        for m in mapped:
+            native = f"{scope}/{_leaf(ckpt, m, roles)}" if scope else m.name
+            first = roles[m.source.split("+")[0]]
+            info = ckpt.entries[first].info
+            outs.append(OutTensor(native, m.tensor, _target_dtype(m.tensor.dtype, info.original_dtype,
+                                                                  restore_dtype, native, rep)))
+            rep.add("renamed", "+".join(roles[s] for s in m.source.split("+")), native)
+            for action, detail in m.events:
+                rep.add(action, native, detail)
+    return outs, rep
+
+
+def _attrs(ckpt: Checkpoint, layer: str, forget_bias: float) -> dict:
+    attrs = {"forget_bias": forget_bias}
+    for sub in (layer, layer + ".depthwise"):
+        li = ckpt.layers.get(sub)
+        if li and li.kind == "depthwise_conv2d" and li.attrs.get("groups"):
+            attrs["groups"] = li.attrs["groups"]
+    return attrs
+
+
+def _bn_warning(ckpt: Checkpoint, layer: str, kind: str, rep: Report) -> None:
+    li = ckpt.layers.get(layer)
+    if kind != "batch_norm" or li is None:
+        return
+    eps = li.attrs.get("eps")
+    if eps is not None and abs(float(eps) - semantics.KERAS_BN_EPS) > 1e-12:
+        rep.add("warning", layer, f"batch-norm eps {eps:g} is not stored in TF checkpoints: build the TF layer "
+                f"with epsilon={eps:g} (TF default 1e-3)")
+
+
+def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: bool = True,
+                       forget_bias: float = semantics.TF1_FORGET_BIAS, kinds: dict | None = None,
+                       strict: bool = True) -> tuple[list[OutTensor], Report]:
+    """Fill a template checkpoint's keys from `ckpt` by canonical name (see module docstring)."""
+    from .objgraph import OBJECT_GRAPH_KEY, variable_paths
+
+    rep = Report(stage="write")
+    numeric = [(k, template.tensor(k) if e.dtype is not None and not e.sliced else None)
+               for k, e in template.entries.items()]
+    paths = variable_paths(template.strings(OBJECT_GRAPH_KEY)[0]) if OBJECT_GRAPH_KEY in template.entries else None
+    layers: list[NativeLayer] = []
+    tmpl = import_variables(numeric, paths=paths, layers_out=layers, forget_bias=forget_bias, kinds=kinds,
+                            strict=strict)
+    used: set[str] = set()
+    filled: dict[str, OutTensor] = {}
+    problems = []
+    for nl in layers:
+        _fill_layer(ckpt, nl, template, filled, used, rep, problems, restore_dtype, forget_bias)
+    for key, e in template.entries.items():
+        if key in filled:
+            continue
+        if e.tf_dtype == DT_STRING:
+            filled[key] = OutTensor(key, strings=template.strings(key), shape=e.shape)
+        elif e.dtype is not None and not e.sliced:
+            filled[key] = OutTensor(key, template.tensor(key))
+        else:
+            problems.append(f"{key}: {e.dtype_name} entry cannot be copied")
+            continue
+        rep.add("created", key, "copied from the template (not a weight)")
+    for name in ckpt.entries:
+        if name not in used and not ckpt.entries[name].info.tied_to:
+            if ckpt.entries[name].info.role == "num_batches_tracked":
+                rep.add("dropped", name, "torch-only batch counter")
+            else:
+                rep.add("unexpected", name, "not in the template")
+                problems.append(f"{name}: not in the template")
+    if problems and strict:
+        raise ConversionError(f"checkpoint does not fit the template ({len(problems)} problems): "
+                              + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
+    del tmpl
+    return [filled[k] for k in template.entries if k in filled], rep
+
+
+def _fill_layer(ckpt: Checkpoint, nl: NativeLayer, template: Bundle, filled: dict, used: set, rep: Report,
+                problems: list, restore_dtype: bool, forget_bias: float) -> None:
+    def full(role):
+        return f"{nl.canon_layer}.{role}" if nl.canon_layer else role
+    for leaf, name in nl.plain.items():
+        key = nl.keys[leaf]
+        _put(ckpt, name, key, ckpt.entries[name].tensor if name in ckpt.entries else None, template, filled,
+             used, rep, problems, restore_dtype, [name])
+    if not nl.roles:
+        return
+    canon = {r: ckpt.entries[full(r)].tensor for r in nl.roles if full(r) in ckpt.entries}
+    missing = [full(r) for r in nl.roles if full(r) not in ckpt.entries and not _optional(nl.kind, r)]
+    for m in missing:
+        rep.add("missing", m, "the template expects it")
+        problems.append(f"{m}: missing")
+    if missing:
+        return
+    try:
+        mapped = semantics.export_layer(nl.kind, canon, attrs={"forget_bias": forget_bias}, native_shapes=nl.shapes)
+    except ConversionError as e:
+        problems.append(f"{nl.canon_layer}: {e.message}")
+        rep.add("mismatch", nl.canon_layer, e.message)
+        return
+    for m in mapped:
+        key = nl.keys.get(m.name)
+        if key is None and m.name == "depthwise_kernel":      # Keras 3 calls it `kernel`
+            key = nl.keys.get("kernel")
+        if key is None:
+            rep.add("dropped", full(m.source.split("+")[0]), f"the template has no {m.name} here")
+            continue
+        _put(ckpt, full(m.source.split("+")[0]), key, m.tensor, template, filled, used, rep, problems,
+             restore_dtype, [full(s) for s in m.source.split("+")], m.events)
+
+
+def _optional(kind: str, role: str) -> bool:
+    # Canonical tensors the template's reader created (a single-bias source's bias_hh): a source
+    # without them is complete.
+    return role.startswith("bias_hh")
+
+
+def _put(ckpt, name, key, tensor: LazyTensor | None, template: Bundle, filled, used, rep, problems,
+         restore_dtype, sources, events=()) -> None:
+    te = template.entries[key]
+    if tensor is None:
+        rep.add("missing", name, f"the template expects it (for {key})")
+        problems.append(f"{name}: missing")
+        return
+    if tuple(tensor.shape) != tuple(te.shape):
+        rep.add("mismatch", name, f"shape {list(tensor.shape)} vs template {key} {list(te.shape)}")
+        problems.append(f"{name}: shape {list(tensor.shape)} vs {list(te.shape)}")
+        return
+    dtype = te.dtype if restore_dtype and te.dtype else tensor.dtype
+    if dtype != tensor.dtype:
+        rep.add("cast", key, f"{tensor.dtype}->{dtype} (template dtype)")
+    filled[key] = OutTensor(key, tensor, dtype)
+    used.update(s for s in sources if s in ckpt.entries)
+    rep.add("renamed", "+".join(sources), key)
+    for action, detail in events:
+        rep.add(action, key, detail)

@@ -1,0 +1,297 @@
+"""TF1 / TF2 variable names -> a canonical Checkpoint (the naming half of the TF reader).
+
+TF1 name-based checkpoints key variables by graph name (`conv1/kernel`, `rnn/basic_lstm_cell/bias`);
+TF2 object-based ones by object path (`model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE`).
+Either way a variable is `<layer path>/<leaf>`: variables are grouped by layer path, the layer's
+kind is inferred from its leaves, ranks and scope names (override with `kinds={layer: kind}`),
+and semantics.import_layer maps the group. Training state is dropped and reported: optimizer
+slots (`.../Adam`, `.../Momentum`, `beta1_power`, TF2 `optimizer/...` and `.OPTIMIZER_SLOT`),
+`global_step` and `save_counter` (their values kept in ckpt.extra), ExponentialMovingAverage
+shadows (or used instead of the raw weights with prefer_ema=True).
+
+>>> ckpt = import_variables([("dense/kernel", k), ("dense/bias", b)])    # doctest: +SKIP
+>>> list(ckpt)                                                             # doctest: +SKIP
+['dense.weight', 'dense.bias']
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from hubfmt import layouts
+from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+from hubfmt.errors import ConversionError
+
+from . import semantics
+from .objgraph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
+
+_SLOT_RE = re.compile(r"^(Adam|Adam_1|Momentum|RMSProp|RMSProp_1|Adagrad|AdagradDA|AdagradDA_1|Adadelta|Adadelta_1|"
+                      r"Ftrl|Ftrl_1|LazyAdam|LazyAdam_1|Nadam|Nadam_1|AdamW|AdamW_1|ProximalAdagrad|"
+                      r"GradientDescent|LARSOptimizer|LAMB|LAMB_1)$")
+_POWER_RE = re.compile(r"^beta[12]_power(_\d+)?$")
+_COUNTERS = {"global_step": "global_step", "save_counter": "save_counter"}
+EMA = "ExponentialMovingAverage"
+_TRANSPOSED_SCOPE = re.compile(r"(transpose|deconv|upconv)", re.I)
+_LSTM_SCOPE = re.compile(r"lstm", re.I)
+_GRU_SCOPE = re.compile(r"gru_cell", re.I)
+# Leaves each kind understands; other leaves of a layer pass through as plain tensors.
+_KIND_LEAVES = {
+    "separable_conv2d": {"depthwise_kernel", "pointwise_kernel", "bias"},
+    "depthwise_conv2d": {"depthwise_kernel", "kernel", "bias"},
+    "batch_norm": {"gamma", "beta", "moving_mean", "moving_variance"},
+    "layer_norm": {"gamma", "beta"},
+    "embedding": {"embeddings"},
+    "lstm": {"kernel", "recurrent_kernel", "bias"}, "gru": {"kernel", "recurrent_kernel", "bias"},
+    "rnn": {"kernel", "recurrent_kernel", "bias"},
+    "tf1_lstm": {"kernel", "bias"},
+}
+
+
+def natural_key(name: str):
+    """Sort key putting conv2d_2 before conv2d_10 (TF numbers repeated layers)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _classify(name: str, names: set[str]) -> str | None:
+    """Why a TF1 variable is training state and not a weight (None: it is a weight)."""
+    parts = name.split("/")
+    leaf = parts[-1]
+    if _SLOT_RE.match(leaf) and "/".join(parts[:-1]) in names:
+        return f"optimizer slot ({leaf})"
+    if _POWER_RE.match(leaf):
+        return "optimizer state (Adam beta power)"
+    if name in _COUNTERS:
+        return f"training counter ({name}), value kept in extra"
+    if "/" + EMA in "/" + name and (leaf == "biased" or leaf == "local_step"):
+        return "EMA debiasing state"
+    return None
+
+
+def _infer_kind(layer: str, leaves: dict[str, LazyTensor]) -> str:
+    ls = set(leaves)
+    last = layer.rsplit("/", 1)[-1]
+    if {"depthwise_kernel", "pointwise_kernel"} <= ls:
+        return "separable_conv2d"
+    if "depthwise_kernel" in ls:
+        return "depthwise_conv2d"
+    if "embeddings" in ls:
+        return "embedding"
+    if ls & {"moving_mean", "moving_variance"}:
+        return "batch_norm"
+    if ls & {"gamma", "beta"}:
+        return "layer_norm"
+    if "recurrent_kernel" in ls and "kernel" in ls:
+        k, r = leaves["kernel"].shape, leaves["recurrent_kernel"].shape
+        if len(k) == 2 and len(r) == 2 and r[0] and r[1] % r[0] == 0:
+            return {4: "lstm", 3: "gru", 1: "rnn"}.get(r[1] // r[0], "tensor")
+        return "tensor"
+    if "kernel" in ls:
+        rank = len(leaves["kernel"].shape)
+        if rank == 2:
+            if _LSTM_SCOPE.search(last) and leaves["kernel"].shape[1] % 4 == 0:
+                return "tf1_lstm"
+            return "linear"
+        if rank in (3, 4, 5):
+            d = rank - 2
+            by_bias = _kind_from_bias(leaves["kernel"].shape, leaves.get("bias"), d)
+            if by_bias:
+                return by_bias
+            return f"conv_transpose{d}d" if _TRANSPOSED_SCOPE.search(last) else f"conv{d}d"
+    return "tensor"
+
+
+def _kind_from_bias(kshape: tuple, bias: LazyTensor | None, d: int) -> str | None:
+    """Keras 3 names every conv kernel `kernel`, and TF2 object paths carry no layer class; the
+    bias length tells the layouts apart: conv [..,I,O] has O, transposed [..,O,I] has O = shape[-2],
+    depthwise [..,C,M] has C*M. (Depthwise with C = 1 is conv with I = 1: the same canonical tensor.)"""
+    if bias is None or len(bias.shape) != 1:
+        return None
+    n, a, b = bias.shape[0], kshape[-2], kshape[-1]
+    if n == b:
+        return f"conv{d}d"
+    if d == 2 and n == a * b:
+        return "depthwise_conv2d"
+    if n == a:
+        return f"conv_transpose{d}d"
+    return None
+
+
+def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, prefer_ema: bool = False,
+                     kinds: dict[str, str] | None = None, forget_bias: float = semantics.TF1_FORGET_BIAS,
+                     strict: bool = True, paths: dict[str, list[list[str]]] | None = None,
+                     ckpt: Checkpoint | None = None, layers_out: list | None = None) -> Checkpoint:
+    """Build a canonical Checkpoint from (native name, tensor) pairs; tensor None = not numeric.
+
+    `paths` (TF2: checkpoint key -> object paths from objgraph.variable_paths) names variables by
+    their model path rather than the key the saver happened to use. `kinds` overrides the inferred
+    kind of a layer (canonical layer path or native scope -> kind, e.g. {'up1': 'conv_transpose2d'}).
+    """
+    ckpt = Checkpoint() if ckpt is None else ckpt
+    rep = ckpt.report
+    kinds = dict(kinds or {})
+    items = list(variables)
+    tf2 = any(n == OBJECT_GRAPH_KEY for n, _ in items)
+    numeric: dict[str, tuple[str, LazyTensor]] = {}    # variable path -> (native key, tensor)
+    for key, t in items:
+        if key == OBJECT_GRAPH_KEY:
+            rep.add("dropped", key, "TF2 object graph (structure, not weights)")
+            continue
+        if tf2:
+            var = _tf2_variable_path(key, paths)
+            why = _tf2_classify(key, var)
+        else:
+            var = key[:-2] if key.endswith(":0") else key
+            why = None
+        if why is None and t is None:
+            why = "not a numeric tensor"
+        if why is not None:
+            _keep_counter(ckpt, var, t)
+            rep.add("dropped", key, why)
+            continue
+        numeric[var] = (key, t)
+    if not tf2:
+        names = set(numeric)
+        for var in list(numeric):
+            why = _classify(var, names)
+            if why:
+                _keep_counter(ckpt, var, numeric[var][1])
+                rep.add("dropped", numeric.pop(var)[0], why)
+    _apply_ema(numeric, prefer_ema, rep)
+
+    groups: dict[str, dict[str, tuple[str, LazyTensor]]] = {}
+    for var in sorted(numeric, key=natural_key):
+        layer, _, leaf = var.rpartition("/")
+        groups.setdefault(layer, {})[leaf] = numeric[var]
+    saw_bn = False
+    for layer, members in groups.items():
+        saw_bn |= _import_group(ckpt, layer, members, kinds, forget_bias, strict, layers_out)
+    if saw_bn:
+        rep.add("warning", "*", "batch-norm eps/momentum are not stored in TF checkpoints: recorded the "
+                "tf.compat.v1.layers/Keras defaults eps=1e-3, momentum=0.99 (canonical 0.01)")
+    return ckpt
+
+
+def _tf2_variable_path(key: str, paths: dict | None) -> str:
+    base = key[:-len(VALUE_SUFFIX)] if key.endswith(VALUE_SUFFIX) else key
+    if paths and key in paths:
+        # Prefer a path through the model over the optimizer's alias of the same variable.
+        for p in paths[key]:
+            if p and p[0] not in ("optimizer", "save_counter"):
+                return "/".join(p)
+    return base
+
+
+def _tf2_classify(key: str, var: str) -> str | None:
+    if "/.OPTIMIZER_SLOT/" in key:
+        return "optimizer slot"
+    first = var.split("/", 1)[0]
+    if first == "optimizer":
+        return "optimizer state"
+    if var == "save_counter":
+        return "training counter (save_counter), value kept in extra"
+    if not key.endswith(VALUE_SUFFIX):
+        return "object attribute, not a variable"
+    return None
+
+
+def _keep_counter(ckpt: Checkpoint, var: str, t: LazyTensor | None) -> None:
+    if var in _COUNTERS and t is not None and t.shape == () and t.dtype.startswith("int"):
+        ckpt.extra[_COUNTERS[var]] = int(t.load().reshape(-1)[0])
+
+
+def _apply_ema(numeric: dict, prefer_ema: bool, rep) -> None:
+    shadows = [v for v in numeric if v.endswith("/" + EMA)]
+    for s in shadows:
+        raw = s[: -len(EMA) - 1]
+        key, t = numeric.pop(s)
+        if not prefer_ema:
+            rep.add("dropped", key, "ExponentialMovingAverage shadow (use --prefer-ema / prefer_ema=True to take it)")
+            continue
+        if raw in numeric:
+            rep.add("dropped", numeric[raw][0], "raw weights replaced by their EMA shadow (prefer_ema)")
+        numeric[raw] = (key, t)
+
+
+@dataclass
+class NativeLayer:
+    """One layer as a TF checkpoint holds it: its kind (semantics kinds, incl. pseudo kinds), native
+    keys and shapes by leaf, and the canonical names it produced (by leaf for plain tensors)."""
+
+    canon_layer: str
+    kind: str
+    keys: dict[str, str]              # leaf -> checkpoint key
+    shapes: dict[str, tuple]          # leaf -> shape
+    roles: list[str]                  # canonical roles produced by import_layer
+    plain: dict[str, str]             # leaf -> canonical name, for leaves kept as plain tensors
+
+
+def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forget_bias: float, strict: bool,
+                  layers_out: list | None) -> bool:
+    rep = ckpt.report
+    canon_layer = layouts.module_path(layer) if layer else ""
+    leaves = {semantics.normalize_leaf(leaf): t for leaf, (_, t) in members.items()}
+    natives = {semantics.normalize_leaf(leaf): key for leaf, (key, _) in members.items()}
+    kind = kinds.get(canon_layer) or kinds.get(layer) or _infer_kind(layer, leaves)
+    if kind == "tf1_lstm" and _GRU_SCOPE.search(layer):
+        kind = "tensor"
+    known = _KIND_LEAVES.get(kind, {"kernel", "bias"}) if kind != "tensor" else set()
+    mapped_leaves = {k: v for k, v in leaves.items() if k in known}
+    rest = {k: v for k, v in leaves.items() if k not in known}
+    mapped: list = []
+    if mapped_leaves:
+        try:
+            mapped = semantics.import_layer(kind, mapped_leaves, attrs={"forget_bias": forget_bias})
+        except ConversionError as e:
+            if strict:
+                raise ConversionError(f"layer {layer!r}: {e.message} (pass kinds={{{canon_layer!r}: KIND}} "
+                                      "or strict=False)") from None
+            rep.add("warning", canon_layer, f"kept as plain tensors: {e.message}")
+            mapped, rest = [], leaves
+        for m in mapped:
+            _add(ckpt, canon_layer, m, natives, leaves)
+        if mapped:
+            _layer_info(ckpt, canon_layer, kind, mapped, leaves)
+    if layers_out is not None:
+        layers_out.append(NativeLayer(canon_layer, kind if mapped_leaves and mapped else "tensor",
+                                      {k: natives[k] for k in (mapped_leaves if mapped else {})},
+                                      {k: leaves[k].shape for k in leaves},
+                                      [m.name for m in mapped] if mapped_leaves else [],
+                                      {leaf: (f"{canon_layer}.{leaf}" if canon_layer else leaf) for leaf in rest}))
+        layers_out[-1].keys.update({k: natives[k] for k in rest})
+    for leaf, t in rest.items():
+        name = f"{canon_layer}.{leaf}" if canon_layer else leaf
+        ckpt.add(name, t, TensorInfo(kind="tensor", role=leaf, layer=canon_layer, original_name=natives[leaf],
+                                     original_dtype=t.dtype, original_shape=t.shape))
+        if name != natives[leaf]:
+            rep.add("renamed", natives[leaf], name)
+    return kind == "batch_norm" and bool(mapped_leaves)
+
+
+def _add(ckpt: Checkpoint, canon_layer: str, m: semantics.Mapped, natives: dict, leaves: dict) -> None:
+    name = f"{canon_layer}.{m.name}" if canon_layer else m.name
+    sub, _, role = name.rpartition(".")
+    src = natives.get(m.source, "")
+    native_t = leaves.get(m.source)
+    info = TensorInfo(kind=m.kind, role=role, layer=sub, original_name=src or name,
+                      original_dtype=native_t.dtype if native_t is not None else m.tensor.dtype,
+                      original_layout=m.layout, original_shape=native_t.shape if native_t is not None else None)
+    ckpt.add(name, m.tensor, info)
+    for action, detail in m.events:
+        ckpt.report.add(action, name, detail)
+    if src:
+        ckpt.report.add("renamed", src, name)
+
+
+def _layer_info(ckpt: Checkpoint, layer: str, kind: str, mapped: list, leaves: dict) -> None:
+    if kind == "separable_conv2d":
+        dw = leaves["depthwise_kernel"].shape
+        ckpt.layers[f"{layer}.depthwise"] = LayerInfo("depthwise_conv2d", {"groups": dw[2]})
+        ckpt.layers[f"{layer}.pointwise"] = LayerInfo("conv2d", {})
+    elif kind == "depthwise_conv2d":
+        dw = leaves.get("depthwise_kernel", leaves.get("kernel")).shape
+        ckpt.layers[layer] = LayerInfo("depthwise_conv2d", {"groups": dw[2]})
+    elif kind == "batch_norm":
+        ckpt.layers[layer] = LayerInfo("batch_norm", semantics.bn_attrs())
+    else:
+        ckpt.layers[layer] = LayerInfo(semantics.canonical_kind(kind), {})
