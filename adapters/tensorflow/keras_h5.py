@@ -33,19 +33,22 @@ FORMATS = (
 
 
 def sniff(path: str) -> str | None:
-    """'keras-weights-h5' or 'keras-archive' when `path` is one (cheap: signature, zip members, and
-    for HDF5 a look for Keras's top-level groups); None otherwise."""
+    """'keras-weights-h5' or 'keras-archive' when `path` is (or claims to be) one; None otherwise.
+
+    Cheap: the HDF5 signature (no other framework here writes HDF5), a zip's member names, or the
+    Keras suffixes. Claiming a damaged `x.weights.h5` lets read() say what is wrong with it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return None
     if keras_store.is_hdf5(path):
-        try:
-            h5py = keras_store.h5py_module()
-            with h5py.File(path, "r") as h5:
-                return "keras-weights-h5" if ("layers" in h5 or "vars" in h5) else None
-        except Exception:   # noqa: BLE001 - sniffing answers "not mine" for anything unreadable
-            return None
-    return "keras-archive" if keras_store.is_keras_archive(path) else None
+        return "keras-weights-h5"
+    if keras_store.is_keras_archive(path):
+        return "keras-archive"
+    if path.endswith(".weights.h5"):
+        return "keras-weights-h5"
+    if path.endswith(".keras"):
+        return "keras-archive"
+    return None
 
 
 def read(path: str | os.PathLike, *, strict: bool = True, **options) -> Checkpoint:

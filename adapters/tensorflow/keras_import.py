@@ -26,9 +26,10 @@ class Owner:
 
 
 def _layer_attrs(kind: str, cls: str, config: dict, natives: dict) -> dict:
-    """Attributes that change outputs, canonically (spec: Layer attributes), from config.json."""
+    """Attributes that change outputs, canonically (spec: Layer attributes), from config.json;
+    a depthwise layer's groups (its input channels) come from the kernel shape even without it."""
     if not config:
-        return {}
+        return {"groups": int(natives["depthwise_kernel"].shape[2])} if kind == "depthwise_conv2d" else {}
     if kind.startswith("conv") or kind == "depthwise_conv2d":
         attrs = {}
         for key, src in (("stride", "strides"), ("padding", "padding"), ("dilation", "dilation_rate")):

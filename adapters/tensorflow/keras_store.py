@@ -400,8 +400,10 @@ class _Walker:
             child_path = f"{h5_path}/{key}"
             if not isinstance(child, self.Group):
                 raise FormatError(f"{child_path}: a dataset outside a 'vars' group: not Keras weights", self.path)
-            if "vars" in child:
-                vg = child["vars"]
+            # An object: it has `vars`, or (files of Keras versions that wrote no empty groups) it
+            # is an RNN layer whose only variables are its cell's.
+            if "vars" in child or isinstance(child.get("cell"), self.Group):
+                vg = child.get("vars")
                 cfg = self.configs.get(child_path, {}).get("config")
                 name = cfg.get("name") if isinstance(cfg, dict) else None
                 if not isinstance(name, str):

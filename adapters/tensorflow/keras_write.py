@@ -124,20 +124,29 @@ def _write_h5(h5_path: str, datasets: list[_Dataset], names: dict[str, str], pro
                 ds.attrs["dtype"] = "bfloat16"     # how Keras marks bfloat16 (opaque 2-byte elements)
             offsets.append(ds.id.get_offset())
     total = 0
+    late = []       # datasets HDF5 keeps in its object header (tiny/scalar): written through h5py
     with open(h5_path, "r+b") as f:
         for d, off in zip(datasets, offsets):
-            t = d.tensor
-            n = dtypes.itemsize(d.dtype) * int(np.prod(t.shape, dtype=np.int64))
+            n = dtypes.itemsize(d.dtype) * int(np.prod(d.tensor.shape, dtype=np.int64))
+            if n and off is None:
+                late.append(d)
+                continue
             if n:
-                if off is None:
-                    raise HubfmtError(f"{d.path}: HDF5 allocated no storage for a non-empty dataset", h5_path)
                 f.seek(off)
-                written = write_tensor(f, t, d.dtype)
+                written = write_tensor(f, d.tensor, d.dtype)
                 if written != n:
                     raise ConversionError(f"{d.source}: wrote {written} bytes for {d.path}, expected {n}")
-                total += written
+                total += n
             if progress:
                 progress.update(n)
+    if late:
+        with h5py.File(h5_path, "r+") as h5:
+            for d in late:
+                a = dtypes.convert(d.tensor.load(), d.tensor.dtype, d.dtype)
+                h5[d.path][()] = a.view("V2") if d.dtype == "bfloat16" else a
+                total += a.nbytes
+                if progress:
+                    progress.update(a.nbytes)
     return total
 
 
