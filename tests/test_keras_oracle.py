@@ -334,3 +334,37 @@ def test_snake_case_matches_keras(keras):
                 "LSTM", "GRU", "SimpleRNN", "LayerNormalization", "Dense", "Embedding", "Conv1DTranspose",
                 "MultiHeadAttention", "GroupNormalization"):
         assert snake_case(cls) == naming.to_snake_case(cls)
+
+
+def test_bare_weights_read_with_template(keras, kh5, tmp_path):
+    from hubfmt.errors import FormatError
+    L = keras.layers
+    inp = keras.Input((4,))
+    m = keras.Model(inp, L.BatchNormalization(center=False, name="bn")(L.Dense(4, name="fc")(inp)))
+    _randomize(m, 6)
+    p = str(tmp_path / "b.weights.h5")
+    m.save_weights(p)
+    with pytest.raises(FormatError, match="BatchNormalization with 3 variables"):
+        kh5.read(p)                             # center or scale off: ambiguous without the model
+    ckpt = kh5.read(p, template=m)
+    assert np.array_equal(ckpt.tensor("bn.weight"), m.get_layer("bn").gamma.numpy())
+    assert not ckpt.tensor("bn.bias").any() and "bn.bias" in ckpt.report.names("created")
+    assert ckpt.layers["bn"].attrs == {"eps": 0.001, "momentum": 0.01}
+
+
+def test_gru_without_reset_after_is_refused_unless_not_strict(keras, kh5, tmp_path):
+    L = keras.layers
+    inp = keras.Input((3, 2))
+    m = keras.Model(inp, L.GRU(4, reset_after=False, name="g")(inp))
+    p = str(tmp_path / "g.keras")
+    m.save(p)
+    with pytest.raises(ConversionError, match="reset_after=False"):
+        kh5.read(p)
+    ckpt = kh5.read(p, strict=False)
+    assert list(ckpt) == ["g.vars.0", "g.vars.1", "g.vars.2"]
+    out = str(tmp_path / "back.weights.h5")
+    kh5.write(ckpt, out)
+    other = keras.Model(inp, L.GRU(4, reset_after=False, name="g")(inp))
+    other.load_weights(out)
+    x = np.ones((1, 3, 2), np.float32)
+    assert_same_outputs(other.predict(x, verbose=0), m.predict(x, verbose=0), tol=0)

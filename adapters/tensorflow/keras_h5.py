@@ -51,29 +51,39 @@ def sniff(path: str) -> str | None:
     return None
 
 
-def read(path: str | os.PathLike, *, strict: bool = True, **options) -> Checkpoint:
+def read(path: str | os.PathLike, *, strict: bool = True, template=None, **options) -> Checkpoint:
     """A .weights.h5 file or .keras archive as a lazy canonical Checkpoint.
 
-    Layer classes come from config.json (a .keras archive), else from the names Keras gives list
+    Layer classes come from config.json (a .keras archive) or `template` (the model's .keras
+    archive or the live Keras model, for a bare .weights.h5), else from the names Keras gives list
     items (`conv2d_1` -> Conv2D), else from the variables' shapes; layers of unknown classes keep
     their variables by position (`<layer>.vars.<i>`, kind tensor) with a warning. Optimizer
     variables are dropped and reported. strict=False also keeps layers without a canonical form
     (GRU reset_after=False) by position instead of failing.
+
+    >>> read("model.weights.h5", template="model.keras")["conv.weight"].info.original_layout   # doctest: +SKIP
+    'HWIO'
     """
     if options:
         raise TypeError(f"unknown read option(s) for Keras files: {', '.join(sorted(options))}")
     path = os.fspath(path)
     store = keras_store.scan(path)
+    known = {}
+    if template is not None:
+        from .keras_plan import template_targets
+        known = {t.vars_path: t for t in template_targets(template)[0]}
     ckpt = Checkpoint()
     ckpt.report.stage = "read"
     version = (store.metadata or {}).get("keras_version", "")
     ckpt.source = SourceInfo("tensorflow", f"keras {version}" if version else "", os.path.basename(path), store.format)
     for g in store.groups:
-        cls, inferred = g.class_name, False
-        if not cls:
-            cls, inferred = infer_class(g), True
-        owner = Owner(g.module, cls, g.config, [v.path for v in g.vars],
-                      [keras_store.lazy(store, v) for v in g.vars], g.vars_path, inferred)
+        t = known.get(g.vars_path)
+        if t is not None and not g.class_name:
+            g.class_name, g.config, g.module = t.class_name, t.config, t.module
+        elif template is not None and t is None:
+            ckpt.report.add("warning", g.module, f"{g.vars_path} is not in the template")
+        owner = Owner(g.module, g.class_name or infer_class(g), g.config, [v.path for v in g.vars],
+                      [keras_store.lazy(store, v) for v in g.vars], g.vars_path)
         add_owner(ckpt, owner, strict=strict, path=path)
     if store.optimizer:
         ckpt.report.add("dropped", "optimizer", f"{len(store.optimizer)} optimizer variables "

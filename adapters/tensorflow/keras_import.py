@@ -14,7 +14,7 @@ from . import keras_classes, semantics
 @dataclass
 class Owner:
     """One layer's stored variables: `names` are their native names (h5 paths or variable paths),
-    `where` names the layer in messages, `inferred` says the class was guessed from names/shapes."""
+    `where` names the layer in messages."""
 
     module: str
     class_name: str
@@ -22,7 +22,6 @@ class Owner:
     names: list[str]
     tensors: list[LazyTensor]
     where: str
-    inferred: bool = False
 
 
 def _layer_attrs(kind: str, cls: str, config: dict, natives: dict) -> dict:
