@@ -50,10 +50,12 @@ def test_hdf5_that_is_not_keras_weights(tmp_path):
     _expect(p, "not Keras weights")
 
 
-def test_legacy_keras2_h5_is_named(tmp_path):
+def test_legacy_h5_listing_a_missing_weight(tmp_path):
     p = _h5(tmp_path / "old.h5", {"dense/dense/kernel:0": np.zeros((2, 2))},
             {"layer_names": [b"dense"], "keras_version": "2.15.0"})
-    _expect(p, "legacy Keras 2")
+    with h5py.File(p, "a") as f:
+        f["dense"].attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
+    _expect(p, "weight_names lists 'dense/bias:0'")
 
 
 @pytest.mark.parametrize("keep", [0.2, 0.6, 0.95])

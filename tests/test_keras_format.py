@@ -326,3 +326,39 @@ def test_generated_checkpoints_round_trip_bit_exact(tmp_path_factory, ckpt):
 def test_snake_case_names():
     assert keras_store.snake_case("Conv2DTranspose") == "conv2d_transpose"
     assert keras_store.unique_names(["Dense", "Conv2D", "Dense"]) == ["dense", "conv2d", "dense_1"]
+
+
+def test_legacy_keras2_weights_by_name(tmp_path):
+    """Keras 2 `save_weights("x.h5")`: layer_names at the root, weight_names with ':0'."""
+    p = str(tmp_path / "k2.h5")
+    k, b = arr(3, 3, 2, 4), arr(4)
+    t = arr(4, 4, 3, 2)                 # a Conv2DTranspose kernel [kh, kw, out, in] with its bias [out]
+    cell = [arr(5, 12), arr(3, 12), arr(12)]
+    with h5py.File(p, "w") as f:
+        f.attrs["layer_names"] = [b"conv2d", b"up", b"lstm", b"flatten"]
+        f.attrs["keras_version"] = b"2.15.0"
+        for lname, weights in (("conv2d", {"conv2d/kernel:0": k, "conv2d/bias:0": b}),
+                               ("up", {"up/kernel:0": t, "up/bias:0": arr(3)}),
+                               ("lstm", {"lstm/lstm_cell/kernel:0": cell[0],
+                                         "lstm/lstm_cell/recurrent_kernel:0": cell[1],
+                                         "lstm/lstm_cell/bias:0": cell[2]}),
+                               ("flatten", {})):
+            g = f.create_group(lname)
+            g.attrs["weight_names"] = [n.encode() for n in weights]
+            for n, a in weights.items():
+                g[n] = a
+    assert keras_h5.sniff(p) == "keras-weights-h5"
+    ckpt = keras_h5.read(p)
+    assert ckpt.source.format == "keras-h5"
+    assert np.array_equal(ckpt.tensor("conv2d.weight"), k.transpose(3, 2, 0, 1))
+    assert ckpt.layers["up"].kind == "conv_transpose2d"          # told apart by the bias length
+    assert ckpt.tensor("lstm.weight_ih_l0").shape == (12, 5)
+    assert ckpt["conv2d.bias"].tensor.span is not None
+    assert ckpt["conv2d.weight"].info.original_name == "conv2d/conv2d/kernel:0"
+    out = str(tmp_path / "k3.weights.h5")          # -> Keras 3 layout by rule
+    keras_h5.write(ckpt, out)
+    back = keras_h5.read(out)
+    for n in ckpt:
+        assert np.array_equal(back.tensor(n), ckpt.tensor(n)), n
+    with pytest.raises(HubfmtError, match="weights.h5"):
+        keras_h5.write(ckpt, str(tmp_path / "again.h5"))

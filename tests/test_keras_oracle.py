@@ -368,3 +368,21 @@ def test_gru_without_reset_after_is_refused_unless_not_strict(keras, kh5, tmp_pa
     other.load_weights(out)
     x = np.ones((1, 3, 2), np.float32)
     assert_same_outputs(other.predict(x, verbose=0), m.predict(x, verbose=0), tol=0)
+
+
+def test_legacy_h5_model_to_torch_twin(keras, torch, kh5, tmp_path):
+    m = cnn(keras)
+    p = str(tmp_path / "m.h5")
+    m.save(p)                       # Keras's legacy HDF5 model format (named variables, model_config)
+    ckpt = kh5.read(p)
+    assert ckpt.source.format == "keras-h5"
+    twin = load_twin(torch, cnn_twin(torch), ckpt)
+    with torch.no_grad():
+        out = twin(torch.from_numpy(nchw(X_IMG))).numpy()
+    assert_same_outputs(out, m.predict(X_IMG, verbose=0))
+    rt = rnn(keras)
+    rt.save(str(tmp_path / "r.h5"))
+    twin = load_twin(torch, rnn_twin(torch), kh5.read(str(tmp_path / "r.h5")))
+    with torch.no_grad():
+        out = twin(torch.from_numpy(X_SEQ)).numpy()
+    assert_same_outputs(out, rt.predict(X_SEQ, verbose=0))

@@ -29,6 +29,8 @@ from .keras_classes import infer_class
 FORMATS = (
     NativeFormat("keras-weights-h5", (".weights.h5",), "Keras 3 model.save_weights() file (HDF5, positional vars)"),
     NativeFormat("keras-archive", (".keras",), "Keras 3 model.save() archive (config.json + model.weights.h5)"),
+    NativeFormat("keras-h5", (".h5",), "legacy Keras 2 HDF5 weights or model (named variables; read only)",
+                 writes=False),
 )
 
 
@@ -76,6 +78,8 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None, **optio
     ckpt.report.stage = "read"
     version = (store.metadata or {}).get("keras_version", "")
     ckpt.source = SourceInfo("tensorflow", f"keras {version}" if version else "", os.path.basename(path), store.format)
+    for w in store.warnings:
+        ckpt.report.add("warning", os.path.basename(path), w)
     for g in store.groups:
         t = known.get(g.vars_path)
         if t is not None and not g.class_name:

@@ -109,8 +109,9 @@ class Store:
     groups: list[VarGroup]
     config: dict | None = None
     metadata: dict | None = None
-    optimizer: list[Var] = field(default_factory=list)
+    optimizer: list = field(default_factory=list)
     h5_start: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 class _Window(io.RawIOBase):
@@ -317,10 +318,15 @@ def scan(path: str) -> Store:
     with open_h5(path) as (h5, start, limit, config, metadata):
         fmt = "keras-archive" if config is not None else "keras-weights-h5"
         if "layers" not in h5 and "vars" not in h5:
-            if "model_weights" in h5 or "layer_names" in h5.attrs:
-                raise FormatError("a legacy Keras 2 HDF5 file (layer_names/model_weights): hubfmt reads Keras 3 "
-                                  ".weights.h5 and .keras files; re-save it with Keras 3", path)
-            raise FormatError("HDF5 file without Keras 3 weights (no 'layers' or 'vars' group): not Keras weights", path)
+            from .keras_legacy import is_legacy, scan_legacy
+            if config is None and is_legacy(h5):
+                groups, warnings = scan_legacy(h5, path, start, limit)
+                optimizer = []
+                if "optimizer_weights" in h5:
+                    h5["optimizer_weights"].visititems(lambda n, o: optimizer.append(n) if hasattr(o, "shape") else None)
+                return Store(path, "keras-h5", groups, None, None, optimizer, start or 0, warnings)
+            raise FormatError("HDF5 file without Keras weights (no 'layers', 'vars' or 'layer_names'): "
+                              "not Keras weights", path)
         configs = config_by_path(config)
         walker = _Walker(h5, path, start, limit, configs)
         walker.walk_object(h5["/"], "", "", True)

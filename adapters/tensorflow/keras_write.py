@@ -50,6 +50,9 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
         raise TypeError(f"unknown write option(s) for Keras files: {', '.join(sorted(options))}")
     path = os.fspath(path)
     archive = path.endswith(".keras")
+    if not (archive or path.endswith(".weights.h5")):
+        raise HubfmtError("Keras 3 loads weights from *.weights.h5 or *.keras files: name the output so "
+                          "(legacy Keras 2 .h5 is read, not written)", path)
     report = Report(stage="write")
     layers = keras_plan.canonical_layers(ckpt, report, strict=strict)
     config = metadata = None
