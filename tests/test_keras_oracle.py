@@ -386,3 +386,27 @@ def test_legacy_h5_model_to_torch_twin(keras, torch, kh5, tmp_path):
     with torch.no_grad():
         out = twin(torch.from_numpy(X_SEQ)).numpy()
     assert_same_outputs(out, rt.predict(X_SEQ, verbose=0))
+
+
+def test_dense_after_flatten_is_flagged(keras, kh5, tmp_path):
+    L = keras.layers
+    s = keras.Sequential([keras.Input((4, 4, 2)), L.Conv2D(2, 1, name="c"), L.Flatten(), L.Dense(2, name="fc")])
+    s.save(str(tmp_path / "s.keras"))
+    warned = kh5.read(str(tmp_path / "s.keras")).report.of("warning")
+    assert [e.name for e in warned] == ["fc"] and "NHWC" in warned[0].detail
+
+
+def test_template_layer_names_are_written(keras, kh5, tmp_path):
+    import h5py
+    src = cnn(keras)
+    ckpt = kh5.from_model(src)
+    dest = cnn(keras)
+    out = str(tmp_path / "o.weights.h5")
+    kh5.write(ckpt, out, template=dest)
+    want = str(tmp_path / "w.weights.h5")
+    dest.save_weights(want)
+    names = {}
+    with h5py.File(want) as a, h5py.File(out) as b:
+        a.visititems(lambda n, o: names.__setitem__(n, dict(o.attrs)) if n.endswith("vars") else None)
+        for n, attrs in names.items():
+            assert dict(b[n].attrs) == attrs, n

@@ -89,6 +89,9 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None, **optio
         owner = Owner(g.module, g.class_name or infer_class(g), g.config, [v.path for v in g.vars],
                       [keras_store.lazy(store, v) for v in g.vars], g.vars_path)
         add_owner(ckpt, owner, strict=strict, path=path)
+    for name in keras_store.dense_after_flatten(store.config):
+        ckpt.report.add("warning", name, "Dense after Flatten: Keras flattens NHWC (channels last); a "
+                                         "channels-first model needs this weight's input rows permuted")
     if store.optimizer:
         ckpt.report.add("dropped", "optimizer", f"{len(store.optimizer)} optimizer variables "
                                                 "(optimizer state is not carried by the hub)")

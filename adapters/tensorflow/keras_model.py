@@ -137,6 +137,8 @@ def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
 
     >>> report = to_model(hubfmt.read("twin.safetensors"), keras_model)   # doctest: +SKIP
     """
+    if not getattr(model, "built", True):
+        raise ConversionError("the Keras model is not built: call it on data or model.build(shape) first")
     report = Report(stage="write")
     layers = walk(model)
     targets, variables = [], {}

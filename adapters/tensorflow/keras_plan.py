@@ -109,9 +109,10 @@ def merge_separable(layers: list[CanonLayer], ckpt: Checkpoint, want: set[str] |
 
 # ---- targets from a template ----------------------------------------------------------------
 
-def template_targets(template) -> tuple[list[Target], dict | None, dict | None]:
-    """(targets in model order, config.json, metadata.json) of a template: a path to a .keras or
-    .weights.h5 file, or a live Keras model (saved to a temporary .keras archive first)."""
+def template_targets(template) -> tuple[list[Target], dict | None, dict | None, dict[str, str]]:
+    """(targets in model order, config.json, metadata.json, name attribute of every vars group) of
+    a template: a path to a .keras or .weights.h5 file, or a live Keras model (saved to a
+    temporary .keras archive first)."""
     if isinstance(template, (str, os.PathLike)):
         store = keras_store.scan(os.fspath(template))
     elif hasattr(template, "save") and hasattr(template, "layers"):
@@ -128,7 +129,7 @@ def template_targets(template) -> tuple[list[Target], dict | None, dict | None]:
         if g.from_cell:
             parents[g.object_path] = g.layer_name
         targets.append(Target(g.vars_path, g.module, cls, g.config, [v.shape for v in g.vars], g.layer_name, parents))
-    return targets, store.config, store.metadata
+    return targets, store.config, store.metadata, store.names
 
 
 def target_kind(t: Target) -> str:

@@ -34,6 +34,8 @@ CONFIG_MEMBER = "config.json"
 METADATA_MEMBER = "metadata.json"
 MAX_JSON = 64 * 2**20                    # a larger config.json is damage, not a model
 MAX_GROUPS = 1_000_000                   # objects in one file: bounds the walk of a hostile file
+MAX_DEPTH = 100                          # nesting of objects and lists (Python's recursion is finite)
+MAX_EXPANSION = 1100                     # nominal bytes per stored byte of a chunked/compressed dataset
 # Container-model classes: their `layers` list is saved as items named by class.
 MODEL_CLASSES = ("Functional", "Sequential", "Model")
 
@@ -112,6 +114,7 @@ class Store:
     optimizer: list = field(default_factory=list)
     h5_start: int = 0
     warnings: list[str] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)     # vars group -> its `name` attribute
 
 
 class _Window(io.RawIOBase):
@@ -225,15 +228,15 @@ def open_h5(path: str):
             raise FormatError(f"zip archive without {WEIGHTS_MEMBER}: not a Keras 3 .keras file", path) from None
         config = _read_json(path, z, CONFIG_MEMBER)
         metadata = _read_json(path, z, METADATA_MEMBER)
-        if info.compress_type == zipfile.ZIP_STORED:
-            start = _member_data_offset(path, raw, info, size)
-            fobj = _Window(raw, start, info.file_size)
-        else:   # compressed: readable through zipfile (slower seeks), no in-place byte ranges
-            start = None
-            fobj = z.open(info)
         try:
+            if info.compress_type == zipfile.ZIP_STORED:
+                start = _member_data_offset(path, raw, info, size)
+                fobj = _Window(raw, start, info.file_size)
+            else:   # compressed: readable through zipfile (slower seeks), no in-place byte ranges
+                start = None
+                fobj = z.open(info)
             h5 = h5py.File(fobj, "r")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError) as e:
             raise FormatError(f"{WEIGHTS_MEMBER} in the archive is not a readable HDF5 file ({_h5_reason(e)})", path) from None
         try:
             yield h5, start, info.file_size, config, metadata
@@ -260,18 +263,24 @@ def _dtype_of(ds, path: str, where: str) -> str:
 
 def _var(ds, where: str, path: str, h5_start: int | None, limit: int) -> Var:
     dt = _dtype_of(ds, path, where)
-    shape = tuple(int(d) for d in ds.shape) if ds.shape is not None else ()
-    offset = None
+    if ds.shape is None:
+        raise FormatError(f"{where}: a dataset without a dataspace (no shape)", path)
+    shape = tuple(int(d) for d in ds.shape)
     nbytes = dtypes.itemsize(dt) * int(np.prod(shape, dtype=np.int64))
-    native_le = ds.dtype.byteorder in ("<", "=", "|") and (ds.dtype.byteorder != "=" or np.little_endian)
-    if h5_start is not None and native_le and ds.chunks is None and ds.compression is None and nbytes:
-        off = ds.id.get_offset()
-        if off is not None:
-            if off < 0 or off + nbytes > limit:
-                raise FormatError(f"{where}: data at offset {off} (+{nbytes} bytes) lies past the end of the "
-                                  f"file ({limit} bytes): truncated", path)
-            offset = h5_start + off
-    return Var(where, shape, dt, offset)
+    raw = ds.chunks is None and ds.compression is None and ds.dtype.byteorder in ("<", "|", "=" if np.little_endian else "<")
+    off = ds.id.get_offset() if raw and nbytes else None
+    if off is not None:
+        if off < 0 or off + nbytes > limit:
+            raise FormatError(f"{where}: data at offset {off} (+{nbytes} bytes) lies past the end of the "
+                              f"file ({limit} bytes): truncated", path)
+        return Var(where, shape, dt, h5_start + off if h5_start is not None else None)
+    # Read through h5py: the shape must be plausible for the bytes stored (a hostile header could
+    # declare terabytes of fill values); gzip's best ratio is about 1:1000.
+    stored = ds.id.get_storage_size()
+    if nbytes > MAX_EXPANSION * stored + (1 << 20):
+        raise FormatError(f"{where}: shape {list(shape)} ({nbytes} bytes) is implausible for the {stored} bytes "
+                          "stored", path)
+    return Var(where, shape, dt, None)
 
 
 def _name_attr(group) -> str:
@@ -307,6 +316,42 @@ def config_by_path(config: dict | None) -> dict[str, dict]:
     return out
 
 
+def _histories(node) -> list[str]:
+    """Layer names a Functional layer's inbound_nodes refer to (their `keras_history` entries)."""
+    out = []
+    if isinstance(node, dict):
+        h = node.get("keras_history")
+        if isinstance(h, list) and h and isinstance(h[0], str):
+            out.append(h[0])
+        for v in node.values():
+            out += _histories(v)
+    elif isinstance(node, list):
+        for v in node:
+            out += _histories(v)
+    return out
+
+
+def dense_after_flatten(config: dict | None) -> list[str]:
+    """Names of Dense layers fed by a Flatten: Keras flattens NHWC, a torch twin NCHW, so their
+    weight rows are in another order (a layout no tensor transform can see)."""
+    found = []
+
+    def visit(entry):
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            return
+        items = [e for e in entry["config"].get("layers") or [] if isinstance(e, dict)]
+        classes = {(e.get("config") or {}).get("name"): e.get("class_name") for e in items}
+        for i, e in enumerate(items):
+            if e.get("class_name") == "Dense":
+                inputs = _histories(e.get("inbound_nodes")) if "inbound_nodes" in e else \
+                    [(items[i - 1].get("config") or {}).get("name")] if i else []
+                if any(classes.get(n) == "Flatten" for n in inputs):
+                    found.append((e.get("config") or {}).get("name"))
+            visit(e)
+    visit(config)
+    return [n for n in found if isinstance(n, str)]
+
+
 def scan(path: str) -> Store:
     """The variable groups of a .weights.h5 file or a .keras archive, in model order.
 
@@ -330,7 +375,8 @@ def scan(path: str) -> Store:
         configs = config_by_path(config)
         walker = _Walker(h5, path, start, limit, configs)
         walker.walk_object(h5["/"], "", "", True)
-        return Store(path, fmt, _model_order(walker.groups, configs), config, metadata, walker.optimizer, start or 0)
+        return Store(path, fmt, _model_order(walker.groups, configs), config, metadata, walker.optimizer,
+                     start or 0, names=walker.names)
 
 
 class _Walker:
@@ -338,6 +384,7 @@ class _Walker:
         self.h5, self.path, self.start, self.limit, self.configs = h5, path, start, limit, configs
         self.groups: list[VarGroup] = []
         self.optimizer: list[Var] = []
+        self.names: dict[str, str] = {}
         self.count = 0
         self.Group = type(h5["/"])
 
@@ -355,14 +402,21 @@ class _Walker:
                               f"(found {', '.join(str(k) for k, _ in items)})", self.path)
         return [v for _, v in items]
 
-    def walk_object(self, g, h5_path, module, is_root=False, cell_of: VarGroup | None = None):
-        """An object group (has or may have `vars`); its other children are attributes or lists."""
+    def _enter(self, h5_path):
         self.count += 1
         if self.count > MAX_GROUPS:
             raise FormatError(f"more than {MAX_GROUPS} groups: not a plausible Keras weights file", self.path)
+        if h5_path.count("/") > MAX_DEPTH:
+            raise FormatError(f"groups nested more than {MAX_DEPTH} deep: not a plausible Keras weights file", self.path)
+
+    def walk_object(self, g, h5_path, module, is_root=False, cell_of: VarGroup | None = None):
+        """An object group (has or may have `vars`); its other children are attributes or lists."""
+        self._enter(h5_path)
         vg = g.get("vars")
         vars_path = f"{h5_path}/vars" if h5_path else "vars"
         name = _name_attr(vg) if isinstance(vg, self.Group) else ""
+        if name:
+            self.names[vars_path] = name
         entry = self.configs.get(h5_path, {})
         cls, cfg = entry.get("class_name", ""), entry.get("config")
         group = VarGroup(h5_path, vars_path, module, name, cls if isinstance(cls, str) else "",
@@ -401,6 +455,7 @@ class _Walker:
 
     def walk_list(self, g, h5_path, module):
         """A list's group: items named by class (`dense`, `dense_1`) or nested lists (`container`)."""
+        self._enter(h5_path)
         for key in g:
             child = g[key]
             child_path = f"{h5_path}/{key}"

@@ -56,8 +56,9 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     report = Report(stage="write")
     layers = keras_plan.canonical_layers(ckpt, report, strict=strict)
     config = metadata = None
+    names: dict[str, str] = {}
     if template is not None:
-        targets, config, metadata = keras_plan.template_targets(template)
+        targets, config, metadata, names = keras_plan.template_targets(template)
         separable = {t.module for t in targets if t.class_name == "SeparableConv2D"}
         layers = keras_plan.merge_separable(layers, ckpt, separable)
         pairs = keras_plan.match(layers, targets, report, strict=strict)
@@ -71,6 +72,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
             raise HubfmtError("a .keras archive needs the model's config.json: pass template= (a .keras file or a "
                               "Keras model), or write a .weights.h5 instead", path)
     datasets, parents = _datasets(ckpt, pairs, report, restore_dtype)
+    parents = {**names, **parents}      # the template's layer names, then the matched layers' own
     total = 0
     with atomic_output(path, overwrite=overwrite) as tmp:
         h5_path = tmp + ".h5" if archive else tmp
