@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hubfmt import hubfile
 from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
 from hubfmt.errors import ConversionError, FormatError, HubfmtError, OutputError
-from hubfmt.adapters.tensorflow import keras_h5, keras_store
+from hubfmt.adapters.tensorflow import keras_config, keras_h5
 
 RNG = np.random.default_rng(0)
 
@@ -324,8 +324,8 @@ def test_generated_checkpoints_round_trip_bit_exact(tmp_path_factory, ckpt):
 
 
 def test_snake_case_names():
-    assert keras_store.snake_case("Conv2DTranspose") == "conv2d_transpose"
-    assert keras_store.unique_names(["Dense", "Conv2D", "Dense"]) == ["dense", "conv2d", "dense_1"]
+    assert keras_config.snake_case("Conv2DTranspose") == "conv2d_transpose"
+    assert keras_config.unique_names(["Dense", "Conv2D", "Dense"]) == ["dense", "conv2d", "dense_1"]
 
 
 def test_legacy_keras2_weights_by_name(tmp_path):

@@ -329,7 +329,7 @@ def test_float16_weights_restored_bit_exact(keras, kh5, tmp_path):
 def test_snake_case_matches_keras(keras):
     from keras.src.utils import naming
 
-    from hubfmt.adapters.tensorflow.keras_store import snake_case
+    from hubfmt.adapters.tensorflow.keras_config import snake_case
     for cls in ("Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
                 "LSTM", "GRU", "SimpleRNN", "LayerNormalization", "Dense", "Embedding", "Conv1DTranspose",
                 "MultiHeadAttention", "GroupNormalization"):

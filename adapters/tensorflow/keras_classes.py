@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import re
 
-from .keras_store import VarGroup, snake_case
+from .keras_config import snake_case
+from .keras_store import VarGroup
 from .semantics import KERAS_CLASS_KINDS
 
 # Classes this module knows the variable order of (a subset of semantics.KERAS_CLASS_KINDS).

@@ -18,11 +18,10 @@ from __future__ import annotations
 import os
 
 from hubfmt.checkpoint import Checkpoint, SourceInfo
-from hubfmt.errors import FormatError
 from hubfmt.registry import NativeFormat
 from hubfmt.report import Report
 
-from . import keras_store
+from . import keras_config, keras_files, keras_store
 from .keras_import import Owner, add_owner
 from .keras_classes import infer_class
 
@@ -42,9 +41,9 @@ def sniff(path: str) -> str | None:
     path = os.fspath(path)
     if not os.path.isfile(path):
         return None
-    if keras_store.is_hdf5(path):
+    if keras_files.is_hdf5(path):
         return "keras-weights-h5"
-    if keras_store.is_keras_archive(path):
+    if keras_files.is_keras_archive(path):
         return "keras-archive"
     if path.endswith(".weights.h5"):
         return "keras-weights-h5"
@@ -89,7 +88,7 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None, **optio
         owner = Owner(g.module, g.class_name or infer_class(g), g.config, [v.path for v in g.vars],
                       [keras_store.lazy(store, v) for v in g.vars], g.vars_path)
         add_owner(ckpt, owner, strict=strict, path=path)
-    for name in keras_store.dense_after_flatten(store.config):
+    for name in keras_config.dense_after_flatten(store.config):
         ckpt.report.add("warning", name, "Dense after Flatten: Keras flattens NHWC (channels last); a "
                                          "channels-first model needs this weight's input rows permuted")
     if store.optimizer:
@@ -125,4 +124,4 @@ def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
     return _to_model(ckpt, model, strict=strict)
 
 
-__all__ = ["FORMATS", "sniff", "read", "write", "from_model", "to_model", "FormatError"]
+__all__ = ["FORMATS", "sniff", "read", "write", "from_model", "to_model"]

@@ -14,7 +14,7 @@ import json
 
 from hubfmt.errors import FormatError
 
-from .keras_store import VarGroup, _var
+from .keras_store import VarGroup, dataset_var
 
 _RNN_CELL_SUFFIX = "_cell"
 # Keras 3 variable order of each class, by leaf (the subset present is stored in this order).
@@ -111,7 +111,7 @@ def scan_legacy(h5, path: str, start: int | None, limit: int) -> tuple[list[VarG
                 raise FormatError(f"weight_names lists {wname!r}, which is not a dataset at {where}", path)
             name = wname[:-2] if wname.endswith(":0") else wname
             scope, _, leaf = name.rpartition("/")
-            scopes.setdefault(scope, {})[leaf] = _var(ds, where, path, start, limit)
+            scopes.setdefault(scope, {})[leaf] = dataset_var(ds, where, path, start, limit)
         for scope, variables in scopes.items():
             segs = scope.split("/") if scope else [lname]
             entry = configs.get("/".join(segs)) or configs.get("/".join(segs[:-1]))

@@ -18,7 +18,7 @@ from hubfmt.checkpoint import Checkpoint
 from hubfmt.errors import ConversionError, HubfmtError
 from hubfmt.report import Report
 
-from . import keras_classes, keras_store, semantics
+from . import keras_classes, keras_config, keras_store, semantics
 
 _VAR_PATH = re.compile(r"^(?:(.*)/)?vars/(\d+)$")
 # Universal position order of Keras leaves: every known class stores a subset in this order.
@@ -209,7 +209,7 @@ def rule_targets(layers: list[CanonLayer], ckpt: Checkpoint) -> list[tuple[Canon
             vars_path = f"{hint}/vars" if hint else "vars"
             parents = _object_names(obj, layer.module)
         else:
-            base = keras_store.snake_case(cls)
+            base = keras_config.snake_case(cls)
             while True:
                 n = counters.get(base, -1) + 1
                 counters[base] = n

@@ -13,63 +13,21 @@ with each variable's shape, dtype and, when its bytes lie raw, its absolute offs
 """
 from __future__ import annotations
 
-import io
-import json
 import os
-import re
-import struct
-import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from hubfmt import dtypes
 from hubfmt.checkpoint import LazyTensor, region_tensor
-from hubfmt.errors import FormatError, MissingFrameworkError
+from hubfmt.errors import FormatError
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-WEIGHTS_MEMBER = "model.weights.h5"     # Keras 3's name for the weights inside a .keras archive
-CONFIG_MEMBER = "config.json"
-METADATA_MEMBER = "metadata.json"
-MAX_JSON = 64 * 2**20                    # a larger config.json is damage, not a model
+from .keras_config import config_by_path
+from .keras_files import h5_reason, open_h5
+
 MAX_GROUPS = 1_000_000                   # objects in one file: bounds the walk of a hostile file
 MAX_DEPTH = 100                          # nesting of objects and lists (Python's recursion is finite)
 MAX_EXPANSION = 1100                     # nominal bytes per stored byte of a chunked/compressed dataset
-# Container-model classes: their `layers` list is saved as items named by class.
-MODEL_CLASSES = ("Functional", "Sequential", "Model")
-
-
-def h5py_module():
-    """h5py, or a one-line error saying how to get it (it is the `keras` extra)."""
-    try:
-        import h5py
-    except ImportError:
-        raise MissingFrameworkError("h5py", "h5py", "reading or writing Keras .weights.h5/.keras files") from None
-    return h5py
-
-
-def snake_case(class_name: str) -> str:
-    """The name Keras gives a list item of this class in a weights file: 'Conv2DTranspose' ->
-    'conv2d_transpose', 'BatchNormalization' -> 'batch_normalization', 'SimpleRNN' -> 'simple_rnn'."""
-    s = re.sub(r"\W+", "", class_name)
-    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", s)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
-
-
-def unique_names(class_names) -> list[str]:
-    """Keras's item names for a list of objects of these classes, in order (dense, dense_1, ...)."""
-    used: dict[str, int] = {}
-    out = []
-    for c in class_names:
-        base = snake_case(c)
-        if base in used:
-            used[base] += 1
-            out.append(f"{base}_{used[base]}")
-        else:
-            used[base] = 0
-            out.append(base)
-    return out
 
 
 @dataclass
@@ -117,138 +75,6 @@ class Store:
     names: dict[str, str] = field(default_factory=dict)     # vars group -> its `name` attribute
 
 
-class _Window(io.RawIOBase):
-    """A read-only file object over bytes [start, start+size) of a file: the h5 member of a zip."""
-
-    def __init__(self, f, start: int, size: int):
-        self._f, self._start, self._size, self._pos = f, start, size, 0
-
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def tell(self):
-        return self._pos
-
-    def seek(self, pos, whence=0):
-        base = {0: 0, 1: self._pos, 2: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, b):
-        n = max(0, min(len(b), self._size - self._pos))
-        if n == 0:
-            return 0
-        self._f.seek(self._start + self._pos)
-        data = self._f.read(n)
-        b[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
-def is_hdf5(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(8) == HDF5_SIGNATURE
-    except OSError:
-        return False
-
-
-def is_keras_archive(path: str) -> bool:
-    try:
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
-        return CONFIG_MEMBER in names and WEIGHTS_MEMBER in names
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-
-
-def _member_data_offset(path: str, f, info: zipfile.ZipInfo, size: int) -> int:
-    """Where a stored (uncompressed) zip member's bytes start: after its local file header."""
-    f.seek(info.header_offset)
-    head = f.read(30)
-    if len(head) < 30 or head[:4] != b"PK\x03\x04":
-        raise FormatError(f"zip member {info.filename}: bad local header", path)
-    name_len, extra_len = struct.unpack("<HH", head[26:30])
-    start = info.header_offset + 30 + name_len + extra_len
-    if start + info.file_size > size:
-        raise FormatError(f"zip member {info.filename} ends past the end of the file ({size} bytes)", path)
-    return start
-
-
-def _read_json(path: str, z: zipfile.ZipFile, member: str) -> dict | None:
-    try:
-        info = z.getinfo(member)
-    except KeyError:
-        return None
-    if info.file_size > MAX_JSON:
-        raise FormatError(f"{member} is implausibly large ({info.file_size} bytes)", path)
-    try:
-        doc = json.loads(z.read(member).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError) as e:
-        raise FormatError(f"{member} is not valid JSON: {e}", path) from None
-    if not isinstance(doc, dict):
-        raise FormatError(f"{member} is not a JSON object", path)
-    return doc
-
-
-@contextmanager
-def open_h5(path: str):
-    """(h5py.File, absolute offset of the h5 bytes in `path` (None when compressed), their size,
-    config, metadata) for a .weights.h5 file or a .keras archive; FormatError for anything else."""
-    h5py = h5py_module()
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FormatError("no such file", path)
-    size = os.path.getsize(path)
-    if is_hdf5(path):
-        try:
-            h5 = h5py.File(path, "r")
-        except OSError as e:
-            raise FormatError(f"not a readable HDF5 file ({_h5_reason(e)})", path) from None
-        try:
-            yield h5, 0, size, None, None
-        finally:
-            h5.close()
-        return
-    if not zipfile.is_zipfile(path):
-        raise FormatError("neither an HDF5 .weights.h5 file nor a .keras zip archive", path)
-    try:
-        z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise FormatError(f"damaged zip archive: {e}", path) from None
-    with z, open(path, "rb") as raw:
-        try:
-            info = z.getinfo(WEIGHTS_MEMBER)
-        except KeyError:
-            raise FormatError(f"zip archive without {WEIGHTS_MEMBER}: not a Keras 3 .keras file", path) from None
-        config = _read_json(path, z, CONFIG_MEMBER)
-        metadata = _read_json(path, z, METADATA_MEMBER)
-        try:
-            if info.compress_type == zipfile.ZIP_STORED:
-                start = _member_data_offset(path, raw, info, size)
-                fobj = _Window(raw, start, info.file_size)
-            else:   # compressed: readable through zipfile (slower seeks), no in-place byte ranges
-                start = None
-                fobj = z.open(info)
-            h5 = h5py.File(fobj, "r")
-        except (OSError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError) as e:
-            raise FormatError(f"{WEIGHTS_MEMBER} in the archive is not a readable HDF5 file ({_h5_reason(e)})", path) from None
-        try:
-            yield h5, start, info.file_size, config, metadata
-        finally:
-            h5.close()
-
-
-def _h5_reason(e: Exception) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg[:200]
-
-
 def _dtype_of(ds, path: str, where: str) -> str:
     dt = ds.dtype
     if ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):   # Keras marks its opaque 2-byte bfloat16
@@ -261,7 +87,7 @@ def _dtype_of(ds, path: str, where: str) -> str:
         raise FormatError(f"{where}: unsupported dtype {dt}", path) from None
 
 
-def _var(ds, where: str, path: str, h5_start: int | None, limit: int) -> Var:
+def dataset_var(ds, where: str, path: str, h5_start: int | None, limit: int) -> Var:
     dt = _dtype_of(ds, path, where)
     if ds.shape is None:
         raise FormatError(f"{where}: a dataset without a dataspace (no shape)", path)
@@ -288,68 +114,6 @@ def _name_attr(group) -> str:
     if isinstance(v, bytes):
         v = v.decode("utf-8", "replace")
     return v if isinstance(v, str) else ""
-
-
-def config_by_path(config: dict | None) -> dict[str, dict]:
-    """h5 object path -> layer config entry ({"class_name", "config", ...}), by replaying how Keras
-    names the items of Functional/Sequential `layers` lists (Sequential leaves out its InputLayer)."""
-    out: dict[str, dict] = {}
-
-    def visit(entry, prefix):
-        if not isinstance(entry, dict):
-            return
-        cls = entry.get("class_name")
-        inner = entry.get("config")
-        if cls not in MODEL_CLASSES or not isinstance(inner, dict) or not isinstance(inner.get("layers"), list):
-            return
-        items = [e for e in inner["layers"] if isinstance(e, dict) and isinstance(e.get("class_name"), str)]
-        if cls == "Sequential":
-            items = [e for e in items if e["class_name"] != "InputLayer"]
-        for e, name in zip(items, unique_names(e["class_name"] for e in items)):
-            p = f"{prefix}layers/{name}"
-            out[p] = e
-            visit(e, p + "/")
-
-    if config:
-        out[""] = config
-        visit(config, "")
-    return out
-
-
-def _histories(node) -> list[str]:
-    """Layer names a Functional layer's inbound_nodes refer to (their `keras_history` entries)."""
-    out = []
-    if isinstance(node, dict):
-        h = node.get("keras_history")
-        if isinstance(h, list) and h and isinstance(h[0], str):
-            out.append(h[0])
-        for v in node.values():
-            out += _histories(v)
-    elif isinstance(node, list):
-        for v in node:
-            out += _histories(v)
-    return out
-
-
-def dense_after_flatten(config: dict | None) -> list[str]:
-    """Names of Dense layers fed by a Flatten: Keras flattens NHWC, a torch twin NCHW, so their
-    weight rows are in another order (a layout no tensor transform can see)."""
-    found = []
-
-    def visit(entry):
-        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
-            return
-        items = [e for e in entry["config"].get("layers") or [] if isinstance(e, dict)]
-        classes = {(e.get("config") or {}).get("name"): e.get("class_name") for e in items}
-        for i, e in enumerate(items):
-            if e.get("class_name") == "Dense":
-                inputs = _histories(e.get("inbound_nodes")) if "inbound_nodes" in e else \
-                    [(items[i - 1].get("config") or {}).get("name")] if i else []
-                if any(classes.get(n) == "Flatten" for n in inputs):
-                    found.append((e.get("config") or {}).get("name"))
-            visit(e)
-    visit(config)
-    return [n for n in found if isinstance(n, str)]
 
 
 def scan(path: str) -> Store:
@@ -395,7 +159,7 @@ class _Walker:
             where = f"{vars_path}/{key}"
             if isinstance(obj, self.Group) or not key.isdigit():
                 raise FormatError(f"{where}: Keras variable groups hold datasets named 0..N only", self.path)
-            items.append((int(key), _var(obj, where, self.path, self.start, self.limit)))
+            items.append((int(key), dataset_var(obj, where, self.path, self.start, self.limit)))
         items.sort(key=lambda kv: kv[0])
         if [k for k, _ in items] != list(range(len(items))):
             raise FormatError(f"{vars_path}: variables are not numbered 0..{len(items) - 1} "
@@ -507,7 +271,7 @@ def lazy(store: Store, var: Var) -> LazyTensor:
             try:
                 a = h5[where][()]
             except (OSError, KeyError, ValueError) as e:
-                raise FormatError(f"{where}: cannot read ({_h5_reason(e)})", path) from None
+                raise FormatError(f"{where}: cannot read ({h5_reason(e)})", path) from None
         a = np.asarray(a)
         if dt == "bfloat16":
             return np.ascontiguousarray(a).view("<u2").reshape(var.shape)

@@ -23,7 +23,7 @@ from hubfmt.errors import ConversionError, HubfmtError
 from hubfmt.report import Report
 from hubfmt.streaming import write_tensor
 
-from . import keras_plan, keras_store
+from . import keras_files, keras_plan
 
 
 @dataclass
@@ -112,7 +112,7 @@ def _datasets(ckpt: Checkpoint, pairs, report: Report, restore_dtype: bool):
 
 def _write_h5(h5_path: str, datasets: list[_Dataset], names: dict[str, str], progress) -> int:
     """Lay out the file with h5py (datasets allocated, not filled), then stream the bytes in."""
-    h5py = keras_store.h5py_module()
+    h5py = keras_files.h5py_module()
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)     # offsets known now; bytes come later
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)        # no zeros written first
@@ -160,6 +160,6 @@ def _write_archive(tmp: str, h5_path: str, config: dict, metadata: dict | None) 
     meta.setdefault("keras_version", "3")
     meta["date_saved"] = datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr(keras_store.METADATA_MEMBER, json.dumps(meta))
-        z.writestr(keras_store.CONFIG_MEMBER, json.dumps(config))
-        z.write(h5_path, keras_store.WEIGHTS_MEMBER)
+        z.writestr(keras_files.METADATA_MEMBER, json.dumps(meta))
+        z.writestr(keras_files.CONFIG_MEMBER, json.dumps(config))
+        z.write(h5_path, keras_files.WEIGHTS_MEMBER)
