@@ -410,3 +410,43 @@ def test_template_layer_names_are_written(keras, kh5, tmp_path):
         a.visititems(lambda n, o: names.__setitem__(n, dict(o.attrs)) if n.endswith("vars") else None)
         for n, attrs in names.items():
             assert dict(b[n].attrs) == attrs, n
+
+
+def test_sequence_model_embedding_conv1d_layernorm_simplernn(keras, torch, kh5, tmp_path):
+    L = keras.layers
+    inp = keras.Input((6,), dtype="int32")
+    x = L.Embedding(11, 4, name="emb")(inp)
+    x = L.Conv1D(5, 3, padding="same", name="conv")(x)
+    x = L.LayerNormalization(name="ln")(x)
+    x = L.SimpleRNN(3, return_sequences=True, name="rnn")(x)
+    m = keras.Model(inp, L.Dense(2, name="fc")(x))
+    _randomize(m, 2)
+    m.save(str(tmp_path / "s.keras"))
+    nn = torch.nn
+
+    class Twin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(11, 4)
+            self.conv = nn.Conv1d(4, 5, 3, padding=1)
+            self.ln = nn.LayerNorm(5, eps=1e-3)
+            self.rnn = nn.RNN(5, 3, batch_first=True)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, ids):
+            x = self.conv(self.emb(ids).transpose(1, 2)).transpose(1, 2)
+            return self.fc(self.rnn(self.ln(x))[0])
+    ckpt = kh5.read(str(tmp_path / "s.keras"))
+    assert ckpt.layers["ln"].attrs == {"eps": 0.001}
+    twin = load_twin(torch, Twin().eval(), ckpt)
+    ids = np.random.default_rng(3).integers(0, 11, size=(2, 6)).astype(np.int32)
+    with torch.no_grad():
+        out = twin(torch.from_numpy(ids.astype(np.int64))).numpy()
+    assert_same_outputs(out, m.predict(ids, verbose=0))
+    # and back: the twin's weights into a fresh Keras model through a .weights.h5 (by rule)
+    dest = keras.models.clone_model(m)
+    out_path = str(tmp_path / "back.weights.h5")
+    kh5.write(torch_ckpt(twin, {"emb": "embedding", "conv": "conv1d", "ln": "layer_norm", "rnn": "rnn",
+                                "fc": "linear"}), out_path)
+    dest.load_weights(out_path)
+    assert_same_outputs(dest.predict(ids, verbose=0), out)
