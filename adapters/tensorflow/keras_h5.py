@@ -65,6 +65,7 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None, **optio
     >>> read("model.weights.h5", template="model.keras")["conv.weight"].info.original_layout   # doctest: +SKIP
     'HWIO'
     """
+    prefer_ema = options.pop("prefer_ema", False)       # the CLI's --prefer-ema, for every reader
     if options:
         raise TypeError(f"unknown read option(s) for Keras files: {', '.join(sorted(options))}")
     path = os.fspath(path)
@@ -100,6 +101,9 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None, **optio
         ckpt.extra["keras_metadata"] = store.metadata
     if not len(ckpt) and not store.optimizer:
         ckpt.report.add("warning", os.path.basename(path), "the file holds no layer variables")
+    if prefer_ema:
+        ckpt.report.add("warning", os.path.basename(path), "prefer_ema: Keras weight files keep no EMA copy of "
+                                                           "the layers (an optimizer's EMA state is dropped)")
     ckpt.report.tensors_in = len(ckpt)
     return ckpt
 

@@ -46,9 +46,12 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
 
     >>> write(read("torch_twin.safetensors"), "m.weights.h5", template=keras_model)   # doctest: +SKIP
     """
+    options.pop("keep_dtype", None)     # the CLI's --keep-dtype: Keras output keeps dtypes anyway
+    path = os.fspath(path)
+    if options.pop("max_shard_size", None):
+        raise HubfmtError("sharded Keras weights (.weights.json) are not written: drop --max-shard-size", path)
     if options:
         raise TypeError(f"unknown write option(s) for Keras files: {', '.join(sorted(options))}")
-    path = os.fspath(path)
     archive = path.endswith(".keras")
     if not (archive or path.endswith(".weights.h5")):
         raise HubfmtError("Keras 3 loads weights from *.weights.h5 or *.keras files: name the output so "
