@@ -62,8 +62,11 @@ def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
     exact. Returns `array` itself when nothing changes.
     """
     if src == dst:
-        out = array
-    elif src == "bfloat16":
+        return _as_storage(array, dst)
+    shape = np.shape(array)
+    # 0-d arrays would go through numpy's scalar casting rules (uint32 << 16 -> int64): work 1-d.
+    array = np.asarray(array).reshape(-1)
+    if src == "bfloat16":
         wide = (array.astype("<u4") << 16).view("<f4")
         out = wide if dst == "float32" else wide.astype(storage_dtype(dst))
     elif dst == "bfloat16":
@@ -76,7 +79,9 @@ def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
         out = rounded
     else:
         out = array.astype(storage_dtype(dst), copy=False)
-    sd = storage_dtype(dst)
-    if out.dtype != sd:
-        out = out.astype(sd)
-    return out
+    return _as_storage(out, dst).reshape(shape)
+
+
+def _as_storage(array: np.ndarray, dtype: str) -> np.ndarray:
+    sd = storage_dtype(dtype)
+    return array if array.dtype == sd else array.astype(sd)

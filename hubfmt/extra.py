@@ -19,6 +19,9 @@ def to_plain(value: Any, _depth: int = 0) -> Any:
     restricted unpickler) {"__object__": "module.Class", "state": ...}."""
     if _depth > 100:
         raise ValueError("non-tensor content nested more than 100 levels deep")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        # msgpack holds 64-bit integers only; a pickle can carry any size.
+        return {OBJECT: "builtins.int", "repr": str(value)}
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
     if isinstance(value, np.generic):
@@ -26,7 +29,7 @@ def to_plain(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype.kind == "O":
             return [to_plain(v, _depth + 1) for v in value.tolist()]
-        a = np.ascontiguousarray(value)
+        a = np.ascontiguousarray(value).reshape(value.shape)
         return {NDARRAY: {"dtype": a.dtype.str, "shape": list(a.shape), "data": a.tobytes()}}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [to_plain(v, _depth + 1) for v in value]

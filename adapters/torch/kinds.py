@@ -1,0 +1,131 @@
+"""Layer kinds of a torch state dict: from the module classes when the file (a pickled nn.Module)
+or the caller (from_model) tells them, otherwise from names, shapes and sibling tensors.
+
+>>> infer_kinds({"bn.weight": (4,), "bn.running_mean": (4,), "fc.weight": (3, 4)})
+{'bn': 'batch_norm', 'fc': 'linear'}
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+# torch.nn class name -> hubfmt kind (spec: Layer kinds).
+MODULE_KINDS = {
+    "Linear": "linear", "LazyLinear": "linear", "NonDynamicallyQuantizableLinear": "linear", "Bilinear": "tensor",
+    "Conv1d": "conv1d", "Conv2d": "conv2d", "Conv3d": "conv3d",
+    "LazyConv1d": "conv1d", "LazyConv2d": "conv2d", "LazyConv3d": "conv3d",
+    "ConvTranspose1d": "conv_transpose1d", "ConvTranspose2d": "conv_transpose2d", "ConvTranspose3d": "conv_transpose3d",
+    "BatchNorm1d": "batch_norm", "BatchNorm2d": "batch_norm", "BatchNorm3d": "batch_norm", "SyncBatchNorm": "batch_norm",
+    "LayerNorm": "layer_norm", "GroupNorm": "group_norm",
+    "InstanceNorm1d": "instance_norm", "InstanceNorm2d": "instance_norm", "InstanceNorm3d": "instance_norm",
+    "Embedding": "embedding", "LSTM": "lstm", "GRU": "gru", "RNN": "rnn", "PReLU": "prelu",
+}
+_RECURRENT = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
+
+
+def _plain(value: Any) -> bool:
+    """A value the manifest (JSON) can hold; anything else a pickle put there is left out."""
+    if isinstance(value, (list, tuple)):
+        return len(value) <= 8 and all(_plain(v) for v in value)
+    return value is None or type(value) in (bool, int, float, str)
+
+
+def layer_attrs(kind: str, attrs: Mapping[str, Any], weight_shape: tuple | None) -> tuple[str, dict]:
+    """(kind, output-changing attributes) of a module of that kind with instance attributes
+    `attrs` (a pickled module's __dict__ or a live module's vars())."""
+    attrs = {k: v for k, v in attrs.items() if _plain(v)}
+    out: dict[str, Any] = {}
+    if kind.startswith("conv"):
+        for key in ("stride", "padding", "dilation", "groups", "padding_mode", "output_padding"):
+            v = attrs.get(key)
+            if v is not None and not (key == "output_padding" and not kind.startswith("conv_transpose")):
+                out[key] = list(v) if isinstance(v, tuple) else v
+        groups = attrs.get("groups", 1)
+        if (kind == "conv2d" and isinstance(groups, int) and groups > 1 and weight_shape
+                and weight_shape[1] == 1 and attrs.get("in_channels") == groups):
+            kind = "depthwise_conv2d"
+    elif kind in ("batch_norm", "instance_norm"):
+        for key in ("eps", "momentum", "affine", "track_running_stats"):
+            if key in attrs:
+                out[key] = attrs[key]
+    elif kind == "layer_norm":
+        for key in ("eps", "elementwise_affine"):
+            if key in attrs:
+                out[key] = attrs[key]
+        if "normalized_shape" in attrs:
+            out["normalized_shape"] = list(attrs["normalized_shape"])
+    elif kind == "group_norm":
+        for key in ("num_groups", "eps", "affine"):
+            if key in attrs:
+                out[key] = attrs[key]
+    elif kind in ("lstm", "gru", "rnn"):
+        for key in ("num_layers", "bidirectional", "batch_first", "bias", "nonlinearity", "proj_size"):
+            if key in attrs:
+                out[key] = attrs[key]
+    return kind, out
+
+
+def infer_kinds(shapes: Mapping[str, tuple]) -> dict[str, str]:
+    """layer path -> kind for tensor names `<layer>.<role>` with the given shapes, where no
+    module class is known. Layers that match nothing are left out (kind 'tensor')."""
+    layers: dict[str, dict[str, tuple]] = {}
+    for name, shape in shapes.items():
+        layer, _, role = name.rpartition(".")
+        layers.setdefault(layer, {})[role] = tuple(shape)
+    out = {}
+    for layer, roles in layers.items():
+        kind = _kind(layer, roles)
+        if kind != "tensor":
+            out[layer] = kind
+    return out
+
+
+def _kind(layer: str, roles: dict[str, tuple]) -> str:
+    if "running_mean" in roles or "running_var" in roles or "num_batches_tracked" in roles:
+        return "batch_norm"
+    recurrent = [r for r in roles if _RECURRENT.match(r)]
+    if recurrent and "weight_ih_l0" in roles and "weight_hh_l0" in roles:
+        gates, hidden = roles["weight_ih_l0"][0], roles["weight_hh_l0"][-1]
+        if len(roles["weight_ih_l0"]) == 2 and hidden:
+            return {4: "lstm", 3: "gru", 1: "rnn"}.get(gates // hidden if gates % hidden == 0 else 0, "tensor")
+        return "tensor"
+    w = roles.get("weight")
+    if w is None or set(roles) - {"weight", "bias"}:
+        return "tensor"
+    rank = len(w)
+    last = layer.rpartition(".")[2].lower()
+    if rank == 2:
+        return "embedding" if "embed" in last and "bias" not in roles else "linear"
+    if rank in (3, 4, 5):
+        return {3: "conv1d", 4: "conv2d", 5: "conv3d"}[rank]
+    if rank == 1:
+        tokens = set(re.split(r"[_\d]+", last)) | {last}
+        if tokens & {"bn", "batchnorm", "batch_norm"}:
+            return "batch_norm"
+        if tokens & {"gn", "groupnorm", "group_norm"}:
+            return "group_norm"
+        if tokens & {"ln", "layernorm", "layer_norm", "norm"} or last.startswith("norm") or last.endswith("norm"):
+            return "layer_norm"
+    return "tensor"
+
+
+def classify(shapes: Mapping[str, tuple], classes: Mapping[str, tuple[str, Mapping[str, Any]]]) -> tuple[dict[str, str], dict]:
+    """(layer -> kind, layer -> LayerInfo) for a state dict with tensor `shapes`, using module
+    `classes` (layer path -> (class name, instance attributes)) where known, names/shapes elsewhere."""
+    from hubfmt.checkpoint import LayerInfo
+
+    inferred = infer_kinds(shapes)
+    layer_kinds: dict[str, str] = {}
+    layers: dict = {}
+    for layer in dict.fromkeys(n.rpartition(".")[0] for n in shapes):
+        cls = classes.get(layer)
+        kind = MODULE_KINDS.get(cls[0]) if cls else None
+        attrs: dict = {}
+        if kind is None:
+            kind = inferred.get(layer, "tensor")
+        else:
+            kind, attrs = layer_attrs(kind, cls[1], shapes.get(f"{layer}.weight"))
+        if kind != "tensor":
+            layers[layer] = LayerInfo(kind, attrs)
+        layer_kinds[layer] = kind
+    return layer_kinds, layers

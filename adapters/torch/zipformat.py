@@ -1,0 +1,116 @@
+"""Reading torch's zip format (torch.save since 1.6): `<dir>/data.pkl` holds the object pickle,
+`<dir>/data/<key>` each storage's raw bytes (STORED, 64-byte aligned by torch), `<dir>/byteorder`
+'little' or 'big'. `<dir>` is whatever the writer chose (torch uses the file's stem).
+
+Storages are located through the zip's central directory and each member's local header, and
+every size is checked against the file before anything is read.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zipfile
+from typing import Any, Callable
+
+from hubfmt.errors import FormatError
+
+from .tensors import BytesBlob, FileBlob, MemberBlob, check_storage
+from .vocabulary import Storage, storage_from_pid
+
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")     # 30 bytes
+# Deflate cannot expand data by more than ~1032x; a bigger claim is damage or a zip bomb.
+_MAX_RATIO = 1100
+
+
+def find_root(names: list[str]) -> str | None:
+    """The archive directory holding data.pkl ('' for a bare data.pkl), or None."""
+    roots = [n[: -len("data.pkl")] for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+    roots = [r for r in roots if r.count("/") <= 1]
+    return roots[0] if len(roots) == 1 else None
+
+
+def _open(path: str, data: bytes | None) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(io.BytesIO(data) if data is not None else path)
+    except FileNotFoundError:
+        raise FormatError("no such file", path) from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error) as e:
+        raise FormatError(f"truncated or corrupt zip archive ({e})", path) from None
+
+
+def _data_offset(f, info: zipfile.ZipInfo, size: int, path: str) -> int:
+    if info.header_offset + _LOCAL_HEADER.size > size:
+        raise FormatError(f"zip member {info.filename} starts past the end of the file", path)
+    f.seek(info.header_offset)
+    fields = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+    if fields[0] != b"PK\x03\x04":
+        raise FormatError(f"zip member {info.filename}: bad local header", path)
+    name_len, extra_len = fields[-2], fields[-1]
+    start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    if start + info.compress_size > size:
+        raise FormatError(f"zip member {info.filename} ends at byte {start + info.compress_size}, past the "
+                          f"end of the file ({size} bytes): truncated", path)
+    return start
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, path: str) -> bytes:
+    if info.compress_size > size or info.file_size > max(info.compress_size, 1) * _MAX_RATIO:
+        raise FormatError(f"zip member {info.filename} claims {info.file_size} bytes, more than the file can hold", path)
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise FormatError(f"cannot read zip member {info.filename}: {e}", path) from None
+
+
+def load(path: str, data: bytes | None, unpickle: Callable[[Any, Callable], Any]) -> Any:
+    """The object in a zip-format torch file at `path` (or in `data`, a nested file)."""
+    size = len(data) if data is not None else os.path.getsize(path)
+    with _open(path, data) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        root = find_root(list(infos))
+        if root is None:
+            raise FormatError("zip archive is not a torch checkpoint (no single <dir>/data.pkl member)", path)
+        little = True
+        if root + "byteorder" in infos:
+            order = _read_member(zf, infos[root + "byteorder"], size, path).strip()
+            if order not in (b"little", b"big"):
+                raise FormatError(f"unknown byteorder record {order[:20]!r}", path)
+            little = order == b"little"
+        pickle_bytes = _read_member(zf, infos[root + "data.pkl"], size, path)
+        storages: dict[str, Storage] = {}
+        raw = open(path, "rb") if data is None else io.BytesIO(data)
+        with raw:
+            def locate(storage: Storage) -> None:
+                info = infos.get(f"{root}data/{storage.key}")
+                if info is None:
+                    raise FormatError(f"storage {storage.key} is missing from the archive (no {root}data/{storage.key})", path)
+                if data is not None:
+                    storage.data = BytesBlob(_read_member(zf, info, size, path), little)
+                elif info.compress_type == zipfile.ZIP_STORED:
+                    if info.compress_size != info.file_size:
+                        raise FormatError(f"zip member {info.filename}: stored sizes disagree", path)
+                    storage.data = FileBlob(path, _data_offset(raw, info, size, path), info.file_size, little)
+                else:
+                    _data_offset(raw, info, size, path)
+                    if info.file_size > max(info.compress_size, 1) * _MAX_RATIO:
+                        raise FormatError(f"zip member {info.filename} claims an impossible size", path)
+                    storage.data = MemberBlob(path, info.filename, info.file_size, little)
+                check_storage(storage, path)
+
+            def persistent_load(pid):
+                storage = storage_from_pid(pid, storages)
+                if storage.data is None and storage.root is None:
+                    locate(storage)
+                return storage
+
+            return unpickle(io.BytesIO(pickle_bytes), persistent_load)
+
+
+def is_torch_zip(path: str) -> bool:
+    """A zip archive with a <dir>/data.pkl member (reads only the central directory)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return find_root(zf.namelist()) is not None
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, struct.error):
+        return False

@@ -1,0 +1,98 @@
+"""A streaming writer of the zip archive torch.load reads: every member STORED, each member's data
+64-byte aligned (padding in the local header's extra field, as torch's own writer does), zip64
+records where a size or offset needs them, CRC-32 computed from the bytes actually written (read
+back from the output, since write_tensor may have copied them in the kernel).
+
+>>> with open("m.pth", "wb") as f:                       # doctest: +SKIP
+...     z = ZipWriter(f)
+...     z.add("archive/data.pkl", pickle_bytes)
+...     z.begin("archive/data/0", t.nbytes); write_tensor(f, t); z.end()
+...     z.close()
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from typing import BinaryIO
+
+ALIGNMENT = 64
+ZIP64_LIMIT = 0xFFFFFFFF          # a size/offset at or above this goes in a zip64 extra field
+_CRC_CHUNK = 1 << 22
+_VERSION = 45                     # 4.5: zip64
+_PAD_ID = 0x4246                  # "FB": the extra field torch pads with
+
+
+class ZipWriter:
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.members: list[tuple[str, int, int, int]] = []     # name, header offset, size, crc
+        self._open: tuple[str, int, int, int] | None = None    # name, header offset, data start, size
+
+    def _local_header(self, name: bytes, offset: int, size: int, crc: int) -> bytes:
+        big = size >= ZIP64_LIMIT or offset >= ZIP64_LIMIT
+        extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
+        fixed = 30 + len(name) + len(extra) + 4
+        pad = -(offset + fixed) % ALIGNMENT
+        extra += struct.pack("<HH", _PAD_ID, pad) + b"Z" * pad
+        shown = 0xFFFFFFFF if big else size
+        return struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", _VERSION, 0, 0, 0, 0, 0x21, crc,
+                           shown, shown, len(name), len(extra)) + name + extra
+
+    def begin(self, name: str, size: int) -> None:
+        """Start member `name` of `size` bytes; its data is then written to the file directly."""
+        offset = self.f.tell()
+        self.f.write(self._local_header(name.encode(), offset, size, 0))
+        self._open = (name, offset, self.f.tell(), size)
+
+    def end(self) -> int:
+        """Finish the open member: CRC-32 over the bytes written, patched into its local header."""
+        name, offset, start, size = self._open
+        self._open = None
+        self.f.flush()
+        written = self.f.seek(0, os.SEEK_END) - start
+        if written != size:
+            raise ValueError(f"zip member {name}: {written} bytes written, {size} announced")
+        crc = _crc_of(self.f.fileno(), start, size)
+        os.pwrite(self.f.fileno(), struct.pack("<L", crc), offset + 14)
+        self.members.append((name, offset, size, crc))
+        return size
+
+    def add(self, name: str, data: bytes) -> None:
+        self.begin(name, len(data))
+        self.f.write(data)
+        self.end()
+
+    def close(self) -> None:
+        """Central directory (+ zip64 end records when needed) and end-of-central-directory."""
+        cd_start = self.f.tell()
+        for name, offset, size, crc in self.members:
+            raw = name.encode()
+            fields = [v for v in (size, size) if v >= ZIP64_LIMIT]
+            if offset >= ZIP64_LIMIT:
+                fields.append(offset)
+            extra = struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
+            clip = (lambda v: 0xFFFFFFFF if v >= ZIP64_LIMIT else v)
+            self.f.write(struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", _VERSION, 3, _VERSION, 0, 0, 0, 0, 0x21,
+                                     crc, clip(size), clip(size), len(raw), len(extra), 0, 0, 0, 0, clip(offset))
+                         + raw + extra)
+        cd_end = self.f.tell()
+        cd_size, count = cd_end - cd_start, len(self.members)
+        if count >= 0xFFFF or cd_start >= ZIP64_LIMIT or cd_size >= ZIP64_LIMIT:
+            self.f.write(struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, _VERSION, _VERSION, 0, 0, count, count,
+                                     cd_size, cd_start))
+            self.f.write(struct.pack("<4sLQL", b"PK\x06\x07", 0, cd_end, 1))
+            self.f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0))
+        else:
+            self.f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, cd_size, cd_start, 0))
+
+
+def _crc_of(fd: int, start: int, size: int) -> int:
+    crc, done = 0, 0
+    while done < size:
+        chunk = os.pread(fd, min(_CRC_CHUNK, size - done), start + done)
+        if not chunk:
+            raise OSError("output file shorter than written")
+        crc = zlib.crc32(chunk, crc)
+        done += len(chunk)
+    return crc
