@@ -450,3 +450,28 @@ def test_sequence_model_embedding_conv1d_layernorm_simplernn(keras, torch, kh5, 
                                 "fc": "linear"}), out_path)
     dest.load_weights(out_path)
     assert_same_outputs(dest.predict(ids, verbose=0), out)
+
+
+def test_through_the_torch_adapter_both_ways(keras, torch, tmp_path):
+    """The whole pipeline: .keras -> .pth (torch adapter) -> torch twin; torch twin's state_dict
+    .pth -> .weights.h5 after a Keras template -> load_weights."""
+    import hubfmt
+    m = cnn(keras)
+    m.save(str(tmp_path / "m.keras"))
+    hubfmt.convert(str(tmp_path / "m.keras"), str(tmp_path / "m.pth"))
+    twin = cnn_twin(torch)
+    state = torch.load(str(tmp_path / "m.pth"), weights_only=True)
+    twin.load_state_dict(state, strict=True)      # the torch writer creates num_batches_tracked
+    with torch.no_grad():
+        assert_same_outputs(twin(torch.from_numpy(nchw(X_IMG))).numpy(), m.predict(X_IMG, verbose=0))
+
+    other = cnn_twin(torch)
+    _randomize_torch(torch, other)
+    torch.save(other.state_dict(), str(tmp_path / "t.pth"))
+    dest = cnn(keras)
+    # A state dict says conv2d for the depthwise, transposed and separable layers: the template decides.
+    report = hubfmt.convert(str(tmp_path / "t.pth"), str(tmp_path / "t.weights.h5"), write_options={"template": dest})
+    assert {"dw", "up"} <= {e.name for e in report.of("warning")}
+    dest.load_weights(str(tmp_path / "t.weights.h5"))
+    with torch.no_grad():
+        assert_same_outputs(dest.predict(X_IMG, verbose=0), other(torch.from_numpy(nchw(X_IMG))).numpy())

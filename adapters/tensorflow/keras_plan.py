@@ -94,7 +94,10 @@ def merge_separable(layers: list[CanonLayer], ckpt: Checkpoint, want: set[str] |
             continue
         parent, _, leaf = layer.module.rpartition(".")
         other = by_module.get(f"{parent}.pointwise") if leaf == "depthwise" else None
-        if other and layer.kind == "depthwise_conv2d" and other.kind == "conv2d" and "bias" not in layer.roles:
+        # A torch state dict cannot tell a depthwise conv from a plain one: kind conv2d is accepted
+        # for the depthwise half when the destination has a SeparableConv2D here.
+        dw_ok = layer.kind == "depthwise_conv2d" or (layer.kind == "conv2d" and want is not None and parent in want)
+        if other and dw_ok and other.kind == "conv2d" and "bias" not in layer.roles:
             merged = CanonLayer(parent, "separable_conv2d",
                                 {**{f"depthwise.{r}": n for r, n in layer.roles.items()},
                                  **{f"pointwise.{r}": n for r, n in other.roles.items()}})
@@ -138,32 +141,55 @@ def target_kind(t: Target) -> str:
     return "tensor"
 
 
+# Convolutions by spatial rank: a reader that sees only tensors (a torch state dict) calls a
+# depthwise or transposed convolution conv2d; their canonical tensors are laid out as that layer
+# already (depthwise [C*m,1,kh,kw], transposed [in,out,kh,kw]), so the destination's kind decides.
+_CONV_RANK = {"conv1d": 1, "conv_transpose1d": 1, "conv2d": 2, "depthwise_conv2d": 2, "conv_transpose2d": 2,
+              "conv3d": 3, "conv_transpose3d": 3}
+
+
+def compatible(kind: str, dest: str) -> bool:
+    """Can a layer of canonical `kind` fill a destination layer of kind `dest`?"""
+    return kind == dest or (kind in _CONV_RANK and _CONV_RANK[kind] == _CONV_RANK.get(dest))
+
+
+def _adopt(pairs, report: Report):
+    """Take the destination's kind where the checkpoint's differs but is compatible (reported)."""
+    for layer, t in pairs:
+        dest = target_kind(t)
+        if layer.kind != dest and layer.kind in _CONV_RANK:
+            report.add("warning", layer.module, f"kind {layer.kind} taken as {dest}, the destination layer's "
+                                                f"({t.class_name})")
+            layer.kind = dest
+    return pairs
+
+
 def match(layers: list[CanonLayer], targets: list[Target], report: Report, *, strict: bool
           ) -> list[tuple[CanonLayer, Target]]:
     """Pair layers with template targets: by module path, else by order (same count and kinds)."""
     by_module = {t.module: t for t in targets}
     named = [(layer, by_module.get(layer.module)) for layer in layers]
     if all(t is not None for _, t in named) and len({id(t) for _, t in named}) == len(targets):
-        return named
+        return _adopt(named, report)
     # Names agree for most layers: pair the rest in order when their kinds agree (a subclassed
     # model's attribute can be saved under its layer name: Keras saves `layers/<class>` first).
     used = {id(t) for _, t in named if t is not None}
     rest_l = [layer for layer, t in named if t is None]
     rest_t = [t for t in targets if id(t) not in used]
     if len(rest_l) == len(rest_t) and len(rest_l) < len(layers) and all(
-            layer.kind == target_kind(t) for layer, t in zip(rest_l, rest_t)):
+            compatible(layer.kind, target_kind(t)) for layer, t in zip(rest_l, rest_t)):
         fill = dict(zip(map(id, rest_l), rest_t))
         for layer, t in zip(rest_l, rest_t):
             report.add("renamed", layer.module, f"-> destination layer {t.module} (matched by order and kind)")
-        return [(layer, t if t is not None else fill[id(layer)]) for layer, t in named]
+        return _adopt([(layer, t if t is not None else fill[id(layer)]) for layer, t in named], report)
     kinds_agree = len(layers) == len(targets) and all(
-        layer.kind == target_kind(t) for layer, t in zip(layers, targets))
+        compatible(layer.kind, target_kind(t)) for layer, t in zip(layers, targets))
     if kinds_agree:
         for layer, t in zip(layers, targets):
             if layer.module != t.module:
                 report.add("renamed", layer.module, f"-> destination layer {t.module} (matched by order and kind)")
-        return list(zip(layers, targets))
-    pairs = [(layer, t) for layer, t in named if t is not None]
+        return _adopt(list(zip(layers, targets)), report)
+    pairs = _adopt([(layer, t) for layer, t in named if t is not None], report)
     used = {id(t) for _, t in pairs}
     unexpected = [layer.module for layer, t in named if t is None]
     missing = [t.module for t in targets if id(t) not in used]
