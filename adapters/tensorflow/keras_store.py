@@ -69,8 +69,7 @@ class Store:
     groups: list[VarGroup]
     config: dict | None = None
     metadata: dict | None = None
-    optimizer: list = field(default_factory=list)
-    h5_start: int = 0
+    optimizer: list = field(default_factory=list)           # optimizer variables (dropped)
     warnings: list[str] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)     # vars group -> its `name` attribute
 
@@ -87,13 +86,20 @@ def _dtype_of(ds, path: str, where: str) -> str:
         raise FormatError(f"{where}: unsupported dtype {dt}", path) from None
 
 
+def _little_endian(dt) -> bool:
+    return dt.byteorder in ("<", "|") or (dt.byteorder == "=" and np.little_endian)
+
+
 def dataset_var(ds, where: str, path: str, h5_start: int | None, limit: int) -> Var:
+    """A Var for h5py dataset `ds` (at `where`): its absolute offset when its bytes lie raw (the h5
+    bytes start at `h5_start` in `path`, None when they are compressed in an archive, and span
+    `limit` bytes), every offset checked."""
     dt = _dtype_of(ds, path, where)
     if ds.shape is None:
         raise FormatError(f"{where}: a dataset without a dataspace (no shape)", path)
     shape = tuple(int(d) for d in ds.shape)
     nbytes = dtypes.itemsize(dt) * int(np.prod(shape, dtype=np.int64))
-    raw = ds.chunks is None and ds.compression is None and ds.dtype.byteorder in ("<", "|", "=" if np.little_endian else "<")
+    raw = ds.chunks is None and ds.compression is None and _little_endian(ds.dtype)
     off = ds.id.get_offset() if raw and nbytes else None
     if off is not None:
         if off < 0 or off + nbytes > limit:
@@ -123,24 +129,23 @@ def scan(path: str) -> Store:
     ['conv', 'bn', 'lstm', 'head.d1']
     """
     path = os.fspath(path)
-    size = os.path.getsize(path) if os.path.isfile(path) else 0
     with open_h5(path) as (h5, start, limit, config, metadata):
         fmt = "keras-archive" if config is not None else "keras-weights-h5"
         if "layers" not in h5 and "vars" not in h5:
-            from .keras_legacy import is_legacy, scan_legacy
+            from .keras_legacy import is_legacy, scan_legacy     # (it imports this module)
             if config is None and is_legacy(h5):
                 groups, warnings = scan_legacy(h5, path, start, limit)
                 optimizer = []
                 if "optimizer_weights" in h5:
                     h5["optimizer_weights"].visititems(lambda n, o: optimizer.append(n) if hasattr(o, "shape") else None)
-                return Store(path, "keras-h5", groups, None, None, optimizer, start or 0, warnings)
+                return Store(path, "keras-h5", groups, None, None, optimizer, warnings)
             raise FormatError("HDF5 file without Keras weights (no 'layers', 'vars' or 'layer_names'): "
                               "not Keras weights", path)
         configs = config_by_path(config)
         walker = _Walker(h5, path, start, limit, configs)
         walker.walk_object(h5["/"], "", "", True)
         return Store(path, fmt, _model_order(walker.groups, configs), config, metadata, walker.optimizer,
-                     start or 0, names=walker.names)
+                     names=walker.names)
 
 
 class _Walker:
@@ -208,12 +213,10 @@ class _Walker:
                 raise FormatError(f"{child_path}: a dataset outside a 'vars' group: not Keras weights", self.path)
             if is_root and key == "optimizer":
                 self.walk_object(child, child_path, "optimizer")
+            elif "vars" in child and key == "cell" and not group.vars:
+                self.walk_object(child, child_path, module, cell_of=group)
             elif "vars" in child:
-                sub = _join(module, key)
-                if key == "cell" and not group.vars:
-                    self.walk_object(child, child_path, module, cell_of=group)
-                else:
-                    self.walk_object(child, child_path, sub)
+                self.walk_object(child, child_path, _join(module, key))
             else:
                 self.walk_list(child, child_path, module if key == "layers" else _join(module, key))
 
