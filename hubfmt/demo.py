@@ -53,7 +53,7 @@ def example_checkpoint(seed: int = 0, half: bool = False) -> Checkpoint:
 # Output names per framework for the tour; a framework missing here is skipped with a note.
 _TOUR = {
     "mindspore": "model.ckpt",
-    "mxnet": "model-0000.params",
+    "mxnet": "model.params",
     "tensorflow": "model.index",
     "oneflow": "model.oneflow",
 }
@@ -91,12 +91,21 @@ def main(argv: list[str] | None = None) -> int:
         native = os.path.join(out, name)
         back = os.path.join(out, f"back-from-{fw}.pth")
         _step(f"hub -> {fw} -> PyTorch")
-        print(convert(hub, native, dst_framework=fw).to_text())
-        print(convert(native, back, src_framework=fw, dst_framework="torch").to_text())
+        there = convert(hub, native, dst_framework=fw)
+        print(there.to_text())
+        home = convert(native, back, src_framework=fw, dst_framework="torch")
+        print(home.to_text())
         result = compare(read(src), read(back))
         print(result.to_text())
-        ok &= not result.differs
-    print("\nall round trips bit-exact" if ok else "\nSOME ROUND TRIPS DIFFER")
+        # A format that cannot hold a tensor (MXNet keeps no BatchNorm step count) drops it and
+        # says so; anything else missing, or any value changed, is a failure.
+        declared = set(there.names("dropped")) | set(home.names("dropped"))
+        undeclared = [n for n in result.missing + result.unexpected if n not in declared]
+        changed = [t.name for t in result.tensors if not t.equal]
+        if declared & set(result.missing):
+            print(f"(missing only what the reports declared dropped: {', '.join(sorted(declared & set(result.missing)))})")
+        ok &= not (undeclared or changed)
+    print("\nevery round trip bit-exact" if ok else "\nSOME ROUND TRIPS DIFFER")
     return 0 if ok else 1
 
 

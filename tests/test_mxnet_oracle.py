@@ -22,9 +22,12 @@ def mx():
 
 @pytest.fixture(scope="module")
 def torch():
+    # Inference only here; restore autograd afterwards, other modules' tests train.
     t = require("torch")
+    previous = t.is_grad_enabled()
     t.set_grad_enabled(False)
-    return t
+    yield t
+    t.set_grad_enabled(previous)
 
 
 def _randomize_gluon(mx, net, seed=0):
