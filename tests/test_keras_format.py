@@ -362,3 +362,16 @@ def test_legacy_keras2_weights_by_name(tmp_path):
         assert np.array_equal(back.tensor(n), ckpt.tensor(n)), n
     with pytest.raises(HubfmtError, match="weights.h5"):
         keras_h5.write(ckpt, str(tmp_path / "again.h5"))
+
+
+def test_batch_norm_attributes_a_weights_file_cannot_hold_are_warned(tmp_path):
+    ckpt = Checkpoint()
+    for role in ("weight", "bias", "running_mean", "running_var"):
+        ckpt.add(f"bn.{role}", LazyTensor.from_array(np.ones(3, np.float32)), TensorInfo(kind="batch_norm"))
+    ckpt.layers["bn"] = LayerInfo("batch_norm", {"eps": 1e-5, "momentum": 0.1})
+    report = keras_h5.write(ckpt, str(tmp_path / "bn.weights.h5"))
+    details = [e.detail for e in report.of("warning") if e.name == "bn"]
+    assert any("epsilon 1e-05" in d and "0.001" in d for d in details)
+    assert any("momentum 0.9" in d and "0.99" in d for d in details)
+    back = keras_h5.read(str(tmp_path / "bn.weights.h5"))
+    assert back.layers["bn"].attrs == {}          # unknown without config.json: not guessed

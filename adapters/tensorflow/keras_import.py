@@ -92,8 +92,8 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
         ckpt.layers[owner.module] = LayerInfo(semantics.canonical_kind(kind),
                                               _layer_attrs(kind, cls, owner.config, natives))
     if kind == "batch_norm" and not owner.config:
-        report.add("warning", owner.module, "no config.json: Keras's BatchNormalization defaults (epsilon 1e-3, "
-                                            "momentum 0.99) recorded, not read")
+        report.add("warning", owner.module, "no config.json: epsilon and momentum unknown, not recorded "
+                                            "(Keras's defaults are 1e-3 and 0.99)")
     for m in mapped:
         sublayer, _, role = m.name.rpartition(".")
         layer = _join(owner.module, sublayer) if sublayer else owner.module

@@ -150,6 +150,7 @@ def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
     canon = keras_plan.canonical_layers(ckpt, report, strict=strict)
     canon = keras_plan.merge_separable(canon, ckpt, {t.module for t in targets if t.class_name == "SeparableConv2D"})
     pairs = keras_plan.match(canon, targets, report, strict=strict)
+    keras_plan.attr_warnings(ckpt, pairs, report)
     assigned = 0
     for target, i, src_name, tensor, events in keras_plan.exports(ckpt, pairs):
         var = variables[id(target)][i]

@@ -316,3 +316,24 @@ def _check_shape(src_name: str, tensor, target: Target, i: int, leaf: str) -> No
     if target.shapes and tuple(tensor.shape) != tuple(target.shapes[i]):
         raise ConversionError(f"{src_name}: shape {list(tensor.shape)} as Keras {leaf}, the destination "
                               f"layer {target.module} has {list(target.shapes[i])}")
+
+
+def attr_warnings(ckpt: Checkpoint, pairs, report: Report) -> None:
+    """Say where the checkpoint's batch-norm eps/momentum differ from what the destination layer
+    uses (its config, else Keras's defaults): a weights file cannot carry them, and they change
+    outputs (eps) or training (momentum)."""
+    for layer, t in pairs:
+        li = ckpt.layers.get(layer.module)
+        if layer.kind != "batch_norm" or li is None:
+            continue
+        cfg = t.config or {}
+        known = "its config" if cfg else "Keras's default"
+        dest = {"eps": float(cfg.get("epsilon", semantics.KERAS_BN_EPS)),
+                "momentum": semantics.bn_momentum_to_canonical(cfg.get("momentum", semantics.KERAS_BN_MOMENTUM))}
+        for key, keras_key in (("eps", "epsilon"), ("momentum", "momentum")):
+            if key in li.attrs and abs(float(li.attrs[key]) - dest[key]) > 1e-12:
+                want = li.attrs[key] if key == "eps" else semantics.bn_momentum_from_canonical(li.attrs[key])
+                have = dest[key] if key == "eps" else semantics.bn_momentum_from_canonical(dest[key])
+                report.add("warning", layer.module, f"batch norm {keras_key} {want:g} in the checkpoint, {have:g} in "
+                                                    f"the destination ({known}): set {keras_key}={want:g} on the "
+                                                    "Keras layer to reproduce the source")

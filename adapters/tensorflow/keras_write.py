@@ -74,6 +74,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
         if not isinstance(config, dict):
             raise HubfmtError("a .keras archive needs the model's config.json: pass template= (a .keras file or a "
                               "Keras model), or write a .weights.h5 instead", path)
+    keras_plan.attr_warnings(ckpt, pairs, report)
     datasets, parents = _datasets(ckpt, pairs, report, restore_dtype)
     parents = {**names, **parents}      # the template's layer names, then the matched layers' own
     total = 0
