@@ -492,3 +492,44 @@ def test_real_architecture_round_trip(keras, kh5, tmp_path):
     fresh.load_weights(out)
     x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
     assert_same_outputs(fresh.predict(x, verbose=0), m.predict(x, verbose=0), tol=0)
+
+
+def test_bidirectional_rnns_are_torch_bidirectional(keras, torch, kh5, tmp_path):
+    L = keras.layers
+    inp = keras.Input((5, 3))
+    x = L.Bidirectional(L.LSTM(4, return_sequences=True), name="bi")(inp)
+    m = keras.Model(inp, L.Bidirectional(L.GRU(2, return_sequences=True), name="bg")(x))
+    _randomize(m, 12)
+    m.save(str(tmp_path / "b.keras"))
+    nn = torch.nn
+
+    class Twin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bi = nn.LSTM(3, 4, batch_first=True, bidirectional=True)
+            self.bg = nn.GRU(8, 2, batch_first=True, bidirectional=True)
+
+        def forward(self, x):
+            return self.bg(self.bi(x)[0])[0]
+    ckpt = kh5.read(str(tmp_path / "b.keras"))
+    assert list(ckpt)[:5] == ["bi.weight_ih_l0", "bi.weight_hh_l0", "bi.bias_ih_l0", "bi.bias_hh_l0",
+                              "bi.weight_ih_l0_reverse"]
+    assert list(kh5.from_model(m)) == list(ckpt)
+    twin = load_twin(torch, Twin().eval(), ckpt)
+    x = np.random.default_rng(4).normal(size=(2, 5, 3)).astype(np.float32)
+    with torch.no_grad():
+        out = twin(torch.from_numpy(x)).numpy()
+    assert_same_outputs(out, m.predict(x, verbose=0))
+    # the reverse, by rule (Bidirectional paths generated) and into a live model
+    other = Twin().eval()
+    _randomize_torch(torch, other)
+    tc = torch_ckpt(other, {"bi": "lstm", "bg": "gru"})
+    with torch.no_grad():
+        want = other(torch.from_numpy(x)).numpy()
+    dest = keras.models.clone_model(m)
+    kh5.write(tc, str(tmp_path / "t.weights.h5"))
+    dest.load_weights(str(tmp_path / "t.weights.h5"))
+    assert_same_outputs(dest.predict(x, verbose=0), want)
+    live = keras.models.clone_model(m)
+    kh5.to_model(tc, live)
+    assert_same_outputs(live.predict(x, verbose=0), want)

@@ -87,7 +87,7 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None, **optio
         elif template is not None and t is None:
             ckpt.report.add("warning", g.module, f"{g.vars_path} is not in the template")
         owner = Owner(g.module, g.class_name or infer_class(g), g.config, [v.path for v in g.vars],
-                      [keras_store.lazy(store, v) for v in g.vars], g.vars_path)
+                      [keras_store.lazy(store, v) for v in g.vars], g.vars_path, g.suffix)
         add_owner(ckpt, owner, strict=strict, path=path)
     for name in keras_config.dense_after_flatten(store.config):
         ckpt.report.add("warning", name, "Dense after Flatten: Keras flattens NHWC (channels last); a "

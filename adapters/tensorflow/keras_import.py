@@ -14,7 +14,8 @@ from . import keras_classes, semantics
 @dataclass
 class Owner:
     """One layer's stored variables: `names` are their native names (h5 paths or variable paths),
-    `where` names the layer in messages."""
+    `where` names the layer in messages, `suffix` marks a Bidirectional RNN's backward half
+    ("_reverse", appended to its roles as torch names them)."""
 
     module: str
     class_name: str
@@ -22,6 +23,7 @@ class Owner:
     names: list[str]
     tensors: list[LazyTensor]
     where: str
+    suffix: str = ""
 
 
 def _layer_attrs(kind: str, cls: str, config: dict, natives: dict) -> dict:
@@ -95,6 +97,8 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
         report.add("warning", owner.module, "no config.json: epsilon and momentum unknown, not recorded "
                                             "(Keras's defaults are 1e-3 and 0.99)")
     for m in mapped:
+        if owner.suffix:
+            m.name += owner.suffix
         sublayer, _, role = m.name.rpartition(".")
         layer = _join(owner.module, sublayer) if sublayer else owner.module
         name = _join(owner.module, m.name)

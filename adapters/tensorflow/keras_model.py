@@ -46,8 +46,9 @@ def _own(layer) -> list:
     return list(layer._trainable_variables) + list(layer._non_trainable_variables)
 
 
-def walk(model) -> list[tuple[str, object, str, list]]:
-    """(module path, layer, class name, variables in saving order) of every layer owning weights."""
+def walk(model) -> list[tuple[str, object, str, list, str]]:
+    """(module path, layer, class name, variables in saving order, suffix) of every layer owning
+    weights; suffix "_reverse" marks a Bidirectional's backward layer (one canonical layer)."""
     keras = _keras()
     out: list = []
     seen: set[int] = set()
@@ -65,18 +66,22 @@ def walk(model) -> list[tuple[str, object, str, list]]:
                         names.setdefault(id(item), f"{k}.{item.name}")
         return names
 
-    def visit(layer, module):
+    def visit(layer, module, suffix=""):
         if id(layer) in seen:
             return
         seen.add(id(layer))
         cls = _class_of(layer)
         if cls:
             if layer.weights:
-                out.append((module, layer, cls, list(layer.weights)))
+                out.append((module, layer, cls, list(layer.weights), suffix))
+            return
+        if any(c.__name__ == "Bidirectional" for c in type(layer).__mro__):
+            visit(layer.forward_layer, module)
+            visit(layer.backward_layer, module, "_reverse")
             return
         own = _own(layer)
         if own:
-            out.append((module, layer, "", own))
+            out.append((module, layer, "", own, ""))
         # As Keras's saving walk: Functional/Sequential save their `layers` list, others attributes.
         if _obj_type(layer) in ("Functional", "Sequential"):
             for sub in layer.layers:
@@ -121,11 +126,11 @@ def from_model(model, *, strict: bool = True) -> Checkpoint:
     ckpt = Checkpoint()
     ckpt.report.stage = "read"
     ckpt.source = SourceInfo("tensorflow", f"keras {keras.__version__}", "", "keras-model")
-    for module, layer, cls, variables in walk(model):
+    for module, layer, cls, variables, suffix in walk(model):
         config = _config(layer) if cls else {}
         names = [getattr(v, "path", None) or v.name for v in variables]
         add_owner(ckpt, Owner(module, cls, config, names, [_as_lazy(v) for v in variables],
-                              f"layer {module or model.name}"), strict=strict, path=None)
+                              f"layer {module or model.name}", suffix), strict=strict, path=None)
     ckpt.report.tensors_in = len(ckpt)
     return ckpt
 
@@ -142,9 +147,10 @@ def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
     report = Report(stage="write")
     layers = walk(model)
     targets, variables = [], {}
-    for module, layer, cls, vs in layers:
+    for module, layer, cls, vs, suffix in layers:
         config = _config(layer) if cls else {}
-        t = keras_plan.Target(f"model:{module}", module, cls, config, [tuple(v.shape) for v in vs], layer.name)
+        t = keras_plan.Target(f"model:{module}{suffix}", module, cls, config, [tuple(v.shape) for v in vs],
+                              layer.name, suffix=suffix)
         targets.append(t)
         variables[id(t)] = vs
     canon = keras_plan.canonical_layers(ckpt, report, strict=strict)

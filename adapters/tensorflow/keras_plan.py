@@ -33,6 +33,7 @@ class CanonLayer:
     module: str
     kind: str                     # canonical kind, 'separable_conv2d', or 'tensor' (kept by position)
     roles: dict[str, str] = field(default_factory=dict)
+    suffix: str = ""              # "_reverse": the backward half of a bidirectional RNN
 
     def vars_hint(self, ckpt: Checkpoint) -> str | None:
         """The Keras vars group every tensor came from, when they agree (read from a Keras file)."""
@@ -47,6 +48,8 @@ class CanonLayer:
 
 @dataclass
 class Target:
+    """One destination variable group and the Keras class that reads it."""
+
     vars_path: str                # "layers/lstm/cell/vars"
     module: str                   # canonical module path the template gives this layer
     class_name: str
@@ -54,6 +57,7 @@ class Target:
     shapes: list[tuple] = field(default_factory=list)   # template's variable shapes (None: by rule)
     layer_name: str = ""
     parents: dict[str, str] = field(default_factory=dict)   # object group -> name attribute to write
+    suffix: str = ""              # "_reverse": a Bidirectional's backward_layer
 
 
 def canonical_layers(ckpt: Checkpoint, report: Report, *, strict: bool) -> list[CanonLayer]:
@@ -77,7 +81,9 @@ def canonical_layers(ckpt: Checkpoint, report: Report, *, strict: bool) -> list[
             continue
         module = info.layer
         role = name[len(module) + 1:] if module and name.startswith(module + ".") else info.role
-        layer = layers.setdefault(module, CanonLayer(module, info.kind))
+        suffix = "_reverse" if info.kind in keras_classes.RNN_KINDS and role.endswith("_reverse") else ""
+        role = role[: -len(suffix)] if suffix else role
+        layer = layers.setdefault(module + suffix, CanonLayer(module, info.kind, suffix=suffix))
         if layer.kind != info.kind:
             raise ConversionError(f"layer {module} mixes kinds {layer.kind} and {info.kind}")
         layer.roles[role] = name
@@ -87,7 +93,7 @@ def canonical_layers(ckpt: Checkpoint, report: Report, *, strict: bool) -> list[
 def merge_separable(layers: list[CanonLayer], ckpt: Checkpoint, want: set[str] | None) -> list[CanonLayer]:
     """`P.depthwise` + `P.pointwise` -> one SeparableConv2D `P` when the destination has one there
     (`want`: modules the template makes SeparableConv2D), or, by rule, when both came from one."""
-    by_module = {layer.module: layer for layer in layers}
+    by_module = {layer.module: layer for layer in layers if not layer.suffix}
     out, skip = [], set()
     for layer in layers:
         if layer.module in skip:
@@ -131,7 +137,8 @@ def template_targets(template) -> tuple[list[Target], dict | None, dict | None, 
         parents = {}
         if g.from_cell:
             parents[g.object_path] = g.layer_name
-        targets.append(Target(g.vars_path, g.module, cls, g.config, [v.shape for v in g.vars], g.layer_name, parents))
+        targets.append(Target(g.vars_path, g.module, cls, g.config, [v.shape for v in g.vars], g.layer_name, parents,
+                              g.suffix))
     return targets, store.config, store.metadata, store.names
 
 
@@ -167,8 +174,8 @@ def _adopt(pairs, report: Report):
 def match(layers: list[CanonLayer], targets: list[Target], report: Report, *, strict: bool
           ) -> list[tuple[CanonLayer, Target]]:
     """Pair layers with template targets: by module path, else by order (same count and kinds)."""
-    by_module = {t.module: t for t in targets}
-    named = [(layer, by_module.get(layer.module)) for layer in layers]
+    by_module = {(t.module, t.suffix): t for t in targets}
+    named = [(layer, by_module.get((layer.module, layer.suffix))) for layer in layers]
     if all(t is not None for _, t in named) and len({id(t) for _, t in named}) == len(targets):
         return _adopt(named, report)
     # Names agree for most layers: pair the rest in order when their kinds agree (a subclassed
@@ -212,10 +219,23 @@ def match(layers: list[CanonLayer], targets: list[Target], report: Report, *, st
 
 def rule_targets(layers: list[CanonLayer], ckpt: Checkpoint) -> list[tuple[CanonLayer, Target]]:
     """Targets without a template: the Keras paths a layer was read from, else Keras's list-item
-    names under `layers/` in checkpoint order (a flat Functional/Sequential model)."""
+    names under `layers/` in checkpoint order (a flat Functional/Sequential model; an RNN with
+    `_reverse` tensors is a Bidirectional)."""
     hints = {id(layer): layer.vars_hint(ckpt) for layer in layers}
     used = {h.rsplit("/vars", 1)[0] for h in hints.values() if h}
     counters: dict[str, int] = {}
+    bidirectional = {layer.module for layer in layers if layer.suffix}
+    owners: dict[str, str] = {}
+
+    def allocate(base: str) -> str:
+        while True:
+            n = counters.get(base, -1) + 1
+            counters[base] = n
+            obj = f"layers/{base}" + (f"_{n}" if n else "")
+            if obj not in used:
+                used.add(obj)
+                return obj
+
     out = []
     for layer in layers:
         hint = hints[id(layer)]
@@ -229,26 +249,28 @@ def rule_targets(layers: list[CanonLayer], ckpt: Checkpoint) -> list[tuple[Canon
         if cls is None:
             raise ConversionError(f"{layer.module}: no Keras layer class for kind {layer.kind}")
         rnn = layer.kind in keras_classes.RNN_KINDS
-        parents = {}
+        half = "backward_layer" if layer.suffix else "forward_layer"
         if hint is not None:
             obj = hint[: -len("/cell")] if rnn and hint.endswith("/cell") else hint
             vars_path = f"{hint}/vars" if hint else "vars"
-            parents = _object_names(obj, layer.module)
+            owner = obj.rpartition("/")[0] if layer.module in bidirectional and obj.endswith("/" + half) else obj
+            parents = _object_names(owner, layer.module)
         else:
-            base = keras_config.snake_case(cls)
-            while True:
-                n = counters.get(base, -1) + 1
-                counters[base] = n
-                obj = f"layers/{base}" + (f"_{n}" if n else "")
-                if obj not in used:
-                    break
-            used.add(obj)
+            if layer.module in bidirectional:
+                owner = owners.get(layer.module) or owners.setdefault(layer.module, allocate("bidirectional"))
+                obj = f"{owner}/{half}"
+            else:
+                owner = obj = allocate(keras_config.snake_case(cls))
             vars_path = f"{obj}/cell/vars" if rnn else f"{obj}/vars"
-        name = parents.pop(obj, layer.module)
+            parents = {owner: layer.module}
+        name = parents.get(owner, layer.module)         # the Keras layer's name
+        if obj != owner:                                # one half of a Bidirectional
+            name = f"{half.split('_')[0]}_{name}"
+        parents.pop(obj, None)
         if rnn:
             parents[obj] = name
             name = f"{name}_cell"
-        out.append((layer, Target(vars_path, layer.module, cls, {}, [], name, parents)))
+        out.append((layer, Target(vars_path, layer.module, cls, {}, [], name, parents, layer.suffix)))
     return out
 
 

@@ -14,6 +14,7 @@ with each variable's shape, dtype and, when its bytes lie raw, its absolute offs
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +58,7 @@ class VarGroup:
     config: dict = field(default_factory=dict)
     vars: list[Var] = field(default_factory=list)
     from_cell: bool = False
+    suffix: str = ""        # "_reverse" for the backward half of a Bidirectional RNN (torch's names)
 
 
 @dataclass
@@ -178,7 +180,8 @@ class _Walker:
         if h5_path.count("/") > MAX_DEPTH:
             raise FormatError(f"groups nested more than {MAX_DEPTH} deep: not a plausible Keras weights file", self.path)
 
-    def walk_object(self, g, h5_path, module, is_root=False, cell_of: VarGroup | None = None):
+    def walk_object(self, g, h5_path, module, is_root=False, cell_of: VarGroup | None = None,
+                    entry: dict | None = None, suffix: str = ""):
         """An object group (has or may have `vars`); its other children are attributes or lists."""
         self._enter(h5_path)
         vg = g.get("vars")
@@ -186,10 +189,10 @@ class _Walker:
         name = _name_attr(vg) if isinstance(vg, self.Group) else ""
         if name:
             self.names[vars_path] = name
-        entry = self.configs.get(h5_path, {})
+        entry = entry if isinstance(entry, dict) else self.configs.get(h5_path, {})
         cls, cfg = entry.get("class_name", ""), entry.get("config")
         group = VarGroup(h5_path, vars_path, module, name, cls if isinstance(cls, str) else "",
-                         cfg if isinstance(cfg, dict) else {})
+                         cfg if isinstance(cfg, dict) else {}, suffix=suffix)
         if isinstance(vg, self.Group):
             group.vars = self._vars(vg, vars_path)
         if cell_of is not None:
@@ -198,12 +201,14 @@ class _Walker:
             group.object_path, group.module, group.layer_name = cell_of.object_path, cell_of.module, cell_of.layer_name
             group.class_name = (cell_cfg or {}).get("class_name") or cell_of.class_name
             group.config = {**cell_of.config, **((cell_cfg or {}).get("config") or {})}
-            group.from_cell = True
+            group.from_cell, group.suffix = True, cell_of.suffix
         if group.vars:
             if h5_path == "optimizer" or h5_path.startswith("optimizer/"):
                 self.optimizer.extend(group.vars)
             else:
                 self.groups.append(group)
+        bidirectional = group.class_name == "Bidirectional" or (
+            not group.class_name and re.fullmatch(r"bidirectional(_\d+)?", h5_path.rsplit("/", 1)[-1]) is not None)
         for key in g:
             if key == "vars":
                 continue
@@ -213,6 +218,13 @@ class _Walker:
                 raise FormatError(f"{child_path}: a dataset outside a 'vars' group: not Keras weights", self.path)
             if is_root and key == "optimizer":
                 self.walk_object(child, child_path, "optimizer")
+            elif bidirectional and key in ("forward_layer", "backward_layer"):
+                # Both directions are one canonical layer, as torch's bidirectional RNNs.
+                layer_cfg = group.config.get("layer")
+                if key == "backward_layer" and isinstance(group.config.get("backward_layer"), dict):
+                    layer_cfg = group.config["backward_layer"]
+                self.walk_object(child, child_path, module, entry=layer_cfg,
+                                 suffix="_reverse" if key == "backward_layer" else "")
             elif "vars" in child and key == "cell" and not group.vars:
                 self.walk_object(child, child_path, module, cell_of=group)
             elif "vars" in child:
@@ -256,11 +268,23 @@ def _model_order(groups: list[VarGroup], configs: dict) -> list[VarGroup]:
     order Keras wrote them (smallest data offset first: h5 lists names alphabetically)."""
     rank = {p: i for i, p in enumerate(configs)}
 
+    def ranked(p):     # an attribute (a Bidirectional's forward_layer) ranks as its layer
+        while p:
+            if p in rank:
+                return rank[p]
+            p = p.rpartition("/")[0]
+        return len(rank)
+
     def key(item):
         i, g = item
         offs = [v.offset for v in g.vars if v.offset is not None]
-        return (rank.get(g.object_path, len(rank)), min(offs) if offs else float("inf"), i)
-    return [g for _, g in sorted(enumerate(groups), key=key)]
+        return (ranked(g.object_path), min(offs) if offs else float("inf"), i)
+    out = [g for _, g in sorted(enumerate(groups), key=key)]
+    for i in range(len(out) - 1):      # a Bidirectional's forward half first, as torch lists it
+        a, b = out[i], out[i + 1]
+        if a.suffix and not b.suffix and a.module == b.module:
+            out[i], out[i + 1] = b, a
+    return out
 
 
 def lazy(store: Store, var: Var) -> LazyTensor:
