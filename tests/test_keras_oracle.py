@@ -533,3 +533,19 @@ def test_bidirectional_rnns_are_torch_bidirectional(keras, torch, kh5, tmp_path)
     live = keras.models.clone_model(m)
     kh5.to_model(tc, live)
     assert_same_outputs(live.predict(x, verbose=0), want)
+
+
+def test_quantized_layers_kept_by_position(keras, kh5, tmp_path):
+    L = keras.layers
+    inp = keras.Input((4,))
+    m = keras.Model(inp, L.Dense(3, name="fc")(inp))
+    m.quantize("int8")
+    m.save(str(tmp_path / "q.keras"))
+    ckpt = kh5.read(str(tmp_path / "q.keras"))
+    assert list(ckpt) == ["fc.vars.0", "fc.vars.1", "fc.vars.2"]
+    assert ckpt["fc.vars.0"].tensor.dtype == "int8" and "int8-quantized" in ckpt.report.of("warning")[0].detail
+    hubfile.write(ckpt, str(tmp_path / "q.safetensors"))
+    kh5.write(hubfile.read(str(tmp_path / "q.safetensors")), str(tmp_path / "back.keras"))
+    back = keras.models.load_model(str(tmp_path / "back.keras"))
+    x = np.ones((1, 4), np.float32)
+    assert_same_outputs(back.predict(x, verbose=0), m.predict(x, verbose=0), tol=0)

@@ -61,6 +61,11 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
     if cls not in keras_classes.KNOWN:
         _generic(ckpt, owner, f"layer class {cls or 'unknown'}: variables kept by position")
         return
+    mode = _quantized(owner.config)
+    if mode:
+        _generic(ckpt, owner, f"{mode}-quantized {cls} (kernel, scales...): kept by position; "
+                              "a canonical layer needs the float weights")
+        return
     try:
         kind, leaves = keras_classes.leaves(cls, owner.config, shapes)
     except keras_classes.LayoutError as e:
@@ -115,6 +120,14 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
             report.add("renamed", name, native_names[m.source])
         for action, detail in m.events:
             report.add(action, name, detail)
+
+
+def _quantized(config: dict) -> str:
+    """The quantization mode of a layer whose dtype policy is Keras's QuantizedDTypePolicy ('' if none)."""
+    policy = config.get("dtype") if config else None
+    if isinstance(policy, dict) and "Quantized" in str(policy.get("class_name", "")):
+        return str((policy.get("config") or {}).get("mode") or "quantized")
+    return ""
 
 
 def _generic(ckpt: Checkpoint, owner: Owner, why: str) -> None:
