@@ -37,7 +37,11 @@ def sniff(path: str) -> str | None:
     """'keras-weights-h5' or 'keras-archive' when `path` is (or claims to be) one; None otherwise.
 
     Cheap: the HDF5 signature (no other framework here writes HDF5), a zip's member names, or the
-    Keras suffixes. Claiming a damaged `x.weights.h5` lets read() say what is wrong with it."""
+    Keras suffixes. Claiming a damaged `x.weights.h5` lets read() say what is wrong with it.
+
+    >>> sniff("model.keras")          # doctest: +SKIP
+    'keras-archive'
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         return None
@@ -117,13 +121,21 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
 
 
 def from_model(model, **options) -> Checkpoint:
-    """A live Keras model's weights as a canonical Checkpoint (same names as read() of its files)."""
+    """A live Keras model's weights as a canonical Checkpoint (same names as read() of its files).
+
+    >>> from_model(keras_model)["conv.weight"].info.original_name      # doctest: +SKIP
+    'conv/kernel'
+    """
     from .keras_model import from_model as _from_model
     return _from_model(model, **options)
 
 
 def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
-    """Assign `ckpt` to a live Keras model, layer by layer; see keras_model."""
+    """Assign `ckpt` to a live Keras model, layer by layer (strict: all or a ConversionError).
+
+    >>> to_model(hubfmt.read("twin.pth"), keras_model).tensors_out      # doctest: +SKIP
+    12
+    """
     from .keras_model import to_model as _to_model
     return _to_model(ckpt, model, strict=strict)
 
