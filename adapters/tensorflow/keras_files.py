@@ -115,6 +115,9 @@ def open_h5(path: str):
     config, metadata) for a .weights.h5 file or a .keras archive; FormatError for anything else."""
     h5py = h5py_module()
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise FormatError("a directory, not a Keras file (for an unzipped .keras directory, read its "
+                          f"{WEIGHTS_MEMBER})", path)
     if not os.path.isfile(path):
         raise FormatError("no such file", path)
     size = os.path.getsize(path)
