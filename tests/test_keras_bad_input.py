@@ -135,3 +135,28 @@ def test_cli_exit_status_2_and_nothing_written(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["other.h5"]
+
+
+def test_damaged_global_heap_is_refused_before_hdf5_reads_it(tmp_path):
+    """HDF5 1.14 spins forever reading a name attribute whose global heap ends in a free-space
+    object of size 0 (found by fuzzing); the reader checks every heap collection first."""
+    import struct
+
+    from hubfmt.adapters.tensorflow.keras_files import check_global_heaps
+    src = good(tmp_path)
+    with h5py.File(src, "a") as f:
+        f["layers/dense/vars"].attrs["name"] = "fc"       # a variable-length string: global heap
+    data = bytearray(open(src, "rb").read())
+    at = data.find(b"GCOL")
+    pos = 16
+    while True:
+        index, _, _, size = struct.unpack_from("<HHIQ", data, at + pos)
+        if index == 0:
+            break
+        pos += 16 + (size + 7) // 8 * 8
+    struct.pack_into("<Q", data, at + pos + 8, 0)
+    p = tmp_path / "heap.weights.h5"
+    p.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="global heap"):
+        check_global_heaps(str(p), 0, len(data), [])
+    _expect(str(p), "damaged HDF5 global heap")

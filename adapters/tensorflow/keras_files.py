@@ -124,7 +124,7 @@ def open_h5(path: str):
     if is_hdf5(path):
         try:
             h5 = h5py.File(path, "r")
-        except OSError as e:
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
             raise FormatError(f"not a readable HDF5 file ({h5_reason(e)})", path) from None
         try:
             yield h5, 0, size, None, None
@@ -163,3 +163,61 @@ def open_h5(path: str):
 def h5_reason(e: Exception) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return msg[:200]
+
+
+# ---- global heaps ----------------------------------------------------------------------------
+# Variable-length strings (the `name` attributes Keras writes) live in HDF5 global heap
+# collections. HDF5 1.14 loops forever on a collection whose objects do not tile it (found by
+# fuzzing: a free-space object of size 0), so every collection is checked before any attribute
+# is read. Layout (HDF5 file format spec, "Global Heap"): "GCOL", version 1, 3 reserved bytes,
+# the collection size (8 bytes), then objects: index (2), reference count (2), reserved (4),
+# size (8), data padded to 8 bytes; index 0 is the free space, which runs to the end.
+_GCOL = b"GCOL\x01\x00\x00\x00"
+_GCOL_MIN = 4096            # HDF5 never makes a smaller collection
+_SCAN_CHUNK = 1 << 20
+
+
+def _check_collection(f, at: int, limit: int, path: str, where: int) -> None:
+    """Walk the collection at file offset `at` (header by header: nothing large is read)."""
+    f.seek(at)
+    head = f.read(16)
+    size = struct.unpack_from("<Q", head, 8)[0] if len(head) == 16 else 0
+    if size < _GCOL_MIN or at + size > limit:
+        raise FormatError(f"damaged HDF5 global heap at byte {where}: collection size {size}", path)
+    pos = 16
+    while pos + 16 <= size:
+        f.seek(at + pos)
+        index, _, _, obj = struct.unpack("<HHIQ", f.read(16))
+        if index == 0:          # free space: it must end the collection exactly
+            if pos + obj != size or obj < 16:
+                raise FormatError(f"damaged HDF5 global heap at byte {where}: free space of {obj} bytes at {pos}", path)
+            return
+        step = 16 + (obj + 7) // 8 * 8
+        if pos + step > size:
+            raise FormatError(f"damaged HDF5 global heap at byte {where}: object {index} of {obj} bytes "
+                              "runs past the collection", path)
+        pos += step
+    if pos != size:
+        raise FormatError(f"damaged HDF5 global heap at byte {where}: objects do not fill the collection", path)
+
+
+def check_global_heaps(path: str, start: int, size: int, skip: list[tuple[int, int]]) -> None:
+    """FormatError unless every global heap collection in the h5 bytes [start, start+size) of
+    `path` is well formed. `skip` lists (offset, end) ranges of dataset bytes, relative to
+    `start`: only metadata is scanned, so the cost does not grow with the weights."""
+    ranges, pos = [], 0
+    for a, b in sorted(skip):
+        if a > pos:
+            ranges.append((pos, a))
+        pos = max(pos, b)
+    if pos < size:
+        ranges.append((pos, size))
+    with open(path, "rb") as f:
+        for a, b in ranges:
+            for off in range(a, b, _SCAN_CHUNK):
+                f.seek(start + off)
+                block = f.read(min(_SCAN_CHUNK, b - off) + len(_GCOL) - 1)
+                i = block.find(_GCOL)
+                while 0 <= i < min(_SCAN_CHUNK, b - off):
+                    _check_collection(f, start + off + i, start + size, path, off + i)
+                    i = block.find(_GCOL, i + 1)

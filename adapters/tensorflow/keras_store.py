@@ -24,7 +24,7 @@ from hubfmt.checkpoint import LazyTensor, region_tensor
 from hubfmt.errors import FormatError
 
 from .keras_config import config_by_path
-from .keras_files import h5_reason, open_h5
+from .keras_files import check_global_heaps, h5_reason, open_h5
 
 MAX_GROUPS = 1_000_000                   # objects in one file: bounds the walk of a hostile file
 MAX_DEPTH = 100                          # nesting of objects and lists (Python's recursion is finite)
@@ -132,22 +132,45 @@ def scan(path: str) -> Store:
     """
     path = os.fspath(path)
     with open_h5(path) as (h5, start, limit, config, metadata):
-        fmt = "keras-archive" if config is not None else "keras-weights-h5"
-        if "layers" not in h5 and "vars" not in h5:
-            from .keras_legacy import is_legacy, scan_legacy     # (it imports this module)
-            if config is None and is_legacy(h5):
-                groups, warnings = scan_legacy(h5, path, start, limit)
-                optimizer = []
-                if "optimizer_weights" in h5:
-                    h5["optimizer_weights"].visititems(lambda n, o: optimizer.append(n) if hasattr(o, "shape") else None)
-                return Store(path, "keras-h5", groups, None, None, optimizer, warnings)
-            raise FormatError("HDF5 file without Keras weights (no 'layers', 'vars' or 'layer_names'): "
-                              "not Keras weights", path)
-        configs = config_by_path(config)
-        walker = _Walker(h5, path, start, limit, configs)
-        walker.walk_object(h5["/"], "", "", True)
-        return Store(path, fmt, _model_order(walker.groups, configs), config, metadata, walker.optimizer,
-                     names=walker.names)
+        try:
+            return _scan(h5, path, start, limit, config, metadata)
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            # h5py reports damaged metadata (bad heaps, B-trees, datatypes) with these types.
+            raise FormatError(f"damaged HDF5 structure ({h5_reason(e)})", path) from None
+
+
+def _dataset_ranges(h5) -> list[tuple[int, int]]:
+    """(offset, end) of every contiguous dataset's bytes: what the global heap check may skip."""
+    out = []
+
+    def visit(_, obj):
+        if hasattr(obj, "shape") and obj.chunks is None:
+            off = obj.id.get_offset()
+            if off is not None:
+                out.append((off, off + obj.id.get_storage_size()))
+    h5.visititems(visit)
+    return out
+
+
+def _scan(h5, path, start, limit, config, metadata) -> Store:
+    if start is not None:       # (a compressed archive member cannot be scanned in place)
+        check_global_heaps(path, start, limit, _dataset_ranges(h5))
+    fmt = "keras-archive" if config is not None else "keras-weights-h5"
+    if "layers" not in h5 and "vars" not in h5:
+        from .keras_legacy import is_legacy, scan_legacy     # (it imports this module)
+        if config is None and is_legacy(h5):
+            groups, warnings = scan_legacy(h5, path, start, limit)
+            optimizer = []
+            if "optimizer_weights" in h5:
+                h5["optimizer_weights"].visititems(lambda n, o: optimizer.append(n) if hasattr(o, "shape") else None)
+            return Store(path, "keras-h5", groups, None, None, optimizer, warnings)
+        raise FormatError("HDF5 file without Keras weights (no 'layers', 'vars' or 'layer_names'): "
+                          "not Keras weights", path)
+    configs = config_by_path(config)
+    walker = _Walker(h5, path, start, limit, configs)
+    walker.walk_object(h5["/"], "", "", True)
+    return Store(path, fmt, _model_order(walker.groups, configs), config, metadata, walker.optimizer,
+                 names=walker.names)
 
 
 class _Walker:
@@ -297,7 +320,7 @@ def lazy(store: Store, var: Var) -> LazyTensor:
         with open_h5(path) as (h5, *_):
             try:
                 a = h5[where][()]
-            except (OSError, KeyError, ValueError) as e:
+            except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
                 raise FormatError(f"{where}: cannot read ({h5_reason(e)})", path) from None
         a = np.asarray(a)
         if dt == "bfloat16":
