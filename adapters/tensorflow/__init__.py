@@ -84,10 +84,11 @@ def read(path, **options) -> Checkpoint:
     bad = set(options) - _READ_OPTIONS
     if bad:
         raise TypeError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
+    from hubfmt.protowire import Malformed
+
     from .bundle import open_bundle
     from .objgraph import OBJECT_GRAPH_KEY, variable_full_names, variable_paths
     from .tfimport import import_variables
-    from .wire import Malformed
 
     bundle = open_bundle(path, verify_data=options.get("verify_data", True))
     ckpt = Checkpoint()
