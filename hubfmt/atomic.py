@@ -21,7 +21,8 @@ def _tmp_name(final: str) -> str:
     return os.path.join(d, f".{base}.hubfmt-tmp-{uuid.uuid4().hex[:8]}")
 
 
-def fsync_dir(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """fsync one file or directory (a directory's fsync makes its entries durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -31,20 +32,12 @@ def fsync_dir(path: str) -> None:
 
 def _fsync_tree(path: str) -> None:
     if os.path.isdir(path):
-        for root, dirs, files in os.walk(path):
+        for root, _dirs, files in os.walk(path):
             for f in files:
-                fd = os.open(os.path.join(root, f), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            fsync_dir(root)
+                fsync_path(os.path.join(root, f))
+            fsync_path(root)
     else:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
 
 
 def _remove(path: str) -> None:
@@ -100,7 +93,7 @@ class OutputSet:
             else:
                 _link_noreplace(tmp, final)
         for d in {os.path.dirname(f) for f in self.finals}:
-            fsync_dir(d)
+            fsync_path(d)
 
     def discard(self) -> None:
         for tmp in self._tmp.values():

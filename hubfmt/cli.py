@@ -22,6 +22,17 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MiB)") from None
 
 
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE parsed as JSON when it is JSON (true, 3, {"a": 1}), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hubfmt", description="Move trained weights between frameworks through one neutral safetensors file.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,8 +47,29 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--prefer-ema", action="store_true", help="take EMA weights when the checkpoint has them")
     c.add_argument("--max-shard-size", type=_size, help="hub output: split into shards of at most this size (e.g. 5GB)")
     c.add_argument("--report", metavar="FILE.json", help="also write the full report as JSON")
+    c.add_argument("-R", "--read-option", action="append", default=[], metavar="KEY=VALUE", type=_option,
+                   help="pass an option to the source adapter's reader (e.g. -R kinds='{\"up\": \"conv_transpose2d\"}'); repeatable")
+    c.add_argument("-W", "--write-option", action="append", default=[], metavar="KEY=VALUE", type=_option,
+                   help="pass an option to the destination adapter's writer (e.g. -W layout=training, -W style=gluon, "
+                        "-W restore_dtype=false); repeatable")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress, no report on stdout")
     c.add_argument("--verbose", "-v", action="store_true", help="list every tensor in the report")
+    _alignment_options(c)
+    c.add_argument("--dry-run", action="store_true", help="show the rename/alignment table; write nothing")
+
+    al = sub.add_parser("align", help="show (and optionally save as rules) how SRC's tensors map onto template T's names "
+                                      "(exit 1 when anything is unmatched)")
+    al.add_argument("src")
+    al.add_argument("template", metavar="T", help="destination's expected parameters: a checkpoint of any format, "
+                                                  "or a names+shapes listing (.json, .txt)")
+    al.add_argument("--from", dest="src_fw", choices=FRAMEWORKS, help="source framework (default: from the file's content)")
+    al.add_argument("--template-from", dest="template_fw", choices=FRAMEWORKS, help="template framework")
+    al.add_argument("--rules", metavar="R.toml", help="apply these rename rules before aligning")
+    al.add_argument("--allow-missing", action="store_true", help="template tensors absent from SRC are not an error")
+    al.add_argument("--allow-unexpected", action="store_true", help="SRC tensors the template lacks are not an error")
+    al.add_argument("--save-rules", metavar="R.toml", help="write the proposed mapping as an editable rules file")
+    al.add_argument("--overwrite", action="store_true", help="replace the --save-rules file if it exists")
+    al.add_argument("--json", action="store_true", help="print the alignment as JSON")
 
     i = sub.add_parser("inspect", help="list a checkpoint's tensors and manifest")
     i.add_argument("file")
@@ -61,18 +93,73 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _alignment_options(c) -> None:
+    c.add_argument("--template", metavar="T", help="align tensors to the names of T (the destination's expected "
+                                                    "parameters: a checkpoint of any format or a names+shapes listing)")
+    c.add_argument("--template-from", dest="template_fw", choices=FRAMEWORKS, help="template framework")
+    c.add_argument("--rules", metavar="R.toml", help="rename tensors with these rules (before --template)")
+    c.add_argument("--allow-missing", action="store_true", help="template tensors absent from SRC are not an error")
+    c.add_argument("--allow-unexpected", action="store_true", help="SRC tensors the template lacks are not an error (dropped)")
+
+
+def _cmd_dry_run(a) -> int:
+    from .errors import HubfmtError
+
+    if not (a.rules or a.template):
+        raise HubfmtError("--dry-run shows a rename/alignment table: give --rules and/or --template")
+    return _show_alignment(a, prefer_ema=a.prefer_ema)
+
+
+def _show_alignment(a, *, prefer_ema: bool = False, save_rules: str | None = None, as_json: bool = False) -> int:
+    """Print the rules table and/or the alignment table; exit status 1 when a problem is not allowed."""
+    from .align import align
+    from .convert import read, rename
+    from .rules import load_rules
+
+    ckpt = read(a.src, framework=a.src_fw, **({"prefer_ema": True} if prefer_ema else {}))
+    if a.rules:
+        rules = load_rules(a.rules)
+        if not as_json:
+            print(rules.plan(ckpt).to_text())
+        ckpt, _ = rename(ckpt, rules=rules)
+    if not a.template:
+        return 0
+    alignment = align(ckpt, a.template, source_label=a.src, template_framework=a.template_fw)
+    print(alignment.dumps() if as_json else alignment.to_text())
+    if save_rules:
+        from .atomic import atomic_output
+
+        with atomic_output(save_rules, overwrite=a.overwrite) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(f"# hubfmt align {a.src} {a.template}: review before use\n" + alignment.to_rules().dumps())
+        if not as_json:
+            print(f"rules written to {save_rules}")
+    return 1 if alignment.problems(allow_missing=a.allow_missing, allow_unexpected=a.allow_unexpected) else 0
+
+
+def _cmd_align(a) -> int:
+    return _show_alignment(a, save_rules=a.save_rules, as_json=a.json)
+
+
 def _cmd_convert(a) -> int:
     from .convert import convert
 
+    if a.dry_run:
+        return _cmd_dry_run(a)
+
     show = False if a.quiet else None
-    ro = {"prefer_ema": True} if a.prefer_ema else {}
-    wo = {}
+    ro = dict(a.read_option)
+    wo = dict(a.write_option)
+    if a.prefer_ema:
+        ro["prefer_ema"] = True
     if a.keep_dtype:
         wo["keep_dtype"] = True
     if a.max_shard_size:
         wo["max_shard_size"] = a.max_shard_size
     report = convert(a.src, a.dst, src_framework=a.src_fw, dst_framework=a.dst_fw, overwrite=a.overwrite,
-                     show_progress=show, read_options=ro, write_options=wo)
+                     show_progress=show, read_options=ro, write_options=wo, rules=a.rules, template=a.template,
+                     template_framework=a.template_fw, allow_missing=a.allow_missing,
+                     allow_unexpected=a.allow_unexpected)
     if a.report:
         with open(a.report, "w") as f:
             f.write(report.dumps())
@@ -115,19 +202,19 @@ def _cmd_formats(a) -> int:
 
     from . import registry
 
-    print("hub       hub (.safetensors, sharded .safetensors.index.json)   read+write, no framework needed")
+    print(f"{'hub':<10} {'hub':<22} {'.safetensors, .safetensors.index.json':<28} {'read+write':<10} no framework needed; the neutral format (spec/hubfmt-v1.md)")
     for fw in registry.ADAPTERS:
         try:
             mod = registry.adapter(fw)
         except ImportError as e:
-            print(f"{fw:<9} adapter unavailable: {e}")
+            print(f"{fw:<10} adapter unavailable: {e}")
             continue
         installed = importlib.util.find_spec(mod.FRAMEWORK_MODULE) is not None
         for fmt in mod.FORMATS:
             rw = "+".join(x for x, ok in (("read", fmt.reads), ("write", fmt.writes)) if ok)
-            print(f"{fw:<9} {fmt.name:<20} {', '.join(fmt.extensions) or '(' + fmt.layout + ')':<28} {rw:<10} "
+            print(f"{fw:<10} {fmt.name:<22} {', '.join(fmt.extensions) or '(' + fmt.layout + ')':<28} {rw:<10} "
                   f"no framework needed; {fmt.description}")
-        print(f"{'':<9} in-memory models (from_model/to_model): {'available' if installed else 'needs ' + mod.PIP_NAME}")
+        print(f"{'':<10} in-memory models (from_model/to_model): {'available' if installed else 'needs pip install ' + mod.PIP_NAME}")
     return 0
 
 
@@ -136,11 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     args = _parser().parse_args(argv)
-    from .errors import HubfmtError
+    from .errors import AlignmentError, HubfmtError
 
     try:
-        return {"convert": _cmd_convert, "inspect": _cmd_inspect, "diff": _cmd_diff,
+        return {"convert": _cmd_convert, "align": _cmd_align, "inspect": _cmd_inspect, "diff": _cmd_diff,
                 "validate": _cmd_validate, "formats": _cmd_formats}[args.command](args)
+    except AlignmentError as e:
+        # The table (with the mismatches) goes to stdout, the one-line error to stderr.
+        if os.environ.get("HUBFMT_DEBUG"):
+            raise
+        print(e.table)
+        print(f"hubfmt: error: {e}", file=sys.stderr)
+        return e.exit_status
     except HubfmtError as e:
         if os.environ.get("HUBFMT_DEBUG"):
             raise

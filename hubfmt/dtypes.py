@@ -71,11 +71,13 @@ def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
         out = wide if dst == "float32" else wide.astype(storage_dtype(dst))
     elif dst == "bfloat16":
         f32 = np.ascontiguousarray(array, dtype="<f4").view("<u4")
-        # round to nearest even; NaN stays NaN (quiet bit kept by the truncation of a quiet NaN)
+        # round to nearest even; NaN stays NaN: truncated, so a bfloat16 NaN (signalling ones too)
+        # comes back bit for bit; the quiet bit is set only when truncation would leave no payload.
         rounded = ((f32 + 0x7FFF + ((f32 >> 16) & 1)) >> 16).astype("<u2")
         nan = np.isnan(f32.view("<f4"))
         if nan.any():
-            rounded[nan] = (f32[nan] >> 16).astype("<u2") | 0x0040
+            top = (f32[nan] >> 16).astype("<u2")
+            rounded[nan] = np.where(top & 0x007F, top, top | 0x0040)
         out = rounded
     else:
         out = array.astype(storage_dtype(dst), copy=False)

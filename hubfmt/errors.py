@@ -32,6 +32,17 @@ class ConversionError(HubfmtError):
     """The content is readable but cannot be mapped as asked (missing, ambiguous, wrong shape)."""
 
 
+class AlignmentError(ConversionError):
+    """Tensors could not all be matched to the template's names (missing, unexpected, ambiguous,
+    shape mismatch). Exit status 1 ('unmatched'); `table` is the alignment table for the user."""
+
+    exit_status = 1
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, table: str = ""):
+        super().__init__(message, path)
+        self.table = table
+
+
 class OutputError(HubfmtError):
     """The destination cannot be written: it exists, equals the source, or the disk refused."""
 

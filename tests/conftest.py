@@ -17,6 +17,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 STRICT = os.environ.get("HUBFMT_REQUIRE_FRAMEWORKS") == "1"
+# The environment as the test run started. Frameworks write to os.environ when imported
+# (MindSpore sets PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION and LD_LIBRARY_PATH, TensorFlow
+# TF2_BEHAVIOR, ...); child processes get this copy, so one test's imports can't break another's child.
+CLEAN_ENV = dict(os.environ)
 
 
 def _fix_numpy_for_mxnet() -> None:
@@ -51,7 +55,8 @@ def oneflow_python() -> str:
 
 def run_oneflow(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `script` (Python source) in the OneFlow environment; fail the test with its output on error."""
-    proc = subprocess.run([oneflow_python(), "-c", script, *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([oneflow_python(), "-c", script, *args], capture_output=True, text=True, timeout=timeout,
+                          env=CLEAN_ENV)
     if proc.returncode != 0:
         pytest.fail(f"OneFlow subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -60,7 +65,7 @@ def run_oneflow(script: str, *args: str, timeout: int = 600) -> subprocess.Compl
 def run_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     """Run the `hubfmt` command line in a child process (how users run it)."""
     return subprocess.run([sys.executable, "-m", "hubfmt", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+                          cwd=cwd, env=CLEAN_ENV if env is None else env, timeout=600)
 
 
 def rel_diff(a, b) -> float:

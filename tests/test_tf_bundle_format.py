@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hubfmt
-from hubfmt import hubfile
+from hubfmt import hubfile, protowire
 from hubfmt.adapters import tensorflow as tfa
-from hubfmt.adapters.tensorflow import bundle, crc32c, semantics, sstable, wire
+from hubfmt.adapters.tensorflow import bundle, bundle_write, crc32c, partitioned, semantics, sstable
 from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
 from hubfmt.errors import ConversionError, OutputError
 
@@ -33,7 +33,7 @@ def tf_written(tmp_path, name="model"):
 
 
 def test_doctests():
-    for mod in (crc32c, wire, sstable, semantics):
+    for mod in (crc32c, sstable, semantics, partitioned):
         assert doctest.testmod(mod).failed == 0, mod.__name__
 
 
@@ -59,9 +59,9 @@ def test_reads_what_tensorflow_wrote(tmp_path):
 
 def test_writer_reproduces_tensorflow_bytes(tmp_path):
     """Same tensors in, the same .index and .data out, byte for byte, as TensorFlow's writer."""
-    outs = [bundle.OutTensor("s", strings=[b"hello", b"wo"], shape=(2,)),
-            bundle.OutTensor("scope/a", LazyTensor.from_array(np.arange(6, dtype=np.float32).reshape(2, 3)))]
-    bundle.write_bundle(str(tmp_path / "m"), outs)
+    outs = [bundle_write.OutTensor("s", strings=[b"hello", b"wo"], shape=(2,)),
+            bundle_write.OutTensor("scope/a", LazyTensor.from_array(np.arange(6, dtype=np.float32).reshape(2, 3)))]
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
     assert (tmp_path / "m.data-00000-of-00001").read_bytes() == TF_DATA
     ours = sstable.read_table((tmp_path / "m.index").read_bytes())
     assert ours == sstable.read_table(TF_INDEX)
@@ -73,7 +73,7 @@ def test_table_with_many_blocks_round_trips():
     table = sstable.write_table(pairs)
     assert sstable.read_table(table) == pairs
     footer = table[-48:]
-    idx_off = wire.read_varint(footer, wire.read_varint(footer, wire.read_varint(footer, 0)[1])[1])[0]
+    idx_off = protowire.read_varint(footer, protowire.read_varint(footer, protowire.read_varint(footer, 0)[1])[1])[0]
     assert idx_off > sstable.BLOCK_SIZE                 # more than one data block
 
 
@@ -130,8 +130,8 @@ def test_kinds_inferred_from_names_ranks_and_bias(tmp_path):
               "dw/kernel": (3, 3, 4, 2), "dw/bias": (8,),                      # Keras 3 DepthwiseConv2D
               "emb/embeddings": (10, 3), "ln/gamma": (3,), "ln/beta": (3,),
               "fc/weights": (4, 2), "fc/biases": (2,)}
-    outs = [bundle.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in arrays.items()]
-    bundle.write_bundle(str(tmp_path / "m"), outs)
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in arrays.items()]
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
     c = tfa.read(tmp_path / "m")
     kinds = {n: e.info.kind for n, e in c.entries.items()}
     assert kinds["enc.conv2d.weight"] == "conv2d" and c["enc.conv2d.weight"].tensor.shape == (4, 2, 3, 3)
@@ -146,11 +146,11 @@ def test_kinds_inferred_from_names_ranks_and_bias(tmp_path):
 
 def test_training_state_and_ema_without_tensorflow(tmp_path):
     w = np.ones((2, 3), np.float32)
-    outs = [bundle.OutTensor(n, LazyTensor.from_array(a)) for n, a in [
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(a)) for n, a in [
         ("dense/kernel", w), ("dense/kernel/Adam", w), ("dense/kernel/Adam_1", w),
         ("dense/kernel/ExponentialMovingAverage", w * 2), ("beta1_power", np.float32(0.9)),
         ("global_step", np.int64(1234)), ("conv/kernel/Momentum", np.ones((1, 1, 1, 1), np.float32))]]
-    bundle.write_bundle(str(tmp_path / "m"), outs)
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
     c = tfa.read(tmp_path / "m")
     # conv/kernel/Momentum has no conv/kernel beside it: a weight that happens to be named so
     assert list(c) == ["conv.kernel.Momentum", "dense.weight"] and c.tensor("dense.weight").sum() == 6
@@ -164,9 +164,9 @@ def test_training_state_and_ema_without_tensorflow(tmp_path):
 
 def test_gru_without_reset_after_is_refused_unless_not_strict(tmp_path):
     rng = np.random.default_rng(3)
-    outs = [bundle.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32)))
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32)))
             for n, s in [("gru/kernel", (3, 12)), ("gru/recurrent_kernel", (4, 12)), ("gru/bias", (12,))]]
-    bundle.write_bundle(str(tmp_path / "m"), outs)
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
     with pytest.raises(ConversionError, match="reset_after"):
         tfa.read(tmp_path / "m")
     loose = tfa.read(tmp_path / "m", strict=False)
@@ -186,6 +186,7 @@ def test_shards_state_file_and_overwrite(tmp_path):
     with pytest.raises(OutputError):
         tfa.write(c, tmp_path / "b")
     tfa.write(c, tmp_path / "b", overwrite=True)
+    assert tfa.output_prefix(str(tmp_path / "c.data-00000-of-00001")) == str(tmp_path / "c")
     sub = tmp_path / "dir"
     sub.mkdir()
     tfa.write(c, sub)
@@ -237,3 +238,92 @@ def test_cli_convert_to_and_from_a_prefix(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("formats")
     assert "tf-checkpoint" in r.stdout
+
+
+def test_export_scope_from_tf1_names_only(tmp_path):
+    """A TF1 source keeps its scopes; Keras h5 paths and TF2 object keys are not TF1 names."""
+    c = Checkpoint()
+    w = LazyTensor.from_array(np.ones((3, 2), np.float32))
+    c.add("head.fc.weight", w, TensorInfo(kind="linear", original_name="model/head.fc/kernel"))
+    c.add("dense.weight", w, TensorInfo(kind="linear", original_name="layers/dense/vars/0"))
+    c.add("out.weight", w, TensorInfo(kind="linear", original_name="out/kernel/.ATTRIBUTES/VARIABLE_VALUE"))
+    tfa.write(c, tmp_path / "m")
+    assert list(bundle.open_bundle(str(tmp_path / "m")).entries) == ["dense/kernel", "model/head.fc/kernel", "out/kernel"]
+
+
+def test_dense_after_flatten_is_flagged(tmp_path):
+    rng = np.random.default_rng(4)
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in
+            [("conv/kernel", (3, 3, 3, 8)), ("fc/kernel", (8 * 4 * 4, 10)), ("pooled_fc/kernel", (8, 10))]]
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
+    warned = tfa.read(tmp_path / "m").report.names("warning")
+    assert "fc.weight" in warned and "pooled_fc.weight" not in warned
+
+
+def test_tf1_to_hub_to_tf1_keeps_names_and_values(tmp_path):
+    """Slim leaves, a separable conv and a fused LSTM cell survive TF1 -> hub file -> TF1. Bytes are
+    identical except the LSTM bias: forget_bias is added on import and subtracted on export, which
+    can move float32 values by an ulp of 1.0."""
+    rng = np.random.default_rng(5)
+    spec = [("net/fc/weights", (4, 3)), ("net/fc/biases", (3,)), ("rnn/lstm_cell/kernel", (7, 16)),
+            ("rnn/lstm_cell/bias", (16,)), ("net/sep/depthwise_weights", (3, 3, 4, 2)),
+            ("net/sep/pointwise_weights", (1, 1, 8, 5)), ("net/sep/biases", (5,)), ("bn/gamma", (5,)),
+            ("bn/beta", (5,)), ("bn/moving_mean", (5,)), ("bn/moving_variance", (5,))]
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in spec]
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
+    hubfmt.convert(tmp_path / "m", tmp_path / "h.safetensors")
+    hubfmt.convert(tmp_path / "h.safetensors", tmp_path / "back.index")
+    src, back = bundle.open_bundle(str(tmp_path / "m")), bundle.open_bundle(str(tmp_path / "back"))
+    assert sorted(src.entries) == sorted(back.entries)
+    for k in src.entries:
+        a, b = src.tensor(k).load(), back.tensor(k).load()
+        if k == "rnn/lstm_cell/bias":
+            np.testing.assert_allclose(a, b, rtol=0, atol=2.5e-7)
+        else:
+            assert a.tobytes() == b.tobytes(), k
+
+
+def test_tf1_gru_cell_kept_as_linear_with_a_warning(tmp_path):
+    rng = np.random.default_rng(6)
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in
+            [("rnn/gru_cell/gates/kernel", (7, 8)), ("rnn/gru_cell/gates/bias", (8,)),
+             ("rnn/gru_cell/candidate/kernel", (7, 4)), ("rnn/gru_cell/candidate/bias", (4,)),
+             ("odd/weights", (2, 3)), ("odd/kernel", (2, 3))]]
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
+    c = tfa.read(tmp_path / "m")
+    assert c["rnn.gru_cell.gates.weight"].tensor.shape == (8, 7)
+    assert {"rnn.gru_cell.gates", "rnn.gru_cell.candidate"} <= set(c.report.names("warning"))
+    assert {"odd.weights", "odd.kernel"} <= set(c)          # two spellings of one leaf: kept apart, untouched
+
+
+def test_conv_kind_from_scope_then_bias_then_a_warning(tmp_path):
+    rng = np.random.default_rng(7)
+    spec = [("up/conv2d_transpose/kernel", (2, 2, 6, 6)), ("up/conv2d_transpose/bias", (6,)),   # in == out: by name
+            ("block_dw/depthwise/kernel", (3, 3, 6, 1)),                                        # no bias: by name
+            ("mystery/kernel", (3, 3, 6, 1)), ("mystery/bias", (6,)),                           # dw m=1 or transposed
+            ("plain/kernel", (3, 3, 6, 6))]                                                     # nothing says
+    outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in spec]
+    bundle_write.write_bundle(str(tmp_path / "m"), outs)
+    c = tfa.read(tmp_path / "m")
+    assert c["up.conv2d_transpose.weight"].info.kind == "conv_transpose2d"
+    assert c["block_dw.depthwise.weight"].info.kind == "depthwise_conv2d"
+    assert c["mystery.weight"].info.kind == "depthwise_conv2d"
+    assert c["plain.weight"].info.kind == "conv2d"
+    warned = dict((e.name, e.detail) for e in c.report.of("warning"))
+    assert "fits depthwise_conv2d and conv_transpose2d" in warned["mystery"] and "plain" in warned
+    assert "up.conv2d_transpose" not in warned and "block_dw.depthwise" not in warned
+    fixed = tfa.read(tmp_path / "m", kinds={"mystery": "conv_transpose2d"})
+    assert fixed["mystery.weight"].info.kind == "conv_transpose2d" and "mystery" not in fixed.report.names("warning")
+
+
+def test_bundle_conversion_imports_no_framework(tmp_path):
+    import subprocess
+    import sys
+
+    p = tf_written(tmp_path)
+    code = ("import sys, hubfmt; hubfmt.convert(sys.argv[1], sys.argv[2]); hubfmt.convert(sys.argv[2], sys.argv[3]); "
+            "print(','.join(m for m in ('tensorflow', 'keras', 'torch', 'h5py') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, str(p), str(tmp_path / "h.safetensors"), str(tmp_path / "o.index")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""

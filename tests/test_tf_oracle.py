@@ -4,7 +4,6 @@ by tf.compat.v1.train.Saver / tf.train.Checkpoint and give the torch outputs."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from conftest import assert_same_outputs, require
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -127,6 +126,29 @@ def test_tf1_lstm_to_torch_folds_forget_bias(tmp_path):
     assert "rnn.basic_lstm_cell.bias_hh_l0" in rep.names("created")
 
 
+def test_tf1_multi_rnn_cell_is_one_stacked_lstm_both_ways(tmp_path):
+    """cell_k of a MultiRNNCell is layer k of torch's nn.LSTM(num_layers=2), and back."""
+    rng = np.random.default_rng(15)
+    g, x, y = M.tf1_lstm_stack(tf, M.stack_params(rng))
+    feed = rng.standard_normal((3, M.LSTM_T, M.LSTM_IN)).astype(np.float32)
+    want = M.run_tf(tf, g, x, y, feed, save=str(tmp_path / "stack"))
+    ckpt = through_hub(tfa.read(tmp_path / "stack"), tmp_path)
+    assert "rnn.multi_rnn_cell.weight_hh_l1" in ckpt
+    net = to_torch(M.torch_lstm_stack(torch), ckpt)
+    with torch.no_grad():
+        assert_same_outputs(net(torch.from_numpy(feed)).numpy(), want)
+    torch.manual_seed(5)
+    other = M.torch_lstm_stack(torch).eval()
+    tfa.write(from_torch(other), tmp_path / "back")                        # by rule
+    tfa.write(from_torch(other), tmp_path / "templated", template=tmp_path / "stack")
+    zeros = {k: np.zeros_like(v) for k, v in M.stack_params(rng).items()}
+    g2, x2, y2 = M.tf1_lstm_stack(tf, zeros)
+    with torch.no_grad():
+        want = other(torch.from_numpy(feed)).numpy()
+    for prefix in ("back", "templated"):
+        assert_same_outputs(M.run_tf(tf, g2, x2, y2, feed, restore=str(tmp_path / prefix)), want)
+
+
 def test_tf1_unet_to_torch(tmp_path):
     rng = np.random.default_rng(3)
     g, x, y = M.tf1_unet(tf, M.unet_params(rng))
@@ -172,6 +194,21 @@ def test_tf1_training_state_dropped_and_ema_offered(tmp_path):
     assert not np.array_equal(shadows["dense/kernel"], raw["dense/kernel"])
 
 
+def test_tf1_partitioned_variable_joined(tmp_path):
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.get_variable("emb/embeddings", shape=[7, 4], initializer=tf.compat.v1.random_normal_initializer(),
+                                  partitioner=tf.compat.v1.fixed_size_partitioner(3))
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.train.Saver().save(sess, str(tmp_path / "m"))
+    want = tf.train.load_checkpoint(str(tmp_path / "m")).get_tensor("emb/embeddings")
+    ckpt = tfa.read(tmp_path / "m")
+    assert list(ckpt) == ["emb.weight"] and ckpt["emb.weight"].info.kind == "embedding"
+    assert ckpt.tensor("emb.weight").tobytes() == want.tobytes()
+    assert any("3 pieces" in e.detail for e in ckpt.report.of("warning"))
+
+
 # ----------------------------------------------------------------------------------- torch -> TF1
 
 def test_torch_cnn_to_tf1_restored_by_saver(tmp_path):
@@ -209,6 +246,36 @@ def test_torch_cnn_to_tf1_with_template(tmp_path):
     with torch.no_grad():
         want = net(nchw(feed)).numpy()
     assert_same_outputs(got, want)
+
+
+def test_torch_to_tf1_template_with_adam_and_ema(tmp_path):
+    """A training checkpoint as template: weights filled, EMA shadows follow them (an eval graph
+    restoring ema.variables_to_restore() gets the new weights), Adam slots reset to zero."""
+    rng = np.random.default_rng(13)
+    g, x, y = M.tf1_cnn(tf, M.cnn_params(rng))
+    with g.as_default():
+        step = tf.compat.v1.train.get_or_create_global_step()
+        train = tf.compat.v1.train.AdamOptimizer(0.1).minimize(tf.reduce_sum(y ** 2), global_step=step)
+        ema = tf.compat.v1.train.ExponentialMovingAverage(0.5)
+        with tf.control_dependencies([train]):
+            ema_op = ema.apply(tf.compat.v1.trainable_variables())
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(ema_op, {x: rng.standard_normal((2, 8, 8, 3)).astype(np.float32)})
+            tf.compat.v1.train.Saver().save(sess, str(tmp_path / "train"))
+    torch.manual_seed(4)
+    net = M.torch_cnn(torch).eval()
+    report = tfa.write(from_torch(net), tmp_path / "out", template=tmp_path / "train")
+    assert "dense/kernel/ExponentialMovingAverage" in report.names("created")
+    reader = tf.train.load_checkpoint(str(tmp_path / "out"))
+    assert not reader.get_tensor("dense/kernel/Adam").any() and reader.get_tensor("global_step") == 1
+    feed = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = net(nchw(feed)).numpy()
+    with g.as_default(), tf.compat.v1.Session(graph=g) as sess:
+        for saver in (tf.compat.v1.train.Saver(), tf.compat.v1.train.Saver(ema.variables_to_restore())):
+            saver.restore(sess, str(tmp_path / "out"))
+            assert_same_outputs(sess.run(y, {x: feed}), want)
 
 
 def test_torch_lstm_to_tf1_fused_cell(tmp_path):
@@ -249,12 +316,12 @@ def test_written_bundle_read_back_by_tensorflow_bit_exact(tmp_path):
 def _keras_model(keras):
     return keras.Sequential([
         keras.Input((8, 8, 3)),
-        keras.layers.Conv2D(4, 3, padding="same"),
-        keras.layers.BatchNormalization(),
+        keras.layers.Conv2D(4, 3, padding="same", name="conv"),
+        keras.layers.BatchNormalization(name="bn"),
         keras.layers.ReLU(),
-        keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same"),
+        keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw"),
         keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(5),
+        keras.layers.Dense(5, name="head"),
     ])
 
 
@@ -280,7 +347,11 @@ def test_tf2_keras_object_checkpoint_to_torch(tmp_path):
     prefix = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(str(tmp_path / "ckpt"))
     ckpt = tfa.read(prefix)
     assert ckpt.source.format == "tf2-checkpoint"
-    assert all(not n.startswith("optimizer") for n in ckpt)       # named by the model path, not the optimizer's
+    # named by the Keras layer names (as a Keras file would be), in model order, not by the
+    # optimizer's alias of each variable
+    assert list(ckpt) == ["conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+                          "dw.weight", "dw.bias", "head.weight", "head.bias"]
+    assert ckpt["dw.weight"].info.kind == "depthwise_conv2d"
     assert any("optimizer" in e.name for e in ckpt.report.of("dropped"))
     feed = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
     want = model(feed, training=False).numpy()
@@ -351,3 +422,68 @@ def test_hypothesis_bundle_read_by_tensorflow(tmp_path_factory, specs):
     back = hubfile.read(tmp / "h.safetensors")
     for n, a in arrays.items():
         assert back.tensor(n.replace("/", ".")).tobytes() == a.tobytes()
+
+
+def test_tf2_keras_recurrent_layers_to_torch(tmp_path):
+    """Keras LSTM (gates i,f,c,o, one bias) and GRU (z,r,h, reset_after, bias [2,3h]) through a TF2
+    object checkpoint into torch nn.LSTM / nn.GRU."""
+    keras = require("keras")
+    rng = np.random.default_rng(12)
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.LSTM(5, return_sequences=True, name="lstm"),
+                              keras.layers.GRU(4, return_sequences=True, name="gru")])
+    for w in model.weights:
+        w.assign(rng.standard_normal(w.shape).astype(np.float32) * 0.5)
+    prefix = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    ckpt = through_hub(tfa.read(prefix), tmp_path)
+    assert list(ckpt) == [f"{layer}.{role}" for layer in ("lstm", "gru")
+                          for role in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    assert {e.info.kind for e in ckpt.entries.values()} == {"lstm", "gru"}
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(3, 5, batch_first=True)
+            self.gru = torch.nn.GRU(5, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.gru(self.lstm(x)[0])[0]
+    net = to_torch(Net(), ckpt, names=list(ckpt))
+    feed = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    with torch.no_grad():
+        got = net(torch.from_numpy(feed)).numpy()
+    assert_same_outputs(got, model(feed).numpy())
+
+
+def test_from_model_tf_module():
+    class Block(tf.Module):
+        def __init__(self):
+            super().__init__(name="block")
+            with tf.name_scope("conv"):
+                self.k = tf.Variable(np.ones((3, 3, 2, 4), np.float32), name="kernel")
+                self.b = tf.Variable(np.arange(4, dtype=np.float32), name="bias")
+    m = Block()
+    ckpt = tfa.from_model(m)
+    assert sorted(ckpt) == ["conv.bias", "conv.weight"] and ckpt["conv.weight"].tensor.shape == (4, 2, 3, 3)
+    m.b.assign(np.zeros(4, np.float32))
+    tfa.to_model(ckpt, m)
+    np.testing.assert_array_equal(m.b.numpy(), np.arange(4, dtype=np.float32))
+
+
+def test_tf2_checkpoint_and_keras_weights_file_agree(tmp_path):
+    """The same Keras model saved as a TF2 object checkpoint and as a .weights.h5 file reads as the
+    same canonical checkpoint (names, order, values). Needs the Keras half of the adapter."""
+    import pytest
+
+    pytest.importorskip("hubfmt.adapters.tensorflow.keras_h5", reason="keras_h5 lives on the keras branch")
+    keras = require("keras")
+    rng = np.random.default_rng(14)
+    cnn = _keras_model(keras)
+    rnn = keras.Sequential([keras.Input((6, 3)), keras.layers.LSTM(5, return_sequences=True, name="lstm"),
+                            keras.layers.GRU(4, name="gru")])
+    for model, tag in ((cnn, "cnn"), (rnn, "rnn")):
+        _randomize_keras(model, rng)
+        model.save_weights(str(tmp_path / f"{tag}.weights.h5"))
+        a = tfa.read(tmp_path / f"{tag}.weights.h5")
+        b = tfa.read(tf.train.Checkpoint(model=model).save(str(tmp_path / tag)))
+        assert list(a) == list(b)
+        assert all(a.tensor(n).tobytes() == b.tensor(n).tobytes() for n in a)

@@ -200,3 +200,52 @@ def run_tf(tf, graph, x, y, feed: np.ndarray, *, restore: str | None = None, sav
             if save:
                 saver.save(sess, save)
     return out
+
+
+def stack_params(rng, layers: int = 2) -> dict[str, np.ndarray]:
+    out = {}
+    for k in range(layers):
+        n_in = LSTM_IN if k == 0 else LSTM_H
+        scope = f"rnn/multi_rnn_cell/cell_{k}/basic_lstm_cell"
+        out[f"{scope}/kernel"] = (rng.standard_normal((n_in + LSTM_H, 4 * LSTM_H)) * 0.4).astype(np.float32)
+        out[f"{scope}/bias"] = (rng.standard_normal(4 * LSTM_H) * 0.4).astype(np.float32)
+    return out
+
+
+def tf1_lstm_stack(tf, params: dict, layers: int = 2):
+    """A MultiRNNCell of BasicLSTMCells (TF1 names rnn/multi_rnn_cell/cell_k/basic_lstm_cell/...),
+    each step through TF's fused LSTMBlockCell kernel."""
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, LSTM_T, LSTM_IN], name="x")
+        n = tf.shape(x)[0]
+        peep = tf.zeros([LSTM_H])
+        seq = [x[:, t] for t in range(LSTM_T)]
+        for k in range(layers):
+            scope = f"rnn/multi_rnn_cell/cell_{k}/basic_lstm_cell"
+            w = tf.compat.v1.get_variable(f"{scope}/kernel", initializer=params[f"{scope}/kernel"])
+            b = tf.compat.v1.get_variable(f"{scope}/bias", initializer=params[f"{scope}/bias"])
+            h = c = tf.zeros(tf.stack([n, LSTM_H]))
+            out = []
+            for xt in seq:
+                _, c, _, _, _, _, h = tf.raw_ops.LSTMBlockCell(x=xt, cs_prev=c, h_prev=h, w=w, wci=peep, wcf=peep,
+                                                               wco=peep, b=b, forget_bias=1.0, cell_clip=-1.0,
+                                                               use_peephole=False)
+                out.append(h)
+            seq = out
+        y = tf.stack(seq, axis=1)
+    return g, x, y
+
+
+def torch_lstm_stack(torch, layers: int = 2):
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.Module()
+            self.rnn.multi_rnn_cell = nn.LSTM(LSTM_IN, LSTM_H, num_layers=layers, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn.multi_rnn_cell(x)[0]
+    return Net()

@@ -76,14 +76,19 @@ def read(path, **options) -> Checkpoint:
     """
     path = os.fspath(path)
     if os.path.isfile(path) and path.endswith(_KERAS_SUFFIXES):
-        return _keras().read(path, **options)
+        prefer_ema = options.pop("prefer_ema", None)
+        ckpt = _keras().read(path, **options)
+        if prefer_ema:
+            ckpt.report.add("warning", path, "prefer_ema: Keras weight files hold no EMA shadow variables")
+        return ckpt
     bad = set(options) - _READ_OPTIONS
     if bad:
         raise TypeError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
+    from hubfmt.protowire import Malformed
+
     from .bundle import open_bundle
-    from .objgraph import OBJECT_GRAPH_KEY, variable_paths
+    from .objgraph import OBJECT_GRAPH_KEY, variable_full_names, variable_paths
     from .tfimport import import_variables
-    from .wire import Malformed
 
     bundle = open_bundle(path, verify_data=options.get("verify_data", True))
     ckpt = Checkpoint()
@@ -92,26 +97,33 @@ def read(path, **options) -> Checkpoint:
     ckpt.source = SourceInfo(FRAMEWORK, "", bundle.prefix, "tf2-checkpoint" if tf2 else "tf1-checkpoint")
     for note in bundle.notes:
         ckpt.report.add("warning", path, note)
-    sliced = [n for n, e in bundle.entries.items() if e.sliced]
-    if sliced and options.get("strict", True):
-        raise ConversionError(f"partitioned variables are not supported: {', '.join(sliced[:3])}", bundle.index_path)
-    paths = None
+    for name, e in bundle.entries.items():
+        if e.sliced:
+            ckpt.report.add("warning", name, f"partitioned variable: {len(e.slices)} pieces joined into one tensor")
+    paths = full_names = None
     if tf2:
         try:
-            paths = variable_paths(bundle.strings(OBJECT_GRAPH_KEY)[0])
+            graph = bundle.strings(OBJECT_GRAPH_KEY)[0]
+            paths, full_names = variable_paths(graph), variable_full_names(graph)
         except Malformed as e:
             raise FormatError(f"bad TF2 object graph: {e}", bundle.index_path) from None
-    variables = [(n, bundle.tensor(n) if e.dtype is not None and not e.sliced else None)
+    variables = [(n, bundle.tensor(n) if e.dtype is not None else e.dtype_name)
                  for n, e in bundle.entries.items()]
     opts = {k: v for k, v in options.items() if k in ("prefer_ema", "kinds", "forget_bias", "strict")}
-    return import_variables(variables, paths=paths, ckpt=ckpt, **opts)
+    return import_variables(variables, paths=paths, full_names=full_names, ckpt=ckpt, **opts)
 
 
 def output_prefix(path: str) -> str:
-    """The bundle prefix a destination path designates (`x.index` -> `x`; a directory -> `dir/model.ckpt`)."""
+    """The bundle prefix a destination path designates (`x.index` or `x.data-00000-of-00001` -> `x`;
+    a directory -> `dir/model.ckpt`)."""
+    import re
+
     path = os.fspath(path)
     if path.endswith(".index"):
         return path[:-6]
+    shard = re.match(r"^(.*)\.data-\d{5}-of-\d{5}$", path)
+    if shard:
+        return shard.group(1)
     if os.path.isdir(path):
         return os.path.join(path, "model.ckpt")
     return path
@@ -136,7 +148,8 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     bad = set(options) - _WRITE_OPTIONS
     if bad:
         raise TypeError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
-    from .bundle import open_bundle, update_state_file, write_bundle
+    from .bundle import open_bundle
+    from .bundle_write import update_state_file, write_bundle
     from .tfexport import export_by_rule, export_by_template
 
     prefix = output_prefix(path)

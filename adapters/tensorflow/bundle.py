@@ -16,13 +16,11 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from hubfmt import dtypes
-from hubfmt.atomic import atomic_output, atomic_outputs
+from hubfmt import dtypes, protowire
 from hubfmt.checkpoint import LazyTensor, read_region, region_tensor
 from hubfmt.errors import FormatError
-from hubfmt.streaming import write_tensor
 
-from . import sstable, wire
+from . import sstable
 from .crc32c import crc32c, mask, unmask
 
 # tensorflow/core/framework/types.proto DataType -> canonical dtype name
@@ -34,6 +32,9 @@ _TF_DTYPE_NAMES = {7: "string", 11: "qint8", 12: "quint8", 13: "qint32", 15: "qi
                    18: "complex128", 20: "resource", 21: "variant"}
 BUNDLE_VERSION = 1            # kTensorBundleVersion (producer); min_consumer 0
 MAX_INDEX_BYTES = 1 << 30     # an index is names and small protos: anything larger is not one
+# CRC each span of an opened bundle must have. Bytes copied file-to-file are never loaded, so the
+# loader cannot check them; the bundle writer checks the CRC it computes anyway against this.
+_EXPECTED_CRC: dict = {}
 _DATA_RE = re.compile(r"^(.*)\.data-(\d{5})-of-(\d{5})$")
 
 
@@ -50,7 +51,8 @@ class BundleEntry:
     offset: int = 0
     size: int = 0
     crc: int = 0                  # masked CRC-32C as stored
-    sliced: bool = False          # a partitioned variable's full-tensor entry
+    sliced: bool = False          # a partitioned variable's full-tensor entry (no bytes of its own)
+    slices: list = field(default_factory=list)   # its TensorSliceProtos: [(start, length or -1 = all)] per dim
 
     @property
     def dtype_name(self) -> str:
@@ -64,6 +66,7 @@ class Bundle:
     prefix: str
     num_shards: int
     entries: dict[str, BundleEntry] = field(default_factory=dict)
+    slice_entries: dict[bytes, BundleEntry] = field(default_factory=dict)   # partition pieces, by encoded key
     notes: list[str] = field(default_factory=list)     # what resolving the path involved (e.g. .meta ignored)
     verify_data: bool = True
 
@@ -76,14 +79,21 @@ class Bundle:
 
     def tensor(self, name: str) -> LazyTensor:
         """The entry's data as a lazy tensor over its shard (kernel-copyable span). When
-        verify_data is on, loading it checks the stored CRC."""
-        e = self.entries[name]
+        verify_data is on, loading it checks the stored CRC. Partitioned variables are assembled."""
+        return self.tensor_of(self.entries[name])
+
+    def tensor_of(self, e: BundleEntry) -> LazyTensor:
         if e.dtype is None:
-            raise FormatError(f"tensor {name!r} has dtype {e.dtype_name}, not a numeric tensor", self.index_path)
+            raise FormatError(f"tensor {e.name!r} has dtype {e.dtype_name}, not a numeric tensor", self.index_path)
+        if e.sliced:
+            from .partitioned import assemble
+            return assemble(self, e)
         path = self.shard_path(e.shard)
         t = region_tensor(path, e.offset, e.dtype, e.shape)
         if not self.verify_data:
             return t
+        if t.span is not None:
+            _EXPECTED_CRC[t.span] = unmask(e.crc)
 
         def load(path=path, e=e):
             arr = read_region(path, e.offset, e.dtype, e.shape)
@@ -101,7 +111,7 @@ class Bundle:
         raw = read_region(path, e.offset, "uint8", (e.size,)).tobytes()
         try:
             values = decode_strings(raw, _count(e.shape))
-        except wire.Malformed as err:
+        except protowire.Malformed as err:
             raise FormatError(f"string tensor {name!r}: {err}", path) from None
         if unmask(e.crc) != _strings_crc(values)[1]:
             raise FormatError(f"checksum mismatch in string tensor {name!r}: corrupt data", path)
@@ -166,17 +176,31 @@ def latest_from_state(state_path: str) -> str | None:
     return _unescape(m.group(1)) if m else None
 
 
-def is_bundle(path: str) -> bool:
-    """Cheap sniff: does `path` designate a checkpoint whose .index ends with the table magic?"""
+def _is_table(path: str) -> bool:
+    """Does the file end with the LevelDB table magic?"""
     try:
-        prefix, _ = resolve_prefix(path)
-        index = prefix + ".index"
-        size = os.path.getsize(index)
-        if size < sstable.FOOTER_SIZE:
+        size = os.path.getsize(path)
+        if not os.path.isfile(path) or size < sstable.FOOTER_SIZE:
             return False
-        with open(index, "rb") as f:
+        with open(path, "rb") as f:
             f.seek(size - 8)
             return struct.unpack("<Q", f.read(8))[0] == sstable.MAGIC
+    except OSError:
+        return False
+
+
+def is_bundle(path: str) -> bool:
+    """Cheap sniff: does `path` designate a checkpoint? Its .index ends with the table magic, or
+    (a damaged one, which read() then explains) it has data shards beside it, or it is a V1
+    single-file checkpoint (a table itself), which read() refuses with a clear message."""
+    try:
+        prefix, _ = resolve_prefix(path)
+        if _is_table(prefix + ".index"):
+            return True
+        if not os.path.exists(prefix + ".index") and _is_table(path):
+            return True
+        directory, base = os.path.split(os.path.abspath(prefix))
+        return any(f.startswith(base + ".data-") for f in os.listdir(directory))
     except (OSError, FormatError):
         return False
 
@@ -185,9 +209,9 @@ def is_bundle(path: str) -> bool:
 
 def _parse_header(value: bytes) -> tuple[int, int]:
     num_shards, endian = 1, 0
-    for num, wt, v in wire.fields(value):
+    for num, wt, v in protowire.fields(value):
         if num == 1 and wt == 0:
-            num_shards = wire.signed64(v)
+            num_shards = protowire.signed64(v)
         elif num == 2 and wt == 0:
             endian = v
     return num_shards, endian
@@ -195,37 +219,52 @@ def _parse_header(value: bytes) -> tuple[int, int]:
 
 def _parse_shape(value: bytes) -> tuple:
     dims = []
-    for num, wt, v in wire.fields(value):
+    for num, wt, v in protowire.fields(value):
         if num == 2 and wt == 2:
             size = -1
-            for n2, w2, v2 in wire.fields(v):
+            for n2, w2, v2 in protowire.fields(v):
                 if n2 == 1 and w2 == 0:
-                    size = wire.signed64(v2)
+                    size = protowire.signed64(v2)
             if size < 0:
-                raise wire.Malformed(f"unknown or negative dimension {size}")
+                raise protowire.Malformed(f"unknown or negative dimension {size}")
             dims.append(size)
         elif num == 3 and wt == 0 and v:
-            raise wire.Malformed("shape of unknown rank")
+            raise protowire.Malformed("shape of unknown rank")
     return tuple(dims)
+
+
+def _parse_slice(value: bytes) -> list[tuple[int, int]]:
+    extents = []
+    for num, wt, v in protowire.fields(value):
+        if num == 1 and wt == 2:
+            start, length = 0, -1
+            for n2, w2, v2 in protowire.fields(v):
+                if n2 == 1 and w2 == 0:
+                    start = protowire.signed64(v2)
+                elif n2 == 2 and w2 == 0:
+                    length = protowire.signed64(v2)
+            extents.append((start, length))
+    return extents
 
 
 def _parse_entry(name: str, value: bytes) -> BundleEntry:
     e = BundleEntry(name, 0, None, ())
-    for num, wt, v in wire.fields(value):
+    for num, wt, v in protowire.fields(value):
         if num == 1 and wt == 0:
             e.tf_dtype = v
         elif num == 2 and wt == 2:
             e.shape = _parse_shape(v)
         elif num == 3 and wt == 0:
-            e.shard = wire.signed64(v)
+            e.shard = protowire.signed64(v)
         elif num == 4 and wt == 0:
-            e.offset = wire.signed64(v)
+            e.offset = protowire.signed64(v)
         elif num == 5 and wt == 0:
-            e.size = wire.signed64(v)
+            e.size = protowire.signed64(v)
         elif num == 6 and wt == 5:
             e.crc = v
-        elif num == 7:
+        elif num == 7 and wt == 2:
             e.sliced = True
+            e.slices.append(_parse_slice(v))
     e.dtype = TF_DTYPES.get(e.tf_dtype)
     return e
 
@@ -235,6 +274,9 @@ def open_bundle(path: str, *, verify_data: bool = True) -> Bundle:
     shard's size. Raises FormatError naming the file on any problem."""
     prefix, notes = resolve_prefix(path)
     index = prefix + ".index"
+    if not os.path.exists(index) and _is_table(path):
+        raise FormatError("a TensorFlow V1 checkpoint (single-file format of TF < 1.0): not supported; "
+                          "re-save it with TensorFlow's Saver (V2 format) first", path)
     try:
         size = os.path.getsize(index)
     except OSError:
@@ -246,17 +288,20 @@ def open_bundle(path: str, *, verify_data: bool = True) -> Bundle:
     try:
         items = sstable.read_table(table)
         if not items or items[0][0] != b"":
-            raise wire.Malformed("no bundle header (key \"\")")
+            raise protowire.Malformed("no bundle header (key \"\")")
         num_shards, endian = _parse_header(items[0][1])
         if endian != 0:
-            raise wire.Malformed("big-endian bundle: not supported")
+            raise protowire.Malformed("big-endian bundle: not supported")
         if not 1 <= num_shards <= 1 << 20:
-            raise wire.Malformed(f"bad shard count {num_shards}")
+            raise protowire.Malformed(f"bad shard count {num_shards}")
         bundle = Bundle(prefix, num_shards, notes=notes, verify_data=verify_data)
         for key, value in items[1:]:
             name = key.decode("utf-8", "replace")
-            bundle.entries[name] = _parse_entry(name, value)
-    except wire.Malformed as e:
+            if key.startswith(b"\x00"):        # a piece of a partitioned variable (OrderedCode key)
+                bundle.slice_entries[key] = _parse_entry(name, value)
+            else:
+                bundle.entries[name] = _parse_entry(name, value)
+    except protowire.Malformed as e:
         raise FormatError(str(e), index) from None
     _check_bounds(bundle)
     return bundle
@@ -264,7 +309,7 @@ def open_bundle(path: str, *, verify_data: bool = True) -> Bundle:
 
 def _check_bounds(b: Bundle) -> None:
     sizes: dict[int, int] = {}
-    for e in b.entries.values():
+    for e in [*b.entries.values(), *b.slice_entries.values()]:
         if e.sliced:
             continue           # the full-tensor record of a partitioned variable holds no bytes
         if not 0 <= e.shard < b.num_shards:
@@ -285,11 +330,11 @@ def _check_bounds(b: Bundle) -> None:
 def decode_strings(raw: bytes, count: int) -> list[bytes]:
     lengths, pos = [], 0
     for _ in range(count):
-        n, pos = wire.read_varint(raw, pos)
+        n, pos = protowire.read_varint(raw, pos)
         lengths.append(n)
     pos += 4                                   # masked CRC of the lengths
     if pos + sum(lengths) > len(raw):
-        raise wire.Malformed("string data runs past its entry")
+        raise protowire.Malformed("string data runs past its entry")
     out = []
     for n in lengths:
         out.append(raw[pos:pos + n])
@@ -299,7 +344,7 @@ def decode_strings(raw: bytes, count: int) -> list[bytes]:
 
 def _strings_crc(values: list[bytes]) -> tuple[bytes, int]:
     """(serialized string tensor, its CRC as the entry stores it before masking)."""
-    lengths = b"".join(wire.encode_varint(len(v)) for v in values)
+    lengths = b"".join(protowire.encode_varint(len(v)) for v in values)
     crc = crc32c(b"".join(struct.pack("<I" if len(v) <= 0xFFFFFFFF else "<Q", len(v)) for v in values))
     length_crc = struct.pack("<I", mask(crc))
     crc = crc32c(length_crc, crc)
@@ -307,127 +352,5 @@ def _strings_crc(values: list[bytes]) -> tuple[bytes, int]:
     return lengths + length_crc + body, crc32c(body, crc)
 
 
-# ------------------------------------------------------------------------------------- writing
-
-@dataclass
-class OutTensor:
-    """One tensor to write: numeric (tensor + dtype) or a string tensor (strings)."""
-
-    name: str
-    tensor: LazyTensor | None = None
-    dtype: str | None = None
-    strings: list[bytes] | None = None
-    shape: tuple = ()
-
-
-def _encode_shape(shape) -> bytes:
-    return b"".join(wire.field_bytes(2, wire.field_varint(1, int(d))) for d in shape)
-
-
-def _encode_entry(tf_dtype: int, shape, shard: int, offset: int, size: int, crc: int) -> bytes:
-    out = wire.field_varint(1, tf_dtype) + wire.field_bytes(2, _encode_shape(shape))
-    if shard:
-        out += wire.field_varint(3, shard)
-    if offset:
-        out += wire.field_varint(4, offset)
-    if size:
-        out += wire.field_varint(5, size)
-    return out + wire.field_fixed32(6, mask(crc))
-
-
-def _crc_of_region(fd: int, offset: int, nbytes: int) -> int:
-    crc, done = 0, 0
-    while done < nbytes:
-        chunk = os.pread(fd, min(64 << 20, nbytes - done), offset + done)
-        if not chunk:
-            raise OSError("short read of the data just written")
-        crc = crc32c(chunk, crc)
-        done += len(chunk)
-    return crc
-
-
-def bundle_files(prefix: str, num_shards: int) -> list[str]:
-    """Output files of a bundle, in publishing order (data shards first, the index last)."""
-    return [shard_path(prefix, i, num_shards) for i in range(num_shards)] + [prefix + ".index"]
-
-
-def write_bundle(prefix: str, tensors: list[OutTensor], *, overwrite: bool = False, progress=None,
-                 max_shard_size: int | None = None) -> int:
-    """Write `tensors` as a checkpoint bundle at `prefix` (atomic: shards first, index last).
-    Returns the number of data bytes written."""
-    shards = _plan_shards(tensors, max_shard_size)
-    finals = bundle_files(prefix, len(shards))
-    records: list[tuple[bytes, bytes]] = []
-    total = 0
-    with atomic_outputs(finals, overwrite=overwrite) as out:
-        for i, group in enumerate(shards):
-            tmp = out.path(finals[i])
-            with open(tmp, "w+b") as f:       # read back: the CRC of kernel-copied bytes
-                for t in group:
-                    offset = f.tell()
-                    if t.strings is not None:
-                        data, crc = _strings_crc(t.strings)
-                        f.write(data)
-                        n, code, shape = len(data), DT_STRING, t.shape
-                    else:
-                        n = write_tensor(f, t.tensor, t.dtype)
-                        f.flush()
-                        crc = _crc_of_region(f.fileno(), offset, n)
-                        code, shape = TF_DTYPE_CODES[t.dtype or t.tensor.dtype], t.tensor.shape
-                    records.append((t.name.encode("utf-8"), _encode_entry(code, shape, i, offset, n, crc)))
-                    total += n
-                    if progress is not None:
-                        progress.update(n)
-        header = wire.field_varint(1, len(shards)) + wire.field_bytes(3, wire.field_varint(1, BUNDLE_VERSION))
-        records.sort()
-        with open(out.path(finals[-1]), "wb") as f:
-            f.write(sstable.write_table([(b"", header)] + records))
-    return total
-
-
-def _plan_shards(tensors: list[OutTensor], max_shard_size: int | None) -> list[list[OutTensor]]:
-    names = [t.name for t in tensors]
-    if len(set(names)) != len(names) or "" in names:
-        raise ValueError("bundle tensor names must be unique and non-empty")
-    if not max_shard_size:
-        return [list(tensors)]
-    shards: list[list[OutTensor]] = [[]]
-    size = 0
-    for t in tensors:
-        n = t.tensor.nbytes if t.tensor is not None else sum(len(s) for s in t.strings or [])
-        if shards[-1] and size + n > max_shard_size:
-            shards.append([])
-            size = 0
-        shards[-1].append(t)
-        size += n
-    return shards
-
-
-def update_state_file(prefix: str) -> str:
-    """Point the directory's `checkpoint` state file at `prefix` (as tf.train.Saver does), keeping
-    the other still-existing checkpoints it lists. Returns the state file's path."""
-    directory, base = os.path.split(os.path.abspath(prefix))
-    state = os.path.join(directory, "checkpoint")
-    paths: list[str] = []
-    if os.path.isfile(state):
-        with open(state, "rb") as f:
-            text = f.read(1 << 20).decode("utf-8", "replace")
-        for p in re.findall(r'^all_model_checkpoint_paths:\s*"((?:[^"\\]|\\.)*)"', text, re.M):
-            full = p if os.path.isabs(p) else os.path.join(directory, p)
-            if p != base and os.path.exists(full + ".index"):
-                paths.append(p)
-    paths.append(base)
-    body = f'model_checkpoint_path: "{_escape(base)}"\n' + "".join(
-        f'all_model_checkpoint_paths: "{_escape(p)}"\n' for p in paths)
-    with atomic_output(state, overwrite=True) as tmp:
-        with open(tmp, "w") as f:
-            f.write(body)
-    return state
-
-
 def _unescape(s: str) -> str:
     return re.sub(r"\\(.)", r"\1", s)
-
-
-def _escape(s: str) -> str:
-    return s.replace("\\", "\\\\").replace('"', '\\"')

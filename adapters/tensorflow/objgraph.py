@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from collections import deque
 
-from .wire import Malformed, fields
+from hubfmt.protowire import Malformed, fields
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 MAX_NODES = 10_000_000
 
 
-def _nodes(graph: bytes) -> list[tuple[list[tuple[int, str]], list[str]]]:
-    """Per node: (children as (node id, local name), checkpoint keys of its attributes)."""
+def _nodes(graph: bytes, full_names: dict | None = None) -> list[tuple[list[tuple[int, str]], list[str]]]:
+    """Per node: (children as (node id, local name), checkpoint keys of its attributes); fills
+    `full_names` (checkpoint key -> the variable's own name, e.g. Keras 'sequential/conv2d/kernel')."""
     nodes = []
     for num, wt, v in fields(graph):
         if num != 1 or wt != 2:
@@ -33,11 +34,21 @@ def _nodes(graph: bytes) -> list[tuple[list[tuple[int, str]], list[str]]]:
                 children.append((int(ref.get(1, 0)), bytes(ref.get(2, b"")).decode("utf-8", "replace")))
             elif n2 == 2 and w2 == 2:
                 att = {k: x for k, _, x in fields(v2)}
-                keys.append(bytes(att.get(3, b"")).decode("utf-8", "replace"))
+                key = bytes(att.get(3, b"")).decode("utf-8", "replace")
+                keys.append(key)
+                if full_names is not None and key:
+                    full_names[key] = bytes(att.get(2, b"")).decode("utf-8", "replace")
         nodes.append((children, keys))
         if len(nodes) > MAX_NODES:
             raise Malformed("object graph has too many nodes")
     return nodes
+
+
+def variable_full_names(graph: bytes) -> dict[str, str]:
+    """Checkpoint key -> the name the variable was created with (Keras: '<model>/<layer>/<var>')."""
+    out: dict[str, str] = {}
+    _nodes(graph, out)
+    return out
 
 
 def variable_paths(graph: bytes) -> dict[str, list[list[str]]]:

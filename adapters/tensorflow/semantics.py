@@ -13,6 +13,7 @@ Native leaves (the last component of a variable name / Keras variable path) by k
     conv1d/2d/3d       kernel [k..,in,out] ("LIO","HWIO","DHWIO")   weight [out,in,k..], bias
     conv_transpose*d   kernel [k..,out,in] ("LOI","HWOI","DHWOI")   weight [in,out,k..], bias
     depthwise_conv2d   depthwise_kernel [kh,kw,C,m] ("HWCM")        weight [C*m,1,kh,kw], bias
+                       (Keras 3 DepthwiseConv2D calls it `kernel`)
     separable_conv2d   depthwise_kernel [kh,kw,C,m],                depthwise.weight [C*m,1,kh,kw],
                        pointwise_kernel [1,1,C*m,out], bias         pointwise.weight [out,C*m,1,1],
                                                                     pointwise.bias

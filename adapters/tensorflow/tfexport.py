@@ -7,13 +7,16 @@ Two ways to choose names:
   used them). A `<x>.depthwise` + `<x>.pointwise` pair is written as one separable conv `x`.
   LSTMs become one fused TF1 cell (`kernel` [in+h,4h] + `bias`, forget_bias subtracted) when they
   came from one, Keras-style `kernel`/`recurrent_kernel`/`bias` when they came from Keras, else
-  as `rnn_style` says ("tf1" by default).
+  as `rnn_style` says ("tf1" by default); a stacked LSTM (weight_ih_l1 ...) as TF1 cells becomes
+  a MultiRNNCell: `<layer>/cell_<k>/basic_lstm_cell/{kernel,bias}`.
 - after a template (`export_by_template`): a TF1 or TF2 checkpoint of the destination model. Its
   variables are read with the same rules, so its canonical names say which tensor fills which key;
   its kinds and shapes settle what a canonical tensor cannot say (depth multiplier, cell type).
-  Everything in the template that is not a weight (the TF2 object graph, save_counter, optimizer
-  state, global_step) is copied from it unchanged and reported, so TensorFlow's loaders accept
-  the result as they accept the template.
+  Entries derived from a filled weight follow it: ExponentialMovingAverage shadows get the new
+  weights, optimizer slots (TF1 `w/Adam`, TF2 `.OPTIMIZER_SLOT`) zeros. Everything else that is not
+  a weight (the TF2 object graph, save_counter, global_step, Keras 3 `optimizer/_variables/N`) is
+  copied from the template unchanged. All of it is reported, and TensorFlow's loaders accept the
+  result as they accept the template.
 
 >>> outs, report = export_by_rule(ckpt)             # doctest: +SKIP
 >>> [o.name for o in outs][:2]                       # doctest: +SKIP
@@ -21,13 +24,20 @@ Two ways to choose names:
 """
 from __future__ import annotations
 
+import re
+
+import numpy as np
+
+from hubfmt import dtypes
 from hubfmt.checkpoint import Checkpoint, LazyTensor
 from hubfmt.errors import ConversionError
 from hubfmt.report import Report
 
 from . import semantics
-from .bundle import DT_STRING, TF_DTYPE_CODES, Bundle, OutTensor
-from .tfimport import EMA, NativeLayer, import_variables
+from .bundle import DT_STRING, TF_DTYPE_CODES, Bundle
+from .bundle_write import OutTensor
+from .objgraph import VALUE_SUFFIX
+from .tfimport import EMA, SLOT_RE, NativeLayer, import_variables
 
 # TF1 slim leaf names worth keeping on export (Keras 3's private `_kernel` is not a TF1 name).
 _TF1_ALIASES = {k for k in semantics.LEAF_ALIASES if not k.startswith("_")}
@@ -78,20 +88,26 @@ def _layer_kind(ckpt: Checkpoint, roles: dict[str, str], kinds: dict, layer: str
         oh = ckpt.entries[wh].info.original_name if wh else ""
         if oi and oi == oh:
             return "tf1_lstm"
-        if oi.rstrip("/").endswith("kernel") and oh.endswith("recurrent_kernel"):
+        if "recurrent_kernel" in oh:        # a Keras LSTM (TF1 name or TF2 key)
             return "lstm"
         return "tf1_lstm" if rnn_style == "tf1" else "lstm"
     return kind
 
 
+_TF_LEAVES = {"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance", "depthwise_kernel",
+              "pointwise_kernel", "embeddings", "recurrent_kernel", *_TF1_ALIASES}
+
+
 def _native_scope(ckpt: Checkpoint, layer: str, roles: dict[str, str]) -> str:
-    """The TF scope of a canonical layer: from the source's TF1 names when they are TF names."""
+    """The TF scope of a canonical layer: from the source's names when they are TF1 variable names
+    (`scope/kernel`; not TF2 object keys, not Keras h5 paths like `layers/dense/vars/0`)."""
     for name in roles.values():
         orig = ckpt.entries[name].info.original_name
-        if "/" in orig and ".ATTRIBUTES" not in orig:
-            if orig.endswith("/" + EMA):
-                orig = orig[: -len(EMA) - 1]
-            return orig.rpartition("/")[0]
+        if orig.endswith("/" + EMA):
+            orig = orig[: -len(EMA) - 1]
+        scope, _, leaf = orig.rpartition("/")
+        if scope and leaf in _TF_LEAVES and ".ATTRIBUTES" not in orig:
+            return scope
     return layer.replace(".", "/")
 
 
@@ -114,39 +130,66 @@ def export_by_rule(ckpt: Checkpoint, *, restore_dtype: bool = True, kinds: dict 
     outs: list[OutTensor] = []
     for layer, roles in _groups(ckpt, rep).items():
         kind = _layer_kind(ckpt, roles, kinds, layer, rnn_style)
-        canon = {r: ckpt.entries[n].tensor for r, n in roles.items()}
-        if "num_batches_tracked" in canon:
-            rep.add("dropped", roles["num_batches_tracked"], "torch-only batch counter")
-            canon.pop("num_batches_tracked")
-        _bn_warning(ckpt, layer, kind, rep)
-        try:
-            mapped = semantics.export_layer(kind, canon, attrs=_attrs(ckpt, layer, forget_bias)) if kind != "tensor" else None
-        except ConversionError as e:
-            if strict:
-                raise ConversionError(f"layer {layer!r} ({kind}): {e.message}") from None
-            rep.add("warning", layer, f"written as plain tensors: {e.message}")
-            mapped = None
-        scope = _native_scope(ckpt, layer, roles)
-        if mapped is None:
-            for role, name in roles.items():
-                if role == "num_batches_tracked":
-                    continue
-                e = ckpt.entries[name]
-                native = f"{scope}/{role}" if layer else role
-                outs.append(OutTensor(native, e.tensor, _target_dtype(e.tensor.dtype, e.info.original_dtype,
-                                                                      restore_dtype, native, rep)))
-                rep.add("renamed", name, native)
-            continue
-        for m in mapped:
-            native = f"{scope}/{_leaf(ckpt, m, roles)}" if scope else m.name
-            first = roles[m.source.split("+")[0]]
-            info = ckpt.entries[first].info
-            outs.append(OutTensor(native, m.tensor, _target_dtype(m.tensor.dtype, info.original_dtype,
-                                                                  restore_dtype, native, rep)))
-            rep.add("renamed", "+".join(roles[s] for s in m.source.split("+")), native)
-            for action, detail in m.events:
-                rep.add(action, native, detail)
+        for scope, part in _cells(ckpt, layer, roles, kind):
+            outs += _export_group(ckpt, layer, scope, part, kind, rep, restore_dtype, forget_bias, strict)
     return outs, rep
+
+
+_RNN_ROLE = re.compile(r"^((?:weight|bias)_(?:ih|hh))_l(\d+)$")
+
+
+def _cells(ckpt: Checkpoint, layer: str, roles: dict[str, str], kind: str):
+    """(TF scope, roles) per TF variable group of a canonical layer: one, or for a stacked LSTM
+    (weight_ih_l0, weight_ih_l1, ...) written as TF1 cells, one MultiRNNCell cell per layer."""
+    by_index: dict[int, dict[str, str]] = {}
+    for role, name in roles.items():
+        m = _RNN_ROLE.match(role)
+        by_index.setdefault(int(m.group(2)) if m else 0, {})[f"{m.group(1)}_l0" if m else role] = name
+    if kind != "tf1_lstm" or len(by_index) == 1:
+        return [(_native_scope(ckpt, layer, roles), roles)]
+    base = layer.replace(".", "/")
+    out = []
+    for k in sorted(by_index):
+        part = by_index[k]
+        scope = _native_scope(ckpt, layer, part)
+        out.append((scope if scope != base else f"{base}/cell_{k}/basic_lstm_cell", part))
+    return out
+
+
+def _export_group(ckpt: Checkpoint, layer: str, scope: str, roles: dict[str, str], kind: str, rep: Report,
+                  restore_dtype: bool, forget_bias: float, strict: bool) -> list[OutTensor]:
+    outs = []
+    canon = {r: ckpt.entries[n].tensor for r, n in roles.items()}
+    if "num_batches_tracked" in canon:
+        rep.add("dropped", roles["num_batches_tracked"], "torch-only batch counter")
+        canon.pop("num_batches_tracked")
+    _bn_warning(ckpt, layer, kind, rep)
+    try:
+        mapped = semantics.export_layer(kind, canon, attrs=_attrs(ckpt, layer, forget_bias)) if kind != "tensor" else None
+    except ConversionError as e:
+        if strict:
+            raise ConversionError(f"layer {layer!r} ({kind}): {e.message}") from None
+        rep.add("warning", layer, f"written as plain tensors: {e.message}")
+        mapped = None
+    if mapped is None:
+        for role, name in roles.items():
+            if role == "num_batches_tracked":
+                continue
+            e = ckpt.entries[name]
+            native = f"{scope}/{role}" if layer else role
+            outs.append(OutTensor(native, e.tensor, _target_dtype(e.tensor.dtype, e.info.original_dtype,
+                                                                  restore_dtype, native, rep)))
+            rep.add("renamed", name, native)
+        return outs
+    for m in mapped:
+        native = f"{scope}/{_leaf(ckpt, m, roles)}" if scope else m.name
+        info = ckpt.entries[roles[m.source.split("+")[0]]].info
+        outs.append(OutTensor(native, m.tensor, _target_dtype(m.tensor.dtype, info.original_dtype,
+                                                              restore_dtype, native, rep)))
+        rep.add("renamed", "+".join(roles[s] for s in m.source.split("+")), native)
+        for action, detail in m.events:
+            rep.add(action, native, detail)
+    return outs
 
 
 def _attrs(ckpt: Checkpoint, layer: str, forget_bias: float) -> dict:
@@ -172,15 +215,19 @@ def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: boo
                        forget_bias: float = semantics.TF1_FORGET_BIAS, kinds: dict | None = None,
                        strict: bool = True) -> tuple[list[OutTensor], Report]:
     """Fill a template checkpoint's keys from `ckpt` by canonical name (see module docstring)."""
-    from .objgraph import OBJECT_GRAPH_KEY, variable_paths
+    from .objgraph import OBJECT_GRAPH_KEY, variable_full_names, variable_paths
 
     rep = Report(stage="write")
-    numeric = [(k, template.tensor(k) if e.dtype is not None and not e.sliced else None)
+    numeric = [(k, template.tensor(k) if e.dtype is not None else e.dtype_name)
                for k, e in template.entries.items()]
-    paths = variable_paths(template.strings(OBJECT_GRAPH_KEY)[0]) if OBJECT_GRAPH_KEY in template.entries else None
+    paths = full_names = None
+    if OBJECT_GRAPH_KEY in template.entries:
+        graph = template.strings(OBJECT_GRAPH_KEY)[0]
+        paths, full_names = variable_paths(graph), variable_full_names(graph)
     layers: list[NativeLayer] = []
-    tmpl = import_variables(numeric, paths=paths, layers_out=layers, forget_bias=forget_bias, kinds=kinds,
-                            strict=strict)
+    # Reading the template with the reader's rules gives its layers, kinds, keys and shapes.
+    import_variables(numeric, paths=paths, full_names=full_names, layers_out=layers, forget_bias=forget_bias,
+                     kinds=kinds, strict=strict)
     used: set[str] = set()
     filled: dict[str, OutTensor] = {}
     problems = []
@@ -188,6 +235,17 @@ def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: boo
         _fill_layer(ckpt, nl, template, filled, used, rep, problems, restore_dtype, forget_bias)
     for key, e in template.entries.items():
         if key in filled:
+            continue
+        derived = _derived_from(key, filled)
+        if derived and e.dtype is not None and tuple(filled[derived[0]].tensor.shape) == tuple(e.shape):
+            base, how = derived
+            if how == "ema":
+                filled[key] = OutTensor(key, filled[base].tensor, e.dtype if restore_dtype else None)
+                rep.add("created", key, f"EMA shadow of {base}: set to the new weights")
+            else:
+                z = LazyTensor(e.shape, e.dtype, lambda e=e: np.zeros(e.shape, dtypes.storage_dtype(e.dtype)))
+                filled[key] = OutTensor(key, z)
+                rep.add("created", key, f"optimizer slot of {base}: reset to zeros (the template's belongs to other weights)")
             continue
         if e.tf_dtype == DT_STRING:
             filled[key] = OutTensor(key, strings=template.strings(key), shape=e.shape)
@@ -207,13 +265,29 @@ def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: boo
     if problems and strict:
         raise ConversionError(f"checkpoint does not fit the template ({len(problems)} problems): "
                               + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
-    del tmpl
     return [filled[k] for k in template.entries if k in filled], rep
+
+
+def _derived_from(key: str, filled: dict) -> tuple[str, str] | None:
+    """(weight key, "ema" or "slot") when a template entry belongs to a weight just filled: its
+    ExponentialMovingAverage shadow or an optimizer slot (TF1 `w/Adam`, TF2 `.OPTIMIZER_SLOT`)."""
+    if key.endswith("/" + EMA) and key[: -len(EMA) - 1] in filled:
+        return key[: -len(EMA) - 1], "ema"
+    parent, _, leaf = key.rpartition("/")
+    if SLOT_RE.match(leaf) and parent in filled:
+        return parent, "slot"
+    if "/.OPTIMIZER_SLOT/" in key:
+        base = key.split("/.OPTIMIZER_SLOT/")[0] + VALUE_SUFFIX
+        if base in filled:
+            return base, "slot"
+    return None
 
 
 def _fill_layer(ckpt: Checkpoint, nl: NativeLayer, template: Bundle, filled: dict, used: set, rep: Report,
                 problems: list, restore_dtype: bool, forget_bias: float) -> None:
     def full(role):
+        if nl.layer_index:
+            role = role.replace("_l0", f"_l{nl.layer_index}")
         return f"{nl.canon_layer}.{role}" if nl.canon_layer else role
     for leaf, name in nl.plain.items():
         key = nl.keys[leaf]

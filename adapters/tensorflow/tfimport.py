@@ -7,7 +7,10 @@ kind is inferred from its leaves, ranks and scope names (override with `kinds={l
 and semantics.import_layer maps the group. Training state is dropped and reported: optimizer
 slots (`.../Adam`, `.../Momentum`, `beta1_power`, TF2 `optimizer/...` and `.OPTIMIZER_SLOT`),
 `global_step` and `save_counter` (their values kept in ckpt.extra), ExponentialMovingAverage
-shadows (or used instead of the raw weights with prefer_ema=True).
+shadows (or used instead of the raw weights with prefer_ema=True). The cells of a TF1
+MultiRNNCell (`rnn/multi_rnn_cell/cell_<k>/basic_lstm_cell`) are the layers of one canonical
+LSTM (`rnn.multi_rnn_cell.weight_ih_l<k>`, torch's num_layers); a Keras RNN's cell belongs to
+its layer (`lstm.weight_ih_l0`).
 
 >>> ckpt = import_variables([("dense/kernel", k), ("dense/bias", b)])    # doctest: +SKIP
 >>> list(ckpt)                                                             # doctest: +SKIP
@@ -26,15 +29,19 @@ from hubfmt.errors import ConversionError
 from . import semantics
 from .objgraph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
 
-_SLOT_RE = re.compile(r"^(Adam|Adam_1|Momentum|RMSProp|RMSProp_1|Adagrad|AdagradDA|AdagradDA_1|Adadelta|Adadelta_1|"
+SLOT_RE = re.compile(r"^(Adam|Adam_1|Momentum|RMSProp|RMSProp_1|Adagrad|AdagradDA|AdagradDA_1|Adadelta|Adadelta_1|"
                       r"Ftrl|Ftrl_1|LazyAdam|LazyAdam_1|Nadam|Nadam_1|AdamW|AdamW_1|ProximalAdagrad|"
                       r"GradientDescent|LARSOptimizer|LAMB|LAMB_1)$")
 _POWER_RE = re.compile(r"^beta[12]_power(_\d+)?$")
 _COUNTERS = {"global_step": "global_step", "save_counter": "save_counter"}
 EMA = "ExponentialMovingAverage"
 _TRANSPOSED_SCOPE = re.compile(r"(transpose|deconv|upconv)", re.I)
+_DEPTHWISE_SCOPE = re.compile(r"(depthwise|dwconv|conv_?dw)", re.I)
+_CONV_SCOPE = re.compile(r"conv", re.I)
 _LSTM_SCOPE = re.compile(r"lstm", re.I)
-_GRU_SCOPE = re.compile(r"gru_cell", re.I)
+_TF1_GRU_SCOPE = re.compile(r"gru_cell/(gates|candidate)$")
+# A MultiRNNCell stack: rnn/multi_rnn_cell/cell_1/basic_lstm_cell -> layer rnn.multi_rnn_cell, suffix _l1
+_STACK_CELL = re.compile(r"^(.*multi_rnn_cell)/cell_(\d+)/[^/]*lstm_cell$")
 # Leaves each kind understands; other leaves of a layer pass through as plain tensors.
 _KIND_LEAVES = {
     "separable_conv2d": {"depthwise_kernel", "pointwise_kernel", "bias"},
@@ -57,7 +64,7 @@ def _classify(name: str, names: set[str]) -> str | None:
     """Why a TF1 variable is training state and not a weight (None: it is a weight)."""
     parts = name.split("/")
     leaf = parts[-1]
-    if _SLOT_RE.match(leaf) and "/".join(parts[:-1]) in names:
+    if SLOT_RE.match(leaf) and "/".join(parts[:-1]) in names:
         return f"optimizer slot ({leaf})"
     if _POWER_RE.match(leaf):
         return "optimizer state (Adam beta power)"
@@ -68,63 +75,74 @@ def _classify(name: str, names: set[str]) -> str | None:
     return None
 
 
-def _infer_kind(layer: str, leaves: dict[str, LazyTensor]) -> str:
+def _infer_kind(layer: str, leaves: dict[str, LazyTensor]) -> tuple[str, str]:
+    """(kind, warning or '') of a layer from its leaves, ranks and scope name."""
     ls = set(leaves)
     last = layer.rsplit("/", 1)[-1]
     if {"depthwise_kernel", "pointwise_kernel"} <= ls:
-        return "separable_conv2d"
+        return "separable_conv2d", ""
     if "depthwise_kernel" in ls:
-        return "depthwise_conv2d"
+        return "depthwise_conv2d", ""
     if "embeddings" in ls:
-        return "embedding"
+        return "embedding", ""
     if ls & {"moving_mean", "moving_variance"}:
-        return "batch_norm"
+        return "batch_norm", ""
     if ls & {"gamma", "beta"}:
-        return "layer_norm"
+        return "layer_norm", ""
     if "recurrent_kernel" in ls and "kernel" in ls:
         k, r = leaves["kernel"].shape, leaves["recurrent_kernel"].shape
         if len(k) == 2 and len(r) == 2 and r[0] and r[1] % r[0] == 0:
-            return {4: "lstm", 3: "gru", 1: "rnn"}.get(r[1] // r[0], "tensor")
-        return "tensor"
+            return {4: "lstm", 3: "gru", 1: "rnn"}.get(r[1] // r[0], "tensor"), ""
+        return "tensor", ""
     if "kernel" in ls:
-        rank = len(leaves["kernel"].shape)
-        if rank == 2:
-            if _LSTM_SCOPE.search(last) and leaves["kernel"].shape[1] % 4 == 0:
-                return "tf1_lstm"
-            return "linear"
-        if rank in (3, 4, 5):
-            d = rank - 2
-            by_bias = _kind_from_bias(leaves["kernel"].shape, leaves.get("bias"), d)
-            if by_bias:
-                return by_bias
-            return f"conv_transpose{d}d" if _TRANSPOSED_SCOPE.search(last) else f"conv{d}d"
-    return "tensor"
+        shape = leaves["kernel"].shape
+        if len(shape) == 2:
+            if _LSTM_SCOPE.search(last) and shape[1] % 4 == 0:
+                return "tf1_lstm", ""
+            return "linear", ""
+        if len(shape) in (3, 4, 5):
+            return _conv_kind(last, shape, leaves.get("bias"))
+    return "tensor", ""
 
 
-def _kind_from_bias(kshape: tuple, bias: LazyTensor | None, d: int) -> str | None:
-    """Keras 3 names every conv kernel `kernel`, and TF2 object paths carry no layer class; the
-    bias length tells the layouts apart: conv [..,I,O] has O, transposed [..,O,I] has O = shape[-2],
-    depthwise [..,C,M] has C*M. (Depthwise with C = 1 is conv with I = 1: the same canonical tensor.)"""
+def _conv_kind(scope: str, kshape: tuple, bias: LazyTensor | None) -> tuple[str, str]:
+    """Conv, transposed conv or depthwise for a `kernel` of rank 3-5. Keras 3 names all three
+    `kernel` and TF2 object paths carry no layer class, so: the scope name when it says
+    (conv2d_transpose, depthwise_conv2d, conv1), else the bias length (conv [..,I,O] has O,
+    transposed [..,O,I] has O = shape[-2], depthwise [..,C,M] has C*M), else conv, with a warning."""
+    d = len(kshape) - 2
+    if d == 2 and _DEPTHWISE_SCOPE.search(scope):
+        return "depthwise_conv2d", ""
+    if _TRANSPOSED_SCOPE.search(scope):
+        return f"conv_transpose{d}d", ""
+    if _CONV_SCOPE.search(scope):
+        return f"conv{d}d", ""
     if bias is None or len(bias.shape) != 1:
-        return None
+        return f"conv{d}d", (f"kernel {list(kshape)} read as conv{d}d: nothing tells a transposed or depthwise "
+                             "conv apart here (pass kinds={layer: kind} if it is one)")
     n, a, b = bias.shape[0], kshape[-2], kshape[-1]
-    if n == b:
-        return f"conv{d}d"
-    if d == 2 and n == a * b:
-        return "depthwise_conv2d"
-    if n == a:
-        return f"conv_transpose{d}d"
-    return None
+    fits = [k for k, ok in ((f"conv{d}d", n == b), ("depthwise_conv2d", d == 2 and n == a * b),
+                            (f"conv_transpose{d}d", n == a)) if ok]
+    if len(fits) == 1:
+        return fits[0], ""
+    if not fits:
+        return f"conv{d}d", f"bias of {n} fits no conv layout of kernel {list(kshape)}"
+    return fits[0], (f"kernel {list(kshape)} with bias {n} fits {' and '.join(fits)}: read as {fits[0]} "
+                     "(pass kinds={layer: kind} if it is not)")
 
 
 def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, prefer_ema: bool = False,
                      kinds: dict[str, str] | None = None, forget_bias: float = semantics.TF1_FORGET_BIAS,
                      strict: bool = True, paths: dict[str, list[list[str]]] | None = None,
-                     ckpt: Checkpoint | None = None, layers_out: list | None = None) -> Checkpoint:
-    """Build a canonical Checkpoint from (native name, tensor) pairs; tensor None = not numeric.
+                     full_names: dict[str, str] | None = None, ckpt: Checkpoint | None = None,
+                     layers_out: list | None = None) -> Checkpoint:
+    """Build a canonical Checkpoint from (native name, tensor) pairs; a str (or None) instead of a
+    tensor names the dtype of a non-numeric entry (string, resource, ...), which is dropped.
 
     `paths` (TF2: checkpoint key -> object paths from objgraph.variable_paths) names variables by
-    their model path rather than the key the saver happened to use. `kinds` overrides the inferred
+    their model path rather than the key the saver happened to use; `full_names` (TF2: key -> the
+    variable's own name) name them by layer names instead when those are unique (Keras models:
+    'sequential/conv2d/kernel' -> 'conv2d.weight', the names a Keras file gives). `kinds` overrides the inferred
     kind of a layer (canonical layer path or native scope -> kind, e.g. {'up1': 'conv_transpose2d'}).
     """
     ckpt = Checkpoint() if ckpt is None else ckpt
@@ -143,13 +161,18 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
         else:
             var = key[:-2] if key.endswith(":0") else key
             why = None
-        if why is None and t is None:
-            why = "not a numeric tensor"
+        if why is None and not isinstance(t, LazyTensor):
+            why = f"{t or 'non-numeric'} tensor: not weights (the hub carries numeric tensors)"
+            t = None
         if why is not None:
             _keep_counter(ckpt, var, t)
             rep.add("dropped", key, why)
             continue
         numeric[var] = (key, t)
+    if tf2:
+        numeric = {v: numeric[v] for v in sorted(numeric, key=natural_key)}   # object paths: model order
+        if full_names:
+            numeric = _by_full_names(numeric, full_names)
     if not tf2:
         names = set(numeric)
         for var in list(numeric):
@@ -160,16 +183,58 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
     _apply_ema(numeric, prefer_ema, rep)
 
     groups: dict[str, dict[str, tuple[str, LazyTensor]]] = {}
-    for var in sorted(numeric, key=natural_key):
+    for var in (numeric if tf2 else sorted(numeric, key=natural_key)):
         layer, _, leaf = var.rpartition("/")
         groups.setdefault(layer, {})[leaf] = numeric[var]
+    groups = _cells_into_layers(groups)
     saw_bn = False
     for layer, members in groups.items():
-        saw_bn |= _import_group(ckpt, layer, members, kinds, forget_bias, strict, layers_out)
+        m = _STACK_CELL.match(layer)
+        stack = (m.group(1), int(m.group(2))) if m else None
+        saw_bn |= _import_group(ckpt, layer, members, kinds, forget_bias, strict, layers_out, stack)
+    _warn_flatten_order(ckpt)
     if saw_bn:
         rep.add("warning", "*", "batch-norm eps/momentum are not stored in TF checkpoints: recorded the "
                 "tf.compat.v1.layers/Keras defaults eps=1e-3, momentum=0.99 (canonical 0.01)")
     return ckpt
+
+
+def _by_full_names(numeric: dict, full_names: dict[str, str]) -> dict:
+    """Rename TF2 variables by their own names when they look like one Keras model's
+    ('<model>/<layer...>/<var>', unique), minus the model's name ('sequential/c1/kernel' ->
+    'c1/kernel'); else keep the object paths. The order stays the object graph's (model order)."""
+    names = {var: full_names.get(key, "").removesuffix(":0") for var, (key, _) in numeric.items()}
+    firsts = {n.split("/", 1)[0] for n in names.values()}
+    if (not names or len(firsts) != 1 or len(set(names.values())) != len(names)
+            or not all(n.count("/") >= 2 for n in names.values())):
+        return numeric
+    return {names[var].split("/", 1)[1]: value for var, value in numeric.items()}
+
+
+def _cells_into_layers(groups: dict) -> dict:
+    """A Keras RNN's variables live on its cell (`lstm/lstm_cell/kernel`, `layer_with_weights-0/cell/
+    kernel`); canonically they belong to the layer (`lstm.weight_ih_l0`)."""
+    out = {}
+    for layer, members in groups.items():
+        parent, _, last = layer.rpartition("/")
+        if ("recurrent_kernel" in members and parent and (last == "cell" or last.endswith("_cell"))
+                and parent not in groups):
+            layer = parent
+        out[layer] = members
+    return out
+
+
+def _warn_flatten_order(ckpt: Checkpoint) -> None:
+    """A Dense after Flatten of NHWC conv features expects its inputs in H,W,C order; a NCHW model
+    flattens C,H,W. The checkpoint cannot say which layer feeds which, so flag the candidates."""
+    channels = {e.tensor.shape[0] for e in ckpt.entries.values()
+                if e.info.kind.startswith("conv") and e.info.role == "weight" and len(e.tensor.shape) >= 3}
+    for name, e in ckpt.entries.items():
+        if e.info.kind == "linear" and e.info.role == "weight" and len(e.tensor.shape) == 2:
+            n = e.tensor.shape[1]
+            if any(c and n % c == 0 and n // c > 1 for c in channels):
+                ckpt.report.add("warning", name, f"{n} inputs: if this layer follows a Flatten of NHWC conv "
+                                "features, a NCHW model flattens them in C,H,W order and needs these columns permuted")
 
 
 def _tf2_variable_path(key: str, paths: dict | None) -> str:
@@ -222,23 +287,35 @@ class NativeLayer:
     kind: str
     keys: dict[str, str]              # leaf -> checkpoint key
     shapes: dict[str, tuple]          # leaf -> shape
-    roles: list[str]                  # canonical roles produced by import_layer
+    roles: list[str]                  # canonical roles produced by import_layer (layer 0 form: weight_ih_l0)
     plain: dict[str, str]             # leaf -> canonical name, for leaves kept as plain tensors
+    layer_index: int = 0              # k of a MultiRNNCell's cell_k: its roles are weight_ih_l<k> ...
 
 
 def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forget_bias: float, strict: bool,
-                  layers_out: list | None) -> bool:
+                  layers_out: list | None, stack: tuple[str, int] | None = None) -> bool:
     rep = ckpt.report
     canon_layer = layouts.module_path(layer) if layer else ""
     leaves = {semantics.normalize_leaf(leaf): t for leaf, (_, t) in members.items()}
     natives = {semantics.normalize_leaf(leaf): key for leaf, (key, _) in members.items()}
-    kind = kinds.get(canon_layer) or kinds.get(layer) or _infer_kind(layer, leaves)
-    if kind == "tf1_lstm" and _GRU_SCOPE.search(layer):
+    if len(leaves) != len(members):       # e.g. both `weights` and `kernel`: keep them apart, as they are
+        leaves = {leaf: t for leaf, (_, t) in members.items()}
+        natives = {leaf: key for leaf, (key, _) in members.items()}
         kind = "tensor"
+    else:
+        kind = kinds.get(canon_layer) or kinds.get(layer)
+        if not kind:
+            kind, doubt = _infer_kind(layer, leaves)
+            if doubt:
+                rep.add("warning", canon_layer, doubt)
+    if _TF1_GRU_SCOPE.search(layer) and kind == "linear":
+        rep.add("warning", canon_layer, "TF1 GRUCell part, kept as a linear layer: the cell applies its reset "
+                "gate before the recurrent matmul, torch's GRU after it, so there is no canonical GRU")
     known = _KIND_LEAVES.get(kind, {"kernel", "bias"}) if kind != "tensor" else set()
     mapped_leaves = {k: v for k, v in leaves.items() if k in known}
     rest = {k: v for k, v in leaves.items() if k not in known}
     mapped: list = []
+    index = 0
     if mapped_leaves:
         try:
             mapped = semantics.import_layer(kind, mapped_leaves, attrs={"forget_bias": forget_bias})
@@ -248,16 +325,22 @@ def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forg
                                       "or strict=False)") from None
             rep.add("warning", canon_layer, f"kept as plain tensors: {e.message}")
             mapped, rest = [], leaves
+    roles = [m.name for m in mapped]
+    if stack and kind == "tf1_lstm" and mapped and not rest:
+        # cell k of a stack is layer k of one canonical LSTM (torch's num_layers)
+        canon_layer, index = layouts.module_path(stack[0]), stack[1]
         for m in mapped:
-            _add(ckpt, canon_layer, m, natives, leaves)
-        if mapped:
-            _layer_info(ckpt, canon_layer, kind, mapped, leaves)
+            m.name = m.name.replace("_l0", f"_l{index}")
+    for m in mapped:
+        _add(ckpt, canon_layer, m, natives, leaves)
+    if mapped:
+        _layer_info(ckpt, canon_layer, kind, mapped, leaves)
     if layers_out is not None:
-        layers_out.append(NativeLayer(canon_layer, kind if mapped_leaves and mapped else "tensor",
+        layers_out.append(NativeLayer(canon_layer, kind if mapped else "tensor",
                                       {k: natives[k] for k in (mapped_leaves if mapped else {})},
-                                      {k: leaves[k].shape for k in leaves},
-                                      [m.name for m in mapped] if mapped_leaves else [],
-                                      {leaf: (f"{canon_layer}.{leaf}" if canon_layer else leaf) for leaf in rest}))
+                                      {k: leaves[k].shape for k in leaves}, roles,
+                                      {leaf: (f"{canon_layer}.{leaf}" if canon_layer else leaf) for leaf in rest},
+                                      index))
         layers_out[-1].keys.update({k: natives[k] for k in rest})
     for leaf, t in rest.items():
         name = f"{canon_layer}.{leaf}" if canon_layer else leaf

@@ -1,0 +1,156 @@
+"""Writing MindSpore checkpoints without MindSpore: `.ckpt` (protobuf, streamed) and MindSpore's
+safetensors files (any other path ending in `.safetensors`).
+
+The protobuf is streamed: every size is known from shapes and dtypes, so each Value's field headers
+and length varints are written first and the tensor bytes follow through hubfmt.streaming.write_tensor
+(file-to-file copies when the bytes already lie in a file). Like mindspore.save_checkpoint, a tensor
+larger than `max_slice_bytes` (512 MiB) is written as consecutive Values with the same tag, so
+MindSpore's protobuf parser never sees one huge bytes field. Outputs are published atomically and
+get ordinary permissions (0644 under the usual umask), unlike MindSpore's own read-only 0400 files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+
+from hubfmt import dtypes
+from hubfmt.atomic import atomic_output
+from hubfmt.checkpoint import Checkpoint, LazyTensor, region_tensor
+from hubfmt.errors import HubfmtError
+from hubfmt.report import Report
+from hubfmt.streaming import Progress, write_tensor
+
+from . import names, proto
+from .template import Item, plan
+
+SLICE_BYTES = 512 * 1024 * 1024      # mindspore.train.serialization: SLICE_SIZE (KiB) * 1024
+HUB_ONLY_OPTIONS = frozenset({"keep_dtype", "max_shard_size"})    # the CLI passes them to every writer
+
+
+def _slices(item: Item, nbytes: int, max_slice: int) -> list[LazyTensor]:
+    """The tensor's output bytes as pieces of at most `max_slice` bytes (uint8 tensors)."""
+    span = item.tensor.span
+    bounds = [(k, min(k + max_slice, nbytes)) for k in range(0, nbytes, max_slice)]
+    if span is not None and item.dtype == item.tensor.dtype and span.nbytes == nbytes:
+        return [region_tensor(span.path, span.offset + a, "uint8", (b - a,)) for a, b in bounds]
+    # One tensor in memory (the same bound as every writer), cut into views, not copies.
+    raw = dtypes.convert(item.tensor.load(), item.tensor.dtype, item.dtype).reshape(-1).view(np.uint8)
+    return [LazyTensor.from_array(raw[a:b]) for a, b in bounds]
+
+
+def _nbytes(shape, dtype: str) -> int:
+    n = dtypes.itemsize(dtype)
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _extra_items(ckpt: Checkpoint, taken: set[str], report: Report, *, strings: bool) -> list[tuple[str, object]]:
+    """Non-tensor content MindSpore can hold, as save_checkpoint(append_dict=...) stores it:
+    str -> a "str" entry, int -> Int64 scalar, float -> Float32 scalar, bool -> Bool scalar."""
+    out = []
+    for key, value in ckpt.extra.items():
+        if key in taken:
+            report.add("dropped", key, "non-tensor content named like a parameter")
+        elif isinstance(value, str):
+            if strings:
+                out.append((key, value))
+            else:
+                report.add("dropped", key, "text cannot be stored in a safetensors file")
+        elif isinstance(value, (bool, int, float)):
+            kind = "bool" if isinstance(value, bool) else "int64" if isinstance(value, int) else "float32"
+            if kind == "int64" and not -2**63 <= value < 2**63:
+                report.add("dropped", key, "integer does not fit int64")
+                continue
+            out.append((key, LazyTensor.from_array(np.asarray(value, dtype=dtypes.storage_dtype(kind)))))
+        else:
+            report.add("dropped", key, f"non-tensor content of type {type(value).__name__} has no MindSpore form")
+    return out
+
+
+def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False, progress: Progress | None = None,
+          restore_dtype: bool = True, template=None, strict: bool = True, max_slice_bytes: int = SLICE_BYTES,
+          write_extra: bool = True, **options) -> Report:
+    """Write `ckpt` as a MindSpore checkpoint at `path`: `.safetensors` -> MindSpore safetensors,
+    anything else -> `.ckpt` protobuf. Floating tensors get their original dtype back unless
+    `restore_dtype=False`. `template` makes the output follow a target's names, order, shapes
+    and dtypes (see template.plan). Scalar `ckpt.extra` values are appended like append_dict.
+
+    >>> write(hubfmt.read("effnet.safetensors"), "effnet.ckpt", template="ms_effnet.ckpt")   # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    unknown = set(options) - HUB_ONLY_OPTIONS
+    if unknown:
+        raise HubfmtError(f"unknown option(s) for MindSpore output: {', '.join(sorted(unknown))}", path)
+    items, report = plan(ckpt, template, strict=strict, restore_dtype=restore_dtype, path=path)
+    safetensors = path.endswith(".safetensors")
+    extras = _extra_items(ckpt, {it.name for it in items}, report, strings=not safetensors) if write_extra else []
+    report.destination = path
+    for opt in sorted(set(options) & HUB_ONLY_OPTIONS):
+        report.add("warning", opt, "applies to hub output only; ignored for a MindSpore checkpoint")
+    for it in items:
+        if it.tensor.shape == (0,) and not safetensors:
+            report.add("warning", it.name, "empty [0] tensor: MindSpore's loader reads dims [0] as a scalar "
+                                           "(hubfmt reads it back as [0]; save_checkpoint skips empty tensors)")
+    total = 0
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+        if safetensors:
+            total = _write_safetensors(f, items, extras, progress)
+        else:
+            total = _write_ckpt(f, items, extras, progress, max(int(max_slice_bytes), 1))
+    report.tensors_in = len(ckpt)
+    report.tensors_out = len(items)
+    report.bytes_out = total
+    return report
+
+
+def _write_ckpt(f, items: list[Item], extras, progress, max_slice: int) -> int:
+    total = 0
+    for it in items:
+        nbytes = _nbytes(it.tensor.shape, it.dtype)
+        ttype = names.DTYPE_TO_TYPE[it.dtype]
+        if nbytes <= max_slice:
+            f.write(proto.value_header(it.name, it.tensor.shape, ttype, nbytes))
+            written = write_tensor(f, it.tensor, it.dtype)
+        else:
+            written = 0
+            for piece in _slices(it, nbytes, max_slice):
+                f.write(proto.value_header(it.name, it.tensor.shape, ttype, piece.nbytes))
+                written += write_tensor(f, piece)
+        if written != nbytes:
+            raise AssertionError(f"{it.name}: wrote {written} bytes, expected {nbytes}")
+        total += written
+        if progress:
+            progress.update(written)
+    for key, value in extras:
+        if isinstance(value, str):
+            # numpy's "U" layout, which MindSpore's loader decodes: UTF-32LE, dims [0].
+            raw = value.encode("utf-32-le")
+            f.write(proto.value_header(key, [0], names.STRING_TYPE, len(raw)) + raw)
+        else:
+            f.write(proto.value_header(key, [], names.DTYPE_TO_TYPE[value.dtype], value.nbytes))
+            write_tensor(f, value)
+    return total
+
+
+def _write_safetensors(f, items: list[Item], extras, progress) -> int:
+    header: dict = {"__metadata__": {"format": "ms"}}   # what mindspore.save_checkpoint writes
+    pos = 0
+    tensors = [(it.name, it.tensor, it.dtype) for it in items] + [(k, v, v.dtype) for k, v in extras]
+    for name, t, dt in tensors:
+        n = _nbytes(t.shape, dt)
+        header[name] = {"dtype": dtypes.to_safetensors(dt), "shape": list(t.shape), "data_offsets": [pos, pos + n]}
+        pos += n
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    total = 0
+    for _, t, dt in tensors:
+        n = write_tensor(f, t, dt)
+        total += n
+        if progress:
+            progress.update(n)
+    return total

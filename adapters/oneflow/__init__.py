@@ -1,0 +1,29 @@
+"""The OneFlow adapter: `oneflow.save` directories (read and write without OneFlow) and in-memory
+OneFlow modules (from_model / to_model, in OneFlow's Python 3.10 environment).
+
+A OneFlow checkpoint is a DIRECTORY. As an output path hubfmt recognises the `.oneflow` suffix
+(`hubfmt convert yolo.pt yolo.oneflow`); any other directory name needs `--to oneflow`.
+
+>>> from hubfmt.adapters import oneflow as of
+>>> ckpt = of.read("resnet_oneflow")                       # doctest: +SKIP
+>>> of.write(ckpt, "copy.oneflow", layout="training")       # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from hubfmt.registry import NativeFormat
+
+from .memory import from_model, to_model
+from .reader import read, sniff
+from .writer import write
+
+FRAMEWORK = "oneflow"
+FRAMEWORK_MODULE = "oneflow"
+PIP_NAME = "oneflow"
+FORMATS = (
+    NativeFormat("oneflow", (".oneflow",), "oneflow.save directory: pickled_data + tensor_N/{out,meta} (OneFlow >= 0.6)",
+                 layout="directory"),
+    NativeFormat("oneflow-legacy", (), "older OneFlow snapshot: snapshot_done + <variable>/{out,meta}",
+                 writes=False, layout="directory"),
+)
+
+__all__ = ["FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model", "to_model"]
