@@ -549,3 +549,19 @@ def test_quantized_layers_kept_by_position(keras, kh5, tmp_path):
     back = keras.models.load_model(str(tmp_path / "back.keras"))
     x = np.ones((1, 4), np.float32)
     assert_same_outputs(back.predict(x, verbose=0), m.predict(x, verbose=0), tol=0)
+
+
+def test_tensorflow_adapter_dispatches_keras_models_and_files(keras, kh5, tmp_path):
+    from hubfmt.adapters import tensorflow as tfa
+    m = rnn(keras)
+    assert list(tfa.from_model(m)) == list(kh5.from_model(m))
+    p = str(tmp_path / "r.weights.h5")
+    m.save_weights(p)
+    assert tfa.sniff(p) == "keras-weights-h5"
+    ckpt = tfa.read(p)
+    dest = rnn(keras)
+    _randomize(dest, 3)
+    tfa.to_model(ckpt, dest)
+    assert_same_outputs(dest.predict(X_SEQ, verbose=0), m.predict(X_SEQ, verbose=0), tol=0)
+    tfa.write(ckpt, str(tmp_path / "w.weights.h5"))
+    assert tfa.sniff(str(tmp_path / "w.weights.h5")) == "keras-weights-h5"
