@@ -160,3 +160,18 @@ def test_damaged_global_heap_is_refused_before_hdf5_reads_it(tmp_path):
     with pytest.raises(FormatError, match="global heap"):
         check_global_heaps(str(p), 0, len(data), [])
     _expect(str(p), "damaged HDF5 global heap")
+
+
+def test_keras_file_without_a_keras_suffix_reads_by_content(tmp_path):
+    # The TensorFlow adapter dispatches on content: a Keras weights file saved as *.hdf5 is Keras.
+    from hubfmt import Checkpoint, LazyTensor, TensorInfo, read, write
+
+    ckpt = Checkpoint()
+    ckpt.add("dense.weight", LazyTensor.from_array(np.ones((3, 2), np.float32)), TensorInfo(kind="linear"))
+    ckpt.add("dense.bias", LazyTensor.from_array(np.zeros(3, np.float32)), TensorInfo(kind="linear"))
+    src = tmp_path / "m.weights.h5"
+    write(ckpt, src, framework="tensorflow")
+    renamed = tmp_path / "m.hdf5"
+    renamed.write_bytes(src.read_bytes())
+    back = read(renamed, framework="tensorflow")
+    assert np.array_equal(back.tensor("dense.weight"), np.ones((3, 2), np.float32))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from hubfmt.checkpoint import Checkpoint, SourceInfo
+from hubfmt.errors import ConversionError
 from hubfmt.registry import NativeFormat
 from hubfmt.report import Report
 
@@ -71,7 +72,7 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None, **optio
     """
     prefer_ema = options.pop("prefer_ema", False)       # the CLI's --prefer-ema, for every reader
     if options:
-        raise TypeError(f"unknown read option(s) for Keras files: {', '.join(sorted(options))}")
+        raise ConversionError(f"unknown read option(s) for Keras files: {', '.join(sorted(options))}")
     path = os.fspath(path)
     store = keras_store.scan(path)
     known = {}

@@ -51,7 +51,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     if options.pop("max_shard_size", None):
         raise HubfmtError("sharded Keras weights (.weights.json) are not written: drop --max-shard-size", path)
     if options:
-        raise TypeError(f"unknown write option(s) for Keras files: {', '.join(sorted(options))}")
+        raise ConversionError(f"unknown write option(s) for Keras files: {', '.join(sorted(options))}")
     archive = path.endswith(".keras")
     if not (archive or path.endswith(".weights.h5")):
         raise HubfmtError("Keras 3 loads weights from *.weights.h5 or *.keras files: name the output so "
