@@ -21,15 +21,8 @@ def _tmp_name(final: str) -> str:
     return os.path.join(d, f".{base}.hubfmt-tmp-{uuid.uuid4().hex[:8]}")
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_path(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """fsync one file or directory (a directory's fsync makes its entries durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -51,16 +44,16 @@ def _fsync_trees(paths: list[str]) -> None:
             todo.append(path)
     if len(todo) <= 2:
         for p in todo:
-            _fsync_path(p)
+            fsync_path(p)
         return
     from concurrent.futures import ThreadPoolExecutor
     try:
         with ThreadPoolExecutor(max_workers=min(16, len(todo))) as pool:
-            list(pool.map(_fsync_path, todo))   # list(): re-raises the first failure
+            list(pool.map(fsync_path, todo))   # list(): re-raises the first failure
     except RuntimeError:
         # No thread could start (a memory rlimit counts their stacks): one at a time.
         for p in todo:
-            _fsync_path(p)
+            fsync_path(p)
 
 
 def _remove(path: str) -> None:
@@ -114,7 +107,7 @@ class OutputSet:
             else:
                 _link_noreplace(tmp, final)
         for d in {os.path.dirname(f) for f in self.finals}:
-            fsync_dir(d)
+            fsync_path(d)
 
     def discard(self) -> None:
         for tmp in self._tmp.values():

@@ -22,6 +22,17 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MiB)") from None
 
 
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE parsed as JSON when it is JSON (true, 3, {"a": 1}), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hubfmt", description="Move trained weights between frameworks through one neutral safetensors file.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--prefer-ema", action="store_true", help="take EMA weights when the checkpoint has them")
     c.add_argument("--max-shard-size", type=_size, help="hub output: split into shards of at most this size (e.g. 5GB)")
     c.add_argument("--report", metavar="FILE.json", help="also write the full report as JSON")
+    c.add_argument("-R", "--read-option", action="append", default=[], metavar="KEY=VALUE", type=_option,
+                   help="pass an option to the source adapter's reader (e.g. -R kinds='{\"up\": \"conv_transpose2d\"}'); repeatable")
+    c.add_argument("-W", "--write-option", action="append", default=[], metavar="KEY=VALUE", type=_option,
+                   help="pass an option to the destination adapter's writer (e.g. -W layout=training, -W style=gluon, "
+                        "-W restore_dtype=false); repeatable")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress, no report on stdout")
     c.add_argument("--verbose", "-v", action="store_true", help="list every tensor in the report")
     _alignment_options(c)
@@ -132,8 +148,10 @@ def _cmd_convert(a) -> int:
         return _cmd_dry_run(a)
 
     show = False if a.quiet else None
-    ro = {"prefer_ema": True} if a.prefer_ema else {}
-    wo = {}
+    ro = dict(a.read_option)
+    wo = dict(a.write_option)
+    if a.prefer_ema:
+        ro["prefer_ema"] = True
     if a.keep_dtype:
         wo["keep_dtype"] = True
     if a.max_shard_size:

@@ -5,6 +5,7 @@ conversion through the hub never holds the model in memory.
 """
 from __future__ import annotations
 
+import inspect
 import os
 
 from . import hubfile, registry
@@ -22,9 +23,12 @@ def read(path: str | os.PathLike, *, framework: str | None = None, **options) ->
     path = os.fspath(path)
     fw = framework or registry.detect_input(path)[0]
     if fw == registry.HUB:
+        _check_options(hubfile.read, options, "hub reader")
         ckpt = hubfile.read(path)
     else:
-        ckpt = registry.adapter(fw).read(path, **options)
+        reader = registry.adapter(fw).read
+        _check_options(reader, options, f"{fw} reader")
+        ckpt = reader(path, **options)
     return ckpt
 
 
@@ -33,9 +37,21 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, framework: str | None = 
     """Write `ckpt` to `path` in `framework`'s format (default: from the path's suffix)."""
     path = os.fspath(path)
     fw = framework or registry.detect_output(path)[0]
-    if fw == registry.HUB:
-        return hubfile.write(ckpt, path, overwrite=overwrite, progress=progress, **options)
-    return registry.adapter(fw).write(ckpt, path, overwrite=overwrite, progress=progress, **options)
+    writer = hubfile.write if fw == registry.HUB else registry.adapter(fw).write
+    _check_options(writer, options, f"{fw} writer")
+    return writer(ckpt, path, overwrite=overwrite, progress=progress, **options)
+
+
+def _check_options(fn, options: dict, what: str) -> None:
+    """Unknown options are a clear error, not a TypeError from deep inside an adapter."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return      # the adapter validates its own **options
+    known = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise HubfmtError(f"the {what} takes no option {', '.join(map(repr, unknown))} "
+                          f"(its options: {', '.join(k for k in known if k not in ('overwrite', 'progress')) or 'none'})")
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -105,9 +121,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
         ckpt, _ = rename(ckpt, rules=rules, template=template, template_framework=template_framework,
                          allow_missing=allow_missing, allow_unexpected=allow_unexpected, source_label=src)
         report.extend(ckpt.report)
+    write_options = _native_template(dict(write_options or {}), template, template_framework, dst_fw)
     progress = Progress(ckpt.total_bytes(), len(ckpt.stored_names()), enabled=show_progress)
     try:
-        out = write(ckpt, dst, framework=dst_fw, overwrite=overwrite, progress=progress, **(write_options or {}))
+        out = write(ckpt, dst, framework=dst_fw, overwrite=overwrite, progress=progress, **write_options)
     finally:
         progress.close()
     report.extend(out)
@@ -115,6 +132,22 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
     report.tensors_out = out.tensors_out
     report.bytes_out = out.bytes_out
     return report
+
+
+def _native_template(write_options: dict, template, template_framework: str | None, dst_fw: str) -> dict:
+    """A template file in the destination's own format also guides that format's writer (the
+    exact native names, an MXNet symbol graph, a TF2 object graph), when the writer takes one."""
+    if "template" in write_options or not isinstance(template, (str, os.PathLike)) or dst_fw == registry.HUB:
+        return write_options
+    t_fw = template_framework
+    if t_fw is None:
+        try:
+            t_fw = registry.detect_input(os.fspath(template))[0]
+        except HubfmtError:
+            return write_options     # a names+shapes listing: alignment only
+    if t_fw == dst_fw and "template" in inspect.signature(registry.adapter(dst_fw).write).parameters:
+        write_options["template"] = os.fspath(template)
+    return write_options
 
 
 __all__ = ["read", "write", "convert", "rename", "HubfmtError"]

@@ -51,12 +51,13 @@ def example_checkpoint(seed: int = 0, half: bool = False) -> Checkpoint:
 
 
 # Output names per framework for the tour; a framework missing here is skipped with a note.
-_TOUR = {
-    "mindspore": "model.ckpt",
-    "mxnet": "model.params",
-    "tensorflow": "model.index",
-    "oneflow": "model.oneflow",
-}
+_TOUR = (
+    ("mindspore", "model.ckpt"),
+    ("mxnet", "model.params"),
+    ("tensorflow", "model.index"),
+    ("tensorflow", "model.weights.h5"),
+    ("oneflow", "model.oneflow"),
+)
 
 
 def _step(title: str) -> None:
@@ -84,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     print(convert(src, hub).to_text())
 
     ok = True
-    for fw, name in _TOUR.items():
+    for fw, name in _TOUR:
         if fw not in available:
             print(f"\n(skipping {fw}: adapter not installed)")
             continue
         native = os.path.join(out, name)
-        back = os.path.join(out, f"back-from-{fw}.pth")
-        _step(f"hub -> {fw} -> PyTorch")
+        back = os.path.join(out, f"back-from-{name}.pth")
+        _step(f"hub -> {fw} ({name}) -> PyTorch")
         there = convert(hub, native, dst_framework=fw)
         print(there.to_text())
         home = convert(native, back, src_framework=fw, dst_framework="torch")

@@ -459,11 +459,9 @@ else:
 '''
 
 
-def test_torch_yolo_to_oneflow(tmp_path, monkeypatch):
+def test_torch_yolo_to_oneflow(tmp_path):
     from conftest import run_oneflow
 
-    # Importing MindSpore (another test in this process) sets this, and OneFlow's protobuf breaks on it.
-    monkeypatch.delenv("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", raising=False)
     torch = require("torch")
     adapter("oneflow"), adapter("torch")
     model = randomize(torch_yolo(), 13)

@@ -80,3 +80,18 @@ def test_formats_lists_every_framework():
     assert r.returncode == 0, r.stderr
     for fw in ("hub", "torch", "tensorflow", "mxnet", "mindspore", "oneflow"):
         assert fw in r.stdout
+
+
+def test_adapter_options_pass_through_and_unknown_ones_are_refused(tmp_path):
+    from hubfmt import read
+
+    a = _hub(tmp_path, "a.safetensors")
+    out = tmp_path / "t.pth"
+    r = run_cli("convert", a, out, "-W", "layout=training", "-W", "restore_dtype=false", "-q")
+    assert r.returncode == 0, r.stderr
+    back = read(out)
+    assert back.extra.get("epoch") == 3                     # training layout keeps non-tensor content
+    assert back["features.0.weight"].tensor.dtype == "float32"
+    _one_line_error(run_cli("convert", a, tmp_path / "u.pth", "-W", "colour=blue"), "torch writer", "colour")
+    assert not (tmp_path / "u.pth").exists()
+    assert run_cli("convert", a, tmp_path / "v.pth", "-W", "nonsense").returncode == 2

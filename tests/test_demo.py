@@ -14,4 +14,4 @@ def test_demo_round_trips_through_every_installed_adapter(tmp_path):
     assert "every round trip bit-exact" in r.stdout
     for fw in registry.available():
         if fw != "torch":
-            assert f"hub -> {fw} -> PyTorch" in r.stdout
+            assert f"hub -> {fw} (" in r.stdout

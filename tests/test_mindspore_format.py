@@ -18,6 +18,7 @@ from hubfmt.adapters import mindspore as adapter
 from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
 from hubfmt.errors import ConversionError, HubfmtError, OutputError
 from hubfmt.adapters.mindspore import proto
+from hubfmt.protowire import encode_varint
 
 DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64",
           "uint8", "uint16", "uint32", "uint64", "bool"]
@@ -277,9 +278,9 @@ def test_packed_dims_and_unknown_fields_are_read(tmp_path):
     """proto2 parsers accept packed repeated fields and skip unknown ones: so do we."""
     content = np.arange(6, dtype=np.float32).tobytes()
     tensor = (b"\x0a\x02\x02\x03" + b"\x12\x07Float32" + b"\x28\x05"            # packed dims, unknown field 5
-              + b"\x1a" + proto.varint(len(content)) + content)
-    value = b"\x0a\x01w" + b"\x12" + proto.varint(len(tensor)) + tensor
-    (tmp_path / "p.ckpt").write_bytes(b"\x0a" + proto.varint(len(value)) + value)
+              + b"\x1a" + encode_varint(len(content)) + content)
+    value = b"\x0a\x01w" + b"\x12" + encode_varint(len(tensor)) + tensor
+    (tmp_path / "p.ckpt").write_bytes(b"\x0a" + encode_varint(len(value)) + value)
     ckpt = adapter.read(tmp_path / "p.ckpt")
     assert ckpt.tensor("w").tolist() == [[0, 1, 2], [3, 4, 5]]
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from conftest import run_cli
 
 from hubfmt.adapters import tensorflow as tfa
-from hubfmt.adapters.tensorflow import bundle, bundle_write, sstable, wire
+from hubfmt import protowire
+from hubfmt.adapters.tensorflow import bundle, bundle_write, sstable
 from hubfmt.adapters.tensorflow.crc32c import crc32c, mask
 from hubfmt.checkpoint import Checkpoint, LazyTensor, TensorInfo
 from hubfmt.errors import FormatError
@@ -90,7 +91,7 @@ def test_corrupt_table_block(tmp_path):
 
 
 def _index_with(entries: list[tuple[str, bytes]], num_shards=1) -> bytes:
-    header = wire.field_varint(1, num_shards) + wire.field_bytes(3, wire.field_varint(1, 1))
+    header = protowire.field_varint(1, num_shards) + protowire.field_bytes(3, protowire.field_varint(1, 1))
     return sstable.write_table([(b"", header)] + [(k.encode(), v) for k, v in entries])
 
 
@@ -133,12 +134,12 @@ def test_snappy_block_refused_clearly(tmp_path):
     table = bytearray(_index_with([("w", _entry((4,), 0, 16))]))
     # mark the first data block snappy-compressed, with a valid checksum for that type byte
     footer = bytes(table[-48:])
-    _, pos = wire.read_varint(footer, 0)
-    _, pos = wire.read_varint(footer, pos)
-    ioff, pos = wire.read_varint(footer, pos)
-    isize, _ = wire.read_varint(footer, pos)
+    _, pos = protowire.read_varint(footer, 0)
+    _, pos = protowire.read_varint(footer, pos)
+    ioff, pos = protowire.read_varint(footer, pos)
+    isize, _ = protowire.read_varint(footer, pos)
     first = sstable._entries(sstable._block(bytes(table), ioff, isize, "index"), "index")[0][1]
-    off, n = wire.read_varint(first, 0)[0], wire.read_varint(first, wire.read_varint(first, 0)[1])[0]
+    off, n = protowire.read_varint(first, 0)[0], protowire.read_varint(first, protowire.read_varint(first, 0)[1])[0]
     table[off + n] = 1
     table[off + n + 1: off + n + 5] = struct.pack("<I", mask(crc32c(bytes(table[off:off + n + 1]))))
     index(p).write_bytes(bytes(table))
@@ -176,12 +177,12 @@ def test_partitioned_variable_with_a_missing_piece(tmp_path):
     from hubfmt.adapters.tensorflow.partitioned import slice_key
 
     def extent(start, length):
-        return wire.field_bytes(1, wire.field_varint(1, start) + wire.field_varint(2, length))
+        return protowire.field_bytes(1, protowire.field_varint(1, start) + protowire.field_varint(2, length))
     pieces = [[(0, 2), (0, 4)], [(2, 2), (0, 4)]]
-    full = _entry((4, 4), 0, 0) + b"".join(wire.field_bytes(7, extent(*a) + extent(*b)) for a, b in pieces)
+    full = _entry((4, 4), 0, 0) + b"".join(protowire.field_bytes(7, extent(*a) + extent(*b)) for a, b in pieces)
     p = tmp_path / "m"
     data(p).write_bytes(b"\x00" * 32)
-    header = wire.field_varint(1, 1) + wire.field_bytes(3, wire.field_varint(1, 1))
+    header = protowire.field_varint(1, 1) + protowire.field_bytes(3, protowire.field_varint(1, 1))
     index(p).write_bytes(sstable.write_table([(b"", header), (slice_key("emb/embeddings", pieces[0]), _entry((2, 4), 0, 32)),
                                               (b"emb/embeddings", full)]))
     expect_error(p, index(p), r"piece \[\(2, 2\), \(0, 4\)\] of the partitioned variable is missing")

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hubfmt
-from hubfmt import hubfile
+from hubfmt import hubfile, protowire
 from hubfmt.adapters import tensorflow as tfa
-from hubfmt.adapters.tensorflow import bundle, bundle_write, crc32c, partitioned, semantics, sstable, wire
+from hubfmt.adapters.tensorflow import bundle, bundle_write, crc32c, partitioned, semantics, sstable
 from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
 from hubfmt.errors import ConversionError, OutputError
 
@@ -33,7 +33,7 @@ def tf_written(tmp_path, name="model"):
 
 
 def test_doctests():
-    for mod in (crc32c, wire, sstable, semantics, partitioned):
+    for mod in (crc32c, sstable, semantics, partitioned):
         assert doctest.testmod(mod).failed == 0, mod.__name__
 
 
@@ -73,7 +73,7 @@ def test_table_with_many_blocks_round_trips():
     table = sstable.write_table(pairs)
     assert sstable.read_table(table) == pairs
     footer = table[-48:]
-    idx_off = wire.read_varint(footer, wire.read_varint(footer, wire.read_varint(footer, 0)[1])[1])[0]
+    idx_off = protowire.read_varint(footer, protowire.read_varint(footer, protowire.read_varint(footer, 0)[1])[1])[0]
     assert idx_off > sstable.BLOCK_SIZE                 # more than one data block
 
 

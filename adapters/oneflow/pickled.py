@@ -11,7 +11,7 @@ where every tensor is `NEWOBJ(oneflow.nn.Parameter or oneflow.Tensor, ())` follo
 {'_metadata': OrderedDict()}, as torch-style state dicts carry.
 
 Reading goes through hubfmt.safe_pickle with stand-ins that only record the folder name; the writer
-is a tiny emitter that produces the same structure (the same globals) from plain data.
+extends hubfmt.pickle_emit to produce the same structure (the same globals) from plain data.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass
 
 from hubfmt.errors import FormatError
+from hubfmt.pickle_emit import PickleEmitter
 from hubfmt.safe_pickle import restricted_loads
 
 PROTOCOL_VERSION = 1
@@ -83,54 +84,25 @@ class StateDict:
         self.items = list(items)
 
 
-class _Emitter:
-    """Pickle protocol 3 opcodes for plain data, OneFlow tensors and state dicts."""
+class _Emitter(PickleEmitter):
+    """Protocol 3, plain values as hubfmt.pickle_emit writes them, OneFlow tensors and state dicts.
+    Small ints as BININT and empty containers with their MARK: the bytes this writer has always
+    produced (both valid pickle)."""
+
+    PROTOCOL = 3
+    SMALL_INTS = False
+    MARK_EMPTY = True
+    MAX_DEPTH = 200     # hubfmt.extra.to_plain allows 100 levels; its array and big-int markers add two
 
     def __init__(self):
-        self.out = bytearray(b"\x80\x03")          # PROTO 3
+        super().__init__()
         self.memo: dict[str, int] = {}            # tensor folder -> memo index (ties)
 
-    def global_(self, module: str, name: str) -> None:
-        self.out += b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-    def value(self, v, depth: int = 0) -> None:
-        if depth > 200:
-            raise ValueError("non-tensor content nested too deeply for a OneFlow pickle")
-        o = self.out
-        if v is None:
-            o += b"N"
-        elif v is True or v is False:
-            o += b"\x88" if v else b"\x89"
-        elif isinstance(v, int):
-            if -(2**31) <= v < 2**31:
-                o += b"J" + struct.pack("<i", v)
-            else:
-                raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
-                if len(raw) > 255:
-                    raise ValueError("integer too large for a OneFlow pickle")
-                o += b"\x8a" + bytes([len(raw)]) + raw
-        elif isinstance(v, float):
-            o += b"G" + struct.pack(">d", v)
-        elif isinstance(v, str):
-            raw = v.encode("utf-8", "surrogatepass")
-            o += b"X" + struct.pack("<I", len(raw)) + raw
-        elif isinstance(v, (bytes, bytearray)):
-            o += b"B" + struct.pack("<I", len(v)) + bytes(v)
-        elif isinstance(v, (list, tuple)):
-            o += b"]("
-            for x in v:
-                self.value(x, depth + 1)
-            o += b"e"
-        elif isinstance(v, StateDict):
+    def extension(self, v, depth: int) -> None:
+        if isinstance(v, StateDict):
             self.state_dict(v)
         elif isinstance(v, TensorSlot):
             self.tensor(v)
-        elif isinstance(v, dict):
-            o += b"}("
-            for k, x in v.items():
-                self.value(k, depth + 1)
-                self.value(x, depth + 1)
-            o += b"u"
         else:
             raise TypeError(f"cannot write {type(v).__name__} into a OneFlow pickle")
 
@@ -162,7 +134,8 @@ class _Emitter:
 
 def dumps(data) -> bytes:
     """A complete `pickled_data`: {'protocol_version': 1, 'data': data}. `data` is plain Python
-    data (None, bool, int, float, str, bytes, list, tuple, dict) with StateDict/TensorSlot inside.
+    data (None, bool, int, float, str, bytes, list, tuple, dict, OrderedDict) with
+    StateDict/TensorSlot inside.
 
     >>> dumps({"epoch": 3})[:2]
     b'\\x80\\x03'
@@ -173,6 +146,6 @@ def dumps(data) -> bytes:
     em.value(PROTOCOL_VERSION)
     em.value("data")
     em.value(data)
-    em.out += b"u."
-    return bytes(em.out)
+    em.out += b"u"
+    return em.finish()
 

@@ -74,8 +74,11 @@ def read(path, **options) -> Checkpoint:
 
     >>> ckpt = read("model.ckpt")          # doctest: +SKIP
     """
+    from .bundle import is_bundle
+
     path = os.fspath(path)
-    if os.path.isfile(path) and path.endswith(_KERAS_SUFFIXES):
+    # By content, not suffix: Keras files are also saved as *.hdf5 or with no suffix at all.
+    if os.path.isfile(path) and not is_bundle(path) and _keras().sniff(path):
         prefer_ema = options.pop("prefer_ema", None)
         ckpt = _keras().read(path, **options)
         if prefer_ema:
@@ -83,11 +86,12 @@ def read(path, **options) -> Checkpoint:
         return ckpt
     bad = set(options) - _READ_OPTIONS
     if bad:
-        raise TypeError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
+        raise ConversionError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
+    from hubfmt.protowire import Malformed
+
     from .bundle import open_bundle
     from .objgraph import OBJECT_GRAPH_KEY, variable_full_names, variable_paths
     from .tfimport import import_variables
-    from .wire import Malformed
 
     bundle = open_bundle(path, verify_data=options.get("verify_data", True))
     ckpt = Checkpoint()
@@ -146,7 +150,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
                               template=template, **options)
     bad = set(options) - _WRITE_OPTIONS
     if bad:
-        raise TypeError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
+        raise ConversionError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
     from .bundle import open_bundle
     from .bundle_write import update_state_file, write_bundle
     from .tfexport import export_by_rule, export_by_template

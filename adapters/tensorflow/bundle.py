@@ -16,11 +16,11 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from hubfmt import dtypes
+from hubfmt import dtypes, protowire
 from hubfmt.checkpoint import LazyTensor, read_region, region_tensor
 from hubfmt.errors import FormatError
 
-from . import sstable, wire
+from . import sstable
 from .crc32c import crc32c, mask, unmask
 
 # tensorflow/core/framework/types.proto DataType -> canonical dtype name
@@ -111,7 +111,7 @@ class Bundle:
         raw = read_region(path, e.offset, "uint8", (e.size,)).tobytes()
         try:
             values = decode_strings(raw, _count(e.shape))
-        except wire.Malformed as err:
+        except protowire.Malformed as err:
             raise FormatError(f"string tensor {name!r}: {err}", path) from None
         if unmask(e.crc) != _strings_crc(values)[1]:
             raise FormatError(f"checksum mismatch in string tensor {name!r}: corrupt data", path)
@@ -209,9 +209,9 @@ def is_bundle(path: str) -> bool:
 
 def _parse_header(value: bytes) -> tuple[int, int]:
     num_shards, endian = 1, 0
-    for num, wt, v in wire.fields(value):
+    for num, wt, v in protowire.fields(value):
         if num == 1 and wt == 0:
-            num_shards = wire.signed64(v)
+            num_shards = protowire.signed64(v)
         elif num == 2 and wt == 0:
             endian = v
     return num_shards, endian
@@ -219,47 +219,47 @@ def _parse_header(value: bytes) -> tuple[int, int]:
 
 def _parse_shape(value: bytes) -> tuple:
     dims = []
-    for num, wt, v in wire.fields(value):
+    for num, wt, v in protowire.fields(value):
         if num == 2 and wt == 2:
             size = -1
-            for n2, w2, v2 in wire.fields(v):
+            for n2, w2, v2 in protowire.fields(v):
                 if n2 == 1 and w2 == 0:
-                    size = wire.signed64(v2)
+                    size = protowire.signed64(v2)
             if size < 0:
-                raise wire.Malformed(f"unknown or negative dimension {size}")
+                raise protowire.Malformed(f"unknown or negative dimension {size}")
             dims.append(size)
         elif num == 3 and wt == 0 and v:
-            raise wire.Malformed("shape of unknown rank")
+            raise protowire.Malformed("shape of unknown rank")
     return tuple(dims)
 
 
 def _parse_slice(value: bytes) -> list[tuple[int, int]]:
     extents = []
-    for num, wt, v in wire.fields(value):
+    for num, wt, v in protowire.fields(value):
         if num == 1 and wt == 2:
             start, length = 0, -1
-            for n2, w2, v2 in wire.fields(v):
+            for n2, w2, v2 in protowire.fields(v):
                 if n2 == 1 and w2 == 0:
-                    start = wire.signed64(v2)
+                    start = protowire.signed64(v2)
                 elif n2 == 2 and w2 == 0:
-                    length = wire.signed64(v2)
+                    length = protowire.signed64(v2)
             extents.append((start, length))
     return extents
 
 
 def _parse_entry(name: str, value: bytes) -> BundleEntry:
     e = BundleEntry(name, 0, None, ())
-    for num, wt, v in wire.fields(value):
+    for num, wt, v in protowire.fields(value):
         if num == 1 and wt == 0:
             e.tf_dtype = v
         elif num == 2 and wt == 2:
             e.shape = _parse_shape(v)
         elif num == 3 and wt == 0:
-            e.shard = wire.signed64(v)
+            e.shard = protowire.signed64(v)
         elif num == 4 and wt == 0:
-            e.offset = wire.signed64(v)
+            e.offset = protowire.signed64(v)
         elif num == 5 and wt == 0:
-            e.size = wire.signed64(v)
+            e.size = protowire.signed64(v)
         elif num == 6 and wt == 5:
             e.crc = v
         elif num == 7 and wt == 2:
@@ -288,12 +288,12 @@ def open_bundle(path: str, *, verify_data: bool = True) -> Bundle:
     try:
         items = sstable.read_table(table)
         if not items or items[0][0] != b"":
-            raise wire.Malformed("no bundle header (key \"\")")
+            raise protowire.Malformed("no bundle header (key \"\")")
         num_shards, endian = _parse_header(items[0][1])
         if endian != 0:
-            raise wire.Malformed("big-endian bundle: not supported")
+            raise protowire.Malformed("big-endian bundle: not supported")
         if not 1 <= num_shards <= 1 << 20:
-            raise wire.Malformed(f"bad shard count {num_shards}")
+            raise protowire.Malformed(f"bad shard count {num_shards}")
         bundle = Bundle(prefix, num_shards, notes=notes, verify_data=verify_data)
         for key, value in items[1:]:
             name = key.decode("utf-8", "replace")
@@ -301,7 +301,7 @@ def open_bundle(path: str, *, verify_data: bool = True) -> Bundle:
                 bundle.slice_entries[key] = _parse_entry(name, value)
             else:
                 bundle.entries[name] = _parse_entry(name, value)
-    except wire.Malformed as e:
+    except protowire.Malformed as e:
         raise FormatError(str(e), index) from None
     _check_bounds(bundle)
     return bundle
@@ -330,11 +330,11 @@ def _check_bounds(b: Bundle) -> None:
 def decode_strings(raw: bytes, count: int) -> list[bytes]:
     lengths, pos = [], 0
     for _ in range(count):
-        n, pos = wire.read_varint(raw, pos)
+        n, pos = protowire.read_varint(raw, pos)
         lengths.append(n)
     pos += 4                                   # masked CRC of the lengths
     if pos + sum(lengths) > len(raw):
-        raise wire.Malformed("string data runs past its entry")
+        raise protowire.Malformed("string data runs past its entry")
     out = []
     for n in lengths:
         out.append(raw[pos:pos + n])
@@ -344,7 +344,7 @@ def decode_strings(raw: bytes, count: int) -> list[bytes]:
 
 def _strings_crc(values: list[bytes]) -> tuple[bytes, int]:
     """(serialized string tensor, its CRC as the entry stores it before masking)."""
-    lengths = b"".join(wire.encode_varint(len(v)) for v in values)
+    lengths = b"".join(protowire.encode_varint(len(v)) for v in values)
     crc = crc32c(b"".join(struct.pack("<I" if len(v) <= 0xFFFFFFFF else "<Q", len(v)) for v in values))
     length_crc = struct.pack("<I", mask(crc))
     crc = crc32c(length_crc, crc)

@@ -11,12 +11,13 @@ import os
 import re
 from dataclasses import dataclass
 
+from hubfmt import protowire
 from hubfmt.atomic import atomic_output, atomic_outputs
 from hubfmt.checkpoint import LazyTensor
 from hubfmt.errors import FormatError
 from hubfmt.streaming import write_tensor
 
-from . import sstable, wire
+from . import sstable
 from .bundle import _EXPECTED_CRC, BUNDLE_VERSION, DT_STRING, TF_DTYPE_CODES, _strings_crc, shard_path
 from .crc32c import crc32c, mask
 
@@ -32,18 +33,18 @@ class OutTensor:
 
 
 def _encode_shape(shape) -> bytes:
-    return b"".join(wire.field_bytes(2, wire.field_varint(1, int(d))) for d in shape)
+    return b"".join(protowire.field_bytes(2, protowire.field_varint(1, int(d))) for d in shape)
 
 
 def _encode_entry(tf_dtype: int, shape, shard: int, offset: int, size: int, crc: int) -> bytes:
-    out = wire.field_varint(1, tf_dtype) + wire.field_bytes(2, _encode_shape(shape))
+    out = protowire.field_varint(1, tf_dtype) + protowire.field_bytes(2, _encode_shape(shape))
     if shard:
-        out += wire.field_varint(3, shard)
+        out += protowire.field_varint(3, shard)
     if offset:
-        out += wire.field_varint(4, offset)
+        out += protowire.field_varint(4, offset)
     if size:
-        out += wire.field_varint(5, size)
-    return out + wire.field_fixed32(6, mask(crc))
+        out += protowire.field_varint(5, size)
+    return out + protowire.field_fixed32(6, mask(crc))
 
 
 def _crc_of_region(fd: int, offset: int, nbytes: int) -> int:
@@ -97,7 +98,7 @@ def write_bundle(prefix: str, tensors: list[OutTensor], *, overwrite: bool = Fal
                     total += n
                     if progress is not None:
                         progress.update(n)
-        header = wire.field_varint(1, len(shards)) + wire.field_bytes(3, wire.field_varint(1, BUNDLE_VERSION))
+        header = protowire.field_varint(1, len(shards)) + protowire.field_bytes(3, protowire.field_varint(1, BUNDLE_VERSION))
         records.sort()
         with open(out.path(finals[-1]), "wb") as f:
             f.write(sstable.write_table([(b"", header)] + records))

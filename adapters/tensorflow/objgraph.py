@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .wire import Malformed, fields
+from hubfmt.protowire import Malformed, fields
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"

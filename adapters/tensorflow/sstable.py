@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 
 from .crc32c import crc32c, mask, unmask
-from .wire import Malformed, encode_varint, read_varint
+from hubfmt.protowire import Malformed, encode_varint, read_varint
 
 MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48

@@ -1,0 +1,171 @@
+"""Which variable is which in a Keras 3 layer: positions -> native leaves, by layer class.
+
+Keras 3 saves a layer's variables by position (`vars/0..N`: trainable ones in creation order,
+then non-trainable ones), so the class and its configuration decide what each position holds:
+
+    Dense, Conv*, Conv*Transpose       kernel, bias (use_bias)
+    DepthwiseConv2D                    depthwise_kernel, bias
+    SeparableConv2D                    depthwise_kernel, pointwise_kernel, bias
+    BatchNormalization                 gamma (scale), beta (center), moving_mean, moving_variance
+    LayerNormalization, GroupNorm.     gamma (scale), beta (center)
+    Embedding                          embeddings
+    LSTM, GRU, SimpleRNN (their cell)  kernel, recurrent_kernel, bias (use_bias)
+
+Without config.json (a bare .weights.h5) the class comes from the item name Keras gave the layer
+(`conv2d_3` -> Conv2D) or, for attributes of subclassed models, from the variables' shapes when
+they fit exactly one class. Leaf names are semantics.py's vocabulary.
+"""
+from __future__ import annotations
+
+import re
+
+from .keras_config import snake_case
+from .keras_store import VarGroup
+from .semantics import KERAS_CLASS_KINDS
+
+# Classes this module knows the variable order of (a subset of semantics.KERAS_CLASS_KINDS).
+_CONV = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+_RNN = ("LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell")
+KNOWN = (*_CONV, "Dense", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
+         "LayerNormalization", "GroupNormalization", "Embedding", *_RNN)
+_BY_SNAKE = {snake_case(c): c for c in KNOWN}
+# The Keras class that writes each canonical kind (exporting by rule, without a template).
+CLASS_OF_KIND = {"linear": "Dense", "conv1d": "Conv1D", "conv2d": "Conv2D", "conv3d": "Conv3D",
+                 "conv_transpose1d": "Conv1DTranspose", "conv_transpose2d": "Conv2DTranspose",
+                 "conv_transpose3d": "Conv3DTranspose", "depthwise_conv2d": "DepthwiseConv2D",
+                 "separable_conv2d": "SeparableConv2D", "batch_norm": "BatchNormalization",
+                 "layer_norm": "LayerNormalization", "group_norm": "GroupNormalization",
+                 "embedding": "Embedding", "lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
+RNN_KINDS = ("lstm", "gru", "rnn")
+
+
+class LayoutError(Exception):
+    """The variables do not fit the layer class (wrong count or rank): the caller names the file."""
+
+
+def class_from_item_name(item: str) -> str:
+    """'conv2d_transpose_2' -> 'Conv2DTranspose' ('' when the name is not a known class's)."""
+    if item in _BY_SNAKE:
+        return _BY_SNAKE[item]
+    base = re.sub(r"_\d+$", "", item)
+    return _BY_SNAKE.get(base, "")
+
+
+def _flag(config: dict, key: str, default: bool = True) -> bool | None:
+    """A boolean option from config.json, or None when there is no config (decide by count)."""
+    if not config:
+        return None
+    v = config.get(key, default)
+    return bool(v) if isinstance(v, (bool, int)) else default
+
+
+def leaves(class_name: str, config: dict, shapes: list[tuple]) -> tuple[str, list[str]]:
+    """(kind, native leaf of each position) for a known class; LayoutError when the count or the
+    ranks do not fit.
+
+    >>> leaves("BatchNormalization", {}, [(8,)] * 4)
+    ('batch_norm', ['gamma', 'beta', 'moving_mean', 'moving_variance'])
+    """
+    kind = KERAS_CLASS_KINDS[class_name]
+    n = len(shapes)
+    if class_name in ("Dense", *_CONV, "DepthwiseConv2D", "Embedding", "SeparableConv2D"):
+        first = {"DepthwiseConv2D": ["depthwise_kernel"], "Embedding": ["embeddings"],
+                 "SeparableConv2D": ["depthwise_kernel", "pointwise_kernel"]}.get(class_name, ["kernel"])
+        use_bias = False if class_name == "Embedding" else _flag(config, "use_bias")
+        names = _by_count(class_name, n, first, ["bias"], use_bias)
+        rank = {"Dense": 2, "Embedding": 2, "DepthwiseConv2D": 4, "SeparableConv2D": 4}.get(class_name)
+        if rank is None:
+            rank = int(re.search(r"(\d)D", class_name).group(1)) + 2
+        for leaf, shape in zip(names, shapes):
+            want = 1 if leaf == "bias" else rank
+            if len(shape) != want:
+                raise LayoutError(f"{class_name} {leaf} must have rank {want}, found shape {list(shape)}")
+        return kind, names
+    if class_name == "BatchNormalization":
+        scale, center = _flag(config, "scale"), _flag(config, "center")
+        if scale is None:
+            if n != 4:
+                raise LayoutError(f"BatchNormalization with {n} variables: scale or center is off and without "
+                                  "config.json it is ambiguous which (read the .keras archive or pass a template)")
+            scale = center = True
+        names = (["gamma"] if scale else []) + (["beta"] if center else []) + ["moving_mean", "moving_variance"]
+        _count(class_name, n, len(names))
+        _ranks(class_name, names, shapes, 1)
+        return kind, names
+    if class_name in ("LayerNormalization", "GroupNormalization"):
+        if config.get("rms_scaling"):
+            raise LayoutError("LayerNormalization with rms_scaling=True has no canonical equivalent")
+        scale, center = _flag(config, "scale"), _flag(config, "center")
+        if scale is None:
+            if n != 2:
+                raise LayoutError(f"{class_name} with {n} variable(s): without config.json it is ambiguous "
+                                  "whether gamma or beta is stored")
+            scale = center = True
+        names = (["gamma"] if scale else []) + (["beta"] if center else [])
+        _count(class_name, n, len(names))
+        _ranks(class_name, names, shapes, 1)
+        return kind, names
+    if class_name in _RNN:
+        names = _by_count(class_name, n, ["kernel", "recurrent_kernel"], ["bias"], _flag(config, "use_bias"))
+        for leaf, shape in zip(names, shapes):
+            ok = (1, 2) if leaf == "bias" and kind == "gru" else (1,) if leaf == "bias" else (2,)
+            if len(shape) not in ok:   # GRU(reset_after=True) keeps two bias rows: [2, 3h]
+                raise LayoutError(f"{class_name} {leaf} must have rank {' or '.join(map(str, ok))}, "
+                                  f"found shape {list(shape)}")
+        return kind, names
+    raise LayoutError(f"no variable order known for {class_name}")
+
+
+def _by_count(cls: str, n: int, first: list[str], optional: list[str], flag: bool | None) -> list[str]:
+    if flag is None:
+        if n not in (len(first), len(first) + len(optional)):
+            raise LayoutError(f"{cls} has {n} variables, expected {len(first)} or {len(first) + len(optional)}")
+        return (first + optional)[:n]
+    names = first + (optional if flag else [])
+    _count(cls, n, len(names))
+    return names
+
+
+def _count(cls: str, n: int, want: int) -> None:
+    if n != want:
+        raise LayoutError(f"{cls} has {n} variables, expected {want} for its configuration")
+
+
+def _ranks(cls: str, names, shapes, rank: int) -> None:
+    for leaf, shape in zip(names, shapes):
+        if len(shape) != rank:
+            raise LayoutError(f"{cls} {leaf} must have rank {rank}, found shape {list(shape)}")
+
+
+def infer_class(group: VarGroup) -> str:
+    """The layer class of a group without config: from its list-item name, an RNN cell's parent,
+    or shapes that fit exactly one class; '' when unknown or ambiguous."""
+    item = group.object_path.rsplit("/", 1)[-1]
+    by_name = class_from_item_name(item)
+    if by_name:
+        return by_name
+    shapes = [v.shape for v in group.vars]
+    ranks = [len(s) for s in shapes]
+    if group.from_cell:
+        if len(shapes) in (2, 3) and ranks[:2] == [2, 2] and shapes[0][1] == shapes[1][1]:
+            h, gh = shapes[1][0], shapes[1][1]
+            return {4 * h: "LSTM", 3 * h: "GRU", h: "SimpleRNN"}.get(gh, "")
+        return ""
+    fits = []
+    if ranks == [2, 1] and shapes[1][0] == shapes[0][1]:
+        fits.append("Dense")
+    if len(ranks) == 2 and ranks[0] in (3, 4, 5) and ranks[1] == 1:
+        k, b = shapes[0], shapes[1][0]
+        d = ranks[0] - 2
+        if b == k[-1]:
+            fits.append(f"Conv{d}D")
+        if b == k[-2]:
+            fits.append(f"Conv{d}DTranspose")
+        if d == 2 and b == k[2] * k[3]:
+            fits.append("DepthwiseConv2D")
+    if ranks == [4, 4, 1] and shapes[1][:2] == (1, 1) and shapes[1][2] == shapes[0][2] * shapes[0][3] \
+            and shapes[2][0] == shapes[1][3]:
+        fits.append("SeparableConv2D")
+    if ranks == [1, 1, 1, 1] and len(set(shapes)) == 1:
+        fits.append("BatchNormalization")
+    return fits[0] if len(fits) == 1 else ""
