@@ -45,7 +45,9 @@ class Format:
         return self.framework == "hub" or self.framework in registry.available()
 
 
-# One line per format. A new adapter adds its line here.
+# One line per format. A new adapter adds its line here. Keras files (.weights.h5, .keras) are not
+# here: they hold layers of known kinds, not arbitrary named tensors, so generated state dicts do
+# not fit them (the TensorFlow adapter's oracle tests round-trip real Keras models instead).
 FORMATS = [
     Format("hub", "x.safetensors", ALL),
     Format("torch", "x.pth", ALL),

@@ -87,9 +87,30 @@ def _torch_legacy(d: str) -> str:
     return p
 
 
-# Formats hubfmt reads but does not write: the real framework makes the sample (tests only).
+def _keras_model():
+    import keras
+    return keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(),
+                             keras.layers.Flatten(), keras.layers.Dense(5)])
+
+
+def _keras_archive(d: str) -> str:
+    p = os.path.join(d, "model.keras")
+    _keras_model().save(p)
+    return p
+
+
+def _keras_legacy_h5(d: str) -> str:
+    p = os.path.join(d, "model.h5")
+    _keras_model().save(p)         # Keras 3 still writes the legacy HDF5 model format
+    return p
+
+
+# Formats hubfmt reads but does not write (or writes only with a template): the real framework
+# makes the sample (tests only). Overrides the generic sample of the same name.
 EXTRA_SAMPLES: dict[str, tuple[str, Callable[[str], str]]] = {
     "torch:legacy": ("torch", _torch_legacy),
+    "tensorflow:keras-archive": ("tensorflow", _keras_archive),
+    "tensorflow:keras-h5": ("tensorflow", _keras_legacy_h5),
 }
 
 
