@@ -200,9 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         subprocess.run(["cat", files["hub"]], stdout=subprocess.DEVNULL, check=True)   # warm the page cache
         cp_dst = os.path.join(work, "copy.safetensors")
-        cp_wall, cp_rss, _ = measure(["cp", files["hub"], cp_dst])
-        os.unlink(cp_dst)
-        rows.append(("cp (hub file)", cp_wall, cp_rss, 0))
+        # The yardstick is the best of three: one cp run can be slowed by another's writeback.
+        runs = []
+        for _ in range(3):
+            runs.append(measure(["cp", files["hub"], cp_dst]))
+            os.unlink(cp_dst)
+        cp_wall, cp_rss, _ = min(runs)
+        rows.append(("cp (hub file), best of 3", cp_wall, cp_rss, 0))
         # hubfmt fsyncs what it publishes (atomic output); this is the durable copy to compare with.
         sync_wall, sync_rss, rc = measure(["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", files["hub"], cp_dst])
         os.unlink(cp_dst)
