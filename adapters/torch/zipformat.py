@@ -57,6 +57,11 @@ def _data_offset(f, info: zipfile.ZipInfo, size: int, path: str) -> int:
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, path: str) -> bytes:
+    # torch writes stored members (deflate tolerated); an LZMA or bzip2 header can make the
+    # decompressor allocate gigabytes before reading a byte.
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise FormatError(f"zip member {info.filename} uses compression method {info.compress_type}, "
+                          "which torch never writes", path)
     if info.compress_size > size or info.file_size > max(info.compress_size, 1) * _MAX_RATIO:
         raise FormatError(f"zip member {info.filename} claims {info.file_size} bytes, more than the file can hold", path)
     try:
