@@ -30,14 +30,30 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def _fsync_tree(path: str) -> None:
-    if os.path.isdir(path):
-        for root, _dirs, files in os.walk(path):
-            for f in files:
-                fsync_path(os.path.join(root, f))
-            fsync_path(root)
-    else:
-        fsync_path(path)
+def _fsync_trees(paths: list[str]) -> None:
+    """fsync every file and directory under `paths`. In parallel: each fsync waits for a journal
+    commit, and concurrent ones share commits, so a OneFlow directory of 500 files takes 0.2 s
+    instead of 2 s (measured on ext4). Everything is durable when this returns."""
+    todo = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, _, files in os.walk(path):
+                todo.extend(os.path.join(root, f) for f in files)
+                todo.append(root)
+        else:
+            todo.append(path)
+    if len(todo) <= 2:
+        for p in todo:
+            fsync_path(p)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    try:
+        with ThreadPoolExecutor(max_workers=min(16, len(todo))) as pool:
+            list(pool.map(fsync_path, todo))   # list(): re-raises the first failure
+    except RuntimeError:
+        # No thread could start (a memory rlimit counts their stacks): one at a time.
+        for p in todo:
+            fsync_path(p)
 
 
 def _remove(path: str) -> None:
@@ -73,9 +89,7 @@ class OutputSet:
 
     def publish(self, overwrite: bool) -> None:
         # Everything durable before anything becomes visible.
-        for tmp in self._tmp.values():
-            if os.path.lexists(tmp):
-                _fsync_tree(tmp)
+        _fsync_trees([tmp for tmp in self._tmp.values() if os.path.lexists(tmp)])
         for final in self.finals:       # caller's order: the visible-making file last
             tmp = self._tmp[final]
             if not os.path.lexists(tmp):

@@ -12,12 +12,23 @@ it. `find_class` is the only door to callables, so we never let Python's default
 
 Adapters pass their own allow-list (e.g. torch's `_rebuild_tensor_v2`); the common one here covers
 Python containers, numpy arrays/scalars/dtypes and `_codecs.encode`.
+
+Two more doors are closed because the C unpickler cannot be told to:
+- memory: it sizes its memo table by the largest index a PUT names and zero-fills it, so an
+  11-byte pickle (`LONG_BINPUT 0x1ffffff0`) makes it touch 8 GB. We run Python's own
+  `pickle._Unpickler`, whose memo is a dict: work and memory stay proportional to the input.
+  Checkpoint pickles are small (tensor bytes live outside them), so its speed does not matter.
+- BUILD: on an object without `__setstate__`, BUILD sets attributes. Aimed at a callable (one of
+  the allow-listed functions or classes) it would rewrite hubfmt's own code objects' defaults or
+  methods for the rest of the process. BUILD is accepted only on plain data objects.
 """
 from __future__ import annotations
 
 import collections
 import io
 import pickle
+import struct
+import types
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -39,8 +50,19 @@ _FORBIDDEN_MODULES = (
 )
 
 
-def _forbidden(module: str) -> bool:
-    return any(module == m or module.startswith(m + ".") for m in _FORBIDDEN_MODULES)
+# Names never given an inert stand-in, whatever the module: a pickle naming them (numpy.load,
+# torch.load, a re-exported eval...) is a payload, not a data class the model forgot to ship.
+_FORBIDDEN_NAMES = frozenset({
+    "load", "loads", "eval", "exec", "execfile", "compile", "system", "popen", "Popen", "spawn",
+    "spawnv", "execv", "execve", "fork", "call", "run", "check_call", "check_output", "getoutput",
+    "open", "getattr", "setattr", "delattr", "globals", "locals", "vars", "__import__",
+    "import_module", "run_path", "run_module", "rmtree", "remove", "unlink", "rename",
+    "attrgetter", "methodcaller", "partial", "apply", "input", "breakpoint",
+})
+
+
+def _forbidden(module: str, name: str = "") -> bool:
+    return name in _FORBIDDEN_NAMES or any(module == m or module.startswith(m + ".") for m in _FORBIDDEN_MODULES)
 
 
 class OpaqueObject:
@@ -145,6 +167,17 @@ def _np_scalar(dtype, data=None):
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
+def _np_frombuffer(buf, dtype, shape, order="C"):
+    # Protocol-5 pickles of arrays: numpy.core.numeric._frombuffer(bytes, dtype, shape, order).
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(buf, (bytes, bytearray)):
+        raise UnsafePickleError("numpy array pickle with object data")
+    arr = np.frombuffer(buf, dtype=dtype)
+    count = int(np.prod(shape)) if len(shape) else 1
+    if arr.size != count:
+        raise UnsafePickleError("numpy array pickle whose data does not match its shape")
+    return arr.reshape(shape, order="F" if order == "F" else "C").copy()
+
+
 def _copyreg_reconstructor(cls, base, state=None):
     # Protocol 0/1 pickles of plain objects: copyreg._reconstructor(cls, object, None). Only ever
     # instantiate our own inert classes.
@@ -178,8 +211,11 @@ def _slice(*args):
     return slice(*args)
 
 
-def _bytearray(*args):
-    return bytearray(*args)
+def _bytearray(data=b"", *args):
+    # bytearray(n) would allocate n zero bytes: a few pickle bytes must not ask for gigabytes.
+    if not isinstance(data, (bytes, bytearray, str)):
+        raise UnsafePickleError("bytearray() in a pickle with a size instead of data")
+    return bytearray(data, *args)
 
 
 COMMON_ALLOWED: dict[tuple[str, str], Callable] = {
@@ -197,14 +233,51 @@ COMMON_ALLOWED: dict[tuple[str, str], Callable] = {
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy.core.multiarray", "scalar"): _np_scalar,
     ("numpy._core.multiarray", "scalar"): _np_scalar,
+    ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
     ("numpy", "ndarray"): _NdarrayStub,
     ("copyreg", "_reconstructor"): _copyreg_reconstructor,
     ("copy_reg", "_reconstructor"): _copyreg_reconstructor,
 }
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """pickle.Unpickler with an allow-list.
+_CHUNK = 1 << 20
+_MAX_LINE = 64 << 20
+
+
+class _BoundedReader:
+    """The unpickler's view of its stream: a length field can claim terabytes, but read(n) only
+    ever allocates what the stream actually holds (file.read(n) would allocate n bytes first),
+    and a text line stops at 64 MiB."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n <= _CHUNK:
+            return self._f.read(n)
+        parts = []
+        while n > 0:
+            part = self._f.read(min(n, _CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
+
+    def readline(self) -> bytes:
+        return self._f.readline(_MAX_LINE)
+
+    def readinto(self, b) -> int:
+        return self._f.readinto(b)
+
+
+_CALLABLE_TYPES = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType)
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """A pure-Python pickle unpickler with an allow-list (see the module docstring for why not
+    the C one).
 
     allowed:          (module, name) -> our callable, merged over COMMON_ALLOWED
     persistent_load:  the format's persistent-id handler (torch storages), or None to refuse
@@ -212,10 +285,12 @@ class RestrictedUnpickler(pickle.Unpickler):
                       names; False to refuse them
     """
 
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, file, *, allowed: Mapping[tuple[str, str], Callable] | None = None,
                  persistent_load: Callable[[Any], Any] | None = None, opaque: bool = False,
                  source: str = "pickle"):
-        super().__init__(file, encoding="latin1")
+        super().__init__(_BoundedReader(file), encoding="latin1")
         self._allowed = {**COMMON_ALLOWED, **(allowed or {})}
         self._persistent = persistent_load
         self._opaque = opaque
@@ -227,68 +302,112 @@ class RestrictedUnpickler(pickle.Unpickler):
         if fn is not None:
             return fn
         qual = f"{module}.{name}"
-        if _forbidden(module) or not self._opaque or "." in name or name.startswith("__"):
+        if _forbidden(module, name) or not self._opaque or "." in name or name.startswith("__"):
             raise UnsafePickleError(f"refused to load {qual!r} from the pickle (hubfmt never runs code from a checkpoint)", self._source)
         self.opaque_classes.add(qual)
         return opaque_class(module, name)
+
+    def load(self):
+        """The unpickled object. Every failure is a FormatError naming the source (an
+        UnsafePickleError when the pickle asked for code), except MemoryError: a bounded input
+        must never cause one, so it stays visible as the bug it is."""
+        from .errors import FormatError, HubfmtError
+
+        try:
+            return super().load()
+        except HubfmtError as e:
+            if e.path is None:
+                raise type(e)(e.message, self._source) from None
+            raise
+        except MemoryError:
+            raise
+        except RecursionError:
+            raise FormatError("pickle nests too deeply", self._source) from None
+        except Exception as e:      # struct.error, EOFError, ValueError... from damaged bytes
+            raise FormatError(f"corrupt pickle: {type(e).__name__}: {e}", self._source) from None
 
     def persistent_load(self, pid):
         if self._persistent is None:
             raise UnsafePickleError("unexpected persistent id in the pickle", self._source)
         return self._persistent(pid)
 
+    def load_build(self):
+        inst = self.stack[-2]       # [..., inst, state]
+        if isinstance(inst, _CALLABLE_TYPES) or (callable(inst) and not isinstance(inst, OpaqueObject)):
+            raise UnsafePickleError(f"refused BUILD on {type(inst).__name__} {getattr(inst, '__name__', '')!r}: "
+                                    "a pickle may set state only on data objects", self._source)
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def load_bytearray8(self):
+        # Python's version allocates bytearray(claimed length) before reading: read first.
+        (n,) = struct.unpack("<Q", self.read(8))
+        data = self.read(n)
+        if len(data) != n:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(bytearray(data))
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
 
 def restricted_loads(data: bytes, **kwargs) -> Any:
-    """Unpickle `data` with RestrictedUnpickler(**kwargs); every failure is a FormatError."""
-    from .errors import FormatError
+    """Unpickle `data` with RestrictedUnpickler(**kwargs); every failure is a FormatError.
+
+    >>> restricted_loads(pickle.dumps({"epoch": 3}))
+    {'epoch': 3}
+    """
+    from .errors import FormatError, HubfmtError
 
     source = kwargs.get("source", "pickle")
     try:
         return unwrap(RestrictedUnpickler(io.BytesIO(data), **kwargs).load())
-    except UnsafePickleError:
-        raise
-    except FormatError:
+    except HubfmtError as e:
+        if e.path is None:
+            raise type(e)(e.message, source) from None
         raise
     except RecursionError:
         raise FormatError("pickle nests too deeply", source) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, OverflowError, MemoryError, UnicodeDecodeError) as e:
-        raise FormatError(f"corrupt pickle: {type(e).__name__}: {e}", source) from None
+
+
+MAX_DEPTH = 200
 
 
 def unwrap(obj: Any, _depth: int = 0, _memo: dict | None = None) -> Any:
     """Replace numpy stand-ins by the arrays they rebuilt, throughout containers.
 
     Each object is visited once (memo by id): a pickle can share one list many times over, and a
-    301-byte pickle of 40 levels of [a, a] would otherwise take 2**40 steps."""
+    301-byte pickle of 40 levels of [a, a] would otherwise take 2**40 steps. Nesting deeper than
+    MAX_DEPTH is refused rather than followed."""
+    from .errors import FormatError
+
     memo = {} if _memo is None else _memo
     key = id(obj)
     if key in memo:
         return memo[key]
-    if _depth > 200:
-        return obj
+    if _depth > MAX_DEPTH:
+        raise FormatError(f"pickle nests deeper than {MAX_DEPTH} levels")
+    d = _depth + 1
     if isinstance(obj, _NdarrayStub):
         out = obj.array
     elif isinstance(obj, collections.OrderedDict):
-        memo[key] = obj
+        memo[key] = out = obj
         for k, v in obj.items():
-            obj[k] = unwrap(v, _depth + 1, memo)
-        return obj
+            obj[k] = unwrap(v, d, memo)
     elif isinstance(obj, dict):
-        out = memo[key] = {}
+        memo[key] = out = {}
         for k, v in obj.items():
-            out[k] = unwrap(v, _depth + 1, memo)
-        return out
+            out[k] = unwrap(v, d, memo)
     elif isinstance(obj, list):
-        out = memo[key] = []
-        out.extend(unwrap(v, _depth + 1, memo) for v in obj)
-        return out
+        memo[key] = out = []
+        out.extend(unwrap(v, d, memo) for v in obj)
     elif isinstance(obj, tuple):
-        out = tuple(unwrap(v, _depth + 1, memo) for v in obj)
+        out = tuple(unwrap(v, d, memo) for v in obj)
+    elif isinstance(obj, OpaqueObject):
+        memo[key] = out = obj
+        if obj.state is not None:
+            obj.state = unwrap(obj.state, d, memo)
     else:
-        memo[key] = obj
-        if isinstance(obj, OpaqueObject) and obj.state is not None:
-            obj.state = unwrap(obj.state, _depth + 1, memo)
-        return obj
+        out = obj
     memo[key] = out
     return out

@@ -52,7 +52,8 @@ def _read_small(path: str, limit: int, what: str) -> bytes:
         if size > limit:
             raise FormatError(f"{what} is {size} bytes, more than any OneFlow {what} ({limit})", path)
         with open(path, "rb") as f:
-            return f.read(limit + 1)
+            # read(n) allocates n bytes up front: ask for what the file holds, not the limit.
+            return f.read(size + 1)
     except FileNotFoundError:
         raise FormatError(f"missing {what}", path) from None
     except IsADirectoryError:

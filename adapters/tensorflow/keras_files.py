@@ -10,6 +10,7 @@ import json
 import os
 import struct
 import zipfile
+import zlib
 from contextlib import contextmanager
 
 from hubfmt.errors import FormatError, MissingFrameworkError
@@ -76,8 +77,21 @@ def is_keras_archive(path: str) -> bool:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
         return CONFIG_MEMBER in names and WEIGHTS_MEMBER in names
-    except (OSError, zipfile.BadZipFile, ValueError):
+    except MemoryError:
+        raise
+    except Exception:       # zipfile raises many types on damaged archives (found by tests/fuzz)
         return False
+
+
+def _check_compression(path: str, info: zipfile.ZipInfo) -> None:
+    # Keras stores members uncompressed (deflate is tolerated); an LZMA or bzip2 header can make
+    # the decompressor allocate gigabytes before reading a byte (found by tests/fuzz).
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise FormatError(f"zip member {info.filename} uses compression method {info.compress_type}, "
+                          "which Keras never writes", path)
+    # zipfile reads compress_size bytes in one call: a claim beyond the file would allocate it.
+    if info.compress_size > os.path.getsize(path):
+        raise FormatError(f"zip member {info.filename} claims {info.compress_size} bytes, more than the file holds", path)
 
 
 def _member_data_offset(path: str, f, info: zipfile.ZipInfo, size: int) -> int:
@@ -100,10 +114,13 @@ def _read_json(path: str, z: zipfile.ZipFile, member: str) -> dict | None:
         return None
     if info.file_size > MAX_JSON:
         raise FormatError(f"{member} is implausibly large ({info.file_size} bytes)", path)
+    _check_compression(path, info)
     try:
         doc = json.loads(z.read(member).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError) as e:
-        raise FormatError(f"{member} is not valid JSON: {e}", path) from None
+    except MemoryError:
+        raise
+    except Exception as e:  # BadZipFile, zlib.error, RuntimeError (encrypted), NotImplementedError...
+        raise FormatError(f"{member} is not valid JSON: {type(e).__name__}: {e}", path) from None
     if not isinstance(doc, dict):
         raise FormatError(f"{member} is not a JSON object", path)
     return doc
@@ -135,8 +152,10 @@ def open_h5(path: str):
         raise FormatError("neither an HDF5 .weights.h5 file nor a .keras zip archive", path)
     try:
         z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise FormatError(f"damaged zip archive: {e}", path) from None
+    except MemoryError:
+        raise
+    except Exception as e:  # BadZipFile, NotImplementedError (unknown zip version), ...
+        raise FormatError(f"damaged zip archive: {type(e).__name__}: {e}", path) from None
     with z, open(path, "rb") as raw:
         try:
             info = z.getinfo(WEIGHTS_MEMBER)
@@ -144,6 +163,7 @@ def open_h5(path: str):
             raise FormatError(f"zip archive without {WEIGHTS_MEMBER}: not a Keras 3 .keras file", path) from None
         config = _read_json(path, z, CONFIG_MEMBER)
         metadata = _read_json(path, z, METADATA_MEMBER)
+        _check_compression(path, info)
         try:
             if info.compress_type == zipfile.ZIP_STORED:
                 start = _member_data_offset(path, raw, info, size)
@@ -152,7 +172,7 @@ def open_h5(path: str):
                 start = None
                 fobj = z.open(info)
             h5 = h5py.File(fobj, "r")
-        except (OSError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError) as e:
+        except (OSError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError, zlib.error) as e:
             raise FormatError(f"{WEIGHTS_MEMBER} in the archive is not a readable HDF5 file ({h5_reason(e)})", path) from None
         try:
             yield h5, start, info.file_size, config, metadata

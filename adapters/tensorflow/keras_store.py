@@ -96,6 +96,8 @@ def dataset_var(ds, where: str, path: str, h5_start: int | None, limit: int) -> 
     """A Var for h5py dataset `ds` (at `where`): its absolute offset when its bytes lie raw (the h5
     bytes start at `h5_start` in `path`, None when they are compressed in an archive, and span
     `limit` bytes), every offset checked."""
+    if not hasattr(ds, "shape"):        # a committed Datatype or other non-dataset object (found by tests/fuzz)
+        raise FormatError(f"{where}: not a dataset ({type(ds).__name__})", path)
     dt = _dtype_of(ds, path, where)
     if ds.shape is None:
         raise FormatError(f"{where}: a dataset without a dataspace (no shape)", path)

@@ -51,8 +51,10 @@ class MemberBlob:
             with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
                 f.seek(start)
                 raw = f.read(n)
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
-            raise FormatError(f"cannot read zip member {self.member}: {e}", self.path) from None
+        except MemoryError:
+            raise
+        except Exception as e:      # BadZipFile, zlib.error, RuntimeError (encrypted)... on damage
+            raise FormatError(f"cannot read zip member {self.member}: {type(e).__name__}: {e}", self.path) from None
         if len(raw) != n:
             raise FormatError(f"zip member {self.member} ends early", self.path)
         return np.frombuffer(raw, dtype=np.uint8)

@@ -1,0 +1,264 @@
+"""Conversion benchmark (issue 8): wall time and peak memory of every file-to-file conversion.
+
+Builds a float32 checkpoint (default 2 GiB, 177 tensors, the largest 32 MiB) as a hub file and, with
+hubfmt's own writers, in every native format this installation writes. Then runs, each in its own
+child process: `cp` of the source (the yardstick), every conversion pair among those formats with
+`python -m hubfmt convert`, and the hand-written framework route (torch.load -> numpy -> framework
+save) for the frameworks installed. Prints one table row per run: wall seconds, ratio to `cp`, and
+peak resident memory from the kernel (os.wait4 rusage of that child, so children never mix).
+
+    .venv/bin/python benchmarks/convert_bench.py                  # 2 GiB, a few minutes
+    .venv/bin/python benchmarks/convert_bench.py --size 256MB     # quick look
+    .venv/bin/python benchmarks/convert_bench.py --pairs hub:torch,torch:mindspore
+
+Targets: wall <= 2x cp, peak RSS <= 300 MB + the largest tensor. hubfmt fsyncs what it publishes
+(atomic output), so the table also gives the ratio to `cp` followed by `sync` of the copy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from hubfmt import Checkpoint, LayerInfo, LazyTensor, TensorInfo, convert, hubfile, registry
+from hubfmt.cli import _size
+
+MiB = 2**20
+
+
+# ---- the checkpoint -------------------------------------------------------------------------
+
+def plan_shapes(total: int) -> list[tuple[str, str, str, tuple]]:
+    """(name, kind, dtype, shape) for 177 tensors summing to about `total` bytes, shaped like a
+    network every format can hold: 60 conv/linear layers (weight + bias) share 15/16 of the bytes
+    (weights of 32 MiB at 2 GiB), 14 batch norms (weight, bias, running_mean, running_var) and
+    one num_batches_tracked the rest."""
+    big_n, norm_n = 60, 14
+    big = max(total * 15 // 16 // big_n // 4, 1)           # float32 elements per big weight
+    out = []
+    for i in range(big_n):
+        if i % 3 == 0:                                     # conv2d [out, in, 3, 3]
+            o = max(int((big / 9) ** 0.5), 1)
+            out.append((f"blocks.{i}.conv.weight", "conv2d", "float32", (o, max(big // (9 * o), 1), 3, 3)))
+            out.append((f"blocks.{i}.conv.bias", "conv2d", "float32", (o,)))
+        else:                                              # linear [out, in]
+            o = max(int(big ** 0.5) // 2, 1)
+            out.append((f"blocks.{i}.fc.weight", "linear", "float32", (o, max(big // o, 1))))
+            out.append((f"blocks.{i}.fc.bias", "linear", "float32", (o,)))
+    used = sum(int(np.prod(s)) for _, _, _, s in out) * 4
+    per_norm = max((total - used) // norm_n // 16, 1)      # 4 float32 vectors per norm
+    for j in range(norm_n):
+        c = max(int(per_norm * (0.5 + j / norm_n)), 1)
+        for role in ("weight", "bias", "running_mean", "running_var"):
+            out.append((f"norms.{j}.{role}", "batch_norm", "float32", (c,)))
+    out.append((f"norms.{norm_n - 1}.num_batches_tracked", "batch_norm", "int64", ()))
+    return out
+
+
+def synthetic_checkpoint(total: int) -> Checkpoint:
+    """A lazy checkpoint: each tensor is generated when the writer asks for it."""
+    ckpt = Checkpoint()
+    ckpt.source.framework = "benchmark"
+    for i, (name, kind, dtype, shape) in enumerate(plan_shapes(total)):
+        def gen(i=i, shape=shape, dtype=dtype):
+            if dtype == "int64":
+                return np.full(shape, 1000, dtype=np.int64)
+            return np.random.default_rng(i).standard_normal(shape, dtype=np.float32)
+        ckpt.add(name, LazyTensor(shape, dtype, gen), TensorInfo(kind=kind))
+    for j in range(14):
+        ckpt.layers[f"norms.{j}"] = LayerInfo("batch_norm", {"eps": 1e-5, "momentum": 0.1})
+    return ckpt
+
+
+def native_targets() -> dict[str, str]:
+    """framework -> an output file name in its first writable format (file or prefix layout)."""
+    out = {}
+    for fw in registry.available():
+        try:
+            mod = registry.adapter(fw)
+        except ImportError:
+            continue
+        for fmt in mod.FORMATS:
+            if fmt.writes and fmt.extensions:
+                out[fw] = "model" + fmt.extensions[0]
+                break
+    return out
+
+
+def checkpoint_bytes(path: str) -> int:
+    """Size of a checkpoint that may be a file, a directory, or a TF prefix with companions."""
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+    d, base = os.path.split(path)
+    stem = base.rsplit(".", 1)[0]
+    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f == base or f.startswith(stem + "."))
+
+
+# ---- measuring ------------------------------------------------------------------------------
+
+def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MB, exit status) of `cmd` run as a child process.
+
+    Through /usr/bin/time when present: a child forked straight from this (large) Python process
+    inherits its peak RSS into ru_maxrss at exec, which would inflate small figures such as cp's."""
+    with tempfile.NamedTemporaryFile("r") as stats:
+        timed = ["/usr/bin/time", "-q", "-f", "%e %M", "-o", stats.name, *cmd] if os.path.exists("/usr/bin/time") else cmd
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(timed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        rss_kb = usage.ru_maxrss
+        if timed is not cmd:
+            fields = stats.read().split()
+            if len(fields) >= 2:
+                rss_kb = int(fields[-1])
+    rc = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if rc != 0:
+        print(f"  ! {' '.join(cmd[-6:])} failed ({rc}): {err.strip().splitlines()[-3:]}", file=sys.stderr)
+    return wall, rss_kb / 1024, rc
+
+
+def _rm(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        d, base = os.path.split(path)
+        for f in os.listdir(d):
+            if f == base or (f.startswith(base.rsplit(".", 1)[0] + ".") and base.endswith(".index")):
+                os.unlink(os.path.join(d, f))
+
+
+# The hand-written routes: what people write without hubfmt. Each reads the torch file fully.
+_REFERENCE = {
+    "mindspore": """
+import sys, torch, mindspore as ms
+sd = torch.load(sys.argv[1], map_location="cpu")
+ms.save_checkpoint([{"name": k, "data": ms.Tensor(v.numpy())} for k, v in sd.items()], sys.argv[2])
+""",
+    "tensorflow": """
+import sys, torch, tensorflow as tf
+sd = torch.load(sys.argv[1], map_location="cpu")
+vs = {k.replace(".", "/"): tf.Variable(v.numpy()) for k, v in sd.items()}
+tf.train.Checkpoint(**{k.replace("/", "_"): v for k, v in vs.items()}).write(sys.argv[2])
+""",
+    "mxnet": """
+import sys, numpy as np
+for a, v in (("bool", bool), ("int", int), ("float", float), ("object", object), ("str", str), ("complex", complex)):
+    if not hasattr(np, a): setattr(np, a, v)
+import torch, mxnet as mx
+sd = torch.load(sys.argv[1], map_location="cpu")
+mx.nd.save(sys.argv[2], {k: mx.nd.array(v.numpy()) for k, v in sd.items()})
+""",
+    "hub": """
+import sys, torch
+from safetensors.torch import save_file
+save_file(torch.load(sys.argv[1], map_location="cpu"), sys.argv[2])
+""",
+}
+_REFERENCE_OUT = {"mindspore": "ref.ckpt", "tensorflow": "ref-tf", "mxnet": "ref.params", "hub": "ref.safetensors"}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=_size, default=2 * 2**30, help="checkpoint size (default 2GiB; e.g. 256MB)")
+    p.add_argument("--dir", help="work directory (default: a temporary one, removed afterwards)")
+    p.add_argument("--pairs", help="only these src:dst pairs, comma-separated (framework names or hub)")
+    p.add_argument("--no-reference", action="store_true", help="skip the hand-written framework routes")
+    a = p.parse_args(argv)
+
+    work = a.dir or tempfile.mkdtemp(prefix="hubfmt-bench-")
+    os.makedirs(work, exist_ok=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    py = sys.executable
+    try:
+        ckpt = synthetic_checkpoint(a.size)
+        largest = max(e.tensor.nbytes for e in ckpt.entries.values())
+        files = {"hub": os.path.join(work, "model.safetensors")}
+        print(f"building {ckpt.total_bytes() / MiB:,.0f} MiB checkpoint: {len(ckpt)} float32 tensors, "
+              f"largest {largest / MiB:.1f} MiB, in {work}", flush=True)
+        hubfile.write(ckpt, files["hub"])
+        for fw, name in native_targets().items():
+            files[fw] = os.path.join(work, name)
+            convert(files["hub"], files[fw], dst_framework=fw, show_progress=False)
+
+        wanted = None
+        if a.pairs:
+            wanted = {tuple(x.split(":")) for x in a.pairs.split(",")}
+        rows = []
+        subprocess.run(["cat", files["hub"]], stdout=subprocess.DEVNULL, check=True)   # warm the page cache
+        cp_dst = os.path.join(work, "copy.safetensors")
+        # The yardstick is the best of three: one cp run can be slowed by another's writeback.
+        runs = []
+        for _ in range(3):
+            runs.append(measure(["cp", files["hub"], cp_dst]))
+            os.unlink(cp_dst)
+        cp_wall, cp_rss, _ = min(runs)
+        rows.append(("cp (hub file), best of 3", cp_wall, cp_rss, 0))
+        # hubfmt fsyncs what it publishes (atomic output); this is the durable copy to compare with.
+        sync_wall, sync_rss, rc = measure(["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", files["hub"], cp_dst])
+        os.unlink(cp_dst)
+        rows.append(("cp + sync (durable copy)", sync_wall, sync_rss, rc))
+        for src_fw, src in files.items():
+            for dst_fw in files:
+                # Same-format pairs only for the hub: hub -> hub is the core's own copy path.
+                if (src_fw == dst_fw and src_fw != "hub") or (wanted and (src_fw, dst_fw) not in wanted):
+                    continue
+                dst = os.path.join(work, "out-" + os.path.basename(files[dst_fw]))
+                wall, rss, rc = measure([py, "-m", "hubfmt", "convert", src, dst, "-q",
+                                         "--from", src_fw, "--to", dst_fw], env)
+                _rm(dst)
+                rows.append((f"{src_fw} -> {dst_fw}", wall, rss, rc))
+        if not a.no_reference and _installed("torch"):
+            torch_src = files.get("torch")
+            if torch_src is None:                      # no torch adapter: make the .pth with torch
+                torch_src = os.path.join(work, "ref-source.pth")
+                subprocess.run([py, "-c", "import sys, torch; from safetensors.torch import load_file;"
+                                "torch.save(load_file(sys.argv[1]), sys.argv[2])", files["hub"], torch_src],
+                               check=True, env=env)
+            for fw, script in _REFERENCE.items():
+                module = {"hub": "safetensors"}.get(fw, fw)
+                if not _installed(module) or (wanted and ("torch-ref", fw) not in wanted):
+                    continue
+                dst = os.path.join(work, _REFERENCE_OUT[fw])
+                wall, rss, rc = measure([py, "-c", script, torch_src, dst], env)
+                for f in os.listdir(work):
+                    if f.startswith(_REFERENCE_OUT[fw]) or f == "checkpoint":
+                        _rm(os.path.join(work, f))
+                rows.append((f"torch.load -> {fw} (hand-written)", wall, rss, rc))
+
+        budget = 300 + largest / 1e6
+        print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
+              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {platform.platform()}")
+        print(f"checkpoint: {ckpt.total_bytes() / MiB:,.0f} MiB float32, {len(ckpt)} tensors, largest {largest / MiB:.1f} MiB; "
+              f"targets: wall <= 2x cp, peak RSS <= {budget:.0f} MB\n")
+        print(f"| {'pair':<42} | {'wall s':>7} | {'x cp':>6} | {'x cp+sync':>9} | {'peak RSS MB':>11} | ok |")
+        print(f"|{'-' * 44}|{'-' * 9}|{'-' * 8}|{'-' * 11}|{'-' * 13}|----|")
+        for name, wall, rss, rc in rows:
+            ok = "yes" if rc == 0 and (name.startswith("cp ") or (wall <= 2 * cp_wall and rss <= budget)) else "no"
+            if "hand-written" in name:
+                ok = "ref" if rc == 0 else "FAIL"
+            elif rc != 0:
+                ok = "FAIL"
+            print(f"| {name:<42} | {wall:7.2f} | {wall / cp_wall:6.2f} | {wall / sync_wall:9.2f} | {rss:11,.0f} | {ok:<3}|")
+        return 0 if all(r[3] == 0 for r in rows) else 1
+    finally:
+        if not a.dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Streaming, proved cheaply (issue 8): bounded memory under an rlimit, kernel copies where layouts
+agree, no framework imported by file-to-file conversion, sharded output and input, progress only
+on a terminal. No wall-clock asserts."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import hubfmt
+from hubfmt import Checkpoint, LazyTensor, TensorInfo, hubfile, registry, streaming
+from hubfmt.cli import _size
+
+from conftest import run_cli
+from helpers import small_cnn
+
+FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "tf_keras", "mxnet", "mindspore", "oneflow", "jax")
+# Formats whose canonical layout is their own: every float32 tensor can be copied in the kernel.
+SAME_LAYOUT = {"hub", "torch", "mxnet", "mindspore", "oneflow"}
+
+
+def _native_outputs() -> dict[str, str]:
+    """framework -> an output name in its first writable format ("hub" included)."""
+    out = {"hub": "x.safetensors"}
+    for fw in registry.available():
+        for fmt in registry.adapter(fw).FORMATS:
+            if fmt.writes and fmt.extensions:
+                out[fw] = "x" + fmt.extensions[0]
+                break
+    return out
+
+
+OUTPUTS = _native_outputs()
+
+
+# ---- memory ---------------------------------------------------------------------------------
+
+_BOUNDED = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    import hubfmt
+    from hubfmt import registry
+    from hubfmt.cli import main
+    for fw in registry.available():
+        registry.adapter(fw)
+    def data_kb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmData:"):
+                return int(line.split()[1])
+    headroom = int(sys.argv[1])
+    limit = data_kb() * 1024 + headroom
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
+    if sys.argv[2] == "materialise":          # the control: what the usual route does
+        ckpt = hubfmt.read(sys.argv[3])
+        try:
+            held = [ckpt.tensor(n) for n in ckpt]
+        except MemoryError:
+            print("MemoryError"); sys.exit(0)
+        print("held", sum(a.nbytes for a in held)); sys.exit(0)
+    sys.exit(main(sys.argv[2:]))
+""")
+HEADROOM = 160 * 2**20          # data segment growth allowed: 20x the largest tensor, half the model
+
+
+@pytest.fixture(scope="module")
+def big_hub(tmp_path_factory):
+    """A 320 MB float32 hub file: 40 tensors of 8 MB."""
+    ckpt = Checkpoint()
+    for i in range(40):
+        def gen(i=i):
+            return np.random.default_rng(i).standard_normal((1024, 2048), dtype=np.float32)
+        ckpt.add(f"blocks.{i}.weight", LazyTensor((1024, 2048), "float32", gen), TensorInfo(kind="linear"))
+    p = tmp_path_factory.mktemp("big") / "big.safetensors"
+    hubfile.write(ckpt, p)
+    return p
+
+
+def _bounded(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _BOUNDED, str(HEADROOM), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_memory_limit_would_catch_a_materialised_model(big_hub):
+    r = _bounded("materialise", big_hub)
+    assert r.returncode == 0 and r.stdout.strip() == "MemoryError", (r.stdout, r.stderr[-2000:])
+
+
+@pytest.mark.parametrize("fw", sorted(OUTPUTS))
+def test_conversion_streams_under_a_memory_limit_smaller_than_the_model(tmp_path, big_hub, fw):
+    native = tmp_path / OUTPUTS[fw]
+    r = _bounded("convert", big_hub, native, "-q", "--to", fw)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if fw == "hub":
+        return
+    back = tmp_path / "back.safetensors"
+    r = _bounded("convert", native, back, "-q", "--from", fw)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = hubfmt.read(big_hub), hubfmt.read(back)
+    for name in ("blocks.0.weight", "blocks.39.weight"):
+        assert np.array_equal(a.tensor(name), b.tensor(name))
+
+
+# ---- kernel copies ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fw", sorted(set(OUTPUTS) & SAME_LAYOUT))
+def test_unchanged_layouts_are_copied_in_the_kernel(tmp_path, monkeypatch, fw):
+    copies = []
+    real = streaming._kernel_copy
+
+    def counting(src_path, offset, nbytes, out):
+        copies.append(nbytes)
+        return real(src_path, offset, nbytes, out)
+
+    monkeypatch.setattr(streaming, "_kernel_copy", counting)
+    src = tmp_path / "src.safetensors"
+    ckpt = small_cnn()
+    hubfile.write(ckpt, src)
+    floats = [n for n in ckpt if ckpt[n].tensor.dtype == "float32"]
+    native = tmp_path / OUTPUTS[fw]
+    hubfmt.convert(src, native, dst_framework=fw, show_progress=False)
+    assert len(copies) >= len(floats), f"hub -> {fw}: {len(copies)} kernel copies for {len(floats)} float32 tensors"
+    if fw != "hub":
+        copies.clear()
+        hubfmt.convert(native, tmp_path / "back.safetensors", src_framework=fw, show_progress=False)
+        assert len(copies) >= len(floats), f"{fw} -> hub: {len(copies)} kernel copies for {len(floats)} float32 tensors"
+
+
+# ---- imports ----------------------------------------------------------------------------------
+
+def _imported(importtime_stderr: str) -> set[str]:
+    mods = set()
+    for line in importtime_stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                mods.add(name)
+    return mods
+
+
+def test_help_imports_no_framework_and_no_adapter():
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "hubfmt", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    mods = _imported(r.stderr)
+    assert "hubfmt.cli" in mods
+    assert not {m for m in mods if m.split(".")[0] in FRAMEWORK_MODULES}
+    assert not {m for m in mods if m.startswith("hubfmt.adapters.")}
+
+
+_ALL_PAIRS = textwrap.dedent("""
+    import json, os, sys
+    from hubfmt.cli import main
+    work, names = sys.argv[1], json.loads(sys.argv[2])
+    src = os.path.join(work, "x.safetensors")
+    failures = []
+    for a, na in names.items():
+        for b, nb in names.items():
+            if a == b:
+                continue
+            dst = os.path.join(work, f"{a}-to-{b}", nb)
+            os.makedirs(os.path.dirname(dst))
+            rc = main(["convert", os.path.join(work, na), dst, "-q", "--from", a, "--to", b])
+            if rc:
+                failures.append([a, b, rc])
+    frameworks = sorted(m for m in sys.modules if m.split(".")[0] in %r)
+    print(json.dumps({"failures": failures, "frameworks": frameworks}))
+""" % (FRAMEWORK_MODULES,))
+
+
+def test_conversion_between_native_files_imports_no_framework(tmp_path):
+    ckpt = small_cnn(half=True)
+    for fw, name in OUTPUTS.items():
+        hubfmt.write(ckpt, tmp_path / name, framework=fw)
+    r = subprocess.run([sys.executable, "-c", _ALL_PAIRS, str(tmp_path), json.dumps(OUTPUTS)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result == {"failures": [], "frameworks": []}
+
+
+# ---- sharding -------------------------------------------------------------------------------
+
+def test_max_shard_size_parses_decimal_and_binary_units():
+    assert _size("5GB") == 5 * 10**9
+    assert _size("500MiB") == 500 * 2**20
+    assert _size("1.5gb") == 1_500_000_000
+    assert _size("4096") == 4096
+    r = run_cli("convert", "a.safetensors", "b.safetensors", "--max-shard-size", "5XB")
+    assert r.returncode == 2 and "not a size" in r.stderr
+
+
+def test_sharded_output_publishes_the_index_last(tmp_path, monkeypatch):
+    from hubfmt import atomic
+    order = []
+    real_link, real_replace = atomic._link_noreplace, os.replace
+    monkeypatch.setattr(atomic, "_link_noreplace", lambda tmp, final: (order.append(os.path.basename(final)), real_link(tmp, final)))
+    monkeypatch.setattr(atomic.os, "replace", lambda tmp, final: (order.append(os.path.basename(final)), real_replace(tmp, final)))
+    hubfile.write(small_cnn(), tmp_path / "m.safetensors", max_shard_size=200)
+    assert len(order) > 2 and order[-1] == "m.safetensors.index.json"
+    assert all(n.startswith("m-") for n in order[:-1])
+
+
+def test_cli_shards_and_every_reader_path_takes_a_sharded_hub(tmp_path):
+    src = tmp_path / "src.safetensors"
+    hubfile.write(small_cnn(), src)
+    out = tmp_path / "s" / "m.safetensors"
+    out.parent.mkdir()
+    r = run_cli("convert", src, out, "--max-shard-size", "500B", "-q")
+    assert r.returncode == 0, r.stderr
+    shards = sorted(p.name for p in out.parent.iterdir())
+    assert "m.safetensors.index.json" in shards and len(shards) >= 3 and not out.exists()
+    for name in (out, out.parent / "m.safetensors.index.json"):     # base name or index
+        assert run_cli("diff", src, name).returncode == 0
+        assert run_cli("validate", name).returncode == 0
+        for fw, native in OUTPUTS.items():
+            dst = tmp_path / f"from-{name.name}-{fw}" / native
+            dst.parent.mkdir()
+            r = run_cli("convert", name, dst, "-q", "--to", fw)
+            assert r.returncode == 0, (fw, r.stderr)
+            _assert_same_content(src, dst, fw)
+
+
+def _assert_same_content(a, b, fw_b):
+    """Every tensor equal, except those a format cannot hold (num_batches_tracked outside
+    torch/OneFlow), which its writer reports as dropped, and non-tensor content a format keeps
+    as tensors (MindSpore stores `epoch` as a parameter)."""
+    from hubfmt.compare import compare
+    src = hubfmt.read(a)
+    result = compare(src, hubfmt.read(b, framework=fw_b))
+    assert all(t.equal for t in result.tensors), result.to_text(verbose=True)
+    assert all(n.endswith("num_batches_tracked") for n in result.missing), result.to_text()
+    assert set(result.unexpected) <= set(src.extra), result.to_text()
+
+
+# ---- progress ---------------------------------------------------------------------------------
+
+def _stderr_on_a_pty(*args) -> tuple[int, str]:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "hubfmt", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 4096)
+        except OSError:          # EIO: the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_shows_on_a_terminal_and_not_elsewhere(tmp_path, big_hub):
+    rc, text = _stderr_on_a_pty("convert", big_hub, tmp_path / "a.safetensors")
+    assert rc == 0
+    assert "MiB/s" in text and "40/40 tensors" in text and "\r" in text, text[-500:]
+    rc, text = _stderr_on_a_pty("convert", big_hub, tmp_path / "b.safetensors", "--quiet")
+    assert rc == 0 and text == ""
+    r = run_cli("convert", big_hub, tmp_path / "c.safetensors")       # stderr is a pipe
+    assert r.returncode == 0 and r.stderr == ""
