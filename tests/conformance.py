@@ -107,7 +107,12 @@ def write(ckpt: Checkpoint, fmt: Format, directory: str, keep_dtype: bool = True
     a round trip it follows the default policy (floats widened to float32) unless told otherwise."""
     path = os.path.join(directory, fmt.output)
     opts = {"keep_dtype": keep_dtype} if fmt.framework == "hub" else {}
-    hubfmt.write(ckpt, path, framework=fmt.framework, **opts)
+    report = hubfmt.write(ckpt, path, framework=fmt.framework, **opts)
+    if fmt.ties == "dropped":
+        # Never silent: an alias the format cannot hold must be reported as dropped.
+        aliases = {n for n, e in ckpt.entries.items() if e.info.tied_to}
+        missing = aliases - set(report.names("dropped"))
+        assert not missing, f"{fmt.label} writer dropped tie aliases without reporting them: {sorted(missing)}"
     return path
 
 

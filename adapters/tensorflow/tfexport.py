@@ -57,7 +57,8 @@ def _groups(ckpt: Checkpoint, rep: Report) -> dict[str, dict[str, str]]:
     groups: dict[str, dict[str, str]] = {}
     for name, e in ckpt.entries.items():
         if e.info.tied_to:
-            rep.add("tied", name, f"same tensor as {e.info.tied_to}: stored once")
+            # A bundle has no ties: the data is stored once, under the first name only.
+            rep.add("dropped", name, f"tied to {e.info.tied_to}, stored once under that name (a checkpoint bundle holds no ties)")
             continue
         layer = e.info.layer if name.startswith(e.info.layer + ".") and e.info.layer else name.rpartition(".")[0]
         groups.setdefault(layer, {})[name[len(layer) + 1:] if layer else name] = name
