@@ -148,13 +148,18 @@ class _NdarrayStub:
         if not (isinstance(state, tuple) and len(state) == 5):
             raise UnsafePickleError("numpy array pickle with unexpected state")
         _version, shape, dtype, fortran, raw = state
-        if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(raw, (bytes, bytearray)):
-            raise UnsafePickleError("numpy array pickle with object data")
-        arr = np.frombuffer(raw, dtype=dtype)
-        count = int(np.prod(shape)) if len(shape) else 1
-        if arr.size != count:
-            raise UnsafePickleError("numpy array pickle whose data does not match its shape")
-        self.array = arr.reshape(shape, order="F" if fortran else "C").copy()
+        self.array = _array_from_bytes(raw, dtype, shape, fortran)
+
+
+def _array_from_bytes(raw, dtype, shape, fortran: bool) -> np.ndarray:
+    """A numpy array rebuilt from a pickle's raw bytes, refusing object data and size mismatches."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(raw, (bytes, bytearray)):
+        raise UnsafePickleError("numpy array pickle with object data")
+    arr = np.frombuffer(raw, dtype=dtype)
+    count = int(np.prod(shape)) if len(shape) else 1
+    if arr.size != count:
+        raise UnsafePickleError("numpy array pickle whose data does not match its shape")
+    return arr.reshape(shape, order="F" if fortran else "C").copy()
 
 
 def _np_reconstruct(cls, shape, dtype):
@@ -169,13 +174,7 @@ def _np_scalar(dtype, data=None):
 
 def _np_frombuffer(buf, dtype, shape, order="C"):
     # Protocol-5 pickles of arrays: numpy.core.numeric._frombuffer(bytes, dtype, shape, order).
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(buf, (bytes, bytearray)):
-        raise UnsafePickleError("numpy array pickle with object data")
-    arr = np.frombuffer(buf, dtype=dtype)
-    count = int(np.prod(shape)) if len(shape) else 1
-    if arr.size != count:
-        raise UnsafePickleError("numpy array pickle whose data does not match its shape")
-    return arr.reshape(shape, order="F" if order == "F" else "C").copy()
+    return _array_from_bytes(buf, dtype, shape, order == "F")
 
 
 def _copyreg_reconstructor(cls, base, state=None):
