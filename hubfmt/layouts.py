@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .permute import permute
+
 KINDS = frozenset({
     "linear", "conv1d", "conv2d", "conv3d", "depthwise_conv2d",
     "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
@@ -67,10 +69,10 @@ def convert_layout(array: np.ndarray, src: str, dst: str) -> np.ndarray:
         if src == "HWCM":
             kh, kw, c, m = array.shape
             # TF output channel c*m + j is channel c's j-th filter: the same order torch uses.
-            return np.ascontiguousarray(array.transpose(2, 3, 0, 1)).reshape(c * m, 1, kh, kw)
+            return permute(array, (2, 3, 0, 1)).reshape(c * m, 1, kh, kw)
         raise ValueError("OIHW -> HWCM needs the multiplier: use depthwise_to_hwcm")
     _check_perm(src, dst)
-    return np.ascontiguousarray(array.transpose([src.index(a) for a in dst]))
+    return permute(array, [src.index(a) for a in dst])
 
 
 def depthwise_to_hwcm(array: np.ndarray, channels: int) -> np.ndarray:
@@ -78,7 +80,7 @@ def depthwise_to_hwcm(array: np.ndarray, channels: int) -> np.ndarray:
     cm, one, kh, kw = array.shape
     if one != 1 or cm % channels:
         raise ValueError(f"not a depthwise kernel for {channels} channels: shape {array.shape}")
-    return np.ascontiguousarray(array.reshape(channels, cm // channels, kh, kw).transpose(2, 3, 0, 1))
+    return permute(array.reshape(channels, cm // channels, kh, kw), (2, 3, 0, 1))
 
 
 def _check_perm(src: str, dst: str) -> None:

@@ -50,6 +50,7 @@ import numpy as np
 from hubfmt import dtypes, layouts
 from hubfmt.checkpoint import LazyTensor
 from hubfmt.errors import ConversionError
+from hubfmt.permute import permute
 
 # Keras 3 and tf.compat.v1.layers defaults (TF momentum convention: new = m*old + (1-m)*batch).
 KERAS_BN_EPS = 1e-3
@@ -252,7 +253,7 @@ def _keras_rnn_in(kind: str, nat: dict) -> list[Mapped]:
     detail = f"IO->OI, gates {src_gates}->{dst_gates}" if src_gates != dst_gates else "IO->OI"
 
     def gates_t(a):
-        return layouts.reorder_gates(np.ascontiguousarray(a.T), src_gates, dst_gates, 0) if src_gates else np.ascontiguousarray(a.T)
+        return layouts.reorder_gates(permute(a, (1, 0)), src_gates, dst_gates, 0) if src_gates else permute(a, (1, 0))
 
     def gates(a):
         return layouts.reorder_gates(a, src_gates, dst_gates, 0) if src_gates else a
@@ -291,7 +292,7 @@ def _tf1_lstm_in(nat: dict, forget_bias: float) -> list[Mapped]:
     det = "fused [in+h,4h] split, IO->OI, gates ijfo->ifgo"
 
     def part(lo, hi):
-        return lambda a: layouts.reorder_gates(np.ascontiguousarray(a[lo:hi].T), "igfo", "ifgo", 0)
+        return lambda a: layouts.reorder_gates(permute(a[lo:hi], (1, 0)), "igfo", "ifgo", 0)
     out = [Mapped("weight_ih_l0", k.map(part(0, n_in), (four_h, n_in)), "lstm", "kernel", "IO", [("transposed", det)]),
            Mapped("weight_hh_l0", k.map(part(n_in, rows), (four_h, h)), "lstm", "kernel", "IO", [("transposed", det)])]
     b = nat.get("bias")
@@ -416,7 +417,7 @@ def _keras_rnn_out(kind: str, canon: dict) -> list[Mapped]:
         return layouts.reorder_gates(a, canon_gates, native_gates, 0) if native_gates else a
 
     def t_gates(a):
-        return np.ascontiguousarray(gates(a).T)
+        return permute(gates(a), (1, 0))
     detail = f"OI->IO, gates {canon_gates}->{native_gates}" if native_gates != canon_gates else "OI->IO"
     out = [Mapped("kernel", wi.map(t_gates, wi.shape[::-1]), kind, "weight_ih_l0", "IO", [("transposed", detail)]),
            Mapped("recurrent_kernel", wh.map(t_gates, wh.shape[::-1]), kind, "weight_hh_l0", "IO", [("transposed", detail)])]
@@ -449,7 +450,7 @@ def _tf1_lstm_out(canon: dict, forget_bias: float) -> list[Mapped]:
 
     def kernel():
         both = np.concatenate([wi.load(), wh.load()], axis=1)          # [4h, in+h]
-        return np.ascontiguousarray(layouts.reorder_gates(both, "ifgo", "igfo", 0).T)
+        return permute(layouts.reorder_gates(both, "ifgo", "igfo", 0), (1, 0))
     out = [Mapped("kernel", LazyTensor((n_in + h, four_h), wi.dtype, kernel), "tf1_lstm", "weight_ih_l0+weight_hh_l0",
                   "IO", [("transposed", "weight_ih, weight_hh -> fused [in+h,4h], gates ifgo->ijfo")])]
     bi, bh = canon.get("bias_ih_l0"), canon.get("bias_hh_l0")
