@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     # A file-size limit (ulimit -f) must give EFBIG, a clear error, not kill us mid-write.
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    from .malloc import reuse_freed_memory
+    reuse_freed_memory()
     args = _parser().parse_args(argv)
     from .errors import AlignmentError, HubfmtError
 
