@@ -13,6 +13,7 @@ import shutil
 import uuid
 from typing import Iterator
 
+from . import writeback
 from .errors import OutputError
 
 
@@ -88,6 +89,7 @@ class OutputSet:
         return self._tmp[os.path.abspath(final)]
 
     def publish(self, overwrite: bool) -> None:
+        writeback.settle()
         # Everything durable before anything becomes visible.
         _fsync_trees([tmp for tmp in self._tmp.values() if os.path.lexists(tmp)])
         for final in self.finals:       # caller's order: the visible-making file last
@@ -110,6 +112,7 @@ class OutputSet:
             fsync_path(d)
 
     def discard(self) -> None:
+        writeback.settle()
         for tmp in self._tmp.values():
             _remove(tmp)
 

@@ -16,7 +16,7 @@ from .atomic import atomic_outputs
 from .checkpoint import Checkpoint, Entry, LayerInfo, TensorInfo, region_tensor
 from .errors import FormatError
 from .report import Report
-from .streaming import Progress, write_tensor
+from .streaming import Progress, prefetched, write_tensor
 
 MAX_HEADER = 100 * 2**20      # as the safetensors library: a larger header is an attack or damage
 INDEX_SUFFIX = ".index.json"
@@ -249,8 +249,9 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
             head, _ = _header_bytes(shard_meta, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape) for n in group])
             with open(out.path(shard_path), "wb") as f:
                 f.write(head)
-                for name in group:
-                    n = write_tensor(f, ckpt.entries[name].tensor, out_dtypes[name])
+                tensors = prefetched((ckpt.entries[name].tensor, out_dtypes[name]) for name in group)
+                for name, tensor in zip(group, tensors):
+                    n = write_tensor(f, tensor, out_dtypes[name])
                     total += n
                     weight_map[name] = os.path.basename(shard_path)
                     if progress:

@@ -4,6 +4,8 @@
 lie in a file exactly as needed (LazyTensor.span), it copies file-to-file in the kernel
 (copy_file_range, then sendfile); otherwise it loads the tensor, converts its dtype, and writes it.
 Either way at most one tensor is in memory.
+
+While writing, it paces the output's writeback to disk (hubfmt.writeback).
 """
 from __future__ import annotations
 
@@ -11,13 +13,16 @@ import errno
 import os
 import sys
 import time
-from typing import BinaryIO
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO, Iterable, Iterator
 
 from . import dtypes
 from .checkpoint import LazyTensor
 from .errors import FormatError
+from .writeback import wrote
 
 _CHUNK = 1 << 30
+_FOLD_CHUNK = 4 << 20            # cache-sized pieces for checksumming bytes already in a file
 
 
 def _kernel_copy(src_path: str, offset: int, nbytes: int, out: BinaryIO) -> None:
@@ -49,17 +54,94 @@ def _kernel_copy(src_path: str, offset: int, nbytes: int, out: BinaryIO) -> None
     out.seek(0, os.SEEK_END)
 
 
+def fold_region(fd: int, offset: int, nbytes: int, update, value: int = 0) -> int:
+    """Fold `update(piece, value) -> value` (zlib.crc32, crc32c) over bytes [offset, offset+nbytes)
+    of the open file `fd`: a checksum of data a writer copied in the kernel, read back into one
+    reused buffer."""
+    buf = bytearray(min(_FOLD_CHUNK, nbytes))
+    view = memoryview(buf)
+    done = 0
+    while done < nbytes:
+        want = min(len(buf), nbytes - done)
+        got = os.preadv(fd, [view[:want]], offset + done)
+        if got <= 0:
+            raise OSError(f"file shorter than the {nbytes} bytes written at offset {offset}")
+        value = update(view[:got], value)
+        done += got
+    return value
+
+
+def kernel_copyable(tensor: LazyTensor, dtype: str | None = None) -> bool:
+    """Whether write_tensor(out, tensor, dtype) copies file-to-file (never loading the tensor)."""
+    span = tensor.span
+    return (span is not None and (dtype or tensor.dtype) == tensor.dtype
+            and span.nbytes == tensor.nbytes and span.nbytes > 0)
+
+
+def prefetched(items: Iterable[tuple[LazyTensor | None, str | None]]) -> Iterator[LazyTensor | None]:
+    """Yield each (tensor, dtype)'s tensor for write_tensor, loading the next one that needs loading
+    (not kernel_copyable; None is passed through untouched) in a background thread meanwhile: reading, checksumming and transposing the next tensor
+    overlaps writing this one (numpy copies, preadv and file writes release the GIL).
+
+    At most two loaded tensors exist at once (the one being written, the next). All loads happen in the one worker thread, in
+    order, so readers with a shared file handle are never entered twice. Without threads (a
+    memory rlimit counts their stacks), tensors are loaded in place as usual."""
+    items = list(items)
+    loads = [i for i, (t, dt) in enumerate(items) if t is not None and not kernel_copyable(t, dt)]
+    if len(loads) < 2:
+        yield from (t for t, _ in items)
+        return
+    try:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubfmt-prefetch")
+    except RuntimeError:
+        yield from (t for t, _ in items)
+        return
+    futures: dict[int, Future] = {}
+    nxt = iter(loads)
+
+    def submit() -> None:
+        i = next(nxt, None)
+        if i is not None:
+            futures[i] = pool.submit(items[i][0].load)
+    try:
+        submit()
+        for i, (t, _) in enumerate(items):
+            fut = futures.pop(i, None)
+            if fut is None:
+                yield t
+                continue
+            loaded = _handed_once(t, fut.result())
+            submit()                   # the next load runs while this tensor is written
+            yield loaded
+            del loaded
+    finally:
+        for fut in futures.values():
+            fut.cancel()
+        pool.shutdown(wait=True)
+
+
+def _handed_once(t: LazyTensor, arr) -> LazyTensor:
+    """`t` with its data already loaded; the first load() takes the array away, so the writer's
+    copy is the only one left (a second load() reads again)."""
+    held = [arr]
+    return LazyTensor(t.shape, t.dtype, lambda: held.pop() if held else t.load())
+
+
 def write_tensor(out: BinaryIO, tensor: LazyTensor, dtype: str | None = None) -> int:
     """Write `tensor`'s data as `dtype` (default: its own) to `out`; returns bytes written."""
     dtype = dtype or tensor.dtype
     span = tensor.span
-    if span is not None and dtype == tensor.dtype and span.nbytes == tensor.nbytes and span.nbytes:
+    start = out.tell()              # files only: every writer streams into a seekable file
+    if kernel_copyable(tensor, dtype):
         _kernel_copy(span.path, span.offset, span.nbytes, out)
-        return span.nbytes
-    arr = dtypes.convert(tensor.load(), tensor.dtype, dtype)
-    data = memoryview(arr).cast("B") if arr.size else b""
-    out.write(data)
-    return len(data)
+        n = span.nbytes
+    else:
+        arr = dtypes.convert(tensor.load(), tensor.dtype, dtype)
+        data = memoryview(arr).cast("B") if arr.size else b""
+        out.write(data)
+        n = len(data)
+    wrote(out, start, start + n)
+    return n
 
 
 class Progress:

@@ -269,3 +269,143 @@ def test_progress_shows_on_a_terminal_and_not_elsewhere(tmp_path, big_hub):
     assert rc == 0 and text == ""
     r = run_cli("convert", big_hub, tmp_path / "c.safetensors")       # stderr is a pipe
     assert r.returncode == 0 and r.stderr == ""
+
+
+# ---- memory reuse, writeback, prefetching -------------------------------------------------------
+
+_REUSE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from hubfmt.malloc import reuse_freed_memory
+    if sys.argv[1] == "reuse":
+        assert reuse_freed_memory()
+    def anon_kb():
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    base = anon_kb()
+    a = np.ones(64 << 20, np.uint8); del a             # one tensor-sized buffer, used and freed
+    kept = anon_kb() - base
+    for _ in range(4):                                 # what a converter does next: more of the same
+        a = np.ones(64 << 20, np.uint8); del a
+    print(kept, anon_kb() - base)
+""")
+
+
+def test_freed_tensor_buffers_stay_mapped_for_the_next_tensor():
+    # Pages that stay mapped are reused warm; unmapped ones come back as fresh first-touch pages.
+    got = {}
+    for mode in ("reuse", "default"):
+        out = subprocess.run([sys.executable, "-c", _REUSE, mode], capture_output=True, text=True, check=True).stdout
+        got[mode] = [int(x) // 1024 for x in out.split()]       # MiB kept after the first, after all
+    assert got["default"][0] < 16, got                # the control: glibc unmaps a freed 64 MiB buffer
+    assert got["reuse"][0] >= 60 and got["reuse"][1] < 80, got   # kept, and reused (not grown)
+
+
+def _resident_fraction(path, start: int, end: int) -> float:
+    """Share of a file's pages in [start, end) present in the page cache (mincore)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    page = os.sysconf("SC_PAGE_SIZE")
+    start -= start % page
+    length = end - start
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, length, 1, 1, fd, start)            # PROT_READ, MAP_SHARED
+        assert addr not in (None, ctypes.c_void_p(-1).value)
+        vec = ctypes.create_string_buffer((length + page - 1) // page)
+        assert libc.mincore(addr, length, vec) == 0
+        libc.munmap(addr, length)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec.raw) / len(vec.raw)
+
+
+@pytest.mark.parametrize("paced", [True, False])
+def test_written_tensors_go_to_disk_and_leave_the_page_cache_behind_the_writer(tmp_path, big_hub, monkeypatch, paced):
+    fs_type = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    if fs_type == "tmpfs":
+        pytest.skip("tmpfs keeps file pages in memory: nothing to write back")
+    from hubfmt import writeback
+    if not paced:                                     # the control: the kernel's default
+        monkeypatch.setattr(writeback, "_sync_file_range", None)
+    out = tmp_path / "out.pt"
+    hubfmt.convert(big_hub, out, dst_framework="torch", show_progress=False)
+    size = os.path.getsize(out)
+    head = _resident_fraction(out, 0, size // 2)              # written long before the end
+    tail = _resident_fraction(out, size - (32 << 20), size)   # the last tensors: kept for read-back
+    if paced:
+        assert head < 0.1 and tail > 0.5, (head, tail)
+    else:
+        assert head > 0.9, head
+
+
+class _Recorder:
+    """LazyTensors whose loads record their thread and how many loaded arrays are alive."""
+
+    def __init__(self):
+        import threading
+        self.threads, self.order, self.alive, self.peak = set(), [], 0, 0
+        self._lock = threading.Lock()
+
+    def tensor(self, i: int) -> LazyTensor:
+        import threading
+        import weakref
+
+        def load():
+            arr = np.full((4,), i, np.float32)
+            with self._lock:
+                self.threads.add(threading.get_ident())
+                self.order.append(i)
+                self.alive += 1
+                self.peak = max(self.peak, self.alive)
+            weakref.finalize(arr, self._freed)
+            return arr
+        return LazyTensor((4,), "float32", load)
+
+    def _freed(self):
+        with self._lock:
+            self.alive -= 1
+
+
+def test_prefetched_loads_in_one_thread_in_order_and_holds_two_tensors_at_most(tmp_path):
+    import threading
+    rec = _Recorder()
+    copied = tmp_path / "c.safetensors"
+    hubfile.write(small_cnn(), copied)
+    span_tensor = hubfmt.read(copied)["features.0.weight"].tensor   # kernel-copyable: never loaded
+    items = [(rec.tensor(0), None), (span_tensor, None), (None, None)] + [(rec.tensor(i), None) for i in range(1, 10)]
+    seen = []
+    for (given, _), t in zip(items, streaming.prefetched(items)):
+        if given is None or given is span_tensor:
+            assert t is given
+            continue
+        arr = t.load()
+        seen.append(int(arr[0]))
+        del arr, t
+    assert seen == list(range(10)) and rec.order == list(range(10))
+    assert len(rec.threads) == 1 and threading.get_ident() not in rec.threads
+    assert rec.peak <= 2, rec.peak
+
+
+def test_prefetched_passes_a_load_error_to_the_writer_and_works_without_threads(tmp_path, monkeypatch):
+    from hubfmt.errors import FormatError
+
+    def bad():
+        raise FormatError("checksum mismatch in tensor 'x': corrupt data", "src.index")
+    items = [(LazyTensor((2,), "float32", lambda: np.zeros(2, np.float32)), None),
+             (LazyTensor((2,), "float32", bad), None)]
+    with pytest.raises(FormatError, match="checksum mismatch"):
+        for t, _ in zip(streaming.prefetched(items), items):
+            t.load()
+
+    def no_threads(*a, **k):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(streaming, "ThreadPoolExecutor", no_threads)
+    rec = _Recorder()
+    got = [int(t.load()[0]) for t in streaming.prefetched([(rec.tensor(i), None) for i in range(3)])]
+    assert got == [0, 1, 2] and rec.threads == {__import__("threading").get_ident()}

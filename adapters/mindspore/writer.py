@@ -21,7 +21,7 @@ from hubfmt.atomic import atomic_output
 from hubfmt.checkpoint import Checkpoint, LazyTensor, region_tensor
 from hubfmt.errors import HubfmtError
 from hubfmt.report import Report
-from hubfmt.streaming import Progress, write_tensor
+from hubfmt.streaming import Progress, prefetched, write_tensor
 
 from . import names, proto
 from .template import Item, plan
@@ -109,12 +109,14 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
 
 def _write_ckpt(f, items: list[Item], extras, progress, max_slice: int) -> int:
     total = 0
-    for it in items:
+    # Sliced tensors load piece by piece: not prefetched whole.
+    whole = prefetched((it.tensor if _nbytes(it.tensor.shape, it.dtype) <= max_slice else None, it.dtype) for it in items)
+    for it, tensor in zip(items, whole):
         nbytes = _nbytes(it.tensor.shape, it.dtype)
         ttype = names.DTYPE_TO_TYPE[it.dtype]
         if nbytes <= max_slice:
             f.write(proto.value_header(it.name, it.tensor.shape, ttype, nbytes))
-            written = write_tensor(f, it.tensor, it.dtype)
+            written = write_tensor(f, tensor, it.dtype)
         else:
             written = 0
             for piece in _slices(it, nbytes, max_slice):
@@ -148,7 +150,7 @@ def _write_safetensors(f, items: list[Item], extras, progress) -> int:
     raw += b" " * (-len(raw) % 8)
     f.write(struct.pack("<Q", len(raw)) + raw)
     total = 0
-    for _, t, dt in tensors:
+    for (_, _, dt), t in zip(tensors, prefetched((t, dt) for _, t, dt in tensors)):
         n = write_tensor(f, t, dt)
         total += n
         if progress:

@@ -23,6 +23,7 @@ from hubfmt.atomic import atomic_outputs
 from hubfmt.checkpoint import Checkpoint, Entry
 from hubfmt.errors import ConversionError
 from hubfmt.report import Report
+from hubfmt.streaming import prefetched
 
 from . import names, ndlist, symbol
 
@@ -253,25 +254,28 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
         if want_symbol:
             with open(out.path(sym_path), "w", encoding="utf-8") as f:
                 f.write(sym_text)
+        records = []
+        for full, c, want_shape in plan:
+            e = ckpt[c]
+            t = e.tensor
+            if not t.shape and want_shape is None:
+                report.add("reshaped", c, "[] -> [1] (MXNet 1.x reads a rank-0 record as 'no array')")
+            if want_shape is not None and tuple(want_shape) != t.shape:
+                report.add("reshaped", c, f"{list(t.shape)} -> {list(want_shape)}")
+                t = t.map(lambda a, s=tuple(want_shape): a.reshape(s), want_shape)
+            dt = t.dtype
+            if restore_dtype and e.info.original_dtype in ndlist.FLAG_OF:
+                dt = e.info.original_dtype
+            if dt not in ndlist.FLAG_OF:
+                raise ConversionError(f"tensor {c!r}: MXNet has no dtype {dt}")
+            if dt != t.dtype:
+                report.add("cast", c, f"{t.dtype}->{dt}")
+            if full != c:
+                report.add("renamed", c, full)
+            records.append((t, dt))
         with open(out.path(path), "wb") as f:
             ndlist.write_header(f, len(plan))
-            for full, c, want_shape in plan:
-                e = ckpt[c]
-                t = e.tensor
-                if not t.shape and want_shape is None:
-                    report.add("reshaped", c, "[] -> [1] (MXNet 1.x reads a rank-0 record as 'no array')")
-                if want_shape is not None and tuple(want_shape) != t.shape:
-                    report.add("reshaped", c, f"{list(t.shape)} -> {list(want_shape)}")
-                    t = t.map(lambda a, s=tuple(want_shape): a.reshape(s), want_shape)
-                dt = t.dtype
-                if restore_dtype and e.info.original_dtype in ndlist.FLAG_OF:
-                    dt = e.info.original_dtype
-                if dt not in ndlist.FLAG_OF:
-                    raise ConversionError(f"tensor {c!r}: MXNet has no dtype {dt}")
-                if dt != t.dtype:
-                    report.add("cast", c, f"{t.dtype}->{dt}")
-                if full != c:
-                    report.add("renamed", c, full)
+            for (_, dt), t in zip(records, prefetched(records)):
                 n = ndlist.write_record(f, t, dt)
                 total += n
                 if progress:

@@ -28,7 +28,7 @@ from hubfmt.checkpoint import Checkpoint, LazyTensor
 from hubfmt.errors import ConversionError
 from hubfmt.extra import to_plain
 from hubfmt.report import Report
-from hubfmt.streaming import Progress, write_tensor
+from hubfmt.streaming import Progress, prefetched, write_tensor
 
 from . import meta as meta_codec
 from . import pickled
@@ -105,7 +105,8 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     with atomic_output(path, overwrite=overwrite) as tmp:
         os.mkdir(tmp)
         slots = {}
-        for i, (name, tensor, dt, parameter) in enumerate(plan):
+        tensors = prefetched((tensor, dt) for _, tensor, dt, _ in plan)
+        for i, ((name, _, dt, parameter), tensor) in enumerate(zip(plan, tensors)):
             folder = f"tensor_{i}"
             os.mkdir(os.path.join(tmp, folder))
             with open(os.path.join(tmp, folder, "out"), "wb") as f:

@@ -15,7 +15,7 @@ from hubfmt import protowire
 from hubfmt.atomic import atomic_output, atomic_outputs
 from hubfmt.checkpoint import LazyTensor
 from hubfmt.errors import FormatError
-from hubfmt.streaming import write_tensor
+from hubfmt.streaming import fold_region, prefetched, write_tensor
 
 from . import sstable
 from .bundle import _EXPECTED_CRC, BUNDLE_VERSION, DT_STRING, TF_DTYPE_CODES, _strings_crc, shard_path
@@ -47,17 +47,6 @@ def _encode_entry(tf_dtype: int, shape, shard: int, offset: int, size: int, crc:
     return out + protowire.field_fixed32(6, mask(crc))
 
 
-def _crc_of_region(fd: int, offset: int, nbytes: int) -> int:
-    crc, done = 0, 0
-    while done < nbytes:
-        chunk = os.pread(fd, min(64 << 20, nbytes - done), offset + done)
-        if not chunk:
-            raise OSError("short read of the data just written")
-        crc = crc32c(chunk, crc)
-        done += len(chunk)
-    return crc
-
-
 def _check_copied(t: OutTensor, crc: int) -> None:
     span = t.tensor.span
     want = _EXPECTED_CRC.get(span) if span is not None and (t.dtype or t.tensor.dtype) == t.tensor.dtype else None
@@ -82,16 +71,17 @@ def write_bundle(prefix: str, tensors: list[OutTensor], *, overwrite: bool = Fal
         for i, group in enumerate(shards):
             tmp = out.path(finals[i])
             with open(tmp, "w+b") as f:       # read back: the CRC of kernel-copied bytes
-                for t in group:
+                loaded = prefetched((None if t.strings is not None else t.tensor, t.dtype) for t in group)
+                for t, tensor in zip(group, loaded):
                     offset = f.tell()
                     if t.strings is not None:
                         data, crc = _strings_crc(t.strings)
                         f.write(data)
                         n, code, shape = len(data), DT_STRING, t.shape
                     else:
-                        n = write_tensor(f, t.tensor, t.dtype)
+                        n = write_tensor(f, tensor, t.dtype)
                         f.flush()
-                        crc = _crc_of_region(f.fileno(), offset, n)
+                        crc = fold_region(f.fileno(), offset, n, crc32c)
                         _check_copied(t, crc)
                         code, shape = TF_DTYPE_CODES[t.dtype or t.tensor.dtype], t.tensor.shape
                     records.append((t.name.encode("utf-8"), _encode_entry(code, shape, i, offset, n, crc)))

@@ -21,7 +21,7 @@ from hubfmt.atomic import atomic_output
 from hubfmt.checkpoint import Checkpoint, LazyTensor
 from hubfmt.errors import ConversionError, HubfmtError
 from hubfmt.report import Report
-from hubfmt.streaming import write_tensor
+from hubfmt.streaming import prefetched, write_tensor
 
 from . import keras_files, keras_plan
 
@@ -134,15 +134,16 @@ def _write_h5(h5_path: str, datasets: list[_Dataset], names: dict[str, str], pro
             offsets.append(ds.id.get_offset())
     total = 0
     late = []       # datasets HDF5 keeps in its object header (tiny/scalar): written through h5py
+    sizes = [dtypes.itemsize(d.dtype) * int(np.prod(d.tensor.shape, dtype=np.int64)) for d in datasets]
+    loaded = prefetched((d.tensor if n and off is not None else None, d.dtype) for d, n, off in zip(datasets, sizes, offsets))
     with open(h5_path, "r+b") as f:
-        for d, off in zip(datasets, offsets):
-            n = dtypes.itemsize(d.dtype) * int(np.prod(d.tensor.shape, dtype=np.int64))
+        for d, off, n, tensor in zip(datasets, offsets, sizes, loaded):
             if n and off is None:
                 late.append(d)
                 continue
             if n:
                 f.seek(off)
-                written = write_tensor(f, d.tensor, d.dtype)
+                written = write_tensor(f, tensor, d.dtype)
                 if written != n:
                     raise ConversionError(f"{d.source}: wrote {written} bytes for {d.path}, expected {n}")
                 total += n

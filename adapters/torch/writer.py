@@ -23,7 +23,7 @@ from hubfmt.atomic import atomic_output
 from hubfmt.checkpoint import Checkpoint
 from hubfmt.errors import ConversionError
 from hubfmt.report import Report
-from hubfmt.streaming import Progress, write_tensor
+from hubfmt.streaming import Progress, prefetched, write_tensor
 
 from .pickler import STORAGE_CLASSES, UNTYPED_DTYPES, TensorRecord, emit
 from .tensors import c_strides
@@ -158,8 +158,8 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
         z.add(root + ".format_version", b"1")
         z.add(root + ".storage_alignment", str(64).encode())
         z.add(root + "byteorder", b"little")
-        for key, name, dt in plan.storages:
-            tensor = ckpt.entries[name].tensor
+        tensors = prefetched((ckpt.entries[name].tensor, dt) for _, name, dt in plan.storages)
+        for (key, name, dt), tensor in zip(plan.storages, tensors):
             z.begin(f"{root}data/{key}", tensor.nbytes // dtypes.itemsize(tensor.dtype) * dtypes.itemsize(dt))
             write_tensor(f, tensor, dt)
             n = z.end()

@@ -16,9 +16,10 @@ import struct
 import zlib
 from typing import BinaryIO
 
+from hubfmt.streaming import fold_region
+
 ALIGNMENT = 64
 ZIP64_LIMIT = 0xFFFFFFFF          # a size/offset at or above this goes in a zip64 extra field
-_CRC_CHUNK = 1 << 22
 _VERSION = 45                     # 4.5: zip64
 _PAD_ID = 0x4246                  # "FB": the extra field torch pads with
 
@@ -53,7 +54,7 @@ class ZipWriter:
         written = self.f.seek(0, os.SEEK_END) - start
         if written != size:
             raise ValueError(f"zip member {name}: {written} bytes written, {size} announced")
-        crc = _crc_of(self.f.fileno(), start, size)
+        crc = fold_region(self.f.fileno(), start, size, zlib.crc32)
         os.pwrite(self.f.fileno(), struct.pack("<L", crc), offset + 14)
         self.members.append((name, offset, size, crc))
         return size
@@ -86,13 +87,3 @@ class ZipWriter:
         else:
             self.f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, cd_size, cd_start, 0))
 
-
-def _crc_of(fd: int, start: int, size: int) -> int:
-    crc, done = 0, 0
-    while done < size:
-        chunk = os.pread(fd, min(_CRC_CHUNK, size - done), start + done)
-        if not chunk:
-            raise OSError("output file shorter than written")
-        crc = zlib.crc32(chunk, crc)
-        done += len(chunk)
-    return crc

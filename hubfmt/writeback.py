@@ -1,0 +1,103 @@
+"""Streaming writes to disk as they happen, and keeping only a little of the output in memory.
+
+Every output is fsynced before it is published (hubfmt.atomic). Left alone, the kernel keeps the
+whole output dirty in the page cache and that fsync then waits for all of it; and each new page
+of cache is fresh memory, which costs as much as the copy itself on this kind of machine (a VM
+whose first touch of a page is ~0.8 GB/s). So after each tensor the writer asks the kernel to
+start writing it back (sync_file_range, asynchronous), and drops from the cache what it wrote
+longer ago once that is on disk (wait, then POSIX_FADV_DONTNEED), the recipe for streaming
+writes known from the Linux kernel list. The cache then holds a few tensors of the output, its
+pages are reused warm, disk writes overlap the conversion, and the final fsync finds nothing left
+to do. Measured on 2 GiB written in 32 MiB pieces: 2.0-6.0 s plain, 1.0-1.1 s this way.
+
+The newest two ranges and at least _LAG bytes stay cached, because writers patch the bytes just
+before a tensor after writing it (a zip member's CRC in its local header) and read a tensor back
+(CRCs of kernel-copied data). Ranges are tracked across files, for formats with a file per tensor.
+Everything here is a hint: a failure costs speed, never data. Linux only; elsewhere a no-op.
+The price: a converted file is not left in the page cache, so reading it right after comes from
+disk.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from collections import deque
+from typing import BinaryIO
+
+_EVERY = 8 << 20                 # bytes written to a file between two writeback requests
+_LAG = 64 << 20                  # bytes kept cached behind the write position (at least)
+_WRITE = 2                       # SYNC_FILE_RANGE_WRITE: start writeback, do not wait
+_WAIT_WRITE_WAIT = 1 | 2 | 4     # WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on disk after
+
+
+def _load_sync_file_range():
+    if not sys.platform.startswith("linux") or not hasattr(os, "posix_fadvise"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+class _Pending:
+    """A range whose writeback was requested and whose pages are still cached."""
+    __slots__ = ("fd", "start", "end")
+
+    def __init__(self, fd: int, start: int, end: int):
+        self.fd, self.start, self.end = fd, start, end
+
+
+_unsubmitted: dict[int, tuple[int, int]] = {}   # descriptor -> (inode, start of unsubmitted bytes)
+_pending: deque[_Pending] = deque()               # oldest first, across files (OneFlow: one per tensor)
+_pending_bytes = 0
+
+
+def wrote(out: BinaryIO, start: int, end: int) -> None:
+    """`out` received bytes [start, end) (flushed or not): pace its writeback."""
+    global _pending_bytes
+    if _sync_file_range is None or end <= start:
+        return
+    try:
+        fd = out.fileno()
+        ino = os.fstat(fd).st_ino
+    except (AttributeError, OSError, ValueError):      # an in-memory stream: nothing to do
+        return
+    known = _unsubmitted.get(fd)
+    first = known[1] if known is not None and known[0] == ino and known[1] <= start else start
+    if end - first < _EVERY:
+        _unsubmitted[fd] = (ino, first)
+        return
+    out.flush()
+    if _sync_file_range(fd, first, end - first, _WRITE) != 0:
+        return
+    _unsubmitted[fd] = (ino, end)
+    try:
+        _pending.append(_Pending(os.dup(fd), first, end))   # dup: the writer may close its file first
+    except OSError:
+        return
+    _pending_bytes += end - first
+    # Drop the oldest ranges, keeping the newest two and at least _LAG bytes cached.
+    while len(_pending) > 2 and _pending_bytes - (_pending[0].end - _pending[0].start) >= _LAG:
+        old = _pending.popleft()
+        _pending_bytes -= old.end - old.start
+        try:
+            if _sync_file_range(old.fd, old.start, old.end - old.start, _WAIT_WRITE_WAIT) == 0:
+                os.posix_fadvise(old.fd, old.start, old.end - old.start, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(old.fd)
+
+
+def settle() -> None:
+    """Forget all pending ranges (their files are about to be published or removed)."""
+    global _pending_bytes
+    _pending_bytes = 0
+    while _pending:
+        os.close(_pending.popleft().fd)
+    _unsubmitted.clear()
