@@ -92,13 +92,16 @@ def native_targets() -> dict[str, str]:
     return out
 
 
-def checkpoint_bytes(path: str) -> int:
-    """Size of a checkpoint that may be a file, a directory, or a TF prefix with companions."""
+def checkpoint_files(path: str) -> list[str]:
+    """The files of a checkpoint: a file, a directory's files, or a TF bundle (`x.index` or the
+    prefix `x`) with its data shards."""
     if os.path.isdir(path):
-        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+        return [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
     d, base = os.path.split(path)
-    stem = base.rsplit(".", 1)[0]
-    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f == base or f.startswith(stem + "."))
+    prefix = base[:-len(".index")] if base.endswith(".index") else base
+    if base.endswith(".index") or not os.path.exists(path):
+        return [os.path.join(d, f) for f in os.listdir(d) if f == prefix + ".index" or f.startswith(prefix + ".data-")]
+    return [path]
 
 
 # ---- measuring ------------------------------------------------------------------------------
@@ -125,6 +128,16 @@ def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, int]
     if rc != 0:
         print(f"  ! {' '.join(cmd[-6:])} failed ({rc}): {err.strip().splitlines()[-3:]}", file=sys.stderr)
     return wall, rss_kb / 1024, rc
+
+
+def warm(path: str) -> None:
+    """Read a checkpoint (file, directory, or TF prefix with its companions) into the page cache,
+    as `cp`'s source is: hubfmt's writers drop what they wrote from the cache (hubfmt.writeback),
+    so a source made by an earlier step would otherwise be read from disk by the first pair."""
+    for f in checkpoint_files(path):
+        with open(f, "rb") as fh:
+            while fh.read(64 << 20):
+                pass
 
 
 def _rm(path: str) -> None:
@@ -199,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.pairs:
             wanted = {tuple(x.split(":")) for x in a.pairs.split(",")}
         rows = []
-        subprocess.run(["cat", files["hub"]], stdout=subprocess.DEVNULL, check=True)   # warm the page cache
+        warm(files["hub"])
         cp_dst = os.path.join(work, "copy.safetensors")
         # The yardstick is the best of three: one cp run can be slowed by another's writeback.
         runs = []
@@ -218,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 if (src_fw == dst_fw and src_fw != "hub") or (wanted and (src_fw, dst_fw) not in wanted):
                     continue
                 dst = os.path.join(work, "out-" + os.path.basename(files[dst_fw]))
+                warm(src)
                 wall, rss, rc = measure([py, "-m", "hubfmt", "convert", src, dst, "-q",
                                          "--from", src_fw, "--to", dst_fw], env)
                 _rm(dst)
@@ -234,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not _installed(module) or (wanted and ("torch-ref", fw) not in wanted):
                     continue
                 dst = os.path.join(work, _REFERENCE_OUT[fw])
+                warm(torch_src)
                 wall, rss, rc = measure([py, "-c", script, torch_src, dst], env)
                 for f in os.listdir(work):
                     if f.startswith(_REFERENCE_OUT[fw]) or f == "checkpoint":
