@@ -1,7 +1,9 @@
 """A streaming writer of the zip archive torch.load reads: every member STORED, each member's data
 64-byte aligned (padding in the local header's extra field, as torch's own writer does), zip64
 records where a size or offset needs them, CRC-32 computed from the bytes actually written (read
-back from the output, since write_tensor may have copied them in the kernel).
+back from the output, since write_tensor may have copied them in the kernel). The read-back runs
+in a worker thread while the next member is written (zlib and preadv release the GIL); close()
+waits for it, so the central directory has every CRC.
 
 >>> with open("m.pth", "wb") as f:                       # doctest: +SKIP
 ...     z = ZipWriter(f)
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 from hubfmt.streaming import fold_region
@@ -27,8 +30,12 @@ _PAD_ID = 0x4246                  # "FB": the extra field torch pads with
 class ZipWriter:
     def __init__(self, f: BinaryIO):
         self.f = f
-        self.members: list[tuple[str, int, int, int]] = []     # name, header offset, size, crc
+        self.members: list[tuple[str, int, int, Future | int]] = []   # name, header offset, size, crc
         self._open: tuple[str, int, int, int] | None = None    # name, header offset, data start, size
+        try:
+            self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="hubfmt-zipcrc")
+        except RuntimeError:          # no thread (a memory rlimit counts its stack): CRCs in place
+            self._pool = None
 
     def _local_header(self, name: bytes, offset: int, size: int, crc: int) -> bytes:
         big = size >= ZIP64_LIMIT or offset >= ZIP64_LIMIT
@@ -54,8 +61,12 @@ class ZipWriter:
         written = self.f.seek(0, os.SEEK_END) - start
         if written != size:
             raise ValueError(f"zip member {name}: {written} bytes written, {size} announced")
-        crc = fold_region(self.f.fileno(), start, size, zlib.crc32)
-        os.pwrite(self.f.fileno(), struct.pack("<L", crc), offset + 14)
+        # A duplicate descriptor: the job never touches another file, even if `f` were closed first.
+        fd = os.dup(self.f.fileno())
+        if self._pool is None:
+            crc: Future | int = _checksum_and_patch(fd, offset, start, size)
+        else:
+            crc = self._pool.submit(_checksum_and_patch, fd, offset, start, size)
         self.members.append((name, offset, size, crc))
         return size
 
@@ -66,6 +77,10 @@ class ZipWriter:
 
     def close(self) -> None:
         """Central directory (+ zip64 end records when needed) and end-of-central-directory."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        # .result() re-raises a failed read-back here
+        self.members = [(n, o, s, c.result() if isinstance(c, Future) else c) for n, o, s, c in self.members]
         cd_start = self.f.tell()
         for name, offset, size, crc in self.members:
             raw = name.encode()
@@ -87,3 +102,12 @@ class ZipWriter:
         else:
             self.f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, cd_size, cd_start, 0))
 
+
+def _checksum_and_patch(fd: int, header_offset: int, start: int, size: int) -> int:
+    """CRC-32 of a member's data, written into its local header; closes `fd`."""
+    try:
+        crc = fold_region(fd, start, size, zlib.crc32)
+        os.pwrite(fd, struct.pack("<L", crc), header_offset + 14)
+        return crc
+    finally:
+        os.close(fd)
