@@ -12,7 +12,8 @@ peak resident memory from the kernel (os.wait4 rusage of that child, so children
     .venv/bin/python benchmarks/convert_bench.py --pairs hub:torch,torch:mindspore
 
 Targets: wall <= 2x cp, peak RSS <= 300 MB + the largest tensor. hubfmt fsyncs what it publishes
-(atomic output), so the table also gives the ratio to `cp` followed by `sync` of the copy.
+(atomic output), so the table also gives the ratio to `cp` followed by `sync` of the copy, and
+judges each pair against both.
 """
 from __future__ import annotations
 
@@ -222,9 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         cp_wall, cp_rss, _ = min(runs)
         rows.append(("cp (hub file), best of 3", cp_wall, cp_rss, 0))
         # hubfmt fsyncs what it publishes (atomic output); this is the durable copy to compare with.
-        sync_wall, sync_rss, rc = measure(["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", files["hub"], cp_dst])
-        os.unlink(cp_dst)
-        rows.append(("cp + sync (durable copy)", sync_wall, sync_rss, rc))
+        runs = []
+        for _ in range(3):
+            runs.append(measure(["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", files["hub"], cp_dst]))
+            os.unlink(cp_dst)
+        sync_wall, sync_rss, rc = min(runs)
+        rows.append(("cp + sync (durable copy), best of 3", sync_wall, sync_rss, rc))
         for src_fw, src in files.items():
             for dst_fw in files:
                 # Same-format pairs only for the hub: hub -> hub is the core's own copy path.
@@ -260,15 +264,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {platform.platform()}")
         print(f"checkpoint: {ckpt.total_bytes() / MiB:,.0f} MiB float32, {len(ckpt)} tensors, largest {largest / MiB:.1f} MiB; "
               f"targets: wall <= 2x cp, peak RSS <= {budget:.0f} MB\n")
-        print(f"| {'pair':<42} | {'wall s':>7} | {'x cp':>6} | {'x cp+sync':>9} | {'peak RSS MB':>11} | ok |")
-        print(f"|{'-' * 44}|{'-' * 9}|{'-' * 8}|{'-' * 11}|{'-' * 13}|----|")
+        # Three verdicts, kept apart: the issue's wall target against cp (page cache only, not
+        # durable), the same against cp + sync (what hubfmt's fsynced output compares with), memory.
+        print(f"| {'pair':<42} | {'wall s':>7} | {'x cp':>6} | {'x cp+sync':>9} | {'peak RSS MB':>11} "
+              f"| <=2x cp | <=2x cp+sync | RSS ok |")
+        print(f"|{'-' * 44}|{'-' * 9}|{'-' * 8}|{'-' * 11}|{'-' * 13}|---------|--------------|--------|")
         for name, wall, rss, rc in rows:
-            ok = "yes" if rc == 0 and (name.startswith("cp ") or (wall <= 2 * cp_wall and rss <= budget)) else "no"
-            if "hand-written" in name:
-                ok = "ref" if rc == 0 else "FAIL"
+            if name.startswith("cp "):
+                verdicts = ("", "", "")
             elif rc != 0:
-                ok = "FAIL"
-            print(f"| {name:<42} | {wall:7.2f} | {wall / cp_wall:6.2f} | {wall / sync_wall:9.2f} | {rss:11,.0f} | {ok:<3}|")
+                verdicts = ("FAIL",) * 3
+            elif "hand-written" in name:
+                verdicts = ("ref",) * 3
+            else:
+                verdicts = tuple("yes" if ok else "no" for ok in (wall <= 2 * cp_wall, wall <= 2 * sync_wall, rss <= budget))
+            print(f"| {name:<42} | {wall:7.2f} | {wall / cp_wall:6.2f} | {wall / sync_wall:9.2f} | {rss:11,.0f} "
+                  f"| {verdicts[0]:<7} | {verdicts[1]:<12} | {verdicts[2]:<6} |")
         return 0 if all(r[3] == 0 for r in rows) else 1
     finally:
         if not a.dir:

@@ -79,23 +79,20 @@ def kernel_copyable(tensor: LazyTensor, dtype: str | None = None) -> bool:
 
 
 def prefetched(items: Iterable[tuple[LazyTensor | None, str | None]]) -> Iterator[LazyTensor | None]:
-    """Yield each (tensor, dtype)'s tensor for write_tensor, loading the next one that needs loading
-    (not kernel_copyable; None is passed through untouched) in a background thread meanwhile: reading, checksumming and transposing the next tensor
-    overlaps writing this one (numpy copies, preadv and file writes release the GIL).
+    """Yield each (tensor, dtype)'s tensor for write_tensor, loading the next one that needs
+    loading (not kernel_copyable; None passes through) in a background thread meanwhile: reading,
+    checksumming and transposing the next tensor overlaps writing this one (numpy copies, preadv
+    and file writes release the GIL).
 
-    At most two loaded tensors exist at once (the one being written, the next). All loads happen in the one worker thread, in
-    order, so readers with a shared file handle are never entered twice. Without threads (a
-    memory rlimit counts their stacks), tensors are loaded in place as usual."""
+    At most two loaded tensors exist at once (the one being written, the next). All loads happen
+    in the one worker thread, in order, so readers with a shared file handle are never entered
+    twice. Where no thread can start (a memory rlimit counts its stack), tensors load in place."""
     items = list(items)
     loads = [i for i, (t, dt) in enumerate(items) if t is not None and not kernel_copyable(t, dt)]
     if len(loads) < 2:
         yield from (t for t, _ in items)
         return
-    try:
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubfmt-prefetch")
-    except RuntimeError:
-        yield from (t for t, _ in items)
-        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubfmt-prefetch")
     futures: dict[int, Future] = {}
     nxt = iter(loads)
 
@@ -104,7 +101,12 @@ def prefetched(items: Iterable[tuple[LazyTensor | None, str | None]]) -> Iterato
         if i is not None:
             futures[i] = pool.submit(items[i][0].load)
     try:
-        submit()
+        submit()                       # starts the worker thread
+    except RuntimeError:
+        pool.shutdown(wait=False)
+        yield from (t for t, _ in items)
+        return
+    try:
         for i, (t, _) in enumerate(items):
             fut = futures.pop(i, None)
             if fut is None:

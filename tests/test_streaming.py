@@ -403,9 +403,10 @@ def test_prefetched_passes_a_load_error_to_the_writer_and_works_without_threads(
         for t, _ in zip(streaming.prefetched(items), items):
             t.load()
 
-    def no_threads(*a, **k):
-        raise RuntimeError("can't start new thread")
-    monkeypatch.setattr(streaming, "ThreadPoolExecutor", no_threads)
+    class NoThreads(streaming.ThreadPoolExecutor):
+        def submit(self, *a, **k):            # where the real one starts its thread
+            raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(streaming, "ThreadPoolExecutor", NoThreads)
     rec = _Recorder()
     got = [int(t.load()[0]) for t in streaming.prefetched([(rec.tensor(i), None) for i in range(3)])]
     assert got == [0, 1, 2] and rec.threads == {__import__("threading").get_ident()}

@@ -82,6 +82,27 @@ def test_zip_layout_is_torchs(tmp_path):
     assert span.offset % 64 == 0
 
 
+@pytest.mark.parametrize("threads", [True, False])
+def test_zip_member_crcs_are_right_with_or_without_the_read_back_thread(tmp_path, monkeypatch, threads):
+    from hubfmt.adapters.torch import zipwriter
+    if not threads:
+        class NoThreads(zipwriter.ThreadPoolExecutor):
+            def submit(self, *a, **k):        # where the real one starts its thread
+                raise RuntimeError("can't start new thread")
+        monkeypatch.setattr(zipwriter, "ThreadPoolExecutor", NoThreads)
+    ckpt = Checkpoint()
+    for i in range(12):
+        ckpt.add(f"w{i}", LazyTensor.from_array(np.random.default_rng(i).standard_normal(1000 * (i + 1), dtype=np.float32)))
+    pt.write(ckpt, tmp_path / "m.pth")
+    raw = (tmp_path / "m.pth").read_bytes()
+    with zipfile.ZipFile(tmp_path / "m.pth") as z:
+        assert z.testzip() is None                    # data against the central directory's CRCs
+        for info in z.infolist():                     # and the local headers patched after the data
+            assert int.from_bytes(raw[info.header_offset + 14:info.header_offset + 18], "little") == info.CRC
+    back = pt.read(tmp_path / "m.pth")
+    np.testing.assert_array_equal(back.tensor("w11"), ckpt.tensor("w11"))
+
+
 def test_pickle_emitter_values_round_trip_through_the_reader(tmp_path):
     extra = {"epoch": 3, "neg": -5, "big": 2**70, "i32": -(2**31), "f": 0.1, "s": "ünï", "b": b"\x00\xff",
              "none": None, "flags": [True, False], "t": (1, 2, 3, 4), "nested": {"x": [1, {"y": 2}]},

@@ -32,10 +32,7 @@ class ZipWriter:
         self.f = f
         self.members: list[tuple[str, int, int, Future | int]] = []   # name, header offset, size, crc
         self._open: tuple[str, int, int, int] | None = None    # name, header offset, data start, size
-        try:
-            self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="hubfmt-zipcrc")
-        except RuntimeError:          # no thread (a memory rlimit counts its stack): CRCs in place
-            self._pool = None
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="hubfmt-zipcrc")
 
     def _local_header(self, name: bytes, offset: int, size: int, crc: int) -> bytes:
         big = size >= ZIP64_LIMIT or offset >= ZIP64_LIMIT
@@ -63,10 +60,14 @@ class ZipWriter:
             raise ValueError(f"zip member {name}: {written} bytes written, {size} announced")
         # A duplicate descriptor: the job never touches another file, even if `f` were closed first.
         fd = os.dup(self.f.fileno())
-        if self._pool is None:
-            crc: Future | int = _checksum_and_patch(fd, offset, start, size)
-        else:
-            crc = self._pool.submit(_checksum_and_patch, fd, offset, start, size)
+        crc: Future | int | None = None
+        if self._pool is not None:
+            try:
+                crc = self._pool.submit(_checksum_and_patch, fd, offset, start, size)
+            except RuntimeError:      # no thread could start (a memory rlimit counts its stack)
+                self._pool = None
+        if crc is None:
+            crc = _checksum_and_patch(fd, offset, start, size)
         self.members.append((name, offset, size, crc))
         return size
 
