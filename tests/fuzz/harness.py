@@ -105,10 +105,30 @@ def _keras_legacy_h5(d: str) -> str:
     return p
 
 
+def _oneflow_legacy(d: str) -> str:
+    # Built by hand from the layout that tests/test_oneflow_oracle.py shows flow.load reads
+    # (OneFlow itself only lives in the side environment).
+    from hubfmt.adapters.oneflow import meta
+    p = os.path.join(d, "snap")
+    os.mkdir(p)
+    open(os.path.join(p, "snapshot_done"), "wb").close()
+    ckpt = example_checkpoint()
+    for name in ckpt:
+        arr = ckpt.tensor(name)
+        os.mkdir(os.path.join(p, name))
+        with open(os.path.join(p, name, "out"), "wb") as f:
+            f.write(arr.tobytes())
+        with open(os.path.join(p, name, "meta"), "wb") as f:
+            f.write(meta.render(arr.shape, ckpt[name].tensor.dtype))
+    return p
+
+
 # Formats hubfmt reads but does not write (or writes only with a template): the real framework
-# makes the sample (tests only). Overrides the generic sample of the same name.
+# makes the sample (tests only), or the test by hand where the framework is not at hand.
+# Overrides the generic sample of the same name.
 EXTRA_SAMPLES: dict[str, tuple[str, Callable[[str], str]]] = {
     "torch:legacy": ("torch", _torch_legacy),
+    "oneflow:legacy": ("oneflow", _oneflow_legacy),
     "tensorflow:keras-archive": ("tensorflow", _keras_archive),
     "tensorflow:keras-h5": ("tensorflow", _keras_legacy_h5),
 }
