@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
 from collections import deque
 from typing import BinaryIO
 
@@ -58,6 +59,9 @@ class _Pending:
 _unsubmitted: dict[int, tuple[int, int]] = {}   # descriptor -> (inode, start of unsubmitted bytes)
 _pending: deque[_Pending] = deque()               # oldest first, across files (OneFlow: one per tensor)
 _pending_bytes = 0
+# Library users may write several outputs from several threads: the bookkeeping is shared, the
+# (possibly waiting) system calls are made outside the lock.
+_lock = threading.Lock()
 
 
 def wrote(out: BinaryIO, start: int, end: int) -> None:
@@ -70,37 +74,44 @@ def wrote(out: BinaryIO, start: int, end: int) -> None:
         ino = os.fstat(fd).st_ino
     except (AttributeError, OSError, ValueError):      # an in-memory stream: nothing to do
         return
-    known = _unsubmitted.get(fd)
-    first = known[1] if known is not None and known[0] == ino and known[1] <= start else start
+    with _lock:
+        known = _unsubmitted.get(fd)
+        first = known[1] if known is not None and known[0] == ino and known[1] <= start else start
+        _unsubmitted[fd] = (ino, first if end - first < _EVERY else end)
     if end - first < _EVERY:
-        _unsubmitted[fd] = (ino, first)
         return
     out.flush()
     if _sync_file_range(fd, first, end - first, _WRITE) != 0:
         return
-    _unsubmitted[fd] = (ino, end)
     try:
-        _pending.append(_Pending(os.dup(fd), first, end))   # dup: the writer may close its file first
+        dup = os.dup(fd)                  # the writer may close its file before the range is dropped
     except OSError:
         return
-    _pending_bytes += end - first
-    # Drop the oldest ranges, keeping the newest two and at least _LAG bytes cached.
-    while len(_pending) > 2 and _pending_bytes - (_pending[0].end - _pending[0].start) >= _LAG:
-        old = _pending.popleft()
-        _pending_bytes -= old.end - old.start
+    old: list[_Pending] = []
+    with _lock:
+        _pending.append(_Pending(dup, first, end))
+        _pending_bytes += end - first
+        # Drop the oldest ranges, keeping the newest two and at least _LAG bytes cached.
+        while len(_pending) > 2 and _pending_bytes - (_pending[0].end - _pending[0].start) >= _LAG:
+            old.append(_pending.popleft())
+            _pending_bytes -= old[-1].end - old[-1].start
+    for r in old:
         try:
-            if _sync_file_range(old.fd, old.start, old.end - old.start, _WAIT_WRITE_WAIT) == 0:
-                os.posix_fadvise(old.fd, old.start, old.end - old.start, os.POSIX_FADV_DONTNEED)
+            if _sync_file_range(r.fd, r.start, r.end - r.start, _WAIT_WRITE_WAIT) == 0:
+                os.posix_fadvise(r.fd, r.start, r.end - r.start, os.POSIX_FADV_DONTNEED)
         except OSError:
             pass                      # a hint not taken: the page cache keeps the range
         finally:
-            os.close(old.fd)
+            os.close(r.fd)
 
 
 def settle() -> None:
     """Forget all pending ranges (their files are about to be published or removed)."""
     global _pending_bytes
-    _pending_bytes = 0
-    while _pending:
-        os.close(_pending.popleft().fd)
-    _unsubmitted.clear()
+    with _lock:
+        done = list(_pending)
+        _pending.clear()
+        _pending_bytes = 0
+        _unsubmitted.clear()
+    for r in done:
+        os.close(r.fd)

@@ -410,3 +410,16 @@ def test_prefetched_passes_a_load_error_to_the_writer_and_works_without_threads(
     rec = _Recorder()
     got = [int(t.load()[0]) for t in streaming.prefetched([(rec.tensor(i), None) for i in range(3)])]
     assert got == [0, 1, 2] and rec.threads == {__import__("threading").get_ident()}
+
+
+def test_conversions_in_parallel_threads_share_the_writeback_bookkeeping_safely(tmp_path, big_hub):
+    # Two writers pacing (and settling) at once: no descriptor closed twice, both outputs right.
+    from concurrent.futures import ThreadPoolExecutor
+    outs = [tmp_path / "a.pt", tmp_path / "b.params"]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda o: hubfmt.convert(big_hub, o, show_progress=False), outs))
+    want = hubfmt.read(big_hub)
+    for o in outs:
+        got = hubfmt.read(o)
+        for name in ("blocks.0.weight", "blocks.39.weight"):
+            assert np.array_equal(got.tensor(name), want.tensor(name)), (o, name)
