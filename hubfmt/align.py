@@ -10,9 +10,12 @@ Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles
    one signature pair by order, or by names when names clearly disagree with order; a module
    with no counterpart (one side keeps its blocks in a list, the other not) is looked through.
    Inside a module pair (innermost first), a signature found once on each side pairs directly,
-   several pair by order within the module or by names (relative to the module). Registration
-   orders differ between implementations (a block's projection before or after its
-   squeeze-excite); module contents do not;
+   several pair by order within the module or by names (relative to the module); several norms
+   only in a way the conv-norm adjacency below does not contradict (names, else order, else
+   left to step 3: pre-activation ports name norms after the conv they follow or the conv they
+   feed, so equal names can mean different layers). Registration orders differ between
+   implementations (a block's projection before or after its squeeze-excite); module contents
+   do not;
 3. per group (conv/linear/transposed conv, recurrent, the rest), a sequence alignment
    (Needleman-Wunsch, no gap cost) of the two layer orders for what is left. Two layers may pair
    when their roles match, their shapes are equal or equal after [out,in] <-> [out,in,1,1]
@@ -25,7 +28,11 @@ Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles
    synonyms folded) and is decided only when it lies on every near-optimal alignment (score
    within TIE of the best): otherwise the layers are reported "ambiguous" with their candidates,
    never guessed. The alignment repeats on what is left while it pairs anything (orders that
-   cross);
+   cross). When the second pass pairs a norm against its adjacency and the alignment paired
+   other norms of that signature, all of those are reported "ambiguous": one side registers
+   pre-activation norms before the conv they feed, the other after it, so the adjacency pairs
+   each norm with its neighbour along the data flow, and a state dict cannot say which side
+   of its conv a norm works on;
 4. what is still left pairs by order within a family for a "mismatch" report (same roles,
    different shapes); the rest is "missing" (template only) or "unexpected" (source only).
 
@@ -46,7 +53,8 @@ from dataclasses import dataclass, field
 from .checkpoint import Checkpoint
 from .errors import AlignmentError
 from .layers import OPTIONAL_ROLES, Layer, group_layers, transform_between
-from .matching import align_rounds, anchors, group_of, match_in_modules, module_pairs, relaxed_pairs, signature
+from .matching import (align_rounds, anchor_conflict, anchors, group_of, match_in_modules, module_pairs,
+                       relaxed_pairs, signature)
 from .mapping import Mapping, Move, apply_mapping
 from .report import PROBLEMS, Event, Report
 from .rules import RuleSet, make_rule
@@ -187,7 +195,8 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
 
     # Structure beats order: inside blocks that pair up, registration orders may cross.
     pairs = module_pairs(S, T)
-    match_in_modules(S, T, pairs, decided, taken)
+    anchor_s, anchor_t = anchors(S), anchors(T)
+    match_in_modules(S, T, pairs, decided, taken, anchor_s, anchor_t)
     # A pair the sequence alignment proposes must not cross paired modules; and a norm layer
     # registered right after the conv whose output it normalises (its anchor) pairs only with a
     # norm anchored on that conv's match: order alone would pair a shortcut's batch norm with the
@@ -200,7 +209,6 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
             mod_s.setdefault(i, set()).add(n)
         for j in b:
             mod_t.setdefault(j, set()).add(n)
-    anchor_s, anchor_t = anchors(S), anchors(T)
     use_anchors = True
 
     def context(s: Layer, t: Layer) -> float | None:
@@ -212,12 +220,16 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
         return 0.0
 
     # Groups in sorted order: "affine" before "rest", so a norm's anchor is decided first.
+    by_pass: list[set[int]] = []
     for use_anchors in (True, False):
         ambiguous: dict[int, list[int]] = {}     # source index -> candidate target indices
         involved: set[int] = set()                # target indices among those candidates
+        before = set(decided)
         for group in sorted({group_of(x) for x in S + T}):
             align_rounds(group, S, T, decided, taken, ambiguous, involved, context, sig_count_s, sig_count_t,
                           "" if use_anchors else " (second pass, conv-norm adjacency ignored)")
+        by_pass.append(set(decided) - before)
+    unsettled = _unsettle_shifted_norms(S, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t)
 
     mapping, matches = _build(S, T, decided)
     for si, (ti, *_rest) in sorted(decided.items()):
@@ -226,14 +238,51 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
                                               f"(same shapes; the template's kind is kept)")
     for si, tis in sorted(ambiguous.items()):
         s = S[si]
-        report.add("ambiguous", s.path, f"{s.describe()}: candidates {', '.join(T[t].path for t in tis)} "
-                                        "(same roles and shapes; order and names cannot settle it)")
+        why = ("norms registered before their convs on one side, after them on the other (pre-activation?); "
+               "a state dict cannot say which conv each one works on") if si in unsettled else (
+               "same roles and shapes; order and names cannot settle it")
+        report.add("ambiguous", s.path, f"{s.describe()}: candidates {', '.join(T[t].path for t in tis)} ({why})")
 
     left_s = [s for s in S if s.index not in decided and s.index not in ambiguous]
     left_t = [t for t in T if t.index not in taken and t.index not in involved]
     _report_leftovers(left_s, left_t, report)
     return Alignment(tmpl, mapping, matches, report, source_label, template_label,
                      {s.path: len(s.required) for s in S})
+
+
+def _unsettle_shifted_norms(S, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t) -> set[int]:
+    """Turn the sequence alignment's norm pairs of a signature into "ambiguous" when the second
+    pass paired a norm of that signature against its conv-norm adjacency and the alignment paired
+    at least one other norm of it (which it could as well have been swapped with).
+
+    That is the mark of pre-activation blocks registered differently: one implementation
+    registers each norm before the conv it feeds (bn1, conv1, bn2, conv2), the other after it
+    (conv1, bn1, conv2, bn2). With equal channel counts the adjacency pairs every norm with its
+    neighbour one step along the data flow (the norm feeding conv2 with the one feeding conv1),
+    and the second pass pairs the one left at each end: every pair looks consistent, and all
+    are wrong. A state dict cannot tell that from a network whose norms really do normalise
+    the conv registered before them, so none of these pairs is decided. A norm that is the
+    only one of its signature left to the alignment keeps its second-pass pair. Returns the
+    source indices made ambiguous."""
+    first, second = by_pass
+    reverse = {v[0]: k for k, v in decided.items()}
+    against = {signature(S[i]) for i in second if S[i].family == "norm"
+               and anchor_conflict(i, decided[i][0], anchor_s, anchor_t, decided, reverse)}
+    suspects: dict[tuple, list[int]] = {}
+    for i in sorted(first | second):
+        if S[i].family == "norm" and signature(S[i]) in against:
+            suspects.setdefault(signature(S[i]), []).append(i)
+    unsettled: set[int] = set()
+    for group in suspects.values():
+        if len(group) < 2:
+            continue
+        candidates = sorted(decided[i][0] for i in group)
+        for i in group:
+            taken.discard(decided.pop(i)[0])
+            ambiguous[i] = candidates
+        involved.update(candidates)
+        unsettled.update(group)
+    return unsettled
 
 
 def _report_leftovers(left_s: list[Layer], left_t: list[Layer], report: Report) -> None:
