@@ -7,8 +7,10 @@ Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles
 1. layers with the same path that can hold the same weights;
 2. structure: modules (name prefixes: blocks, stages, branches) whose layers have the same
    multiset of signatures (roles + shapes) pair top-down: under a paired parent, sub-modules of
-   one signature pair by order, or by names when names clearly disagree with order; a module
-   with no counterpart (one side keeps its blocks in a list, the other not) is looked through.
+   one signature pair by order, or by names when names clearly disagree with order (each pair
+   taken against order must be both names' unique best match: counters of different scopes,
+   `1.conv1` vs a flat stage's `conv1`, tie and are no evidence); a module with no counterpart
+   (one side keeps its blocks in a list, the other not) is looked through.
    Inside a module pair (innermost first), a signature found once on each side pairs directly,
    several pair by order within the module or by names (relative to the module); several norms
    only in a way the conv-norm adjacency below does not contradict (names, else order, else

@@ -96,11 +96,17 @@ def module_pairs(S: list[Layer], T: list[Layer]) -> list[tuple[str, frozenset, s
 
 def _order_or_names(a: list[tuple], b: list[tuple]) -> list[tuple[int, int]]:
     """Pair two equally long lists of name tokens: k-th with k-th, unless the most-similar-first
-    assignment by names beats it by NAME_WEIGHT * gain >= TIE."""
+    assignment by names beats it by NAME_WEIGHT * gain >= TIE and every pair it takes against
+    order is each name's unique best match.
+
+    The last condition keeps counters from different scopes apart: `1.conv1` (block 1, its
+    first conv) shares the tokens conv and 1 with a flat stage's `conv1` (its second conv) as
+    much as `0.conv1` does; such ties are no evidence against order."""
     by_order = [(k, k) for k in range(len(a))]
     if len(a) == 1:
         return by_order
-    cells = sorted(((name_similarity(x, y), -i, -j) for i, x in enumerate(a) for j, y in enumerate(b)), reverse=True)
+    sim = [[name_similarity(x, y) for y in b] for x in a]
+    cells = sorted(((sim[i][j], -i, -j) for i in range(len(a)) for j in range(len(b))), reverse=True)
     used_a, used_b, by_names = set(), set(), []
     for _, i, j in cells:
         if -i not in used_a and -j not in used_b:
@@ -109,9 +115,15 @@ def _order_or_names(a: list[tuple], b: list[tuple]) -> list[tuple[int, int]]:
             by_names.append((-i, -j))
 
     def score(pairs) -> float:
-        return sum(name_similarity(a[i], b[j]) for i, j in pairs)
+        return sum(sim[i][j] for i, j in pairs)
 
-    return sorted(by_names) if (score(by_names) - score(by_order)) * NAME_WEIGHT >= TIE else by_order
+    def unique_best(i: int, j: int) -> bool:
+        return all(sim[i][k] < sim[i][j] for k in range(len(b)) if k != j) and all(
+            sim[k][j] < sim[i][j] for k in range(len(a)) if k != i)
+
+    if (score(by_names) - score(by_order)) * NAME_WEIGHT < TIE:
+        return by_order
+    return sorted(by_names) if all(unique_best(i, j) for i, j in by_names if i != j) else by_order
 
 
 def match_in_modules(S, T, pairs, decided, taken, anchor_s=None, anchor_t=None) -> None:

@@ -334,6 +334,22 @@ def test_names_that_contradict_the_conv_norm_adjacency_do_not_pair_norms():
         "blocks.1.bn1": "stage.1.preact_bn", "blocks.1.bn2": "stage.1.bn1"}
 
 
+def test_counters_of_different_scopes_are_no_evidence_against_order():
+    """Per-block counters (`layer1.1.conv1`) against per-stage ones (`stage1.conv1`, the stage's
+    second conv): the shared tokens tie, and order decides."""
+    src, tmpl = Builder(0), Builder(1)
+    src.conv("stem", (8, 3, 3, 3))
+    tmpl.conv("stem", (8, 3, 3, 3))
+    for b in range(3):
+        for k in (1, 2):
+            src.conv(f"layer1.{b}.conv{k}", (8, 8, 3, 3))
+            tmpl.conv(f"stage1.conv{2 * b + k - 1}", (8, 8, 3, 3))
+    a = align(src.ckpt, tmpl.ckpt)
+    assert a.problems() == []
+    assert a.layer_map() == {"stem": "stem", **{f"layer1.{b}.conv{k}": f"stage1.conv{2 * b + k - 1}"
+                                                for b in range(3) for k in (1, 2)}}
+
+
 _SHAPES = {"conv": [(8, 8, 3, 3), (8, 8, 1, 1), (16, 8, 3, 3)], "bn": [(8,), (16,)], "fc": [(4, 8)]}
 
 

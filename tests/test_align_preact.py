@@ -76,6 +76,10 @@ VARIANTS = {
                                named(inp="bn1", conv1="conv1", mid="bn2", conv2="conv2"), ROLES),
     # Keras ResNetV2 names, data-flow order: `bn1` is the norm AFTER conv1 (torch's bn2)
     "keras": lambda: PreActNet(NESTED, KERAS, ROLES),
+    # no block modules: per-stage counters (MXNet Gluon's ResNetV2: stage1_batchnorm0,
+    # stage1_conv0, ...), data-flow order; `1.conv1` and `conv1` share tokens, not a layer
+    "gluon": lambda: PreActNet(NESTED, lambda b, r: {"inp": f"batchnorm{2 * b}", "conv1": f"conv{2 * b}",
+                                                     "mid": f"batchnorm{2 * b + 1}", "conv2": f"conv{2 * b + 1}"}[r], ROLES),
     # the same names in alphabetical order, as a sorted checkpoint index lists them
     "keras sorted": lambda: PreActNet(NESTED, KERAS, ("mid", "conv1", "conv2", "inp")),
     # each conv registered before the norm that feeds it
@@ -132,10 +136,11 @@ def test_the_variants_compute_the_same_function(name):
         assert_same_outputs(as_numpy(dst, X), as_numpy(src, X))
 
 
-@pytest.mark.parametrize("src_name, dst_name", [("torch", "keras"), ("keras", "torch")])
-def test_keras_names_do_not_pair_norms_against_the_data_flow(src_name, dst_name):
-    """Keras's `bn1` follows conv1, torch's `bn1` feeds it. Before the fix the names won and every
-    block's two norms were silently swapped (relative output difference ~1)."""
+@pytest.mark.parametrize("src_name, dst_name", [("torch", "keras"), ("keras", "torch"), ("torch", "gluon"), ("gluon", "torch")])
+def test_names_that_mean_other_layers_do_not_beat_order(src_name, dst_name):
+    """Keras's `bn1` follows conv1, torch's `bn1` feeds it; Gluon counts per stage, torch per
+    block. Before the fix the names won: every block's two norms silently swapped (Keras), two
+    convs and two norms silently crossed between blocks (Gluon); relative output difference ~1."""
     src, dst = pair(src_name, dst_name)
     ckpt, table = rename(checkpoint_of(src), template=checkpoint_of(dst))
     assert "no problems" in table
