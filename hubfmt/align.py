@@ -30,11 +30,13 @@ Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles
    synonyms folded) and is decided only when it lies on every near-optimal alignment (score
    within TIE of the best): otherwise the layers are reported "ambiguous" with their candidates,
    never guessed. The alignment repeats on what is left while it pairs anything (orders that
-   cross). When the second pass pairs a norm against its adjacency and the alignment paired
-   other norms of that signature, all of those are reported "ambiguous": one side registers
-   pre-activation norms before the conv they feed, the other after it, so the adjacency pairs
-   each norm with its neighbour along the data flow, and a state dict cannot say which side
-   of its conv a norm works on;
+   cross). When the two sides put norms of one signature on different sides of their convs
+   (the second pass pairs one against its adjacency, or of two matched convs only one has such
+   a norm right after it while the adjacency paired two of them) and the alignment paired at
+   least two of those norms, all of its pairs of them are reported "ambiguous": one side
+   registers pre-activation norms before the conv they feed, the other after it, so the
+   adjacency pairs each norm with its neighbour along the data flow, and a state dict cannot
+   say which side of its conv a norm works on;
 4. what is still left pairs by order within a family for a "mismatch" report (same roles,
    different shapes); the rest is "missing" (template only) or "unexpected" (source only).
 
@@ -231,7 +233,7 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
             align_rounds(group, S, T, decided, taken, ambiguous, involved, context, sig_count_s, sig_count_t,
                           "" if use_anchors else " (second pass, conv-norm adjacency ignored)")
         by_pass.append(set(decided) - before)
-    unsettled = _unsettle_shifted_norms(S, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t)
+    unsettled = _unsettle_shifted_norms(S, T, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t)
 
     mapping, matches = _build(S, T, decided)
     for si, (ti, *_rest) in sorted(decided.items()):
@@ -252,24 +254,39 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
                      {s.path: len(s.required) for s in S})
 
 
-def _unsettle_shifted_norms(S, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t) -> set[int]:
-    """Turn the sequence alignment's norm pairs of a signature into "ambiguous" when the second
-    pass paired a norm of that signature against its conv-norm adjacency and the alignment paired
-    at least one other norm of it (which it could as well have been swapped with).
+def _unsettle_shifted_norms(S, T, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t) -> set[int]:
+    """Turn the sequence alignment's norm pairs of a signature into "ambiguous" when the two
+    sides put norms of that signature on different sides of their convs, and the alignment
+    paired at least two of them (which it could as well have swapped). Two marks of that: a
+    pair of matched convs of which only one has a norm of that signature registered right after
+    it (when the alignment paired two such norms by that adjacency), or a second-pass pair
+    against the adjacency.
 
-    That is the mark of pre-activation blocks registered differently: one implementation
-    registers each norm before the conv it feeds (bn1, conv1, bn2, conv2), the other after it
-    (conv1, bn1, conv2, bn2). With equal channel counts the adjacency pairs every norm with its
-    neighbour one step along the data flow (the norm feeding conv2 with the one feeding conv1),
-    and the second pass pairs the one left at each end: every pair looks consistent, and all
-    are wrong. A state dict cannot tell that from a network whose norms really do normalise
-    the conv registered before them, so none of these pairs is decided. A norm that is the
-    only one of its signature left to the alignment keeps its second-pass pair. Returns the
-    source indices made ambiguous."""
+    Pre-activation blocks: one implementation registers each norm before the conv it feeds
+    (bn1, conv1, bn2, conv2), the other after it (conv1, bn1, conv2, bn2), or the norms after
+    both convs. With equal channel counts the adjacency pairs each norm with its neighbour one
+    step along the data flow (the norm feeding conv2 with the one feeding conv1), order pairs
+    the rest, and every pair looks consistent while all are wrong. A state dict cannot tell that
+    from a network whose norms really do normalise the conv registered before them, so none of
+    these pairs is decided. Pairs decided inside paired modules are not touched (the module
+    step already refuses pairings the adjacency contradicts), nor is a norm that is the only
+    one of its signature the alignment paired. Returns the source indices made ambiguous."""
     first, second = by_pass
     reverse = {v[0]: k for k, v in decided.items()}
     against = {signature(S[i]) for i in second if S[i].family == "norm"
                and anchor_conflict(i, decided[i][0], anchor_s, anchor_t, decided, reverse)}
+    norm_after_s = {conv: norm for norm, conv in anchor_s.items()}
+    norm_after_t = {conv: norm for norm, conv in anchor_t.items()}
+    misplaced = set()
+    for si, (ti, *_rest) in decided.items():
+        a, b = norm_after_s.get(si), norm_after_t.get(ti)
+        if (a is None) != (b is None):
+            misplaced.add(signature(S[a]) if a is not None else signature(T[b]))
+    # ... where the adjacency had a say: a pair of norms both registered right after a conv.
+    # (A side that keeps its norms apart from its convs gives the adjacency nothing to go on;
+    # order pairs those, as it pairs same-shape convs.)
+    against |= {signature(S[i]) for i in first | second if S[i].family == "norm" and signature(S[i]) in misplaced
+                and i in anchor_s and decided[i][0] in anchor_t}
     suspects: dict[tuple, list[int]] = {}
     for i in sorted(first | second):
         if S[i].family == "norm" and signature(S[i]) in against:

@@ -4,10 +4,15 @@ count, so shapes cannot tell them apart; the oracle is torch (outputs equal, eva
 batch-norm statistics, so a swapped pair of norms changes the outputs)."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from hubfmt import Checkpoint
+from hubfmt.align import align
 from hubfmt.convert import rename
 from hubfmt.errors import AlignmentError
 
@@ -67,37 +72,45 @@ def named(**names):
     return lambda b, role: f"{b}.{names[role]}"
 
 
+def counted(conv: str, norm: str):
+    """Names counted per stage, not per block (MXNet Gluon: stage1_conv0, stage1_batchnorm0)."""
+    return lambda b, role: {"inp": f"{norm}{2 * b}", "conv1": f"{conv}{2 * b}",
+                            "mid": f"{norm}{2 * b + 1}", "conv2": f"{conv}{2 * b + 1}"}[role]
+
+
 NESTED = ("stem", "stage1", "post_norm", "head")
-KERAS = named(inp="preact_bn", conv1="conv1", mid="bn1", conv2="conv2")   # a norm named after the conv before it
-CONV_FIRST = named(inp="norm_a", conv1="conv_a", mid="norm_b", conv2="conv_b")
-VARIANTS = {
-    # kuangliu/pytorch-cifar PreActBlock: bn1 feeds conv1, registered in data-flow order
-    "torch": lambda: PreActNet(("conv1", "layer1", "bn", "linear"),
-                               named(inp="bn1", conv1="conv1", mid="bn2", conv2="conv2"), ROLES),
-    # Keras ResNetV2 names, data-flow order: `bn1` is the norm AFTER conv1 (torch's bn2)
-    "keras": lambda: PreActNet(NESTED, KERAS, ROLES),
-    # no block modules: per-stage counters (MXNet Gluon's ResNetV2: stage1_batchnorm0,
-    # stage1_conv0, ...), data-flow order; `1.conv1` and `conv1` share tokens, not a layer
-    "gluon": lambda: PreActNet(NESTED, lambda b, r: {"inp": f"batchnorm{2 * b}", "conv1": f"conv{2 * b}",
-                                                     "mid": f"batchnorm{2 * b + 1}", "conv2": f"conv{2 * b + 1}"}[r], ROLES),
-    # the same names in alphabetical order, as a sorted checkpoint index lists them
-    "keras sorted": lambda: PreActNet(NESTED, KERAS, ("mid", "conv1", "conv2", "inp")),
-    # each conv registered before the norm that feeds it
-    "conv first": lambda: PreActNet(NESTED, CONV_FIRST, ("conv1", "inp", "conv2", "mid")),
-    # no block modules: per-stage counters (Gluon-like), each conv before the norm feeding it
-    "flat counters": lambda: PreActNet(NESTED, lambda b, r: {"inp": f"batchnorm{2 * b}", "conv1": f"conv{2 * b}",
-                                                             "mid": f"batchnorm{2 * b + 1}", "conv2": f"conv{2 * b + 1}"}[r],
-                                       ("conv1", "inp", "conv2", "mid")),
+# How implementations name things: (stem, stage, final norm, classifier), then block layers.
+SCHEMES = {
+    # kuangliu/pytorch-cifar PreActBlock: bn1 feeds conv1
+    "torch": (("conv1", "layer1", "bn", "linear"), named(inp="bn1", conv1="conv1", mid="bn2", conv2="conv2")),
+    "timm": (NESTED, named(inp="norm1", conv1="conv1", mid="norm2", conv2="conv2")),
+    # Keras ResNetV2: `bn1` is the norm AFTER conv1 (torch's bn2), the one feeding conv1 `preact_bn`
+    "keras": (NESTED, named(inp="preact_bn", conv1="conv1", mid="bn1", conv2="conv2")),
+    "letters": (NESTED, named(inp="norm_a", conv1="conv_a", mid="norm_b", conv2="conv_b")),
+    # no block modules; `1.conv1` (torch) and `conv1` share tokens, not a layer
+    "gluon": (NESTED, counted("conv", "batchnorm")),
     # no modules at all
-    "flat": lambda: PreActNet(("stem", "", "post_norm", "head"),
-                              lambda b, r: {"inp": f"bn{2 * b}", "conv1": f"conv{2 * b}",
-                                            "mid": f"bn{2 * b + 1}", "conv2": f"conv{2 * b + 1}"}[r],
-                              ("conv1", "inp", "conv2", "mid")),
+    "flat": (("stem", "", "post_norm", "head"), counted("conv", "bn")),
+}
+CONV_FIRST = ("conv1", "inp", "conv2", "mid")    # each conv registered before the norm feeding it
+VARIANTS = {   # name -> (scheme, the order a block registers its roles in)
+    "torch": ("torch", ROLES),
+    "keras": ("keras", ROLES),
+    "gluon": ("gluon", ROLES),
+    "keras sorted": ("keras", ("mid", "conv1", "conv2", "inp")),   # as a sorted checkpoint index lists them
+    "conv first": ("letters", CONV_FIRST),
+    "flat counters": ("gluon", CONV_FIRST),
+    "flat": ("flat", CONV_FIRST),
     # registered exactly like "conv first" (same names, shapes and order), but norm_a normalises
     # conv_a's output and norm_b, registered last, is the block's input norm
-    "conv first twin": lambda: PreActNet(NESTED, named(inp="norm_b", conv1="conv_a", mid="norm_a", conv2="conv_b"),
-                                         ("conv1", "mid", "conv2", "inp")),
+    "conv first twin": ("twin", ("conv1", "mid", "conv2", "inp")),
 }
+SCHEMES["twin"] = (NESTED, named(inp="norm_b", conv1="conv_a", mid="norm_a", conv2="conv_b"))
+
+
+def build(variant: str) -> PreActNet:
+    scheme, order = VARIANTS[variant]
+    return PreActNet(*SCHEMES[scheme], order)
 
 
 def truth(src: PreActNet, dst: PreActNet) -> dict[str, str]:
@@ -118,7 +131,7 @@ def moved(src: PreActNet, dst: PreActNet, layers: dict[str, str]) -> Checkpoint:
 
 def pair(src_name: str, dst_name: str):
     torch.manual_seed(0)
-    return randomize(VARIANTS[src_name](), 1), randomize(VARIANTS[dst_name](), 2)
+    return randomize(build(src_name), 1), randomize(build(dst_name), 2)
 
 
 @pytest.mark.parametrize("name", [v for v in VARIANTS if v != "torch"])
@@ -164,7 +177,7 @@ def test_norms_registered_on_the_other_side_of_their_convs_are_ambiguous(other, 
 def test_conv_first_and_its_twin_cannot_be_told_apart():
     """Why "ambiguous" is the only right answer for "conv first": its twin has the same state dict
     layout, and the mapping that is right for one is wrong for the other."""
-    src, a, b = (randomize(VARIANTS[n](), k) for k, n in enumerate(["torch", "conv first", "conv first twin"]))
+    src, a, b = (randomize(build(n), k) for k, n in enumerate(["torch", "conv first", "conv first twin"]))
     sa, sb = a.state_dict(), b.state_dict()
     assert list(sa) == list(sb) and all(sa[k].shape == sb[k].shape for k in sa)
     layers = truth(src, a)
@@ -173,3 +186,30 @@ def test_conv_first_and_its_twin_cannot_be_told_apart():
     assert_same_outputs(as_numpy(a, X), as_numpy(src, X))
     with pytest.raises(AssertionError, match="outputs differ"):
         assert_same_outputs(as_numpy(b, X), as_numpy(src, X))
+
+
+# Block registration orders that keep the two convs, and the two norms, in data-flow order.
+KEEP_ORDER = [o for o in itertools.permutations(ROLES) if o.index("conv1") < o.index("conv2") and o.index("inp") < o.index("mid")]
+
+
+@settings(max_examples=60, deadline=None)
+# The norms after both convs on one side, data flow and counters on the other: the adjacency
+# paired the norm after conv2 with the one feeding conv1 (until its pairs were distrusted).
+@example(schemes=["torch", "gluon"], orders=(("inp", "conv1", "conv2", "mid"), ("conv1", "conv2", "inp", "mid")))
+@example(schemes=["gluon", "timm"], orders=(("conv1", "conv2", "inp", "mid"), ("inp", "conv1", "conv2", "mid")))
+@given(schemes=st.permutations([k for k in SCHEMES if k != "twin"]), orders=st.tuples(*[st.sampled_from(KEEP_ORDER)] * 2))
+def test_never_silently_wrong(schemes, orders):
+    """Any two naming schemes, any two registration orders that keep same-shape convs and norms
+    in data-flow order: the conversion is right, or every problem is an "ambiguous" report; and
+    two implementations registering their blocks alike always convert. (Before the fixes about
+    half of these combinations converted silently and wrong.) Orders that put conv2 before
+    conv1, or the norm after conv1 before the one feeding it, are beyond any aligner: nothing in
+    a state dict tells two same-shape layers apart when the order lies."""
+    src = randomize(PreActNet(*SCHEMES[schemes[0]], orders[0]), 1)
+    dst = randomize(PreActNet(*SCHEMES[schemes[1]], orders[1]), 2)
+    a = align(checkpoint_of(src), checkpoint_of(dst))
+    if a.problems():
+        assert orders[0] != orders[1] and {e.action for e in a.problems()} == {"ambiguous"}, a.to_text()
+        return
+    load_into(dst, a.apply(checkpoint_of(src)))
+    assert_same_outputs(as_numpy(dst, X), as_numpy(src, X))
