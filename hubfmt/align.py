@@ -4,7 +4,8 @@ Two implementations of one network name and order their modules differently. Giv
 destination's expected parameters (a template: a checkpoint of any format, an in-memory
 Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles within them:
 
-1. layers with the same path that can hold the same weights;
+1. layers with the same path that can hold the same weights (a norm not when the conv-norm
+   adjacency of step 3 contradicts it);
 2. structure: modules (name prefixes: blocks, stages, branches) whose layers have the same
    multiset of signatures (roles + shapes) pair top-down: under a paired parent, sub-modules of
    one signature pair by order, or by names when names clearly disagree with order (each pair
@@ -190,16 +191,23 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     sig_count_s, sig_count_t = Counter(map(signature, S)), Counter(map(signature, T))
 
     t_by_path = {t.path: t for t in T}
-    for s in S:
+    anchor_s, anchor_t = anchors(S), anchors(T)
+    # Norms last, and not onto a norm of the same name registered right after a conv that is not
+    # the match of the conv before this one: pre-activation ports call the norm feeding conv1
+    # `bn1` or the one after it `bn1` (post-activation habit), and the rest of the alignment
+    # then decides, or reports, those two.
+    for s in sorted(S, key=lambda x: x.family == "norm"):
         t = t_by_path.get(s.path)
         op = transform_between(s, t, same_name=True) if t is not None else None
+        if op is not None and s.family == "norm" and anchor_conflict(
+                s.index, t.index, anchor_s, anchor_t, decided, {v[0]: k for k, v in decided.items()}):
+            continue
         if op is not None:
             decided[s.index] = (t.index, op, 1.0 - (0.1 if op else 0.0), "same name")
             taken.add(t.index)
 
     # Structure beats order: inside blocks that pair up, registration orders may cross.
     pairs = module_pairs(S, T)
-    anchor_s, anchor_t = anchors(S), anchors(T)
     match_in_modules(S, T, pairs, decided, taken, anchor_s, anchor_t)
     # A pair the sequence alignment proposes must not cross paired modules; and a norm layer
     # registered right after the conv whose output it normalises (its anchor) pairs only with a
