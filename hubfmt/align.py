@@ -5,7 +5,7 @@ destination's expected parameters (a template: a checkpoint of any format, an in
 Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles within them:
 
 1. layers with the same path that can hold the same weights (a norm not when the conv-norm
-   adjacency of step 3 contradicts it);
+   adjacency of step 3 contradicts it, unless every layer has its template name);
 2. structure: modules (name prefixes: blocks, stages, branches) whose layers have the same
    multiset of signatures (roles + shapes) pair top-down: under a paired parent, sub-modules of
    one signature pair by order, or by names when names clearly disagree with order (each pair
@@ -195,11 +195,13 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     # Norms last, and not onto a norm of the same name registered right after a conv that is not
     # the match of the conv before this one: pre-activation ports call the norm feeding conv1
     # `bn1` or the one after it `bn1` (post-activation habit), and the rest of the alignment
-    # then decides, or reports, those two.
+    # then decides, or reports, those two. Unless every layer has its template name (a rules
+    # file renamed them all, or both sides are one implementation): then the names are the map.
+    all_named = {s.path for s in S} == set(t_by_path)
     for s in sorted(S, key=lambda x: x.family == "norm"):
         t = t_by_path.get(s.path)
         op = transform_between(s, t, same_name=True) if t is not None else None
-        if op is not None and s.family == "norm" and anchor_conflict(
+        if op is not None and s.family == "norm" and not all_named and anchor_conflict(
                 s.index, t.index, anchor_s, anchor_t, decided, {v[0]: k for k, v in decided.items()}):
             continue
         if op is not None:
