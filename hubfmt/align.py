@@ -4,15 +4,21 @@ Two implementations of one network name and order their modules differently. Giv
 destination's expected parameters (a template: a checkpoint of any format, an in-memory
 Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles within them:
 
-1. layers with the same path that can hold the same weights;
+1. layers with the same path that can hold the same weights (a norm not when the conv-norm
+   adjacency of step 3 contradicts it, unless every layer has its template name);
 2. structure: modules (name prefixes: blocks, stages, branches) whose layers have the same
    multiset of signatures (roles + shapes) pair top-down: under a paired parent, sub-modules of
-   one signature pair by order, or by names when names clearly disagree with order; a module
-   with no counterpart (one side keeps its blocks in a list, the other not) is looked through.
+   one signature pair by order, or by names when names clearly disagree with order (each pair
+   taken against order must be both names' unique best match: counters of different scopes,
+   `1.conv1` vs a flat stage's `conv1`, tie and are no evidence); a module with no counterpart
+   (one side keeps its blocks in a list, the other not) is looked through.
    Inside a module pair (innermost first), a signature found once on each side pairs directly,
-   several pair by order within the module or by names (relative to the module). Registration
-   orders differ between implementations (a block's projection before or after its
-   squeeze-excite); module contents do not;
+   several pair by order within the module or by names (relative to the module); several norms
+   only in a way the conv-norm adjacency below does not contradict (names, else order, else
+   left to step 3: pre-activation ports name norms after the conv they follow or the conv they
+   feed, so equal names can mean different layers). Registration orders differ between
+   implementations (a block's projection before or after its squeeze-excite); module contents
+   do not;
 3. per group (conv/linear/transposed conv, recurrent, the rest), a sequence alignment
    (Needleman-Wunsch, no gap cost) of the two layer orders for what is left. Two layers may pair
    when their roles match, their shapes are equal or equal after [out,in] <-> [out,in,1,1]
@@ -25,7 +31,13 @@ Checkpoint, or a names+shapes listing), `align` matches LAYERS first, then roles
    synonyms folded) and is decided only when it lies on every near-optimal alignment (score
    within TIE of the best): otherwise the layers are reported "ambiguous" with their candidates,
    never guessed. The alignment repeats on what is left while it pairs anything (orders that
-   cross);
+   cross). When the two sides put norms of one signature on different sides of their convs
+   (the second pass pairs one against its adjacency, or of two matched convs only one has such
+   a norm right after it while the adjacency paired two of them) and the alignment paired at
+   least two of those norms, all of its pairs of them are reported "ambiguous": one side
+   registers pre-activation norms before the conv they feed, the other after it, so the
+   adjacency pairs each norm with its neighbour along the data flow, and a state dict cannot
+   say which side of its conv a norm works on;
 4. what is still left pairs by order within a family for a "mismatch" report (same roles,
    different shapes); the rest is "missing" (template only) or "unexpected" (source only).
 
@@ -46,7 +58,8 @@ from dataclasses import dataclass, field
 from .checkpoint import Checkpoint
 from .errors import AlignmentError
 from .layers import OPTIONAL_ROLES, Layer, group_layers, transform_between
-from .matching import align_rounds, anchors, group_of, match_in_modules, module_pairs, relaxed_pairs, signature
+from .matching import (align_rounds, anchor_conflict, anchors, group_of, match_in_modules, module_pairs,
+                       relaxed_pairs, signature)
 from .mapping import Mapping, Move, apply_mapping
 from .report import PROBLEMS, Event, Report
 from .rules import RuleSet, make_rule
@@ -178,16 +191,26 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
     sig_count_s, sig_count_t = Counter(map(signature, S)), Counter(map(signature, T))
 
     t_by_path = {t.path: t for t in T}
-    for s in S:
+    anchor_s, anchor_t = anchors(S), anchors(T)
+    # Norms last, and not onto a norm of the same name registered right after a conv that is not
+    # the match of the conv before this one: pre-activation ports call the norm feeding conv1
+    # `bn1` or the one after it `bn1` (post-activation habit), and the rest of the alignment
+    # then decides, or reports, those two. Unless every layer has its template name (a rules
+    # file renamed them all, or both sides are one implementation): then the names are the map.
+    all_named = {s.path for s in S} == set(t_by_path)
+    for s in sorted(S, key=lambda x: x.family == "norm"):
         t = t_by_path.get(s.path)
         op = transform_between(s, t, same_name=True) if t is not None else None
+        if op is not None and s.family == "norm" and not all_named and anchor_conflict(
+                s.index, t.index, anchor_s, anchor_t, decided, {v[0]: k for k, v in decided.items()}):
+            continue
         if op is not None:
             decided[s.index] = (t.index, op, 1.0 - (0.1 if op else 0.0), "same name")
             taken.add(t.index)
 
     # Structure beats order: inside blocks that pair up, registration orders may cross.
     pairs = module_pairs(S, T)
-    match_in_modules(S, T, pairs, decided, taken)
+    match_in_modules(S, T, pairs, decided, taken, anchor_s, anchor_t)
     # A pair the sequence alignment proposes must not cross paired modules; and a norm layer
     # registered right after the conv whose output it normalises (its anchor) pairs only with a
     # norm anchored on that conv's match: order alone would pair a shortcut's batch norm with the
@@ -200,7 +223,6 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
             mod_s.setdefault(i, set()).add(n)
         for j in b:
             mod_t.setdefault(j, set()).add(n)
-    anchor_s, anchor_t = anchors(S), anchors(T)
     use_anchors = True
 
     def context(s: Layer, t: Layer) -> float | None:
@@ -212,12 +234,16 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
         return 0.0
 
     # Groups in sorted order: "affine" before "rest", so a norm's anchor is decided first.
+    by_pass: list[set[int]] = []
     for use_anchors in (True, False):
         ambiguous: dict[int, list[int]] = {}     # source index -> candidate target indices
         involved: set[int] = set()                # target indices among those candidates
+        before = set(decided)
         for group in sorted({group_of(x) for x in S + T}):
             align_rounds(group, S, T, decided, taken, ambiguous, involved, context, sig_count_s, sig_count_t,
                           "" if use_anchors else " (second pass, conv-norm adjacency ignored)")
+        by_pass.append(set(decided) - before)
+    unsettled = _unsettle_shifted_norms(S, T, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t)
 
     mapping, matches = _build(S, T, decided)
     for si, (ti, *_rest) in sorted(decided.items()):
@@ -226,14 +252,66 @@ def align(source: Checkpoint, template, *, source_label: str = "", template_fram
                                               f"(same shapes; the template's kind is kept)")
     for si, tis in sorted(ambiguous.items()):
         s = S[si]
-        report.add("ambiguous", s.path, f"{s.describe()}: candidates {', '.join(T[t].path for t in tis)} "
-                                        "(same roles and shapes; order and names cannot settle it)")
+        why = ("norms registered before their convs on one side, after them on the other (pre-activation?); "
+               "a state dict cannot say which conv each one works on") if si in unsettled else (
+               "same roles and shapes; order and names cannot settle it")
+        report.add("ambiguous", s.path, f"{s.describe()}: candidates {', '.join(T[t].path for t in tis)} ({why})")
 
     left_s = [s for s in S if s.index not in decided and s.index not in ambiguous]
     left_t = [t for t in T if t.index not in taken and t.index not in involved]
     _report_leftovers(left_s, left_t, report)
     return Alignment(tmpl, mapping, matches, report, source_label, template_label,
                      {s.path: len(s.required) for s in S})
+
+
+def _unsettle_shifted_norms(S, T, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t) -> set[int]:
+    """Turn the sequence alignment's norm pairs of a signature into "ambiguous" when the two
+    sides put norms of that signature on different sides of their convs, and the alignment
+    paired at least two of them (which it could as well have swapped). Two marks of that: a
+    pair of matched convs of which only one has a norm of that signature registered right after
+    it (when the alignment paired two such norms by that adjacency), or a second-pass pair
+    against the adjacency.
+
+    Pre-activation blocks: one implementation registers each norm before the conv it feeds
+    (bn1, conv1, bn2, conv2), the other after it (conv1, bn1, conv2, bn2), or the norms after
+    both convs. With equal channel counts the adjacency pairs each norm with its neighbour one
+    step along the data flow (the norm feeding conv2 with the one feeding conv1), order pairs
+    the rest, and every pair looks consistent while all are wrong. A state dict cannot tell that
+    from a network whose norms really do normalise the conv registered before them, so none of
+    these pairs is decided. Pairs decided inside paired modules are not touched (the module
+    step already refuses pairings the adjacency contradicts), nor is a norm that is the only
+    one of its signature the alignment paired. Returns the source indices made ambiguous."""
+    first, second = by_pass
+    reverse = {v[0]: k for k, v in decided.items()}
+    against = {signature(S[i]) for i in second if S[i].family == "norm"
+               and anchor_conflict(i, decided[i][0], anchor_s, anchor_t, decided, reverse)}
+    norm_after_s = {conv: norm for norm, conv in anchor_s.items()}
+    norm_after_t = {conv: norm for norm, conv in anchor_t.items()}
+    misplaced = set()
+    for si, (ti, *_rest) in decided.items():
+        a, b = norm_after_s.get(si), norm_after_t.get(ti)
+        if (a is None) != (b is None):
+            misplaced.add(signature(S[a]) if a is not None else signature(T[b]))
+    # ... where the adjacency had a say: a pair of norms both registered right after a conv.
+    # (A side that keeps its norms apart from its convs gives the adjacency nothing to go on;
+    # order pairs those, as it pairs same-shape convs.)
+    against |= {signature(S[i]) for i in first | second if S[i].family == "norm" and signature(S[i]) in misplaced
+                and i in anchor_s and decided[i][0] in anchor_t}
+    suspects: dict[tuple, list[int]] = {}
+    for i in sorted(first | second):
+        if S[i].family == "norm" and signature(S[i]) in against:
+            suspects.setdefault(signature(S[i]), []).append(i)
+    unsettled: set[int] = set()
+    for group in suspects.values():
+        if len(group) < 2:
+            continue
+        candidates = sorted(decided[i][0] for i in group)
+        for i in group:
+            taken.discard(decided.pop(i)[0])
+            ambiguous[i] = candidates
+        involved.update(candidates)
+        unsettled.update(group)
+    return unsettled
 
 
 def _report_leftovers(left_s: list[Layer], left_t: list[Layer], report: Report) -> None:

@@ -96,11 +96,17 @@ def module_pairs(S: list[Layer], T: list[Layer]) -> list[tuple[str, frozenset, s
 
 def _order_or_names(a: list[tuple], b: list[tuple]) -> list[tuple[int, int]]:
     """Pair two equally long lists of name tokens: k-th with k-th, unless the most-similar-first
-    assignment by names beats it by NAME_WEIGHT * gain >= TIE."""
+    assignment by names beats it by NAME_WEIGHT * gain >= TIE and every pair it takes against
+    order is each name's unique best match.
+
+    The last condition keeps counters from different scopes apart: `1.conv1` (block 1, its
+    first conv) shares the tokens conv and 1 with a flat stage's `conv1` (its second conv) as
+    much as `0.conv1` does; such ties are no evidence against order."""
     by_order = [(k, k) for k in range(len(a))]
     if len(a) == 1:
         return by_order
-    cells = sorted(((name_similarity(x, y), -i, -j) for i, x in enumerate(a) for j, y in enumerate(b)), reverse=True)
+    sim = [[name_similarity(x, y) for y in b] for x in a]
+    cells = sorted(((sim[i][j], -i, -j) for i in range(len(a)) for j in range(len(b))), reverse=True)
     used_a, used_b, by_names = set(), set(), []
     for _, i, j in cells:
         if -i not in used_a and -j not in used_b:
@@ -109,15 +115,24 @@ def _order_or_names(a: list[tuple], b: list[tuple]) -> list[tuple[int, int]]:
             by_names.append((-i, -j))
 
     def score(pairs) -> float:
-        return sum(name_similarity(a[i], b[j]) for i, j in pairs)
+        return sum(sim[i][j] for i, j in pairs)
 
-    return sorted(by_names) if (score(by_names) - score(by_order)) * NAME_WEIGHT >= TIE else by_order
+    def unique_best(i: int, j: int) -> bool:
+        return all(sim[i][k] < sim[i][j] for k in range(len(b)) if k != j) and all(
+            sim[k][j] < sim[i][j] for k in range(len(a)) if k != i)
+
+    if (score(by_names) - score(by_order)) * NAME_WEIGHT < TIE:
+        return by_order
+    return sorted(by_names) if all(unique_best(i, j) for i, j in by_names if i != j) else by_order
 
 
-def match_in_modules(S, T, pairs, decided, taken) -> None:
+def match_in_modules(S, T, pairs, decided, taken, anchor_s=None, anchor_t=None) -> None:
     """Inside paired modules (innermost first), pair layers by signature: alone in its module ->
     decided; several of one signature -> by order within the module, or by names (relative to
-    the module) when they clearly disagree with order."""
+    the module) when they clearly disagree with order. Several norms are paired only in a way
+    the conv-norm adjacency (`anchors`) does not contradict: by names, else by order, else they
+    are left to the sequence alignment."""
+    anchor_s, anchor_t = anchor_s or {}, anchor_t or {}
     for ps, a, pt, b, module_by_names in pairs:
         by_sig: dict[tuple, tuple[list[Layer], list[Layer]]] = {}
         for i in sorted(a):
@@ -126,12 +141,27 @@ def match_in_modules(S, T, pairs, decided, taken) -> None:
         for j in sorted(b):
             if j not in taken:
                 by_sig.setdefault(signature(T[j]), ([], []))[1].append(T[j])
-        for ss, tt in by_sig.values():
+        # Norms last: their anchors (the convs of the module) must be decided first.
+        for ss, tt in sorted(by_sig.values(), key=lambda st: (st[0] or st[1])[0].family == "norm"):
             if len(ss) != len(tt) or not ss:
                 continue
             rel_s = [name_tokens(x.path[len(ps) + 1:]) for x in ss]
             rel_t = [name_tokens(x.path[len(pt) + 1:]) for x in tt]
             chosen = _order_or_names(rel_s, rel_t)
+            if len(ss) > 1 and ss[0].family == "norm":
+                # Pre-activation blocks: one implementation may name its norms after the conv
+                # they follow (Keras: `1_conv`, `1_bn`, then `2_conv`), the other after the conv
+                # they feed (`bn1`, `conv1`), so equal names mean different layers. A pairing
+                # that puts a norm registered right after conv X onto one registered right after
+                # a conv that is not X's match is not taken; if order is contradicted as well,
+                # the sequence alignment decides or reports them.
+                by_order = [(k, k) for k in range(len(ss))]
+                reverse = {v[0]: k for k, v in decided.items()}
+                fits = [p for p in (chosen, by_order) if not any(
+                    anchor_conflict(ss[i].index, tt[j].index, anchor_s, anchor_t, decided, reverse) for i, j in p)]
+                if not fits:
+                    continue
+                chosen = fits[0]
             ev = "module + shape" if len(ss) == 1 else (
                 "module + names" if chosen != [(k, k) for k in range(len(ss))] else "module + order")
             if module_by_names:
@@ -152,6 +182,17 @@ def anchors(layers: list[Layer]) -> dict[int, int]:
         if a.family == "affine" and b.family == "norm" and w and channels and channels[:1] == w[:1]:
             out[b.index] = a.index
     return out
+
+
+def anchor_conflict(si: int, ti: int, anchor_s: dict, anchor_t: dict, decided: dict, reverse: dict) -> bool:
+    """True when source norm `si` and template norm `ti` are each registered right after a conv
+    (their anchors) and those convs are known not to be each other's match: the source anchor
+    is decided onto another layer, or the template anchor is taken by another source layer.
+    `reverse` maps template index -> source index for the decided pairs."""
+    ps, pt = anchor_s.get(si), anchor_t.get(ti)
+    if ps is None or pt is None:
+        return False
+    return (ps in decided and decided[ps][0] != pt) or (pt in reverse and reverse[pt] != ps)
 
 
 def align_rounds(group, S, T, decided, taken, ambiguous, involved, context, sig_count_s, sig_count_t, note) -> None:

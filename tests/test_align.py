@@ -294,6 +294,62 @@ def test_registration_against_the_data_flow_pairs_in_a_second_pass():
     assert rows["net_bn1"].confidence < rows["net_conv1"].confidence
 
 
+def test_pre_activation_norms_with_equal_channels_are_ambiguous_not_guessed():
+    """The same four layers as above, every norm with 8 channels: the template's bn_a, registered
+    after conv_a, may feed conv_a (pre-activation, then it is net_bn0) or normalise its output
+    (then it is net_bn1). Nothing in a state dict says which: both norms are reported."""
+    src, tmpl = Builder(0), Builder(1)
+    src.bn("net_bn0", 8)
+    src.conv("net_conv0", (8, 8, 1, 1))
+    src.bn("net_bn1", 8)
+    src.conv("net_conv1", (8, 8, 3, 3))
+    tmpl.conv("conv_a", (8, 8, 1, 1))
+    tmpl.bn("bn_a", 8)
+    tmpl.conv("conv_b", (8, 8, 3, 3))
+    tmpl.bn("bn_b", 8)
+    a = align(src.ckpt, tmpl.ckpt)
+    assert a.layer_map() == {"net_conv0": "conv_a", "net_conv1": "conv_b"}
+    assert [(e.action, e.name) for e in a.problems()] == [("ambiguous", "net_bn0"), ("ambiguous", "net_bn1")]
+    assert all("candidates bn_a, bn_b" in e.detail and "pre-activation" in e.detail for e in a.problems())
+    with pytest.raises(AlignmentError):
+        a.check(allow_missing=True, allow_unexpected=True)
+
+
+def test_names_that_contradict_the_conv_norm_adjacency_do_not_pair_norms():
+    """Pre-activation blocks named two ways: `bn1` feeds conv1 in the source, while the
+    template (Keras style) calls the norm after conv1 `bn1` and the one feeding conv1
+    `preact_bn`. Equal names, different layers: the adjacency and the order agree, and win."""
+    src, tmpl = Builder(0), Builder(1)
+    src.conv("stem", (8, 3, 3, 3))
+    tmpl.conv("stem", (8, 3, 3, 3))
+    for b in range(2):
+        for name in ("bn1", "conv1", "bn2", "conv2"):
+            (src.bn(f"blocks.{b}.{name}", 8) if "bn" in name else src.conv(f"blocks.{b}.{name}", (8, 8, 3, 3)))
+        for name in ("preact_bn", "conv1", "bn1", "conv2"):
+            (tmpl.bn(f"stage.{b}.{name}", 8) if "bn" in name else tmpl.conv(f"stage.{b}.{name}", (8, 8, 3, 3)))
+    a = align(src.ckpt, tmpl.ckpt)
+    assert a.problems() == []
+    assert {k: v for k, v in a.layer_map().items() if "bn" in k} == {
+        "blocks.0.bn1": "stage.0.preact_bn", "blocks.0.bn2": "stage.0.bn1",
+        "blocks.1.bn1": "stage.1.preact_bn", "blocks.1.bn2": "stage.1.bn1"}
+
+
+def test_counters_of_different_scopes_are_no_evidence_against_order():
+    """Per-block counters (`layer1.1.conv1`) against per-stage ones (`stage1.conv1`, the stage's
+    second conv): the shared tokens tie, and order decides."""
+    src, tmpl = Builder(0), Builder(1)
+    src.conv("stem", (8, 3, 3, 3))
+    tmpl.conv("stem", (8, 3, 3, 3))
+    for b in range(3):
+        for k in (1, 2):
+            src.conv(f"layer1.{b}.conv{k}", (8, 8, 3, 3))
+            tmpl.conv(f"stage1.conv{2 * b + k - 1}", (8, 8, 3, 3))
+    a = align(src.ckpt, tmpl.ckpt)
+    assert a.problems() == []
+    assert a.layer_map() == {"stem": "stem", **{f"layer1.{b}.conv{k}": f"stage1.conv{2 * b + k - 1}"
+                                                for b in range(3) for k in (1, 2)}}
+
+
 _SHAPES = {"conv": [(8, 8, 3, 3), (8, 8, 1, 1), (16, 8, 3, 3)], "bn": [(8,), (16,)], "fc": [(4, 8)]}
 
 
