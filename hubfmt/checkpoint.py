@@ -205,19 +205,23 @@ def read_region(path: str, offset: int, dtype: str, shape) -> np.ndarray:
         count *= int(d)
     out = np.empty(count, dtype=st)
     if count:
-        buf = memoryview(out).cast("B")
         fd = os.open(path, os.O_RDONLY)
         try:
-            done = 0
-            while done < len(buf):
-                n = os.preadv(fd, [buf[done:]], offset + done)
-                if n <= 0:
-                    from .errors import FormatError
-                    raise FormatError(f"file ends inside a tensor (wanted {len(buf)} bytes at offset {offset})", path)
-                done += n
+            pread_into(fd, memoryview(out).cast("B"), offset, path)
         finally:
             os.close(fd)
     return out.reshape(tuple(int(d) for d in shape))
+
+
+def pread_into(fd: int, buf: memoryview, offset: int, path: str) -> None:
+    """Fill `buf` with the bytes at `offset` of the open file `fd` (`path` names it in errors)."""
+    done = 0
+    while done < len(buf):
+        n = os.preadv(fd, [buf[done:]], offset + done)
+        if n <= 0:
+            from .errors import FormatError
+            raise FormatError(f"file ends inside a tensor (wanted {len(buf)} bytes at offset {offset})", path)
+        done += n
 
 
 def region_tensor(path: str | os.PathLike, offset: int, dtype: str, shape) -> LazyTensor:

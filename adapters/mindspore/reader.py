@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 
 from hubfmt import dtypes, hubfile
-from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo, read_region, region_tensor
+from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo, pread_into, read_region, region_tensor
 from hubfmt.errors import FormatError
 
 from . import names, proto
@@ -63,12 +63,7 @@ def _pieces_tensor(path: str, pieces, dtype: str, shape) -> LazyTensor:
         fd = os.open(path, os.O_RDONLY)
         try:
             for off, n in pieces:
-                done = 0
-                while done < n:
-                    k = os.preadv(fd, [raw[pos + done:pos + n]], off + done)
-                    if k <= 0:
-                        raise FormatError(f"file ends inside a tensor (wanted {n} bytes at offset {off})", path)
-                    done += k
+                pread_into(fd, raw[pos:pos + n], off, path)
                 pos += n
         finally:
             os.close(fd)
