@@ -16,6 +16,7 @@ import numpy as np
 from hubfmt import dtypes, hubfile
 from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo, pread_into, read_region, region_tensor
 from hubfmt.errors import FormatError
+from hubfmt.streaming import fold_region
 
 from . import names, proto
 
@@ -132,15 +133,12 @@ def _crc_ok(path: str, fmt: str, items, meta: dict) -> bool:
     if fmt == CKPT:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            left = size - proto.CRC_TRAILER_SIZE
-            while left > 0:
-                chunk = f.read(min(left, 1 << 24))
-                crc = zlib.crc32(chunk, crc)
-                left -= len(chunk)
+            crc = fold_region(f.fileno(), 0, max(size - proto.CRC_TRAILER_SIZE, 0), zlib.crc32)
             f.seek(size - proto.CRC_TRAILER_SIZE + len(proto.CRC_TRAILER))
             return crc == int.from_bytes(f.read(10), "big")
     for name, t in sorted(items, key=lambda kv: kv[0]):
-        crc = zlib.crc32(t.load().tobytes(), zlib.crc32(name.encode("utf-8"), crc))
+        # zlib reads the loaded array's buffer: no bytes copy of the tensor
+        crc = zlib.crc32(t.load(), zlib.crc32(name.encode("utf-8"), crc))
     return str(crc) == meta.get("crc_num")
 
 
