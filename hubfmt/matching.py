@@ -245,13 +245,7 @@ def _sequence_align(S: list[Layer], T: list[Layer], context=None):
             if op is not None and bonus is not None:
                 sc = MATCH + bonus + NAME_WEIGHT * name_similarity(s.tokens, t.tokens) + (0.5 if s.kind == t.kind else 0.0)
                 score[i, j] = (sc - (0.5 if op else 0.0), op)
-    F = [[0.0] * (m + 1) for _ in range(n + 1)]
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            best = max(F[i - 1][j], F[i][j - 1])
-            if (i - 1, j - 1) in score:
-                best = max(best, F[i - 1][j - 1] + score[i - 1, j - 1][0])
-            F[i][j] = best
+    F = _prefix_scores(score, n, m)
     B = [[0.0] * (m + 1) for _ in range(n + 1)]
     for i in range(n - 1, -1, -1):
         for j in range(m - 1, -1, -1):
@@ -261,6 +255,24 @@ def _sequence_align(S: list[Layer], T: list[Layer], context=None):
             B[i][j] = best
     opt = F[n][m]
     viable = {(i, j) for (i, j), (sc, _) in score.items() if F[i][j] + sc + B[i + 1][j + 1] > opt - TIE + 1e-9}
+    return score, viable, _best_path(F, score, n, m)
+
+
+def _prefix_scores(score: dict, n: int, m: int) -> list[list[float]]:
+    """F[i][j]: the best order-preserving pairing of the first i and first j layers, pair (i, j)
+    worth score[i, j][0] where it is allowed."""
+    F = [[0.0] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            best = max(F[i - 1][j], F[i][j - 1])
+            if (i - 1, j - 1) in score:
+                best = max(best, F[i - 1][j - 1] + score[i - 1, j - 1][0])
+            F[i][j] = best
+    return F
+
+
+def _best_path(F: list[list[float]], score: dict, n: int, m: int) -> list[tuple[int, int]]:
+    """The pairs of one optimal pairing, traced back through F."""
     chosen = []
     i, j = n, m
     while i > 0 and j > 0:
@@ -271,29 +283,12 @@ def _sequence_align(S: list[Layer], T: list[Layer], context=None):
             i -= 1
         else:
             j -= 1
-    return score, viable, chosen[::-1]
+    return chosen[::-1]
 
 
 def relaxed_pairs(S: list[Layer], T: list[Layer]) -> list[tuple[int, int]]:
     """Order-preserving pairs of layers with the same roles (shapes may differ), for the mismatch table."""
     n, m = len(S), len(T)
-    F = [[0.0] * (m + 1) for _ in range(n + 1)]
-
-    def ok(s: Layer, t: Layer) -> bool:
-        return s.required == t.required and s.family == t.family
-
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            F[i][j] = max(F[i - 1][j], F[i][j - 1])
-            if ok(S[i - 1], T[j - 1]):
-                F[i][j] = max(F[i][j], F[i - 1][j - 1] + 1 + name_similarity(S[i - 1].tokens, T[j - 1].tokens))
-    pairs, i, j = [], n, m
-    while i > 0 and j > 0:
-        if ok(S[i - 1], T[j - 1]) and abs(F[i][j] - F[i - 1][j - 1] - 1 - name_similarity(S[i - 1].tokens, T[j - 1].tokens)) < 1e-9:
-            pairs.append((i - 1, j - 1))
-            i, j = i - 1, j - 1
-        elif F[i][j] == F[i - 1][j]:
-            i -= 1
-        else:
-            j -= 1
-    return pairs[::-1]
+    score = {(i, j): (1 + name_similarity(s.tokens, t.tokens), "") for i, s in enumerate(S) for j, t in enumerate(T)
+             if s.required == t.required and s.family == t.family}
+    return _best_path(_prefix_scores(score, n, m), score, n, m)
