@@ -28,8 +28,10 @@ import time
 
 import numpy as np
 
-from hubfmt import Checkpoint, LayerInfo, LazyTensor, TensorInfo, convert, hubfile, registry
-from hubfmt.cli import _size
+from hubfmt import Checkpoint, LayerInfo, LazyTensor, TensorInfo, registry
+from hubfmt import pipeline as convert
+from hubfmt.io import hubfile
+from hubfmt.cli.main import _size
 
 MiB = 2**20
 

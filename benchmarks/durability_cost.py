@@ -17,8 +17,9 @@ import tempfile
 
 _RUN = r"""
 import os, sys, time
-from hubfmt.malloc import reuse_freed_memory
-from hubfmt import atomic, convert, writeback
+from hubfmt.io.malloc import reuse_freed_memory
+from hubfmt import convert
+from hubfmt.io import atomic, writeback
 reuse_freed_memory()                       # as the hubfmt command does
 if sys.argv[1] != "durable":
     atomic._fsync_trees = lambda paths: None

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from hubfmt.malloc import reuse_freed_memory
-from hubfmt.permute import permute
+from hubfmt.io.malloc import reuse_freed_memory
+from hubfmt.io.permute import permute
 
 
 def cases(mib: int) -> list[tuple[str, tuple, tuple]]:
@@ -48,8 +48,8 @@ def main() -> None:
     for name, shape, axes in cases(a.mib):
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         assert np.array_equal(permute(x, axes), x.transpose(axes))
-        ref = best_rate(lambda: np.ascontiguousarray(x.transpose(axes)), x.nbytes)
-        ours = best_rate(lambda: permute(x, axes), x.nbytes)
+        ref = best_rate(lambda x=x, axes=axes: np.ascontiguousarray(x.transpose(axes)), x.nbytes)
+        ours = best_rate(lambda x=x, axes=axes: permute(x, axes), x.nbytes)
         print(f"| {name} | {list(shape)} | {ref:.2f} | {ours:.2f} |")
 
 

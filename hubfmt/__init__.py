@@ -4,17 +4,25 @@
 >>> report = hubfmt.convert("dpn-0000.params", "dpn.pth")      # doctest: +SKIP
 >>> ckpt = hubfmt.read("dpn.safetensors")                      # doctest: +SKIP
 
-Importing hubfmt imports no framework; adapters live in hubfmt.adapters.<framework>.
+This module is the user API. Adapters (hubfmt.adapters.<name>) use hubfmt.sdk; every other module
+is internal. Importing hubfmt imports no framework.
 """
-from .checkpoint import Checkpoint, Entry, LayerInfo, LazyTensor, SourceInfo, TensorInfo
-from .convert import convert, read, write
-from .errors import ConversionError, FormatError, HubfmtError, OutputError, UnsafePickleError, VersionError
-from .manifest import FORMAT_VERSION
-from .report import Report
+from hubfmt.alignment import Alignment, Mapping, Move, RuleSet, load_rules
+from hubfmt.errors import (AlignmentError, ConversionError, FormatError, HubfmtError, MissingFrameworkError,
+                           OutputError, UnsafePickleError, VersionError)
+from hubfmt.format.checkpoint import Checkpoint, Entry, LayerInfo, SourceInfo, TensorInfo
+from hubfmt.format.manifest import FORMAT_VERSION
+from hubfmt.format.tensor import LazyTensor
+from hubfmt.io.conformance import validate
+from hubfmt.pipeline import align, convert, read, rename, write
+from hubfmt.report import Report
+from hubfmt.verification import Verification, verify
 
 __version__ = "0.1.0"
 __all__ = [
-    "Checkpoint", "Entry", "LayerInfo", "LazyTensor", "SourceInfo", "TensorInfo",
-    "convert", "read", "write", "Report", "FORMAT_VERSION",
-    "HubfmtError", "FormatError", "VersionError", "UnsafePickleError", "ConversionError", "OutputError",
+    "read", "write", "convert", "align", "rename", "validate", "verify",
+    "Checkpoint", "Entry", "LayerInfo", "LazyTensor", "SourceInfo", "TensorInfo", "Report", "FORMAT_VERSION",
+    "Alignment", "RuleSet", "load_rules", "Mapping", "Move", "Verification",
+    "HubfmtError", "FormatError", "VersionError", "UnsafePickleError", "ConversionError", "AlignmentError",
+    "OutputError", "MissingFrameworkError",
 ]

@@ -49,7 +49,7 @@ def efficientnet_pair(widths=((8, 8), (8, 8), (8, 16), (16, 16)), target_widths=
     dst.bn("stem.bn", target_widths[0][0])
     both("_conv_stem", "stem.conv", ["weight"])
     both("_bn0", "stem.bn", BN)
-    for i, ((cin, cout), (tin, tout)) in enumerate(zip(widths, target_widths)):
+    for i, ((cin, cout), (tin, tout)) in enumerate(zip(widths, target_widths, strict=True)):
         r, tr = max(1, cin // 4), max(1, tin // 4)
         p = f"_blocks.{i}"
         src.conv(f"{p}._depthwise_conv", (cin, 1, 3, 3), "depthwise_conv2d")

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import hubfmt
-from hubfmt import Checkpoint, LazyTensor, TensorInfo, dtypes, registry
+from hubfmt import Checkpoint, LazyTensor, TensorInfo, registry
+from hubfmt.format import dtypes
 
 ALL = frozenset(dtypes.DTYPES)
 

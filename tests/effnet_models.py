@@ -153,8 +153,9 @@ def torch_checkpoint(model):
     adapter produces; built here so these tests do not depend on it)."""
     from torch import nn
 
-    from hubfmt import dtypes
-    from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+    from hubfmt.format import dtypes
+    from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
+    from hubfmt.format.tensor import LazyTensor
 
     kinds = {}
     for path, m in model.named_modules():
@@ -186,10 +187,10 @@ def rename_layers(ckpt, mapping: dict[str, str]):
     """The explicit rename the alignment engine will automate: module path -> module path."""
     import dataclasses
 
-    from hubfmt.checkpoint import Checkpoint
+    from hubfmt.format.checkpoint import Checkpoint
 
     out = Checkpoint(source=ckpt.source, extra=dict(ckpt.extra))
-    for name, e in ckpt.entries.items():
+    for e in ckpt.entries.values():
         layer = mapping[e.info.layer]
         out.add(f"{layer}.{e.info.role}", e.tensor, dataclasses.replace(e.info, layer=layer))
     out.layers = {mapping.get(k, k): v for k, v in ckpt.layers.items()}

@@ -1,2 +1,2 @@
 """Builders shared by the hub tests (no framework needed)."""
-from hubfmt.demo import example_checkpoint as small_cnn  # noqa: F401  (one definition, pinned by spec/examples)
+from hubfmt.cli.demo import example_checkpoint as small_cnn  # noqa: F401  (one definition, pinned by spec/examples)

@@ -182,7 +182,7 @@ def load_into_torch(torch, model, ckpt: Checkpoint) -> None:
     assert len(targets) == len(sources), (targets, sources)
     modules = dict(model.named_modules())
     new = {}
-    for t, s in zip(targets, sources):
+    for t, s in zip(targets, sources, strict=True):
         arr = ckpt.tensor(s)
         if arr.shape != tuple(sd[t].shape):
             assert arr.ndim == 4 and arr.shape[2:] == (1, 1) and arr.shape[:2] == tuple(sd[t].shape), (t, s, arr.shape)

@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubfmt import Checkpoint, LayerInfo, LazyTensor, TensorInfo, hubfile
-from hubfmt.align import align
+from hubfmt import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+from hubfmt.io import hubfile
+from hubfmt import align
 from hubfmt.errors import AlignmentError, ConversionError
-from hubfmt.layers import name_similarity, name_tokens
-from hubfmt.template import parse_listing
+from hubfmt.alignment.grouping import name_similarity, name_tokens
+from hubfmt.alignment.target import parse_listing
 
 from align_cases import Builder, ambiguous_pair, dpn_pair, efficientnet_pair
 
@@ -203,7 +204,7 @@ def test_listing_template_json_and_text(tmp_path):
 
 
 def test_listing_from_inspect_json_and_a_hub_file_template(tmp_path):
-    from hubfmt.describe import describe
+    from hubfmt.cli.inspect import describe
 
     src, tmpl, expected = efficientnet_pair()
     p = tmp_path / "inspect.json"
@@ -367,8 +368,8 @@ def test_never_a_wrong_match(layers, dropped, data):
         # letters only (a digit would be a shared token); the suffix keeps names unique
         s_name = data.draw(words_s) + "abcdefghijklm"[k % 13] + "abcdefghijklm"[k // 13]
         t_name = data.draw(words_t) + "nopqrstuvwxyz"[k % 13] + "nopqrstuvwxyz"[k // 13]
-        add = {"conv": lambda b, n: b.conv(n, shape), "bn": lambda b, n: b.bn(n, shape[0]),
-               "fc": lambda b, n: b.conv(n, shape, "linear", bias=True)}[kind]
+        add = {"conv": lambda b, n, shape=shape: b.conv(n, shape), "bn": lambda b, n, shape=shape: b.bn(n, shape[0]),
+               "fc": lambda b, n, shape=shape: b.conv(n, shape, "linear", bias=True)}[kind]
         add(src, s_name)
         if k not in dropped:
             add(tmpl, t_name)
@@ -393,8 +394,8 @@ def test_never_a_wrong_match_with_modules(blocks, dropped_block, data):
             shape = _SHAPES[kind][v % len(_SHAPES[kind])]
             s_name = f"blk{'abcdefghijklm'[b]}.{data.draw(st.text('abcdefghijklm', min_size=2, max_size=4))}{'abcdefghijklm'[k]}"
             t_name = f"stage.{'nopqrstuvwxyz'[b]}.{data.draw(st.text('nopqrstuvwxyz', min_size=2, max_size=4))}{'nopqrstuvwxyz'[k]}"
-            add = {"conv": lambda x, n: x.conv(n, shape), "bn": lambda x, n: x.bn(n, shape[0]),
-                   "fc": lambda x, n: x.conv(n, shape, "linear", bias=True)}[kind]
+            add = {"conv": lambda x, n, shape=shape: x.conv(n, shape), "bn": lambda x, n, shape=shape: x.bn(n, shape[0]),
+                   "fc": lambda x, n, shape=shape: x.conv(n, shape, "linear", bias=True)}[kind]
             add(src, s_name)
             if b != dropped_block:
                 add(tmpl, t_name)

@@ -12,10 +12,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hubfmt import Checkpoint
-from hubfmt.align import align
-from hubfmt.convert import rename
+from hubfmt import align
+from hubfmt.pipeline import rename
 from hubfmt.errors import AlignmentError
-from hubfmt.rules import RuleSet, make_rule
+from hubfmt.alignment.rules import RuleSet, make_rule
 
 from conftest import assert_same_outputs, require
 from torch_nets import as_numpy, checkpoint_of, load_into, randomize
@@ -119,7 +119,7 @@ def build(variant: str) -> PreActNet:
 
 def truth(src: PreActNet, dst: PreActNet) -> dict[str, str]:
     """Layer path in `src` -> the layer of `dst` doing the same job."""
-    out = dict(zip(src.top[:1] + src.top[2:], dst.top[:1] + dst.top[2:]))
+    out = dict(zip(src.top[:1] + src.top[2:], dst.top[:1] + dst.top[2:], strict=True))
     out.update({src.layer(b, r): dst.layer(b, r) for b in range(BLOCKS) for r in ROLES})
     return out
 

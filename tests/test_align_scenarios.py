@@ -96,7 +96,7 @@ def torch_dpn():
 
         def forward(self, x):
             y = x
-            for bn, conv in zip(self.norms, self.convs):
+            for bn, conv in zip(self.norms, self.convs, strict=True):
                 y = conv(torch.relu(bn(y)))
             return torch.cat([x[:, :self.bw] + y[:, :self.bw], x[:, self.bw:], y[:, self.bw:]], dim=1)
 
@@ -246,7 +246,7 @@ def test_torch_efficientnet_to_mindspore(tmp_path):
     assert_same_outputs(got, _torch_out(model))
     # The verification API across frameworks: torch with named intermediates, MindSpore final only.
     from hubfmt.adapters.torch.verify import runner
-    from hubfmt.verify import verify
+    from hubfmt.verification import verify
 
     v = verify(runner(model), lambda x: {"output": net(ms.Tensor(x)).asnumpy()}, X)
     assert v.ok and len(v.rows) == 1 and len(v.unpaired) > 20, v.to_text()

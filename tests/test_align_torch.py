@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hubfmt import hubfile
-from hubfmt.align import align
-from hubfmt.convert import rename
-from hubfmt.rules import RuleSet
+from hubfmt.io import hubfile
+from hubfmt import align
+from hubfmt.pipeline import rename
+from hubfmt.alignment.rules import RuleSet
 
 from conftest import assert_same_outputs, require, run_cli
 from torch_nets import (ConvClassifierNet, DenseClassifierNet, EfficientNetA, EfficientNetB, FusedAttention, GateLSTM,

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 import hubfmt
-from hubfmt import Checkpoint, LazyTensor, TensorInfo, hubfile, registry
+from hubfmt import Checkpoint, LazyTensor, TensorInfo, registry
+from hubfmt.io import hubfile
 
 KILL_POINTS = int(os.environ.get("HUBFMT_KILL_POINTS", "6"))
 TMP_MARK = ".hubfmt-tmp-"
@@ -189,7 +190,7 @@ def test_input_is_opened_read_only_and_unchanged(tmp_path, src_fmt):
 
 
 def _small_hub(tmp_path) -> str:
-    from hubfmt.demo import example_checkpoint
+    from hubfmt.cli.demo import example_checkpoint
     p = tmp_path / "small.safetensors"
     hubfile.write(example_checkpoint(), p)
     return str(p)

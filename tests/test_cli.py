@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from hubfmt import hubfile
+from hubfmt.io import hubfile
 
 from conftest import run_cli
 from helpers import small_cnn
@@ -92,6 +92,6 @@ def test_adapter_options_pass_through_and_unknown_ones_are_refused(tmp_path):
     back = read(out)
     assert back.extra.get("epoch") == 3                     # training layout keeps non-tensor content
     assert back["features.0.weight"].tensor.dtype == "float32"
-    _one_line_error(run_cli("convert", a, tmp_path / "u.pth", "-W", "colour=blue"), "torch writer", "colour")
+    _one_line_error(run_cli("convert", a, tmp_path / "u.pth", "-W", "colour=blue"), "torch-zip writer", "colour", "layout")
     assert not (tmp_path / "u.pth").exists()
     assert run_cli("convert", a, tmp_path / "v.pth", "-W", "nonsense").returncode == 2

@@ -8,7 +8,7 @@ from hubfmt import registry
 
 
 def test_demo_round_trips_through_every_installed_adapter(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "hubfmt.demo", "--out", str(tmp_path / "demo")],
+    r = subprocess.run([sys.executable, "-m", "hubfmt.cli.demo", "--out", str(tmp_path / "demo")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "every round trip bit-exact" in r.stdout

@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from hubfmt import hubfile, registry
+from hubfmt import registry
 from hubfmt.errors import FormatError, UnsafePickleError
-from hubfmt.safe_pickle import restricted_loads
+from hubfmt.codecs.safe_pickle import restricted_loads
 
 from conftest import REPO, run_cli
 
@@ -43,7 +43,7 @@ def test_restricted_unpickler_refuses(name, opaque):
 
 
 def test_allowed_functions_are_not_modified_by_build():
-    from hubfmt import safe_pickle
+    from hubfmt.codecs import safe_pickle
     before = {n: (f.__defaults__, f.__kwdefaults__) for n, f in vars(safe_pickle).items() if callable(f) and hasattr(f, "__defaults__")}
     for name in corpus.state_tampering():
         with pytest.raises(FormatError):
@@ -71,7 +71,7 @@ _RESOURCE_CHILD = textwrap.dedent("""
     import json, resource, signal, sys, time
     sys.path.insert(0, sys.argv[1])
     import corpus
-    from hubfmt.safe_pickle import restricted_loads
+    from hubfmt.codecs.safe_pickle import restricted_loads
     from hubfmt.errors import HubfmtError
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))      # 1 GiB of address space in all
     def hang(*_): raise TimeoutError("more than 20 s")

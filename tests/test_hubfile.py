@@ -12,7 +12,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from safetensors.numpy import load_file
 
-from hubfmt import Checkpoint, LazyTensor, TensorInfo, dtypes, hubfile
+import hubfmt
+from hubfmt.codecs import safetensors as st_codec
+from hubfmt import Checkpoint, LazyTensor, TensorInfo
+from hubfmt.format import dtypes
+from hubfmt.io import hubfile
 from hubfmt.errors import FormatError, OutputError, VersionError
 
 from helpers import small_cnn
@@ -53,9 +57,9 @@ def test_keep_dtype_stores_original_floating_dtype(tmp_path):
     out = tmp_path / "m.safetensors"
     report = hubfile.write(src, out, keep_dtype=True)
     assert not report.of("cast")
-    header, _, _ = hubfile.read_header(str(out))
+    header, _, _ = st_codec.read_header(str(out))
     assert header["features.0.weight"]["dtype"] == "F16"
-    assert hubfile.validate(out) == []
+    assert hubfmt.validate(out) == []
 
 
 def test_bfloat16_widens_exactly_and_narrows_back(tmp_path):
@@ -79,12 +83,12 @@ def test_tied_tensors_are_stored_once(tmp_path):
     ckpt.add("head.weight", emb, TensorInfo(kind="linear", tied_to="embed.weight"))
     out = tmp_path / "t.safetensors"
     hubfile.write(ckpt, out)
-    header, _, _ = hubfile.read_header(str(out))
+    header, _, _ = st_codec.read_header(str(out))
     assert "head.weight" not in header and "embed.weight" in header
     back = hubfile.read(out)
     assert back["head.weight"].info.tied_to == "embed.weight"
     assert np.array_equal(back.tensor("head.weight"), back.tensor("embed.weight"))
-    assert hubfile.validate(out) == []
+    assert hubfmt.validate(out) == []
 
 
 def test_sharded_output_round_trips_and_index_names_every_tensor(tmp_path):
@@ -99,7 +103,7 @@ def test_sharded_output_round_trips_and_index_names_every_tensor(tmp_path):
     assert list(back) == list(src)
     for name in src:
         assert np.array_equal(back.tensor(name), src.tensor(name))
-    assert hubfile.validate(tmp_path / "m.safetensors.index.json") == []
+    assert hubfmt.validate(tmp_path / "m.safetensors.index.json") == []
 
 
 _dtype_names = st.sampled_from(sorted(dtypes.DTYPES - {"bfloat16"}))
@@ -169,7 +173,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
         hubfile.write(small_cnn(), out)
     assert out.read_bytes() == b"precious"
     hubfile.write(small_cnn(), out, overwrite=True)
-    assert hubfile.validate(out) == []
+    assert hubfmt.validate(out) == []
     assert not [p for p in os.listdir(tmp_path) if "hubfmt-tmp" in p]
 
 
@@ -190,7 +194,7 @@ def test_validate_reports_spec_violations(tmp_path):
     manifest = {"tensors": {"w": {"kind": "warp_drive", "role": "weight", "original_name": "w", "original_dtype": "float16"}}}
     _write_raw(p, {"__metadata__": {"hubfmt.version": "1.0", "hubfmt.manifest": json.dumps(manifest)},
                    "w": {"dtype": "I32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)
-    problems = hubfile.validate(p)
+    problems = hubfmt.validate(p)
     assert any("unknown layer kind 'warp_drive'" in x for x in problems)
     assert any("floating tensor stored as I32" in x for x in problems)
 
@@ -202,4 +206,4 @@ def test_plain_safetensors_reads_as_foreign(tmp_path):
     ckpt = hubfile.read(p)
     assert list(ckpt) == ["a.weight"]
     assert ckpt.report.of("warning")
-    assert hubfile.validate(p) and "not a hub file" in hubfile.validate(p)[0]
+    assert hubfmt.validate(p) and "not a hub file" in hubfmt.validate(p)[0]

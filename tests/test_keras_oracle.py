@@ -12,8 +12,9 @@ import os
 import numpy as np
 import pytest
 
-from hubfmt import hubfile
-from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+from hubfmt.io import hubfile
+from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
+from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import ConversionError
 
 from conftest import assert_same_outputs, require

@@ -7,7 +7,8 @@ import pytest
 from conftest import run_cli
 from hubfmt.adapters import mindspore as adapter
 from hubfmt.adapters.mindspore import proto
-from hubfmt.checkpoint import Checkpoint, LazyTensor
+from hubfmt.format.checkpoint import Checkpoint
+from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import FormatError
 
 

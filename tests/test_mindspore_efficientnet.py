@@ -12,7 +12,7 @@ import pytest
 import hubfmt
 from conftest import assert_same_outputs, require
 from effnet_models import input_batch, layer_order, mindspore_effnet, rename_layers, torch_checkpoint, torch_effnet
-from hubfmt import hubfile
+from hubfmt.io import hubfile
 from hubfmt.adapters import mindspore as adapter
 from hubfmt.errors import ConversionError
 

@@ -13,19 +13,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hubfmt import hubfile
+from hubfmt.io import hubfile
 from hubfmt.adapters import mindspore as adapter
-from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
+from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import ConversionError, HubfmtError, OutputError
 from hubfmt.adapters.mindspore import proto
-from hubfmt.protowire import encode_varint
+from hubfmt.codecs.protowire import encode_varint
 
 DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64",
           "uint8", "uint16", "uint32", "uint64", "bool"]
 
 
 def _array(draw, dtype: str, shape) -> np.ndarray:
-    from hubfmt import dtypes
+    from hubfmt.format import dtypes
     n = int(np.prod(shape))
     raw = draw(st.binary(min_size=n * dtypes.itemsize(dtype), max_size=n * dtypes.itemsize(dtype)))
     arr = np.frombuffer(raw, dtype=dtypes.storage_dtype(dtype)).reshape(shape)
@@ -229,8 +230,9 @@ def test_without_mindspore(tmp_path):
 import sys
 sys.modules["mindspore"] = None
 import numpy as np
-from hubfmt import dtypes, hubfile
-from hubfmt.checkpoint import Checkpoint, LazyTensor
+from hubfmt.format import dtypes
+from hubfmt.io import hubfile
+from hubfmt import Checkpoint, LazyTensor
 from hubfmt.adapters import mindspore as adapter
 rng = np.random.default_rng(0)
 c = Checkpoint()
@@ -288,13 +290,21 @@ def test_layer_kind_from_layer_info(tmp_path):
     assert [r.tag for r in proto.scan(tmp_path / "m.ckpt")[0]] == ["bn.gamma"]
 
 
-def test_options(tmp_path):
+def test_options_are_checked_against_the_declared_ones(tmp_path):
+    import hubfmt
+
     ckpt = Checkpoint()
     ckpt.add("w", LazyTensor.from_array(np.ones(2, np.float32)))
-    with pytest.raises(HubfmtError, match="unknown option.*templete"):
-        adapter.write(ckpt, tmp_path / "m.ckpt", templete=["w"])
-    report = adapter.write(ckpt, tmp_path / "m.ckpt", keep_dtype=True)
-    assert report.of("warning")[0].name == "keep_dtype"
+    with pytest.raises(HubfmtError, match="templete: the mindspore-ckpt writer has no such option.*did you mean --template"):
+        hubfmt.write(ckpt, tmp_path / "m.ckpt", templete=["w"])
+    # --keep-dtype means nothing for a MindSpore checkpoint: one clear error, as for every format
+    with pytest.raises(HubfmtError, match="--keep-dtype: the mindspore-ckpt writer has no such option"):
+        hubfmt.write(ckpt, tmp_path / "m.ckpt", keep_dtype=True)
+    with pytest.raises(HubfmtError, match="-W max_slice_bytes.*not a positive size"):
+        hubfmt.write(ckpt, tmp_path / "m.ckpt", max_slice_bytes=0)
+    assert not (tmp_path / "m.ckpt").exists()
+    hubfmt.write(ckpt, tmp_path / "m.ckpt", max_slice_bytes="1KiB")
+    assert adapter.read(tmp_path / "m.ckpt").tensor("w").tolist() == [1.0, 1.0]
 
 
 def test_two_tensors_one_mindspore_name_is_refused(tmp_path):

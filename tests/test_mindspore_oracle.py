@@ -8,10 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_same_outputs, require
-from hubfmt import dtypes
+from hubfmt.format import dtypes
 from hubfmt.adapters import mindspore as adapter
 from hubfmt.adapters.mindspore import proto
-from hubfmt.checkpoint import Checkpoint, LazyTensor
+from hubfmt.format.checkpoint import Checkpoint
+from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import FormatError
 
 NUMPY = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int8": np.int8,
@@ -94,8 +95,8 @@ def test_reads_sliced_tensors_and_crc(tmp_path, monkeypatch):
     oracle = ms.load_checkpoint(str(path), crc_check=True)
     for name in arrays:
         assert ckpt.tensor(name).tobytes() == oracle[name].asnumpy().tobytes()
-    assert "crc_num" in ckpt.report.of("warning")[0].detail
-    assert not adapter.read(path, verify_crc=True).report.of("warning")
+    assert not ckpt.report.of("warning")                 # checked by default
+    assert "crc_num" in adapter.read(path, verify_checksums=False).report.of("warning")[0].detail
 
 
 @st.composite
@@ -198,6 +199,23 @@ def test_conv1d_weight_is_four_dimensional_in_mindspore(tmp_path):
     assert_same_outputs(other(ms.Tensor(x)).asnumpy(), cell(ms.Tensor(x)).asnumpy())
 
 
+def test_two_conv1d_cells_of_different_sizes_keep_their_own_shapes():
+    """from_model reshapes every Conv1d weight from [O, I, 1, K]; each with its own shape (the
+    reshape was once a closure over the loop variables: every weight got the last one's shape)."""
+    ms = _ms()
+    torch = require("torch")
+    cell = ms.nn.SequentialCell([ms.nn.Conv1d(3, 5, 3, pad_mode="pad", padding=1, has_bias=True),
+                                 ms.nn.Conv1d(5, 2, 1, has_bias=True)])
+    ckpt = adapter.from_model(cell)
+    assert ckpt["0.weight"].tensor.shape == (5, 3, 3) and ckpt.tensor("0.weight").shape == (5, 3, 3)
+    assert ckpt["1.weight"].tensor.shape == (2, 5, 1) and ckpt.tensor("1.weight").shape == (2, 5, 1)
+    t_mod = torch.nn.Sequential(torch.nn.Conv1d(3, 5, 3, padding=1), torch.nn.Conv1d(5, 2, 1))
+    t_mod.load_state_dict({n: torch.from_numpy(ckpt.tensor(n).copy()) for n in ckpt}, strict=True)
+    x = np.random.default_rng(4).normal(size=(2, 3, 9)).astype(np.float32)
+    with torch.no_grad():
+        assert_same_outputs(cell(ms.Tensor(x)).asnumpy(), t_mod(torch.from_numpy(x)).numpy())
+
+
 @pytest.mark.parametrize("ms_momentum", [0.9, 0.99])
 def test_batchnorm_momentum_recorded_in_torch_convention(ms_momentum):
     """Measured, not assumed: a training-mode forward moves moving_mean by the recorded momentum m
@@ -259,16 +277,18 @@ def test_crc_written_by_mindspore_is_verified(tmp_path, suffix, fmt):
               "b.bias": (rng.normal(size=(4,)).astype(np.float16), "float16")}
     path = tmp_path / f"crc{suffix}"
     _save(ms, path, arrays, crc_check=True, format=fmt)
-    ckpt = adapter.read(path, verify_crc=True)
+    ckpt = adapter.read(path, verify_checksums=True)
     assert not ckpt.report.of("warning")
     raw = bytearray(path.read_bytes())
     span = ckpt["a.weight"].tensor.span
     raw[span.offset + 3] ^= 0x01                 # one bit of one weight
     damaged = tmp_path / f"damaged{suffix}"
     damaged.write_bytes(bytes(raw))
-    assert adapter.read(damaged).tensor("a.weight").tobytes() != arrays["a.weight"][0].tobytes()
+    assert adapter.read(damaged, verify_checksums=False).tensor("a.weight").tobytes() != arrays["a.weight"][0].tobytes()
     with pytest.raises(FormatError, match="crc_num does not match"):
-        adapter.read(damaged, verify_crc=True)
+        adapter.read(damaged)                    # checked by default
+    with pytest.raises(FormatError, match="crc_num does not match"):
+        adapter.read(damaged, verify_checksums=True)
     with pytest.raises(ValueError):              # MindSpore agrees that the file is damaged
         ms.load_checkpoint(str(damaged), crc_check=True, format=fmt)
 

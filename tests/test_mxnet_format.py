@@ -8,12 +8,15 @@ import subprocess
 import sys
 
 import numpy as np
+
+import hubfmt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hubfmt import Checkpoint, LayerInfo, LazyTensor, TensorInfo, hubfile
+from hubfmt import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+from hubfmt.io import hubfile
 from hubfmt.adapters import mxnet as mxa
 from hubfmt.adapters.mxnet import names, ndlist
 from hubfmt.errors import ConversionError, OutputError
@@ -222,7 +225,8 @@ def test_round_trip_without_mxnet_importable(tmp_path):
     script = f"""
 import sys; sys.modules['mxnet'] = None
 import numpy as np
-from hubfmt import Checkpoint, LazyTensor, hubfile
+from hubfmt import Checkpoint, LazyTensor
+from hubfmt.io import hubfile
 from hubfmt.adapters import mxnet as mxa
 c = Checkpoint()
 c.add('a.weight', LazyTensor.from_array(np.arange(6, dtype=np.float16).reshape(2, 3)))
@@ -318,8 +322,10 @@ def test_old_symbol_attribute_keys(tmp_path):
 def test_symbol_output_options(tmp_path):
     with pytest.raises(ConversionError, match="no graph"):
         mxa.write(_sample(), tmp_path / "a-0000.params", symbol_file=True)
-    with pytest.raises(ConversionError, match="not supported"):
-        mxa.write(_sample(), tmp_path / "a-0000.params", keep_dtype=True)
+    with pytest.raises(ConversionError, match="--keep-dtype: the mxnet-params writer has no such option"):
+        hubfmt.write(_sample(), tmp_path / "a-0000.params", keep_dtype=True)
+    with pytest.raises(ConversionError, match="'caffe' is not one of 'module', 'gluon'"):
+        hubfmt.write(_sample(), tmp_path / "a.params", style="caffe")
     with pytest.raises(ConversionError, match="unknown style"):
         mxa.write(_sample(), tmp_path / "a.params", style="caffe")
     assert os.listdir(tmp_path) == []

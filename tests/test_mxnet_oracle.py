@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import hubfmt
-from hubfmt import hubfile
+from hubfmt.io import hubfile
 from hubfmt.adapters import mxnet as mxa
 
 import mxnet_twins as tw
@@ -324,7 +324,7 @@ def test_model_zoo_export_through_hub_into_another_instance(mx, tmp_path, arch):
     want = net(mx.nd.array(x)).asnumpy()
     net.export(str(tmp_path / "zoo"), 0)
     ckpt = _through_hub(tmp_path / "zoo-0000.params", tmp_path)
-    assert hubfile.validate(tmp_path / "m.safetensors") == []
+    assert hubfmt.validate(tmp_path / "m.safetensors") == []
     kinds = {e.info.kind for e in ckpt.entries.values()}
     assert "tensor" not in kinds and {"conv2d", "batch_norm", "linear"} <= kinds
     if arch.startswith("mobilenet"):

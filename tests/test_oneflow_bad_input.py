@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from hubfmt import hubfile
+from hubfmt.io import hubfile
 from hubfmt.adapters import oneflow as of
 from hubfmt.errors import FormatError, UnsafePickleError
 

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hubfmt import Checkpoint, ConversionError, LazyTensor, TensorInfo, hubfile, registry
+from hubfmt import Checkpoint, ConversionError, LazyTensor, TensorInfo, registry
+from hubfmt.io import hubfile
 from hubfmt.adapters import oneflow as of
 from hubfmt.adapters.oneflow import meta, pickled
 
@@ -173,7 +174,8 @@ def test_legacy_layout_is_read(tmp_path):
 
 
 def test_output_detection_and_cli(tmp_path):
-    assert registry.detect_output(str(tmp_path / "x.oneflow")) == ("oneflow", "oneflow")
+    d = registry.detect_output(str(tmp_path / "x.oneflow"))
+    assert (d.adapter, d.format.name) == ("oneflow", "oneflow")
     hub = tmp_path / "m.safetensors"
     hubfile.write(small_cnn(), hub)
     r = run_cli("convert", hub, tmp_path / "plain_dir", "--to", "oneflow")
@@ -181,7 +183,8 @@ def test_output_detection_and_cli(tmp_path):
     assert f"{len(small_cnn())}/{len(small_cnn())} tensors" in r.stdout
     r = run_cli("convert", tmp_path / "plain_dir", tmp_path / "back.safetensors")     # detected by content
     assert r.returncode == 0, r.stderr
-    assert registry.detect_input(str(tmp_path / "plain_dir")) == ("oneflow", "oneflow")
+    d = registry.detect_input(str(tmp_path / "plain_dir"))
+    assert (d.adapter, d.format.name) == ("oneflow", "oneflow")
 
 
 # ---- hub -> OneFlow dir -> hub, bit-exact, on generated state dicts ----------------------------
@@ -234,12 +237,12 @@ def test_existing_output_is_refused(tmp_path):
 def test_same_dtype_copies_go_file_to_file(tmp_path, monkeypatch):
     of.write(small_cnn(), tmp_path / "a.oneflow")
     src = of.read(tmp_path / "a.oneflow")
-    import hubfmt.checkpoint
+    import hubfmt.format.tensor
 
     def no_python_reads(*a, **k):
         raise AssertionError("tensor bytes went through Python")
 
-    monkeypatch.setattr(hubfmt.checkpoint, "read_region", no_python_reads)
+    monkeypatch.setattr(hubfmt.format.tensor, "read_region", no_python_reads)
     of.write(src, tmp_path / "b.oneflow")                  # OneFlow -> OneFlow
     hubfile.write(src, tmp_path / "b.safetensors")         # OneFlow fp32 -> hub fp32
     monkeypatch.undo()

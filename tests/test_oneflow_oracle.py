@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 
-from hubfmt import Checkpoint, LazyTensor, TensorInfo, hubfile
+from hubfmt import Checkpoint, LazyTensor, TensorInfo
+from hubfmt.io import hubfile
 from hubfmt.adapters import oneflow as of
 from hubfmt.adapters.oneflow import meta
 
@@ -174,7 +175,8 @@ def test_oneflow_to_hub_to_torch_same_outputs(tmp_path):
 IN_MEMORY = yolo_twin.oneflow_prelude() + r'''
 import sys, os, json, numpy as np
 import oneflow as flow
-from hubfmt import hubfile, ConversionError
+from hubfmt import ConversionError
+from hubfmt.io import hubfile
 from hubfmt.adapters import oneflow as of
 d = sys.argv[1]
 x = flow.tensor(np.load(os.path.join(d, "x.npy")))

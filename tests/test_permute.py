@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hubfmt import layouts, permute as pm
-from hubfmt.permute import permute
+from hubfmt.io import transforms as layouts
+from hubfmt.io import permute as pm
+from hubfmt.io.permute import permute
 
 
 def _check(a: np.ndarray, axes) -> None:

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubfmt import pickle_emit
-from hubfmt.pickle_emit import PickleEmitter
-from hubfmt.safe_pickle import restricted_loads
+from hubfmt.codecs import pickle_emit
+from hubfmt.codecs.pickle_emit import PickleEmitter
+from hubfmt.codecs.safe_pickle import restricted_loads
 
 
 def dialect(protocol: int, small_ints: bool, mark_empty: bool) -> type[PickleEmitter]:

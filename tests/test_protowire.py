@@ -9,8 +9,8 @@ from conftest import require
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubfmt import protowire
-from hubfmt.protowire import Malformed
+from hubfmt.codecs import protowire
+from hubfmt.codecs.protowire import Malformed
 
 
 def test_doctests():

@@ -6,7 +6,7 @@ import re
 import numpy as np
 
 from hubfmt import Checkpoint, LazyTensor, TensorInfo
-from hubfmt.rules import RuleSet
+from hubfmt.alignment.rules import RuleSet
 
 from conftest import REPO
 

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubfmt import Checkpoint, ConversionError, HubfmtError, LazyTensor, TensorInfo, hubfile
-from hubfmt.mapping import Mapping, Move, apply_mapping
-from hubfmt.rules import RuleSet, load_rules
+from hubfmt import Checkpoint, ConversionError, HubfmtError, LazyTensor, TensorInfo
+from hubfmt.io import hubfile
+from hubfmt.alignment.table import Mapping, Move, apply_mapping
+from hubfmt.alignment.rules import RuleSet, load_rules
 
 from conftest import REPO
 
@@ -238,7 +239,7 @@ reshape = "conv1x1"
 def test_module_imports_without_tomllib_and_says_what_is_needed():
     # Python 3.10 has no tomllib: the module must import, and reading rules must say what to install.
     script = ("import sys; sys.modules['tomllib'] = None; sys.modules['tomli'] = None\n"
-              "import hubfmt.rules as r\n"
+              "import hubfmt.alignment.rules as r\n"
               "try:\n    r.RuleSet.loads('')\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr

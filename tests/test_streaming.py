@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 import hubfmt
-from hubfmt import Checkpoint, LazyTensor, TensorInfo, hubfile, registry, streaming
-from hubfmt.cli import _size
+from hubfmt import Checkpoint, LazyTensor, TensorInfo, registry
+from hubfmt.io import hubfile
+from hubfmt.io import stream as streaming
+from hubfmt.cli.main import _size
 
 from conftest import run_cli
 from helpers import small_cnn
@@ -196,7 +198,7 @@ def test_max_shard_size_parses_decimal_and_binary_units():
 
 
 def test_sharded_output_publishes_the_index_last(tmp_path, monkeypatch):
-    from hubfmt import atomic
+    from hubfmt.io import atomic
     order = []
     real_link, real_replace = atomic._link_noreplace, os.replace
     monkeypatch.setattr(atomic, "_link_noreplace", lambda tmp, final: (order.append(os.path.basename(final)), real_link(tmp, final)))
@@ -230,7 +232,7 @@ def _assert_same_content(a, b, fw_b):
     """Every tensor equal, except those a format cannot hold (num_batches_tracked outside
     torch/OneFlow), which its writer reports as dropped, and non-tensor content a format keeps
     as tensors (MindSpore stores `epoch` as a parameter)."""
-    from hubfmt.compare import compare
+    from hubfmt.cli.diff import compare
     src = hubfmt.read(a)
     result = compare(src, hubfmt.read(b, framework=fw_b))
     assert all(t.equal for t in result.tensors), result.to_text(verbose=True)
@@ -276,7 +278,7 @@ def test_progress_shows_on_a_terminal_and_not_elsewhere(tmp_path, big_hub):
 _REUSE = textwrap.dedent("""
     import sys
     import numpy as np
-    from hubfmt.malloc import reuse_freed_memory
+    from hubfmt.io.malloc import reuse_freed_memory
     if sys.argv[1] == "reuse":
         assert reuse_freed_memory()
     def anon_kb():
@@ -330,7 +332,7 @@ def test_written_tensors_go_to_disk_and_leave_the_page_cache_behind_the_writer(t
     fs_type = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
     if fs_type == "tmpfs":
         pytest.skip("tmpfs keeps file pages in memory: nothing to write back")
-    from hubfmt import writeback
+    from hubfmt.io import writeback
     if not paced:                                     # the control: the kernel's default
         monkeypatch.setattr(writeback, "_sync_file_range", None)
     out = tmp_path / "out.pt"
@@ -380,7 +382,7 @@ def test_prefetched_loads_in_one_thread_in_order_and_holds_two_tensors_at_most(t
     span_tensor = hubfmt.read(copied)["features.0.weight"].tensor   # kernel-copyable: never loaded
     items = [(rec.tensor(0), None), (span_tensor, None), (None, None)] + [(rec.tensor(i), None) for i in range(1, 10)]
     seen = []
-    for (given, _), t in zip(items, streaming.prefetched(items)):
+    for (given, _), t in zip(items, streaming.prefetched(items), strict=True):
         if given is None or given is span_tensor:
             assert t is given
             continue
@@ -400,7 +402,7 @@ def test_prefetched_passes_a_load_error_to_the_writer_and_works_without_threads(
     items = [(LazyTensor((2,), "float32", lambda: np.zeros(2, np.float32)), None),
              (LazyTensor((2,), "float32", bad), None)]
     with pytest.raises(FormatError, match="checksum mismatch"):
-        for t, _ in zip(streaming.prefetched(items), items):
+        for t, _ in zip(streaming.prefetched(items), items, strict=True):
             t.load()
 
     class NoThreads(streaming.ThreadPoolExecutor):

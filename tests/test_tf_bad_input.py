@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from conftest import run_cli
 
 from hubfmt.adapters import tensorflow as tfa
-from hubfmt import protowire
+from hubfmt.codecs import protowire
 from hubfmt.adapters.tensorflow import bundle, bundle_write, sstable
 from hubfmt.adapters.tensorflow.crc32c import crc32c, mask
-from hubfmt.checkpoint import Checkpoint, LazyTensor, TensorInfo
+from hubfmt.format.checkpoint import Checkpoint, TensorInfo
+from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import FormatError
 
 

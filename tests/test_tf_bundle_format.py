@@ -11,10 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hubfmt
-from hubfmt import hubfile, protowire
+from hubfmt.io import hubfile
+from hubfmt.codecs import protowire
 from hubfmt.adapters import tensorflow as tfa
 from hubfmt.adapters.tensorflow import bundle, bundle_write, crc32c, partitioned, semantics, sstable
-from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
+from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import ConversionError, OutputError
 
 # A checkpoint tf.compat.v1.train.Saver wrote (TF 2.21): float32 `scope/a` [2,3] = 0..5 and a
@@ -221,11 +223,11 @@ def test_hypothesis_hub_to_bundle_to_hub_bit_exact(tmp_path_factory, specs, shar
     rng = np.random.default_rng(len(specs))
     src = Checkpoint()
     for i, (dt, shape) in enumerate(specs):
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(hubfmt.checkpoint.dtypes.storage_dtype(dt)).itemsize
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(hubfmt.format.dtypes.storage_dtype(dt)).itemsize
         raw = np.frombuffer(rng.bytes(nbytes), np.uint8)
         if dt == "bool":
             raw = raw & 1
-        arr = raw.view(hubfmt.checkpoint.dtypes.storage_dtype(dt)).reshape(shape)
+        arr = raw.view(hubfmt.format.dtypes.storage_dtype(dt)).reshape(shape)
         src.add(f"block{i}.t", LazyTensor(tuple(shape), dt, lambda a=arr: a), TensorInfo(kind="tensor"))
     hubfile.write(src, tmp / "a.safetensors", keep_dtype=True)
     hub = hubfile.read(tmp / "a.safetensors")

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 import hubfmt
 import tf_models as M
-from hubfmt import hubfile
+from hubfmt.io import hubfile
 from hubfmt.adapters import tensorflow as tfa
-from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
+from hubfmt.format.tensor import LazyTensor
 
 tf = require("tensorflow")
 torch = require("torch")
@@ -28,7 +29,7 @@ def to_torch(model, ckpt: Checkpoint, names=None):
     else:
         keys = [k for k in own if not k.endswith("num_batches_tracked")]
         assert len(keys) == len(names), (keys, names)
-        for k, n in zip(keys, names):
+        for k, n in zip(keys, names, strict=True):
             sd[k] = torch.from_numpy(ckpt.tensor(n).copy())
     for k, v in own.items():
         if k.endswith("num_batches_tracked"):
@@ -375,7 +376,7 @@ def test_torch_to_tf2_with_template_restored_by_tf_train_checkpoint(tmp_path):
     names = [n for n in tfa.read(template) if not n.endswith("bias_hh_l0")]
     order = [n for n in src if not n.endswith("num_batches_tracked")]
     ckpt = Checkpoint()
-    for mine, theirs in zip(order, names):
+    for mine, theirs in zip(order, names, strict=True):
         e = src[mine]
         ckpt.add(theirs, e.tensor, TensorInfo(kind=e.info.kind, role=theirs.rpartition(".")[2]))
     report = tfa.write(ckpt, tmp_path / "out", template=template)

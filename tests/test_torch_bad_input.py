@@ -13,7 +13,8 @@ from conftest import require, run_cli
 from hubfmt.adapters import torch as pt
 from hubfmt.adapters.torch import legacy
 from hubfmt.adapters.torch.pickler import TensorRecord, emit
-from hubfmt.checkpoint import Checkpoint, LazyTensor
+from hubfmt.format.checkpoint import Checkpoint
+from hubfmt.format.tensor import LazyTensor
 
 
 def _zip(path, members: dict[str, bytes]) -> None:

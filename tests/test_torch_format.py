@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubfmt import dtypes
+from hubfmt.format import dtypes
 from hubfmt.adapters import torch as pt
 from hubfmt.adapters.torch import kinds
 from hubfmt.adapters.torch.pickler import TensorRecord, emit
-from hubfmt.checkpoint import Checkpoint, LazyTensor, TensorInfo
+from hubfmt.format.checkpoint import Checkpoint, TensorInfo
+from hubfmt.format.tensor import LazyTensor
 
 ALL_DTYPES = sorted(dtypes.DTYPES)
 
@@ -168,7 +169,7 @@ sys.modules["torch"] = None
 import numpy as np
 import hubfmt
 from hubfmt.adapters import torch as pt
-from hubfmt.checkpoint import Checkpoint, LazyTensor
+from hubfmt import Checkpoint, LazyTensor
 c = Checkpoint()
 c.add("fc.weight", LazyTensor.from_array(np.ones((2, 3), np.float16)))
 pt.write(c, {str(ckpt_path)!r})

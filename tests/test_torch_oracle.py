@@ -155,7 +155,7 @@ def test_from_model_to_model(tmp_path):
     fresh = SmallCNN().half().eval()
     report = pt.to_model(hubfmt.read(tmp_path / "m.safetensors"), fresh)
     assert not report.problems
-    for (n, a), b in zip(net.state_dict().items(), fresh.state_dict().values()):
+    for (n, a), b in zip(net.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert a.dtype == b.dtype and _raw(a) == _raw(b), n
     with pytest.raises(hubfmt.ConversionError, match="load_state_dict"):
         pt.to_model(ckpt, torch.nn.Linear(2, 2))

@@ -78,7 +78,7 @@ def yolo_checkpoint(tmp_path, monkeypatch):
                     m.num_batches_tracked.fill_(11)
         ema = mod.Model()
         with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
+            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
                 p_ema.copy_(p * 0.5)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         model.head(torch.randn(2, 16)).sum().backward()

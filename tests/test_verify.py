@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hubfmt.errors import ConversionError
-from hubfmt.verify import compare_outputs, relative_difference, verify
+from hubfmt.verification import compare_outputs, relative_difference, verify
 
 X = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
 
@@ -16,7 +16,7 @@ def chain(scales, names):
     """A toy model: each named step multiplies by its scale; returns every step's output in order."""
     def run(x):
         out = OrderedDict()
-        for name, s in zip(names, scales):
+        for name, s in zip(names, scales, strict=True):
             x = x * s
             out[name] = x
         return out
@@ -70,7 +70,7 @@ def test_torch_runner_points_to_the_broken_layer_of_a_converted_model():
 
     torch = require("torch")
     from hubfmt.adapters.torch.verify import runner
-    from hubfmt.align import align
+    from hubfmt import align
 
     from torch_nets import EfficientNetA, EfficientNetB, checkpoint_of, load_into, randomize
 

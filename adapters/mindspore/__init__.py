@@ -12,20 +12,14 @@ a `.safetensors` path gives a MindSpore safetensors file only with `--to mindspo
 """
 from __future__ import annotations
 
-from hubfmt.registry import NativeFormat
-
 from .memory import from_model, to_model
-from .reader import CKPT, SAFETENSORS, read, sniff
+from .formats import FORMATS
+from .reader import read, sniff
 from .writer import write
 
+NAME = "mindspore"
 FRAMEWORK = "mindspore"
 FRAMEWORK_MODULE = "mindspore"
 PIP_NAME = "mindspore"
-FORMATS = (
-    NativeFormat(CKPT, (".ckpt",), "mindspore.save_checkpoint protobuf (Checkpoint/Value/TensorProto), incl. "
-                 "sliced tensors > 512 MiB and the crc_num trailer; not encrypted files"),
-    NativeFormat(SAFETENSORS, (".safetensors",), "save_checkpoint(format=\"safetensors\"): safetensors with "
-                 "MindSpore names, metadata {\"format\": \"ms\"}"),
-)
 
 __all__ = ["FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model", "to_model"]

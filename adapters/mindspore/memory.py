@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hubfmt import dtypes
-from hubfmt.checkpoint import Checkpoint, LazyTensor
-from hubfmt.errors import ConversionError, MissingFrameworkError
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import Checkpoint, LazyTensor
+from hubfmt.sdk import ConversionError, MissingFrameworkError
 
 from . import names
 from .reader import to_canonical
@@ -91,7 +91,9 @@ def from_model(cell, *, keep_optimizer: bool = False) -> Checkpoint:
         t = _lazy(p, ms)
         if name in conv1d:
             o, i, _, k = t.shape
-            t = t.map(lambda a: a.reshape(o, i, k), (o, i, k))
+            # the shape is bound now: a closure over the loop's o, i, k would give every
+            # Conv1d weight the last one's shape
+            t = t.map(lambda a, shape=(o, i, k): a.reshape(shape), (o, i, k))
         items.append((name, t))
     ckpt = to_canonical(items, keep_optimizer=keep_optimizer, kinds=kinds)
     for name in conv1d:

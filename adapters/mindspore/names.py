@@ -7,7 +7,7 @@ running_mean/running_var; nn.Embedding's embedding_table -> weight.
 """
 from __future__ import annotations
 
-from hubfmt.layouts import NORM_KINDS
+from hubfmt.sdk import layouts
 
 # MindSpore tensor_type string (str(mindspore dtype)) <-> canonical dtype name.
 TENSOR_TYPES = {
@@ -54,7 +54,7 @@ def native_role(kind: str, role: str) -> str:
     for native, canon in KIND_ROLES.get(kind, {}).items():
         if canon == role:
             return native
-    if kind in NORM_KINDS:
+    if kind in layouts.NORM_KINDS:
         return _NORM_ROLES_BACK.get(role, role)
     if kind == "embedding" and role == "weight":
         return EMBEDDING_ROLE

@@ -21,8 +21,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from hubfmt.errors import FormatError
-from hubfmt.protowire import field_bytes, field_length, field_varint, signed64
+from hubfmt.sdk import FormatError
+from hubfmt.sdk import protowire
 
 CIPHER_MAGIC = b"\xd8\x5e\x3a\x7f"   # save_checkpoint(enc_key=...) files start with 0x7F3A5ED8 (LE)
 CRC_TRAILER = b"crc_num"
@@ -143,13 +143,13 @@ def _tensor(cur: _Cursor, limit: int) -> tuple[list[int], str | None, tuple[int,
     while cur.pos < limit:
         number, wire = cur.key(limit)
         if number == 1 and wire == 0:
-            dims.append(signed64(cur.varint(limit, "dims")))
+            dims.append(protowire.signed64(cur.varint(limit, "dims")))
         elif number == 1 and wire == 2:                      # packed encoding, equally valid
             n = cur.varint(limit, "packed dims length")
             stop = cur.pos + n
             cur._need(n, limit, "packed dims")
             while cur.pos < stop:
-                dims.append(signed64(cur.varint(stop, "dims")))
+                dims.append(protowire.signed64(cur.varint(stop, "dims")))
         elif number == 2 and wire == 2:
             ttype = cur.string(limit, "tensor_type")
         elif number == 3 and wire == 2:
@@ -251,7 +251,7 @@ def value_header(tag: str, dims, tensor_type: str, content_bytes: int) -> bytes:
     >>> value_header("b", [2], "Float32", 8)
     b'\\n\\x1a\\n\\x01b\\x12\\x15\\x08\\x02\\x12\\x07Float32\\x1a\\x08'
     """
-    tensor_head = (b"".join(field_varint(1, int(d)) for d in dims)
-                   + field_bytes(2, tensor_type.encode("ascii")) + field_length(3, content_bytes))
-    value_head = field_bytes(1, tag.encode("utf-8")) + field_length(2, len(tensor_head) + content_bytes) + tensor_head
-    return field_length(1, len(value_head) + content_bytes) + value_head
+    tensor_head = (b"".join(protowire.field_varint(1, int(d)) for d in dims)
+                   + protowire.field_bytes(2, tensor_type.encode("ascii")) + protowire.field_length(3, content_bytes))
+    value_head = protowire.field_bytes(1, tag.encode("utf-8")) + protowire.field_length(2, len(tensor_head) + content_bytes) + tensor_head
+    return protowire.field_length(1, len(value_head) + content_bytes) + value_head

@@ -5,23 +5,20 @@ Both are read lazily: tensors are LazyTensors over the file's bytes, loaded one 
 """
 from __future__ import annotations
 
-import json
 import os
-import struct
 import zlib
 from collections import Counter
 
 import numpy as np
 
-from hubfmt import dtypes, hubfile
-from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo, pread_into, read_region, region_tensor
-from hubfmt.errors import FormatError
-from hubfmt.streaming import fold_region
+from hubfmt.sdk import dtypes, safetensors
+from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, TensorInfo, pread_into, read_region, region_tensor
+from hubfmt.sdk import FormatError
+from hubfmt.sdk import fold_region
 
 from . import names, proto
+from .formats import CKPT, SAFETENSORS
 
-CKPT = "mindspore-ckpt"
-SAFETENSORS = "mindspore-safetensors"
 
 
 def sniff(path: str | os.PathLike) -> str | None:
@@ -29,8 +26,8 @@ def sniff(path: str | os.PathLike) -> str | None:
     path = os.fspath(path)
     if not os.path.isfile(path):
         return None
-    if hubfile.is_safetensors(path):
-        return SAFETENSORS if _safetensors_metadata(path).get("format") == "ms" else None
+    if safetensors.is_safetensors(path):
+        return SAFETENSORS if safetensors.read_metadata(path).get("format") == "ms" else None
     try:
         with open(path, "rb") as f:
             if f.read(1) != b"\x0a":           # Checkpoint.value, length-delimited
@@ -40,18 +37,6 @@ def sniff(path: str | os.PathLike) -> str | None:
         return None
     return CKPT if records and (records[0].is_map or records[0].tensor_type in names.TENSOR_TYPES
                                 or records[0].tensor_type == names.STRING_TYPE) else None
-
-
-def _safetensors_metadata(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > hubfile.MAX_HEADER:
-                return {}
-            meta = json.loads(f.read(n)).get("__metadata__") or {}
-        return meta if isinstance(meta, dict) else {}
-    except (OSError, ValueError, struct.error, AttributeError):
-        return {}
 
 
 def _pieces_tensor(path: str, pieces, dtype: str, shape) -> LazyTensor:
@@ -118,12 +103,11 @@ def ckpt_tensors(path: str) -> tuple[list[tuple[str, LazyTensor | str]], bool]:
 
 def safetensors_tensors(path: str) -> tuple[list[tuple[str, LazyTensor]], dict]:
     """[(name, LazyTensor)] of a MindSpore safetensors file, and its metadata."""
-    meta = _safetensors_metadata(path)
-    src = hubfile.read(path)
-    for name in src:
+    meta, items = safetensors.tensors(path)
+    for name, _ in items:
         if name in meta:        # MindSpore marks qint4x2 (Int4) tensors in the metadata
             raise FormatError(f"tensor {name!r}: unsupported MindSpore type {meta[name]!r}", path)
-    return [(n, src[n].tensor) for n in src], meta
+    return items, meta
 
 
 def _crc_ok(path: str, fmt: str, items, meta: dict) -> bool:
@@ -142,14 +126,13 @@ def _crc_ok(path: str, fmt: str, items, meta: dict) -> bool:
     return str(crc) == meta.get("crc_num")
 
 
-def read(path: str | os.PathLike, *, keep_optimizer: bool = False, prefer_ema: bool = False,
-         verify_crc: bool = False) -> Checkpoint:
+def read(path: str | os.PathLike, *, keep_optimizer: bool = False, verify_checksums: bool = True) -> Checkpoint:
     """Read a MindSpore .ckpt or safetensors checkpoint as a canonical, lazy Checkpoint.
 
     Optimizer state (learning_rate, global_step, moments.*, ...) is dropped and reported unless
     `keep_optimizer`; ModelCheckpoint's epoch_num/step_num and string entries go to `ckpt.extra`.
-    MindSpore checkpoints have no EMA convention: `prefer_ema` is reported and has no effect.
-    `verify_crc` checks the crc_num save_checkpoint(crc_check=True) stores (one extra pass over the file).
+    `verify_checksums` checks the crc_num save_checkpoint(crc_check=True) stores (one extra pass over
+    the file); a file without one is read with a warning (a truncated file cannot be told from a whole one).
 
     >>> ckpt = read("efficientnet.ckpt")                    # doctest: +SKIP
     >>> ckpt["0._bn1.running_var"].info.original_name       # doctest: +SKIP
@@ -158,22 +141,21 @@ def read(path: str | os.PathLike, *, keep_optimizer: bool = False, prefer_ema: b
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FormatError("no such file", path)
-    fmt = SAFETENSORS if hubfile.is_safetensors(path) else CKPT
+    fmt = SAFETENSORS if safetensors.is_safetensors(path) else CKPT
     meta: dict = {}
     if fmt == SAFETENSORS:
         items, meta = safetensors_tensors(path)
         has_crc = "crc_num" in meta
     else:
         items, has_crc = ckpt_tensors(path)
-    if verify_crc and has_crc and not _crc_ok(path, fmt, [kv for kv in items if isinstance(kv[1], LazyTensor)], meta):
+    if verify_checksums and has_crc and not _crc_ok(path, fmt, [kv for kv in items if isinstance(kv[1], LazyTensor)], meta):
         raise FormatError("crc_num does not match the content: the file is damaged", path)
     ckpt = to_canonical(items, keep_optimizer=keep_optimizer)
-    if prefer_ema:
-        ckpt.report.add("warning", os.path.basename(path), "prefer_ema: MindSpore checkpoints have no EMA weights convention")
-    if has_crc and not verify_crc:
-        ckpt.report.add("warning", os.path.basename(path), "carries a crc_num, not checked (read with verify_crc=True)")
-    elif verify_crc and not has_crc:
-        ckpt.report.add("warning", os.path.basename(path), "verify_crc: the file has no crc_num to check")
+    if has_crc and not verify_checksums:
+        ckpt.report.add("warning", os.path.basename(path), "carries a crc_num, not checked (verify_checksums=false)")
+    elif not has_crc:
+        ckpt.report.add("warning", os.path.basename(path), "no crc_num: a truncated file cannot be told from a whole one "
+                                                           "(save_checkpoint(crc_check=True) writes one)")
     ckpt.source.framework = "mindspore"
     ckpt.source.file = os.path.basename(path)
     ckpt.source.format = fmt

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hubfmt.checkpoint import Checkpoint, Entry, LazyTensor
-from hubfmt.errors import ConversionError
-from hubfmt.layouts import NORM_KINDS
-from hubfmt.report import Report
+from hubfmt.sdk import Checkpoint, Entry, LazyTensor
+from hubfmt.sdk import ConversionError
+from hubfmt.sdk import layouts
+from hubfmt.sdk import Report
 
 from . import names
 
@@ -50,7 +50,7 @@ def native_name(name: str, entry: Entry, layers: dict | None = None) -> str:
     kind = info.kind
     if kind == "tensor" and layers and info.layer in layers:
         kind = layers[info.layer].kind
-    if kind in NORM_KINDS or kind == "embedding":
+    if kind in layouts.NORM_KINDS or kind == "embedding":
         return f"{layer}{dot}{names.native_role(kind, role)}"
     orig = info.original_name
     if orig and orig != name and names.canonical_name(orig, kind) == name:

@@ -16,18 +16,16 @@ import struct
 
 import numpy as np
 
-from hubfmt import dtypes
-from hubfmt.atomic import atomic_output
-from hubfmt.checkpoint import Checkpoint, LazyTensor, region_tensor
-from hubfmt.errors import HubfmtError
-from hubfmt.report import Report
-from hubfmt.streaming import Progress, prefetched, write_tensor
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import atomic_output
+from hubfmt.sdk import Checkpoint, LazyTensor, region_tensor
+from hubfmt.sdk import Report
+from hubfmt.sdk import Progress, prefetched, write_tensor
 
 from . import names, proto
+from .formats import SLICE_BYTES
 from .template import Item, plan
 
-SLICE_BYTES = 512 * 1024 * 1024      # mindspore.train.serialization: SLICE_SIZE (KiB) * 1024
-HUB_ONLY_OPTIONS = frozenset({"keep_dtype", "max_shard_size"})    # the CLI passes them to every writer
 
 
 def _slices(item: Item, nbytes: int, max_slice: int) -> list[LazyTensor]:
@@ -73,7 +71,7 @@ def _extra_items(ckpt: Checkpoint, taken: set[str], report: Report, *, strings: 
 
 def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False, progress: Progress | None = None,
           restore_dtype: bool = True, template=None, strict: bool = True, max_slice_bytes: int = SLICE_BYTES,
-          write_extra: bool = True, **options) -> Report:
+          write_extra: bool = True) -> Report:
     """Write `ckpt` as a MindSpore checkpoint at `path`: `.safetensors` -> MindSpore safetensors,
     anything else -> `.ckpt` protobuf. Floating tensors get their original dtype back unless
     `restore_dtype=False`. `template` makes the output follow a target's names, order, shapes
@@ -82,15 +80,10 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     >>> write(hubfmt.read("effnet.safetensors"), "effnet.ckpt", template="ms_effnet.ckpt")   # doctest: +SKIP
     """
     path = os.fspath(path)
-    unknown = set(options) - HUB_ONLY_OPTIONS
-    if unknown:
-        raise HubfmtError(f"unknown option(s) for MindSpore output: {', '.join(sorted(unknown))}", path)
     items, report = plan(ckpt, template, strict=strict, restore_dtype=restore_dtype, path=path)
     safetensors = path.endswith(".safetensors")
     extras = _extra_items(ckpt, {it.name for it in items}, report, strings=not safetensors) if write_extra else []
     report.destination = path
-    for opt in sorted(set(options) & HUB_ONLY_OPTIONS):
-        report.add("warning", opt, "applies to hub output only; ignored for a MindSpore checkpoint")
     for it in items:
         if it.tensor.shape == (0,) and not safetensors:
             report.add("warning", it.name, "empty [0] tensor: MindSpore's loader reads dims [0] as a scalar "
@@ -111,7 +104,7 @@ def _write_ckpt(f, items: list[Item], extras, progress, max_slice: int) -> int:
     total = 0
     # Sliced tensors load piece by piece: not prefetched whole.
     whole = prefetched((it.tensor if _nbytes(it.tensor.shape, it.dtype) <= max_slice else None, it.dtype) for it in items)
-    for it, tensor in zip(items, whole):
+    for it, tensor in zip(items, whole, strict=True):
         nbytes = _nbytes(it.tensor.shape, it.dtype)
         ttype = names.DTYPE_TO_TYPE[it.dtype]
         if nbytes <= max_slice:
@@ -150,7 +143,7 @@ def _write_safetensors(f, items: list[Item], extras, progress) -> int:
     raw += b" " * (-len(raw) % 8)
     f.write(struct.pack("<Q", len(raw)) + raw)
     total = 0
-    for (_, _, dt), t in zip(tensors, prefetched((t, dt) for _, t, dt in tensors)):
+    for (_, _, dt), t in zip(tensors, prefetched((t, dt) for _, t, dt in tensors), strict=True):
         n = write_tensor(f, t, dt)
         total += n
         if progress:

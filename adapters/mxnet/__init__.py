@@ -7,19 +7,14 @@ with `-symbol.json`), read and written without MXNet; Gluon Blocks in memory (fr
 """
 from __future__ import annotations
 
-from hubfmt.registry import NativeFormat
-
+from .formats import FORMATS
 from .memory import from_model, to_model
 from .reader import read, sniff
 from .writer import write
 
+NAME = "mxnet"
 FRAMEWORK = "mxnet"
 FRAMEWORK_MODULE = "mxnet"
 PIP_NAME = "mxnet"
-FORMATS = (
-    NativeFormat("mxnet-params", (".params",),
-                 "NDArray list (mx.nd.save): Gluon save_parameters, or export/save_checkpoint arg:/aux: with "
-                 "prefix-symbol.json (written when a graph is known)"),
-)
 
 __all__ = ["FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model", "to_model"]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, SourceInfo, TensorInfo
-from hubfmt.errors import ConversionError, MissingFrameworkError
-from hubfmt.report import Report
+from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, SourceInfo, TensorInfo
+from hubfmt.sdk import ConversionError, MissingFrameworkError
+from hubfmt.sdk import Report
 
 from . import names, symbol
 
@@ -88,7 +88,7 @@ def from_model(block, **options) -> Checkpoint:
 
 def _fits(have: tuple, want: tuple) -> bool:
     # Gluon leaves unknown (deferred) dimensions as 0
-    return len(have) == len(want) and all(w in (0, h) for h, w in zip(have, want))
+    return len(have) == len(want) and all(w in (0, h) for h, w in zip(have, want, strict=True))
 
 
 def to_model(ckpt: Checkpoint, block, *, strict: bool = True) -> Report:
@@ -128,7 +128,7 @@ def to_model(ckpt: Checkpoint, block, *, strict: bool = True) -> Report:
         missing = [g for g in params if g not in pairs]
         if len(usable) == len(params) and (strict or not pairs):
             # The weakest evidence: both sides list layers in the same order (shapes checked)
-            pairs = dict(zip(params, usable))
+            pairs = dict(zip(params, usable, strict=True))
             report.add("warning", "block", "names differ from the block's: matched by order, shapes checked")
         elif strict or not pairs:
             raise ConversionError(f"block has {len(params)} parameters, the checkpoint {len(usable)}; "

@@ -23,10 +23,10 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from hubfmt import dtypes
-from hubfmt.checkpoint import LazyTensor
-from hubfmt.errors import FormatError
-from hubfmt.streaming import write_tensor
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import LazyTensor
+from hubfmt.sdk import FormatError
+from hubfmt.sdk import write_tensor
 
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8

@@ -5,14 +5,14 @@ import os
 
 import numpy as np
 
-from hubfmt import dtypes
+from hubfmt.sdk import dtypes
 
-from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, SourceInfo, TensorInfo, region_tensor
-from hubfmt.errors import ConversionError, FormatError
+from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, SourceInfo, TensorInfo, region_tensor
+from hubfmt.sdk import FormatError
 
 from . import names, ndlist, symbol
+from .formats import FORMAT
 
-FORMAT = "mxnet-params"
 _NORM_KINDS = ("batch_norm", "layer_norm", "instance_norm", "group_norm")
 
 
@@ -35,7 +35,7 @@ def _guess_kind(mx_role: str, ndim: int, layer_roles: set[str]) -> str:
     return "" if mx_role == "bias" else "tensor"
 
 
-def read(path, *, symbol_file: str | bool | None = None, **options) -> Checkpoint:
+def read(path, *, symbol_file: str | bool | None = None) -> Checkpoint:
     """Read an MXNet `.params` file lazily (tensors stay in the file until loaded).
 
     `symbol_file`: the graph to take layer kinds, attributes and order from; default
@@ -46,8 +46,6 @@ def read(path, *, symbol_file: str | bool | None = None, **options) -> Checkpoin
     0.001
     """
     path = os.fspath(path)
-    if options:
-        raise ConversionError(f"option(s) not supported for MXNet input: {', '.join(sorted(options))}", path)
     if not os.path.isfile(path):
         raise FormatError("no such file", path)
     records, stored = ndlist.scan(path)

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from hubfmt.errors import FormatError
+from hubfmt.sdk import FormatError
 
 from . import names
 
@@ -154,7 +154,7 @@ def shape_hint(op: str, role: str, a: dict, var_attrs: dict) -> tuple | None:
         declared = tuple(d if d > 0 else None for d in declared)
         if hint is None or len(hint) != len(declared):
             return declared if hint is None else hint
-        hint = tuple(h if h is not None else d for h, d in zip(hint, declared))
+        hint = tuple(h if h is not None else d for h, d in zip(hint, declared, strict=True))
     return hint
 
 

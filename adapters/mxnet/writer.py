@@ -19,11 +19,11 @@ import re
 
 import numpy as np
 
-from hubfmt.atomic import atomic_outputs
-from hubfmt.checkpoint import Checkpoint, Entry
-from hubfmt.errors import ConversionError
-from hubfmt.report import Report
-from hubfmt.streaming import prefetched
+from hubfmt.sdk import atomic_outputs
+from hubfmt.sdk import Checkpoint, Entry
+from hubfmt.sdk import ConversionError
+from hubfmt.sdk import Report
+from hubfmt.sdk import prefetched
 
 from . import names, ndlist, symbol
 
@@ -43,7 +43,7 @@ class _Template:
         else:
             records, stored = ndlist.scan(path)
             order = []
-            for rec, name in zip(records, stored):
+            for rec, name in zip(records, stored, strict=False):   # stored is [] for a plain mx.nd.save list
                 _, bare = names.strip_prefix(name)
                 self.shapes[bare] = rec.shape
                 self.full[bare] = name
@@ -88,7 +88,7 @@ def _default_name(ckpt: Checkpoint, entry: Entry, style: str) -> str:
 
 
 def _fits(have: tuple, want: tuple) -> bool:
-    return len(have) == len(want) and all(w is None or w == h for h, w in zip(have, want))
+    return len(have) == len(want) and all(w is None or w == h for h, w in zip(have, want, strict=True))
 
 
 def target_shape(have: tuple, want: tuple | None) -> tuple | None:
@@ -128,7 +128,7 @@ def _match(ckpt: Checkpoint, tpl: _Template, report: Report, strict: bool) -> li
                                   f"{next(t for t in tpl.order if t not in by_native)!r})")
         # The weakest evidence: both sides must list layers in the same order. Shapes are
         # checked, but two same-shaped layers in swapped order would pass: say so loudly.
-        pairs = list(zip(tpl.order, usable))
+        pairs = list(zip(tpl.order, usable, strict=True))
         report.add("warning", "template", "names differ from the template's: matched by order, shapes checked")
     used = {c for _, c in pairs}
     for n in usable:
@@ -190,15 +190,13 @@ def _patch_symbol(graph: symbol.Graph, out_of: dict[str, str], ckpt: Checkpoint,
 
 def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, restore_dtype: bool = True,
           style: str | None = None, template: str | None = None, symbol_file: bool | None = None,
-          strict: bool = True, **options) -> Report:
+          strict: bool = True) -> Report:
     """Write `ckpt` as an MXNet `.params` file (and `-symbol.json` beside it when a graph is known).
 
     >>> write(ckpt, "resnet-0000.params", template="resnet_mx-symbol.json")   # doctest: +SKIP
     >>> write(ckpt, "net.params", style="gluon")                               # doctest: +SKIP
     """
     path = os.fspath(path)
-    if options:
-        raise ConversionError(f"option(s) not supported for MXNet output: {', '.join(sorted(options))}", path)
     style = style or ("module" if _MODULE_NAME.search(path) else "gluon")
     if style not in ("module", "gluon"):
         raise ConversionError(f"unknown style {style!r} (module or gluon)")
@@ -275,7 +273,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
             records.append((t, dt))
         with open(out.path(path), "wb") as f:
             ndlist.write_header(f, len(plan))
-            for (_, dt), t in zip(records, prefetched(records)):
+            for (_, dt), t in zip(records, prefetched(records), strict=True):
                 n = ndlist.write_record(f, t, dt)
                 total += n
                 if progress:

@@ -10,20 +10,14 @@ A OneFlow checkpoint is a DIRECTORY. As an output path hubfmt recognises the `.o
 """
 from __future__ import annotations
 
-from hubfmt.registry import NativeFormat
-
+from .formats import FORMATS
 from .memory import from_model, to_model
 from .reader import read, sniff
 from .writer import write
 
+NAME = "oneflow"
 FRAMEWORK = "oneflow"
 FRAMEWORK_MODULE = "oneflow"
 PIP_NAME = "oneflow"
-FORMATS = (
-    NativeFormat("oneflow", (".oneflow",), "oneflow.save directory: pickled_data + tensor_N/{out,meta} (OneFlow >= 0.6)",
-                 layout="directory"),
-    NativeFormat("oneflow-legacy", (), "older OneFlow snapshot: snapshot_done + <variable>/{out,meta}",
-                 writes=False, layout="directory"),
-)
 
 __all__ = ["FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model", "to_model"]

@@ -2,10 +2,10 @@
 environment); it is imported inside the functions only."""
 from __future__ import annotations
 
-from hubfmt import dtypes
-from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
-from hubfmt.errors import ConversionError, MissingFrameworkError
-from hubfmt.report import Report
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+from hubfmt.sdk import ConversionError, MissingFrameworkError
+from hubfmt.sdk import Report
 
 from .semantics import kind_from_names, kind_of_module, layer_attrs
 

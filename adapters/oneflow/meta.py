@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from hubfmt.errors import FormatError
+from hubfmt.sdk import FormatError
 
 # DataType enum (oneflow/core/common/data_type.proto, checked against OneFlow 0.9's
 # data_type_pb2) -> canonical dtype. kChar is a C `char` (signed, 1 byte); OneFlow's own writer

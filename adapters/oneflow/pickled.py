@@ -19,9 +19,9 @@ import re
 import struct
 from dataclasses import dataclass
 
-from hubfmt.errors import FormatError
-from hubfmt.pickle_emit import PickleEmitter
-from hubfmt.safe_pickle import restricted_loads
+from hubfmt.sdk import FormatError
+from hubfmt.sdk import PickleEmitter
+from hubfmt.sdk import restricted_loads
 
 PROTOCOL_VERSION = 1
 PICKLE_FILENAME = "pickled_data"

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 
-from hubfmt.checkpoint import Checkpoint, LayerInfo, TensorInfo, region_tensor
-from hubfmt.errors import FormatError
-from hubfmt.extra import from_plain
+from hubfmt.sdk import Checkpoint, LayerInfo, TensorInfo, region_tensor
+from hubfmt.sdk import FormatError
+from hubfmt.sdk import from_plain
 
 from . import meta as meta_codec
 from . import pickled

@@ -11,7 +11,7 @@ from_model knows the modules and uses `kind_of_module` instead.
 """
 from __future__ import annotations
 
-from hubfmt.layouts import RNN_ROLE_PREFIXES
+from hubfmt.sdk import layouts
 
 _CONV_BY_RANK = {3: "conv1d", 4: "conv2d", 5: "conv3d"}
 BUFFER_ROLES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
@@ -32,7 +32,7 @@ def kind_from_names(names_shapes: dict[str, tuple]) -> dict[str, str]:
         w = roles.get("weight")
         if "running_mean" in roles or "running_var" in roles:
             kind = "batch_norm"
-        elif any(r.startswith(RNN_ROLE_PREFIXES) for r in roles):
+        elif any(r.startswith(layouts.RNN_ROLE_PREFIXES) for r in roles):
             kind = _recurrent_kind(roles)
         elif w is not None and len(w) in _CONV_BY_RANK:
             kind = _CONV_BY_RANK[len(w)]

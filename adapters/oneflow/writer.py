@@ -22,13 +22,13 @@ import os
 
 import numpy as np
 
-from hubfmt import dtypes
-from hubfmt.atomic import atomic_output
-from hubfmt.checkpoint import Checkpoint, LazyTensor
-from hubfmt.errors import ConversionError
-from hubfmt.extra import to_plain
-from hubfmt.report import Report
-from hubfmt.streaming import Progress, prefetched, write_tensor
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import atomic_output
+from hubfmt.sdk import Checkpoint, LazyTensor
+from hubfmt.sdk import ConversionError
+from hubfmt.sdk import to_plain
+from hubfmt.sdk import Report
+from hubfmt.sdk import Progress, prefetched, write_tensor
 
 from . import meta as meta_codec
 from . import pickled
@@ -62,15 +62,13 @@ def _missing_bn_counters(ckpt: Checkpoint) -> dict[str, str]:
 
 
 def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False, progress: Progress | None = None,
-          restore_dtype: bool = True, layout: str = "state_dict", **options) -> Report:
+          restore_dtype: bool = True, layout: str = "state_dict") -> Report:
     """Write `ckpt` as a oneflow.save directory at `path` (see the module docstring for layouts).
 
     >>> write(hubfmt.read("yolov5s.safetensors"), "yolov5s.oneflow")      # doctest: +SKIP
     >>> # in OneFlow: model.load_state_dict(flow.load("yolov5s.oneflow"), strict=True)
     """
     path = os.fspath(path)
-    if options:
-        raise ConversionError(f"option(s) not supported for OneFlow output: {', '.join(sorted(options))}", path)
     if layout not in LAYOUTS:
         raise ConversionError(f"unknown OneFlow layout {layout!r} (known: {', '.join(LAYOUTS)})", path)
     report = Report(stage="write")
@@ -106,7 +104,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
         os.mkdir(tmp)
         slots = {}
         tensors = prefetched((tensor, dt) for _, tensor, dt, _ in plan)
-        for i, ((name, _, dt, parameter), tensor) in enumerate(zip(plan, tensors)):
+        for i, ((name, _, dt, parameter), tensor) in enumerate(zip(plan, tensors, strict=True)):
             folder = f"tensor_{i}"
             os.mkdir(os.path.join(tmp, folder))
             with open(os.path.join(tmp, folder, "out"), "wb") as f:

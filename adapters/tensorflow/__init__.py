@@ -15,33 +15,19 @@ from __future__ import annotations
 
 import os
 
-from hubfmt.checkpoint import Checkpoint, SourceInfo
-from hubfmt.errors import ConversionError, FormatError, MissingFrameworkError, OutputError
-from hubfmt.registry import NativeFormat
-from hubfmt.report import Report
+from hubfmt.sdk import Checkpoint, SourceInfo
+from hubfmt.sdk import ConversionError, FormatError, MissingFrameworkError, OutputError
+from hubfmt.sdk import Report
 
+from .formats import BUNDLE, FORMATS  # noqa: F401  (re-exported)
+
+NAME = "tensorflow"
 FRAMEWORK = "tensorflow"
 FRAMEWORK_MODULE = "tensorflow"
 PIP_NAME = "tensorflow-cpu"
 
-BUNDLE_FORMAT = NativeFormat(
-    "tf-checkpoint", (".index",),
-    "TensorFlow checkpoint bundle, TF1 name-based or TF2 object-based (prefix.index + prefix.data-*)",
-    layout="prefix")
-
-
-def _keras_formats() -> tuple:
-    try:
-        from . import keras_h5
-    except ImportError:         # the Keras half of the adapter is not installed in this build
-        return ()
-    return tuple(keras_h5.FORMATS)
-
-
-FORMATS = (BUNDLE_FORMAT, *_keras_formats())
+BUNDLE_FORMAT = BUNDLE
 _KERAS_SUFFIXES = (".weights.h5", ".keras", ".h5")
-_READ_OPTIONS = {"prefer_ema", "kinds", "forget_bias", "strict", "verify_data"}
-_WRITE_OPTIONS = {"max_shard_size", "kinds", "rnn_style", "forget_bias", "strict", "update_state", "keep_dtype"}
 
 
 def _keras():
@@ -79,21 +65,14 @@ def read(path, **options) -> Checkpoint:
     path = os.fspath(path)
     # By content, not suffix: Keras files are also saved as *.hdf5 or with no suffix at all.
     if os.path.isfile(path) and not is_bundle(path) and _keras().sniff(path):
-        prefer_ema = options.pop("prefer_ema", None)
-        ckpt = _keras().read(path, **options)
-        if prefer_ema:
-            ckpt.report.add("warning", path, "prefer_ema: Keras weight files hold no EMA shadow variables")
-        return ckpt
-    bad = set(options) - _READ_OPTIONS
-    if bad:
-        raise ConversionError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
-    from hubfmt.protowire import Malformed
+        return _keras().read(path, **options)
+    from hubfmt.sdk import protowire
 
     from .bundle import open_bundle
     from .objgraph import OBJECT_GRAPH_KEY, variable_full_names, variable_paths
     from .tfimport import import_variables
 
-    bundle = open_bundle(path, verify_data=options.get("verify_data", True))
+    bundle = open_bundle(path, verify_data=options.get("verify_checksums", True))
     ckpt = Checkpoint()
     ckpt.report.stage = "read"
     tf2 = OBJECT_GRAPH_KEY in bundle.entries
@@ -108,7 +87,7 @@ def read(path, **options) -> Checkpoint:
         try:
             graph = bundle.strings(OBJECT_GRAPH_KEY)[0]
             paths, full_names = variable_paths(graph), variable_full_names(graph)
-        except Malformed as e:
+        except protowire.Malformed as e:
             raise FormatError(f"bad TF2 object graph: {e}", bundle.index_path) from None
     variables = [(n, bundle.tensor(n) if e.dtype is not None else e.dtype_name)
                  for n, e in bundle.entries.items()]
@@ -148,9 +127,6 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     if path.endswith(_KERAS_SUFFIXES):
         return _keras().write(ckpt, path, overwrite=overwrite, progress=progress, restore_dtype=restore_dtype,
                               template=template, **options)
-    bad = set(options) - _WRITE_OPTIONS
-    if bad:
-        raise ConversionError(f"unknown option(s) for TensorFlow checkpoints: {', '.join(sorted(bad))}")
     from .bundle import open_bundle
     from .bundle_write import update_state_file, write_bundle
     from .tfexport import export_by_rule, export_by_template
@@ -217,7 +193,7 @@ def from_model(model, **options) -> Checkpoint:
     _require_tf()
     if _is_keras(model):
         return _keras().from_model(model, **options)
-    from hubfmt.checkpoint import LazyTensor
+    from hubfmt.sdk import LazyTensor
 
     from .tfimport import import_variables
 
@@ -261,7 +237,7 @@ def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
             rep.add("mismatch", name, f"shape {list(o.tensor.shape)} vs variable {list(v.shape)}")
             problems.append(name)
             continue
-        from hubfmt import dtypes
+        from hubfmt.sdk import dtypes
         arr = dtypes.convert(o.tensor.load(), o.tensor.dtype, "float32") if o.tensor.dtype == "bfloat16" else o.tensor.load()
         v.assign(tf.constant(arr, dtype=v.dtype))
         rep.add("matched", name)

@@ -16,9 +16,9 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from hubfmt import dtypes, protowire
-from hubfmt.checkpoint import LazyTensor, read_region, region_tensor
-from hubfmt.errors import FormatError
+from hubfmt.sdk import dtypes, protowire
+from hubfmt.sdk import LazyTensor, read_region, region_tensor
+from hubfmt.sdk import FormatError
 
 from . import sstable
 from .crc32c import crc32c, mask, unmask

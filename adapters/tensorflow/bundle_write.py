@@ -11,11 +11,11 @@ import os
 import re
 from dataclasses import dataclass
 
-from hubfmt import protowire
-from hubfmt.atomic import atomic_output, atomic_outputs
-from hubfmt.checkpoint import LazyTensor
-from hubfmt.errors import FormatError
-from hubfmt.streaming import fold_region, prefetched, write_tensor
+from hubfmt.sdk import protowire
+from hubfmt.sdk import atomic_output, atomic_outputs
+from hubfmt.sdk import LazyTensor
+from hubfmt.sdk import FormatError
+from hubfmt.sdk import fold_region, prefetched, write_tensor
 
 from . import sstable
 from .bundle import _EXPECTED_CRC, BUNDLE_VERSION, DT_STRING, TF_DTYPE_CODES, _strings_crc, shard_path
@@ -72,7 +72,7 @@ def write_bundle(prefix: str, tensors: list[OutTensor], *, overwrite: bool = Fal
             tmp = out.path(finals[i])
             with open(tmp, "w+b") as f:       # read back: the CRC of kernel-copied bytes
                 loaded = prefetched((None if t.strings is not None else t.tensor, t.dtype) for t in group)
-                for t, tensor in zip(group, loaded):
+                for t, tensor in zip(group, loaded, strict=True):
                     offset = f.tell()
                     if t.strings is not None:
                         data, crc = _strings_crc(t.strings)

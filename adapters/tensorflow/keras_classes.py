@@ -76,7 +76,7 @@ def leaves(class_name: str, config: dict, shapes: list[tuple]) -> tuple[str, lis
         rank = {"Dense": 2, "Embedding": 2, "DepthwiseConv2D": 4, "SeparableConv2D": 4}.get(class_name)
         if rank is None:
             rank = int(re.search(r"(\d)D", class_name).group(1)) + 2
-        for leaf, shape in zip(names, shapes):
+        for leaf, shape in zip(names, shapes, strict=True):
             want = 1 if leaf == "bias" else rank
             if len(shape) != want:
                 raise LayoutError(f"{class_name} {leaf} must have rank {want}, found shape {list(shape)}")
@@ -107,7 +107,7 @@ def leaves(class_name: str, config: dict, shapes: list[tuple]) -> tuple[str, lis
         return kind, names
     if class_name in _RNN:
         names = _by_count(class_name, n, ["kernel", "recurrent_kernel"], ["bias"], _flag(config, "use_bias"))
-        for leaf, shape in zip(names, shapes):
+        for leaf, shape in zip(names, shapes, strict=True):
             ok = (1, 2) if leaf == "bias" and kind == "gru" else (1,) if leaf == "bias" else (2,)
             if len(shape) not in ok:   # GRU(reset_after=True) keeps two bias rows: [2, 3h]
                 raise LayoutError(f"{class_name} {leaf} must have rank {' or '.join(map(str, ok))}, "
@@ -132,7 +132,7 @@ def _count(cls: str, n: int, want: int) -> None:
 
 
 def _ranks(cls: str, names, shapes, rank: int) -> None:
-    for leaf, shape in zip(names, shapes):
+    for leaf, shape in zip(names, shapes, strict=True):
         if len(shape) != rank:
             raise LayoutError(f"{cls} {leaf} must have rank {rank}, found shape {list(shape)}")
 

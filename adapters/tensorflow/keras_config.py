@@ -47,7 +47,7 @@ def config_by_path(config: dict | None) -> dict[str, dict]:
         items = [e for e in inner["layers"] if isinstance(e, dict) and isinstance(e.get("class_name"), str)]
         if cls == "Sequential":
             items = [e for e in items if e["class_name"] != "InputLayer"]
-        for e, name in zip(items, unique_names(e["class_name"] for e in items)):
+        for e, name in zip(items, unique_names(e["class_name"] for e in items), strict=True):
             p = f"{prefix}layers/{name}"
             out[p] = e
             visit(e, p + "/")

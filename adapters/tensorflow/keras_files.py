@@ -13,7 +13,7 @@ import zipfile
 import zlib
 from contextlib import contextmanager
 
-from hubfmt.errors import FormatError, MissingFrameworkError
+from hubfmt.sdk import FormatError, MissingFrameworkError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 WEIGHTS_MEMBER = "model.weights.h5"     # Keras 3's name for the weights inside a .keras archive

@@ -17,21 +17,15 @@ from __future__ import annotations
 
 import os
 
-from hubfmt.checkpoint import Checkpoint, SourceInfo
-from hubfmt.errors import ConversionError
-from hubfmt.registry import NativeFormat
-from hubfmt.report import Report
+from hubfmt.sdk import Checkpoint, SourceInfo
+from hubfmt.sdk import ConversionError
+from hubfmt.sdk import Report
 
 from . import keras_config, keras_files, keras_store
 from .keras_import import Owner, add_owner
 from .keras_classes import infer_class
 
-FORMATS = (
-    NativeFormat("keras-weights-h5", (".weights.h5",), "Keras 3 model.save_weights() file (HDF5, positional vars)"),
-    NativeFormat("keras-archive", (".keras",), "Keras 3 model.save() archive (config.json + model.weights.h5)"),
-    NativeFormat("keras-h5", (".h5",), "legacy Keras 2 HDF5 weights or model (named variables; read only)",
-                 writes=False),
-)
+from .formats import KERAS_FORMATS as FORMATS  # noqa: E402
 
 
 def sniff(path: str) -> str | None:
@@ -70,7 +64,6 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None, **optio
     >>> read("model.weights.h5", template="model.keras")["conv.weight"].info.original_layout   # doctest: +SKIP
     'HWIO'
     """
-    prefer_ema = options.pop("prefer_ema", False)       # the CLI's --prefer-ema, for every reader
     if options:
         raise ConversionError(f"unknown read option(s) for Keras files: {', '.join(sorted(options))}")
     path = os.fspath(path)
@@ -106,9 +99,6 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None, **optio
         ckpt.extra["keras_metadata"] = store.metadata
     if not len(ckpt) and not store.optimizer:
         ckpt.report.add("warning", os.path.basename(path), "the file holds no layer variables")
-    if prefer_ema:
-        ckpt.report.add("warning", os.path.basename(path), "prefer_ema: Keras weight files keep no EMA copy of "
-                                                           "the layers (an optimizer's EMA state is dropped)")
     ckpt.report.tensors_in = len(ckpt)
     return ckpt
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
-from hubfmt.errors import ConversionError, FormatError
+from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+from hubfmt.sdk import ConversionError, FormatError
 
 from . import keras_classes, semantics
 
@@ -70,8 +70,8 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
         kind, leaves = keras_classes.leaves(cls, owner.config, shapes)
     except keras_classes.LayoutError as e:
         raise FormatError(f"{owner.where}: {e}", path) from None
-    natives = dict(zip(leaves, owner.tensors))
-    native_names = dict(zip(leaves, owner.names))
+    natives = dict(zip(leaves, owner.tensors, strict=True))
+    native_names = dict(zip(leaves, owner.names, strict=True))
     attrs = {}
     if kind == "gru" and owner.config and not owner.config.get("reset_after", True):
         mapped = None
@@ -131,7 +131,7 @@ def _quantized(config: dict) -> str:
 
 
 def _generic(ckpt: Checkpoint, owner: Owner, why: str) -> None:
-    for i, (native, t) in enumerate(zip(owner.names, owner.tensors)):
+    for i, (native, t) in enumerate(zip(owner.names, owner.tensors, strict=True)):
         name = _join(owner.module, f"vars.{i}")
         ckpt.add(name, t, TensorInfo(kind="tensor", role=str(i), layer=_join(owner.module, "vars"),
                                      original_name=native, original_dtype=t.dtype, original_shape=tuple(t.shape)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from hubfmt.errors import FormatError
+from hubfmt.sdk import FormatError
 
 from .keras_store import VarGroup, dataset_var
 

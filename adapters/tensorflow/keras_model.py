@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from hubfmt import dtypes
-from hubfmt.checkpoint import Checkpoint, LazyTensor, SourceInfo
-from hubfmt.errors import ConversionError, MissingFrameworkError
-from hubfmt.report import Report
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import Checkpoint, LazyTensor, SourceInfo
+from hubfmt.sdk import ConversionError, MissingFrameworkError
+from hubfmt.sdk import Report
 
 from . import keras_classes, keras_plan
 from .keras_import import Owner, add_owner

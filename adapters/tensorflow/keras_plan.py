@@ -14,9 +14,9 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 
-from hubfmt.checkpoint import Checkpoint
-from hubfmt.errors import ConversionError, HubfmtError
-from hubfmt.report import Report
+from hubfmt.sdk import Checkpoint
+from hubfmt.sdk import ConversionError, HubfmtError
+from hubfmt.sdk import Report
 
 from . import keras_classes, keras_config, keras_store, semantics
 
@@ -184,18 +184,18 @@ def match(layers: list[CanonLayer], targets: list[Target], report: Report, *, st
     rest_l = [layer for layer, t in named if t is None]
     rest_t = [t for t in targets if id(t) not in used]
     if len(rest_l) == len(rest_t) and len(rest_l) < len(layers) and all(
-            compatible(layer.kind, target_kind(t)) for layer, t in zip(rest_l, rest_t)):
-        fill = dict(zip(map(id, rest_l), rest_t))
-        for layer, t in zip(rest_l, rest_t):
+            compatible(layer.kind, target_kind(t)) for layer, t in zip(rest_l, rest_t, strict=True)):
+        fill = dict(zip(map(id, rest_l), rest_t, strict=True))
+        for layer, t in zip(rest_l, rest_t, strict=True):
             report.add("renamed", layer.module, f"-> destination layer {t.module} (matched by order and kind)")
         return _adopt([(layer, t if t is not None else fill[id(layer)]) for layer, t in named], report)
     kinds_agree = len(layers) == len(targets) and all(
-        compatible(layer.kind, target_kind(t)) for layer, t in zip(layers, targets))
+        compatible(layer.kind, target_kind(t)) for layer, t in zip(layers, targets, strict=True))
     if kinds_agree:
-        for layer, t in zip(layers, targets):
+        for layer, t in zip(layers, targets, strict=True):
             if layer.module != t.module:
                 report.add("renamed", layer.module, f"-> destination layer {t.module} (matched by order and kind)")
-        return _adopt(list(zip(layers, targets)), report)
+        return _adopt(list(zip(layers, targets, strict=True)), report)
     pairs = _adopt([(layer, t) for layer, t in named if t is not None], report)
     used = {id(t) for _, t in pairs}
     unexpected = [layer.module for layer, t in named if t is None]
@@ -284,7 +284,7 @@ def _object_names(obj: str, module: str) -> dict[str, str]:
     if len(objects) != len(mods):
         return {obj: module}
     out = {}
-    for i, m in zip(objects, mods):
+    for i, m in zip(objects, mods, strict=True):
         if i == len(segs) - 1 or segs[i + 1] == "layers":
             out["/".join(segs[: i + 1])] = m
     return out
@@ -317,7 +317,7 @@ def exports(ckpt: Checkpoint, pairs: list[tuple[CanonLayer, Target]]):
         attrs = dict(ckpt.layers[layer.module].attrs) if layer.module in ckpt.layers else {}
         if layer.kind == "separable_conv2d" and f"{layer.module}.depthwise" in ckpt.layers:
             attrs = dict(ckpt.layers[f"{layer.module}.depthwise"].attrs)
-        native_shapes = dict(zip(positions(target, []), target.shapes)) if target.shapes else None
+        native_shapes = dict(zip(positions(target, []), target.shapes, strict=True)) if target.shapes else None
         try:
             out = semantics.export_layer(layer.kind, canon, attrs=attrs, native_shapes=native_shapes)
         except ConversionError as e:

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hubfmt import dtypes
-from hubfmt.checkpoint import LazyTensor, region_tensor
-from hubfmt.errors import FormatError
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import LazyTensor, region_tensor
+from hubfmt.sdk import FormatError
 
 from .keras_config import config_by_path
 from .keras_files import check_global_heaps, h5_reason, open_h5

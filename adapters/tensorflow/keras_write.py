@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hubfmt import dtypes
-from hubfmt.atomic import atomic_output
-from hubfmt.checkpoint import Checkpoint, LazyTensor
-from hubfmt.errors import ConversionError, HubfmtError
-from hubfmt.report import Report
-from hubfmt.streaming import prefetched, write_tensor
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import atomic_output
+from hubfmt.sdk import Checkpoint, LazyTensor
+from hubfmt.sdk import ConversionError, HubfmtError
+from hubfmt.sdk import Report
+from hubfmt.sdk import prefetched, write_tensor
 
 from . import keras_files, keras_plan
 
@@ -46,7 +46,6 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
 
     >>> write(read("torch_twin.safetensors"), "m.weights.h5", template=keras_model)   # doctest: +SKIP
     """
-    options.pop("keep_dtype", None)     # the CLI's --keep-dtype: Keras output keeps dtypes anyway
     path = os.fspath(path)
     if options.pop("max_shard_size", None):
         raise HubfmtError("sharded Keras weights (.weights.json) are not written: drop --max-shard-size", path)
@@ -135,9 +134,9 @@ def _write_h5(h5_path: str, datasets: list[_Dataset], names: dict[str, str], pro
     total = 0
     late = []       # datasets HDF5 keeps in its object header (tiny/scalar): written through h5py
     sizes = [dtypes.itemsize(d.dtype) * int(np.prod(d.tensor.shape, dtype=np.int64)) for d in datasets]
-    loaded = prefetched((d.tensor if n and off is not None else None, d.dtype) for d, n, off in zip(datasets, sizes, offsets))
+    loaded = prefetched((d.tensor if n and off is not None else None, d.dtype) for d, n, off in zip(datasets, sizes, offsets, strict=True))
     with open(h5_path, "r+b") as f:
-        for d, off, n, tensor in zip(datasets, offsets, sizes, loaded):
+        for d, off, n, tensor in zip(datasets, offsets, sizes, loaded, strict=True):
             if n and off is None:
                 late.append(d)
                 continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from hubfmt.protowire import Malformed, fields
+from hubfmt.sdk import protowire
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -24,23 +24,23 @@ def _nodes(graph: bytes, full_names: dict | None = None) -> list[tuple[list[tupl
     """Per node: (children as (node id, local name), checkpoint keys of its attributes); fills
     `full_names` (checkpoint key -> the variable's own name, e.g. Keras 'sequential/conv2d/kernel')."""
     nodes = []
-    for num, wt, v in fields(graph):
+    for num, wt, v in protowire.fields(graph):
         if num != 1 or wt != 2:
             continue
         children, keys = [], []
-        for n2, w2, v2 in fields(v):
+        for n2, w2, v2 in protowire.fields(v):
             if n2 == 1 and w2 == 2:
-                ref = {k: x for k, _, x in fields(v2)}
+                ref = {k: x for k, _, x in protowire.fields(v2)}
                 children.append((int(ref.get(1, 0)), bytes(ref.get(2, b"")).decode("utf-8", "replace")))
             elif n2 == 2 and w2 == 2:
-                att = {k: x for k, _, x in fields(v2)}
+                att = {k: x for k, _, x in protowire.fields(v2)}
                 key = bytes(att.get(3, b"")).decode("utf-8", "replace")
                 keys.append(key)
                 if full_names is not None and key:
                     full_names[key] = bytes(att.get(2, b"")).decode("utf-8", "replace")
         nodes.append((children, keys))
         if len(nodes) > MAX_NODES:
-            raise Malformed("object graph has too many nodes")
+            raise protowire.Malformed("object graph has too many nodes")
     return nodes
 
 
@@ -63,7 +63,7 @@ def variable_paths(graph: bytes) -> dict[str, list[list[str]]]:
         i = queue.popleft()
         for child, name in nodes[i][0]:
             if not 0 <= child < len(nodes):
-                raise Malformed(f"object graph node {i} points at node {child} of {len(nodes)}")
+                raise protowire.Malformed(f"object graph node {i} points at node {child} of {len(nodes)}")
             path = first[i] + [name]
             all_paths.setdefault(child, []).append(path)
             if child not in first:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hubfmt import dtypes
-from hubfmt.checkpoint import LazyTensor
-from hubfmt.errors import FormatError
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import LazyTensor
+from hubfmt.sdk import FormatError
 
 
 def _num_increasing(v: int) -> bytes:
@@ -52,8 +52,8 @@ def assemble(bundle, entry) -> LazyTensor:
         if len(extents) != len(shape):
             raise FormatError(f"{entry.name!r}: slice of rank {len(extents)} for a rank-{len(shape)} tensor",
                               bundle.index_path)
-        full = [(s, d - s if n < 0 else n) for (s, n), d in zip(extents, shape)]
-        if any(s < 0 or n < 0 or s + n > d for (s, n), d in zip(full, shape)):
+        full = [(s, d - s if n < 0 else n) for (s, n), d in zip(extents, shape, strict=True)]
+        if any(s < 0 or n < 0 or s + n > d for (s, n), d in zip(full, shape, strict=True)):
             raise FormatError(f"{entry.name!r}: slice {full} outside shape {list(shape)}", bundle.index_path)
         piece = bundle.slice_entries.get(slice_key(entry.name, full))
         if piece is None:

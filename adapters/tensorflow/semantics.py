@@ -36,7 +36,7 @@ bias) and `<layer>.pointwise` (kind conv2d, 1x1, carrying the bias), the way a t
 BatchNormalization attributes are recorded canonically: eps as is (Keras and tf.compat.v1.layers
 default 1e-3), momentum in torch's convention (new = (1-m)*old + m*batch): TF 0.99 -> 0.01.
 
->>> from hubfmt.checkpoint import LazyTensor
+>>> from hubfmt.sdk import LazyTensor
 >>> k = LazyTensor.from_array(np.zeros((3, 3, 8, 16), np.float32))
 >>> [(m.name, m.tensor.shape, m.layout) for m in import_layer("conv2d", {"kernel": k})]
 [('weight', (16, 8, 3, 3), 'HWIO')]
@@ -47,10 +47,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hubfmt import dtypes, layouts
-from hubfmt.checkpoint import LazyTensor
-from hubfmt.errors import ConversionError
-from hubfmt.permute import permute
+from hubfmt.sdk import dtypes, layouts
+from hubfmt.sdk import LazyTensor
+from hubfmt.sdk import ConversionError
+from hubfmt.sdk import convert_layout, depthwise_to_hwcm, permute, reorder_gates
 
 # Keras 3 and tf.compat.v1.layers defaults (TF momentum convention: new = m*old + (1-m)*batch).
 KERAS_BN_EPS = 1e-3
@@ -131,7 +131,7 @@ def normalize_leaf(leaf: str) -> str:
 
 def _transpose(t: LazyTensor, src: str, dst: str) -> LazyTensor:
     shape = layouts.layout_shape(t.shape, src, dst)
-    return t.map(lambda a: layouts.convert_layout(a, src, dst), shape)
+    return t.map(lambda a: convert_layout(a, src, dst), shape)
 
 
 def _need(natives: dict, leaf: str, kind: str) -> LazyTensor:
@@ -253,10 +253,10 @@ def _keras_rnn_in(kind: str, nat: dict) -> list[Mapped]:
     detail = f"IO->OI, gates {src_gates}->{dst_gates}" if src_gates != dst_gates else "IO->OI"
 
     def gates_t(a):
-        return layouts.reorder_gates(permute(a, (1, 0)), src_gates, dst_gates, 0) if src_gates else permute(a, (1, 0))
+        return reorder_gates(permute(a, (1, 0)), src_gates, dst_gates, 0) if src_gates else permute(a, (1, 0))
 
     def gates(a):
-        return layouts.reorder_gates(a, src_gates, dst_gates, 0) if src_gates else a
+        return reorder_gates(a, src_gates, dst_gates, 0) if src_gates else a
 
     out = [Mapped("weight_ih_l0", k.map(gates_t, k.shape[::-1]), kind, "kernel", "IO", [("transposed", detail)]),
            Mapped("weight_hh_l0", r.map(gates_t, r.shape[::-1]), kind, "recurrent_kernel", "IO", [("transposed", detail)])]
@@ -292,7 +292,7 @@ def _tf1_lstm_in(nat: dict, forget_bias: float) -> list[Mapped]:
     det = "fused [in+h,4h] split, IO->OI, gates ijfo->ifgo"
 
     def part(lo, hi):
-        return lambda a: layouts.reorder_gates(permute(a[lo:hi], (1, 0)), "igfo", "ifgo", 0)
+        return lambda a: reorder_gates(permute(a[lo:hi], (1, 0)), "igfo", "ifgo", 0)
     out = [Mapped("weight_ih_l0", k.map(part(0, n_in), (four_h, n_in)), "lstm", "kernel", "IO", [("transposed", det)]),
            Mapped("weight_hh_l0", k.map(part(n_in, rows), (four_h, h)), "lstm", "kernel", "IO", [("transposed", det)])]
     b = nat.get("bias")
@@ -305,7 +305,7 @@ def _tf1_lstm_in(nat: dict, forget_bias: float) -> list[Mapped]:
     fb = forget_bias
 
     def fold(a):
-        a = _num(layouts.reorder_gates(a, "igfo", "ifgo", 0), b.dtype).copy()
+        a = _num(reorder_gates(a, "igfo", "ifgo", 0), b.dtype).copy()
         a[h:2 * h] += np.asarray(fb, dtype=a.dtype)
         return _back(a, b.dtype)
     if fb:
@@ -403,7 +403,7 @@ def _depthwise_out(t: LazyTensor, attrs: dict, native_shape, leaf: str) -> Mappe
     if channels <= 0 or cm % channels:
         raise ConversionError(f"depthwise weight {list(t.shape)} does not fit {channels} channels")
     shape = (kh, kw, channels, cm // channels)
-    return Mapped(leaf, t.map(lambda a: layouts.depthwise_to_hwcm(a, channels), shape),
+    return Mapped(leaf, t.map(lambda a: depthwise_to_hwcm(a, channels), shape),
                   "depthwise_conv2d", "weight", "HWCM", events)
 
 
@@ -414,7 +414,7 @@ def _keras_rnn_out(kind: str, canon: dict) -> list[Mapped]:
     _no_extra(canon, {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"}, kind)
 
     def gates(a):
-        return layouts.reorder_gates(a, canon_gates, native_gates, 0) if native_gates else a
+        return reorder_gates(a, canon_gates, native_gates, 0) if native_gates else a
 
     def t_gates(a):
         return permute(gates(a), (1, 0))
@@ -450,7 +450,7 @@ def _tf1_lstm_out(canon: dict, forget_bias: float) -> list[Mapped]:
 
     def kernel():
         both = np.concatenate([wi.load(), wh.load()], axis=1)          # [4h, in+h]
-        return permute(layouts.reorder_gates(both, "ifgo", "igfo", 0), (1, 0))
+        return permute(reorder_gates(both, "ifgo", "igfo", 0), (1, 0))
     out = [Mapped("kernel", LazyTensor((n_in + h, four_h), wi.dtype, kernel), "tf1_lstm", "weight_ih_l0+weight_hh_l0",
                   "IO", [("transposed", "weight_ih, weight_hh -> fused [in+h,4h], gates ifgo->ijfo")])]
     bi, bh = canon.get("bias_ih_l0"), canon.get("bias_hh_l0")
@@ -464,7 +464,7 @@ def _tf1_lstm_out(canon: dict, forget_bias: float) -> list[Mapped]:
             if t is not None:
                 a = a + _num(t.load(), ref.dtype)
         a[h:2 * h] -= np.asarray(forget_bias, dtype=a.dtype)
-        return _back(layouts.reorder_gates(a, "ifgo", "igfo", 0), ref.dtype)
+        return _back(reorder_gates(a, "ifgo", "igfo", 0), ref.dtype)
     ev = [("reshaped", "bias_ih + bias_hh -> one bias, gates ifgo->ijfo")]
     if forget_bias:
         ev.append(("warning", f"forget_bias {forget_bias:g} subtracted from the f gate (the TF1 cell adds it at run time)"))

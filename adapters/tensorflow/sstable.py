@@ -13,10 +13,12 @@ varints, zero padding to 40 bytes, and the magic 0xdb4775248b80fb57.
 """
 from __future__ import annotations
 
+import itertools
+
 import struct
 
 from .crc32c import crc32c, mask, unmask
-from hubfmt.protowire import Malformed, encode_varint, read_varint
+from hubfmt.sdk import protowire
 
 MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
@@ -27,42 +29,42 @@ _COMPRESSION = {0: None, 1: "snappy", 2: "zstd"}
 
 
 def _handle(buf: bytes, pos: int, limit: int) -> tuple[int, int, int]:
-    off, pos = read_varint(buf, pos, limit)
-    size, pos = read_varint(buf, pos, limit)
+    off, pos = protowire.read_varint(buf, pos, limit)
+    size, pos = protowire.read_varint(buf, pos, limit)
     return off, size, pos
 
 
 def _block(table: bytes, off: int, size: int, what: str) -> bytes:
     end = off + size + TRAILER_SIZE
     if end > len(table) - FOOTER_SIZE:
-        raise Malformed(f"{what} block (offset {off}, {size} bytes) runs past the end of the table")
+        raise protowire.Malformed(f"{what} block (offset {off}, {size} bytes) runs past the end of the table")
     data = table[off:off + size]
     ctype = table[off + size]
     stored = struct.unpack_from("<I", table, off + size + 1)[0]
     if unmask(stored) != crc32c(table[off:off + size + 1]):
-        raise Malformed(f"bad checksum in {what} block at offset {off} (corrupt file)")
+        raise protowire.Malformed(f"bad checksum in {what} block at offset {off} (corrupt file)")
     if ctype != 0:
         name = _COMPRESSION.get(ctype, f"unknown type {ctype}")
-        raise Malformed(f"{what} block at offset {off} is {name}-compressed; only uncompressed tables "
+        raise protowire.Malformed(f"{what} block at offset {off} is {name}-compressed; only uncompressed tables "
                         "are supported (TensorFlow writes them uncompressed)")
     return data
 
 
 def _entries(block: bytes, what: str) -> list[tuple[bytes, bytes]]:
     if len(block) < 4:
-        raise Malformed(f"{what} block of {len(block)} bytes is too short")
+        raise protowire.Malformed(f"{what} block of {len(block)} bytes is too short")
     n_restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
     limit = len(block) - 4 - 4 * n_restarts
     if n_restarts == 0 and len(block) > 4 or limit < 0:
-        raise Malformed(f"{what} block has a bad restart count {n_restarts}")
+        raise protowire.Malformed(f"{what} block has a bad restart count {n_restarts}")
     out = []
     pos, key = 0, b""
     while pos < limit:
-        shared, pos = read_varint(block, pos, limit, 5)
-        unshared, pos = read_varint(block, pos, limit, 5)
-        vlen, pos = read_varint(block, pos, limit, 5)
+        shared, pos = protowire.read_varint(block, pos, limit, 5)
+        unshared, pos = protowire.read_varint(block, pos, limit, 5)
+        vlen, pos = protowire.read_varint(block, pos, limit, 5)
         if shared > len(key) or pos + unshared + vlen > limit:
-            raise Malformed(f"{what} block entry at offset {pos} runs past its block")
+            raise protowire.Malformed(f"{what} block entry at offset {pos} runs past its block")
         key = key[:shared] + block[pos:pos + unshared]
         pos += unshared
         out.append((key, block[pos:pos + vlen]))
@@ -71,13 +73,13 @@ def _entries(block: bytes, what: str) -> list[tuple[bytes, bytes]]:
 
 
 def read_table(table: bytes) -> list[tuple[bytes, bytes]]:
-    """All (key, value) pairs of a table held in memory, in key order; raises Malformed."""
+    """All (key, value) pairs of a table held in memory, in key order; raises protowire.Malformed."""
     if len(table) < FOOTER_SIZE:
-        raise Malformed(f"{len(table)} bytes: too short for a table (footer is {FOOTER_SIZE} bytes)")
+        raise protowire.Malformed(f"{len(table)} bytes: too short for a table (footer is {FOOTER_SIZE} bytes)")
     footer = len(table) - FOOTER_SIZE
     magic = struct.unpack_from("<Q", table, len(table) - 8)[0]
     if magic != MAGIC:
-        raise Malformed("not a checkpoint index (bad table magic; truncated or not a TensorFlow .index file)")
+        raise protowire.Malformed("not a checkpoint index (bad table magic; truncated or not a TensorFlow .index file)")
     limit = len(table) - 8
     _, _, pos = _handle(table, footer, limit)               # metaindex: TF stores nothing there
     ioff, isize, _ = _handle(table, pos, limit)
@@ -86,9 +88,9 @@ def read_table(table: bytes) -> list[tuple[bytes, bytes]]:
         off, size, _ = _handle(handle, 0, len(handle))
         for key, value in _entries(_block(table, off, size, "data"), "data"):
             if out and key <= out[-1][0]:
-                raise Malformed(f"keys out of order in data block at offset {off}")
+                raise protowire.Malformed(f"keys out of order in data block at offset {off}")
             if key > last_key:
-                raise Malformed(f"data block at offset {off} holds a key beyond its index entry")
+                raise protowire.Malformed(f"data block at offset {off} holds a key beyond its index entry")
             out.append((key, value))
     return out
 
@@ -103,11 +105,11 @@ def _build_block(entries: list[tuple[bytes, bytes]]) -> bytes:
             shared = 0
         else:
             shared = 0
-            for a, b in zip(prev, key):
+            for a, b in zip(prev, key, strict=False):     # the common prefix of two keys
                 if a != b:
                     break
                 shared += 1
-        buf += encode_varint(shared) + encode_varint(len(key) - shared) + encode_varint(len(value))
+        buf += protowire.encode_varint(shared) + protowire.encode_varint(len(key) - shared) + protowire.encode_varint(len(value))
         buf += key[shared:] + value
         prev = key
     if not restarts:
@@ -118,7 +120,7 @@ def _build_block(entries: list[tuple[bytes, bytes]]) -> bytes:
 
 def write_table(items: list[tuple[bytes, bytes]]) -> bytes:
     """Serialize sorted, unique (key, value) pairs as an uncompressed table."""
-    for (a, _), (b, _) in zip(items, items[1:]):
+    for (a, _), (b, _) in itertools.pairwise(items):
         if not a < b:
             raise ValueError(f"table keys must be sorted and unique: {a!r} then {b!r}")
     out = bytearray()
@@ -138,10 +140,10 @@ def write_table(items: list[tuple[bytes, bytes]]) -> bytes:
         if size >= BLOCK_SIZE or i == len(items) - 1:
             block = items[start:i + 1]
             off, n = emit(_build_block(block))
-            index.append((block[-1][0], encode_varint(off) + encode_varint(n)))
+            index.append((block[-1][0], protowire.encode_varint(off) + protowire.encode_varint(n)))
             start, size = i + 1, 0
     meta = emit(_build_block([]))
     idx = emit(_build_block(index))
-    footer = encode_varint(meta[0]) + encode_varint(meta[1]) + encode_varint(idx[0]) + encode_varint(idx[1])
+    footer = protowire.encode_varint(meta[0]) + protowire.encode_varint(meta[1]) + protowire.encode_varint(idx[0]) + protowire.encode_varint(idx[1])
     out += footer + b"\x00" * (40 - len(footer)) + struct.pack("<Q", MAGIC)
     return bytes(out)

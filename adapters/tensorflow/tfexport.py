@@ -28,10 +28,10 @@ import re
 
 import numpy as np
 
-from hubfmt import dtypes
-from hubfmt.checkpoint import Checkpoint, LazyTensor
-from hubfmt.errors import ConversionError
-from hubfmt.report import Report
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import Checkpoint, LazyTensor
+from hubfmt.sdk import ConversionError
+from hubfmt.sdk import Report
 
 from . import semantics
 from .bundle import DT_STRING, TF_DTYPE_CODES, Bundle

@@ -22,9 +22,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from hubfmt import layouts
-from hubfmt.checkpoint import Checkpoint, LayerInfo, LazyTensor, TensorInfo
-from hubfmt.errors import ConversionError
+from hubfmt.sdk import layouts
+from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, TensorInfo
+from hubfmt.sdk import ConversionError
 
 from . import semantics
 from .objgraph import OBJECT_GRAPH_KEY, VALUE_SUFFIX

@@ -112,7 +112,7 @@ def _kind(layer: str, roles: dict[str, tuple]) -> str:
 def classify(shapes: Mapping[str, tuple], classes: Mapping[str, tuple[str, Mapping[str, Any]]]) -> tuple[dict[str, str], dict]:
     """(layer -> kind, layer -> LayerInfo) for a state dict with tensor `shapes`, using module
     `classes` (layer path -> (class name, instance attributes)) where known, names/shapes elsewhere."""
-    from hubfmt.checkpoint import LayerInfo
+    from hubfmt.sdk import LayerInfo
 
     inferred = infer_kinds(shapes)
     layer_kinds: dict[str, str] = {}

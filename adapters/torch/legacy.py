@@ -14,9 +14,9 @@ import pickle
 import struct
 from typing import Any, BinaryIO, Callable
 
-from hubfmt import dtypes
-from hubfmt.errors import FormatError
-from hubfmt.safe_pickle import RestrictedUnpickler
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import FormatError
+from hubfmt.sdk import RestrictedUnpickler
 
 from .tensors import BytesBlob, FileBlob, check_storage
 from .vocabulary import Storage, storage_from_pid

@@ -13,8 +13,8 @@ import os
 import pickle
 from typing import Any, BinaryIO, Callable
 
-from hubfmt.errors import FormatError, UnsafePickleError
-from hubfmt.safe_pickle import RestrictedUnpickler, unwrap
+from hubfmt.sdk import FormatError, UnsafePickleError
+from hubfmt.sdk import RestrictedUnpickler, unwrap
 
 from . import legacy, zipformat
 from .vocabulary import allow_list

@@ -10,10 +10,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from hubfmt import dtypes
-from hubfmt.checkpoint import Checkpoint, LazyTensor, SourceInfo, TensorInfo
-from hubfmt.errors import ConversionError, MissingFrameworkError
-from hubfmt.report import Report
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import Checkpoint, LazyTensor, SourceInfo, TensorInfo
+from hubfmt.sdk import ConversionError, MissingFrameworkError
+from hubfmt.sdk import Report
 
 from . import kinds
 from .vocabulary import TORCH_DTYPES

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from hubfmt.safe_pickle import OpaqueObject
+from hubfmt.sdk import OpaqueObject
 
 from .vocabulary import TensorRef
 

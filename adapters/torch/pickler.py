@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hubfmt.pickle_emit import PickleEmitter
+from hubfmt.sdk import PickleEmitter
 
 # canonical dtype -> legacy storage class torch pickles (_rebuild_tensor_v2); dtypes without one
 # go through UntypedStorage + _rebuild_tensor_v3, as torch itself does.
@@ -51,7 +51,7 @@ class _Emitter(PickleEmitter):
         self.out += b"("
         self.value("storage")
         if untyped:
-            from hubfmt import dtypes
+            from hubfmt.sdk import dtypes
             self.global_("torch.storage", "UntypedStorage")
             numel = t.numel * dtypes.itemsize(t.dtype)
         else:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from hubfmt import dtypes
-from hubfmt.checkpoint import Checkpoint, SourceInfo, TensorInfo
-from hubfmt.errors import ConversionError, FormatError
-from hubfmt.report import Report
-from hubfmt.safe_pickle import OpaqueObject
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import Checkpoint, SourceInfo, TensorInfo
+from hubfmt.sdk import ConversionError, FormatError
+from hubfmt.sdk import Report
+from hubfmt.sdk import OpaqueObject
 
 from . import kinds, modules
 from .loading import load

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hubfmt import dtypes
-from hubfmt.checkpoint import LazyTensor, read_region, region_tensor
-from hubfmt.errors import FormatError
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import LazyTensor, read_region, region_tensor
+from hubfmt.sdk import FormatError
 
 from .vocabulary import Storage, TensorRef
 
@@ -79,7 +79,7 @@ def c_strides(shape) -> tuple:
 
 
 def is_contiguous(shape, stride) -> bool:
-    return all(s == c or d == 1 for d, s, c in zip(shape, stride, c_strides(shape)))
+    return all(s == c or d == 1 for d, s, c in zip(shape, stride, c_strides(shape), strict=True))
 
 
 def byte_span(t: TensorRef) -> tuple[Storage, int, int]:
@@ -92,7 +92,7 @@ def byte_span(t: TensorRef) -> tuple[Storage, int, int]:
     start = base_bytes + t.offset * size
     if any(d == 0 for d in t.shape):
         return root, start, 0
-    last = sum((d - 1) * s for d, s in zip(t.shape, t.stride))
+    last = sum((d - 1) * s for d, s in zip(t.shape, t.stride, strict=True))
     return root, start, (last + 1) * size
 
 

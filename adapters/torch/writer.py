@@ -18,12 +18,12 @@ import uuid
 
 import numpy as np
 
-from hubfmt import dtypes
-from hubfmt.atomic import atomic_output
-from hubfmt.checkpoint import Checkpoint
-from hubfmt.errors import ConversionError
-from hubfmt.report import Report
-from hubfmt.streaming import Progress, prefetched, write_tensor
+from hubfmt.sdk import dtypes
+from hubfmt.sdk import atomic_output
+from hubfmt.sdk import Checkpoint
+from hubfmt.sdk import ConversionError
+from hubfmt.sdk import Report
+from hubfmt.sdk import Progress, prefetched, write_tensor
 
 from .pickler import STORAGE_CLASSES, UNTYPED_DTYPES, TensorRecord, emit
 from .tensors import c_strides
@@ -159,7 +159,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
         z.add(root + ".storage_alignment", str(64).encode())
         z.add(root + "byteorder", b"little")
         tensors = prefetched((ckpt.entries[name].tensor, dt) for _, name, dt in plan.storages)
-        for (key, name, dt), tensor in zip(plan.storages, tensors):
+        for (key, _, dt), tensor in zip(plan.storages, tensors, strict=True):
             z.begin(f"{root}data/{key}", tensor.nbytes // dtypes.itemsize(tensor.dtype) * dtypes.itemsize(dt))
             write_tensor(f, tensor, dt)
             n = z.end()

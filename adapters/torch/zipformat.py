@@ -13,7 +13,7 @@ import struct
 import zipfile
 from typing import Any, Callable
 
-from hubfmt.errors import FormatError
+from hubfmt.sdk import FormatError
 
 from .tensors import BytesBlob, FileBlob, MemberBlob, check_storage
 from .vocabulary import Storage, storage_from_pid

@@ -19,7 +19,7 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
-from hubfmt.streaming import fold_region
+from hubfmt.sdk import fold_region
 
 ALIGNMENT = 64
 ZIP64_LIMIT = 0xFFFFFFFF          # a size/offset at or above this goes in a zip64 extra field

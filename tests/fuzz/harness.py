@@ -26,8 +26,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import hubfmt
-from hubfmt import hubfile, registry
-from hubfmt.demo import example_checkpoint
+from hubfmt import registry
+from hubfmt.io import hubfile
+from hubfmt.cli.demo import example_checkpoint
 
 INTERESTING = [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
                2**40, 2**62, 2**63 - 1, 2**64 - 1]

@@ -1,0 +1,267 @@
+"""A concrete name table: which source tensors become which destination tensors, and how.
+
+Rename rules (hubfmt.rules) and template alignment (hubfmt.align) both produce a `Mapping`;
+`apply_mapping` turns it into a new lazy Checkpoint without reading any tensor data. A Mapping is
+always invertible except where it drops a tensor (the data is gone): `Mapping.inverse()`.
+
+Operations (`Move.op`):
+    ""         rename (or keep) one tensor
+    "conv1x1"  rename and reshape [out,in] <-> [out,in,1,1] (a conv used as a classifier)
+    "split"    one fused tensor -> several, cut along `axis` (qkv, LSTM gates); `sizes` per part
+    "merge"    several tensors -> one, concatenated along `axis` (the inverse of split)
+    "create"   a tensor the destination expects and the source cannot have (num_batches_tracked)
+    "drop"     a source tensor the destination has no place for (num_batches_tracked)
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hubfmt.format.checkpoint import Checkpoint, TensorInfo
+from hubfmt.format.tensor import FileSpan, LazyTensor
+from hubfmt.format.tensor import read_region
+from hubfmt.errors import ConversionError
+from hubfmt.report import Report
+
+OPS = ("", "conv1x1", "split", "merge", "create", "drop")
+_INVERSE_OP = {"": "", "conv1x1": "conv1x1", "split": "merge", "merge": "split", "create": "drop"}
+
+
+@dataclass(frozen=True)
+class Move:
+    """One row of the table: `sources` become `targets` by `op` (see the module docstring)."""
+
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    op: str = ""
+    axis: int = 0
+    sizes: tuple[int, ...] = ()
+    confidence: float | None = None   # alignment's confidence; None for rules
+    note: str = ""                    # the rule or the evidence that produced the row
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise ValueError(f"unknown mapping op {self.op!r}")
+
+
+@dataclass
+class Mapping:
+    """An ordered list of Moves (destination order). Every source name appears at most once."""
+
+    moves: list[Move] = field(default_factory=list)
+
+    def inverse(self) -> "Mapping":
+        """The table that undoes this one. Raises ConversionError when a row dropped data.
+
+        >>> Mapping([Move(("a.w",), ("b.w",))]).inverse().moves[0].sources
+        ('b.w',)
+        """
+        out = []
+        for m in self.moves:
+            if m.op == "drop":
+                raise ConversionError(f"the table drops {m.sources[0]} ({m.note or 'no place in the destination'}); "
+                                      "it cannot be inverted")
+            out.append(dataclasses.replace(m, sources=m.targets, targets=m.sources, op=_INVERSE_OP[m.op]))
+        return Mapping(out)
+
+    def to_rows(self) -> list[dict]:
+        rows = []
+        for m in self.moves:
+            row = {"source": list(m.sources), "target": list(m.targets), "op": m.op or "rename"}
+            if m.op in ("split", "merge"):
+                row["axis"] = m.axis
+            if m.confidence is not None:
+                row["confidence"] = round(m.confidence, 2)
+            if m.note:
+                row["note"] = m.note
+            rows.append(row)
+        return rows
+
+    def to_text(self) -> str:
+        """The table a dry run prints: source -> target, operation, confidence, evidence."""
+        rows = [("source", "target", "op", "conf", "evidence")]
+        for m in self.moves:
+            conf = "" if m.confidence is None else f"{m.confidence:.2f}"
+            rows.append((", ".join(m.sources) or "-", ", ".join(m.targets) or "-", m.op or "rename", conf, m.note))
+        widths = [min(60, max(len(r[i]) for r in rows)) for i in range(4)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows).rstrip()
+
+
+def conv1x1_shape(shape: tuple) -> tuple | None:
+    """[out,in] -> [out,in,1,1] and back; None when `shape` is neither."""
+    shape = tuple(shape)
+    if len(shape) == 2:
+        return shape + (1, 1)
+    if len(shape) == 4 and shape[2:] == (1, 1):
+        return shape[:2]
+    return None
+
+
+def split_sizes(length: int, parts: int, sizes: tuple[int, ...] = ()) -> tuple[int, ...] | None:
+    """Sizes of the pieces of an axis of `length` cut into `parts` (equal unless `sizes`); None if impossible."""
+    if sizes:
+        return tuple(sizes) if len(sizes) == parts and sum(sizes) == length else None
+    return (length // parts,) * parts if parts and length % parts == 0 else None
+
+
+def _reshaped(t: LazyTensor, shape: tuple) -> LazyTensor:
+    # Same bytes, new shape: keep the file span so writers can still copy file-to-file.
+    return LazyTensor(shape, t.dtype, lambda: t.load().reshape(shape), t.span)
+
+
+def _piece(t: LazyTensor, axis: int, start: int, size: int) -> LazyTensor:
+    shape = list(t.shape)
+    shape[axis] = size
+    shape = tuple(shape)
+    if axis == 0 and t.span is not None:
+        # Rows of a C-ordered tensor are contiguous: the piece is a byte range of the same file.
+        row = t.nbytes // t.shape[0] if t.shape[0] else 0
+        span = FileSpan(t.span.path, t.span.offset + start * row, size * row)
+        return LazyTensor(shape, t.dtype, lambda: read_region(span.path, span.offset, t.dtype, shape), span)
+    index = tuple(slice(start, start + size) if i == axis else slice(None) for i in range(len(shape)))
+    return LazyTensor(shape, t.dtype, lambda: t.load()[index])
+
+
+def _merged(parts: list[LazyTensor], axis: int) -> LazyTensor:
+    shape = list(parts[0].shape)
+    shape[axis] = sum(p.shape[axis] for p in parts)
+    return LazyTensor(tuple(shape), parts[0].dtype, lambda: np.concatenate([p.load() for p in parts], axis=axis))
+
+
+def _zero_tracked() -> LazyTensor:
+    # A 0-d int64 counter, as torch and OneFlow keep it (from_array would make it 1-d).
+    return LazyTensor((), "int64", lambda: np.zeros((), dtype=np.int64))
+
+
+def _tensors(src: Checkpoint, m: Move) -> list[LazyTensor]:
+    if m.op == "create":
+        return [_zero_tracked() for _ in m.targets]
+    ts = [src[n].tensor for n in m.sources]
+    if m.op == "":
+        return ts
+    if m.op == "conv1x1":
+        shape = conv1x1_shape(ts[0].shape)
+        if shape is None:
+            raise ConversionError(f"{m.sources[0]}: shape {list(ts[0].shape)} is neither [out,in] nor [out,in,1,1]")
+        return [_reshaped(ts[0], shape)]
+    if m.op == "split":
+        t = ts[0]
+        if not 0 <= m.axis < len(t.shape):
+            raise ConversionError(f"{m.sources[0]}: cannot split axis {m.axis} of shape {list(t.shape)}")
+        sizes = split_sizes(t.shape[m.axis], len(m.targets), m.sizes)
+        if sizes is None:
+            raise ConversionError(f"{m.sources[0]}: axis {m.axis} of shape {list(t.shape)} does not split into "
+                                  f"{len(m.targets)} parts{' of ' + str(list(m.sizes)) if m.sizes else ''}")
+        starts = np.cumsum((0,) + sizes[:-1])
+        return [_piece(t, m.axis, int(a), n) for a, n in zip(starts, sizes, strict=True)]
+    # merge
+    ref = ts[0]
+    for n, t in zip(m.sources, ts, strict=True):
+        other = [d for i, d in enumerate(t.shape) if i != m.axis]
+        if t.dtype != ref.dtype or len(t.shape) != len(ref.shape) or other != [d for i, d in enumerate(ref.shape) if i != m.axis]:
+            raise ConversionError(f"cannot merge {', '.join(m.sources)} along axis {m.axis}: "
+                                  f"{n} is {t.dtype}{list(t.shape)}, {m.sources[0]} is {ref.dtype}{list(ref.shape)}")
+    return [_merged(ts, m.axis)]
+
+
+def _info(src: Checkpoint, m: Move, name: str, tensor: LazyTensor, template: Checkpoint | None) -> TensorInfo:
+    first = src[m.sources[0]].info if m.sources else None
+    if template is not None and name in template:
+        # The destination's view of the tensor (kind, role, native name), with the source's dtype.
+        base = template[name].info
+        kind = base.kind
+        if kind in ("", "tensor") and first is not None:
+            # A names+shapes listing knows no kinds; the source does (adjusted for a reshape).
+            kind = {2: "linear", 4: "conv2d"}.get(len(tensor.shape), first.kind) if m.op == "conv1x1" else first.kind
+        return dataclasses.replace(base, kind=kind, original_dtype=(first.original_dtype if first else "") or tensor.dtype,
+                                   tied_to=None)
+    layer, _, role = name.rpartition(".")
+    if first is None:
+        return TensorInfo(kind="batch_norm", role=role, layer=layer, original_dtype=tensor.dtype)
+    kind = first.kind
+    if m.op == "conv1x1":
+        kind = "conv2d" if len(tensor.shape) == 4 else "linear"
+    return dataclasses.replace(first, layer=layer, role=role, kind=kind, tied_to=first.tied_to if m.op == "" else None,
+                               original_shape=first.original_shape if m.op == "" else None)
+
+
+def _event(report: Report, m: Move, tensors: list[LazyTensor], src: Checkpoint) -> None:
+    if m.op == "create":
+        for t in m.targets:
+            report.add("created", t, m.note or "expected by the destination, absent from the source")
+        return
+    if m.op == "drop":
+        report.add("dropped", m.sources[0], m.note or "no place in the destination")
+        return
+    if m.op == "split":
+        for t, lt in zip(m.targets, tensors, strict=True):
+            report.add("renamed", t, f"split from {m.sources[0]} along axis {m.axis} {list(lt.shape)}")
+        return
+    if m.op == "merge":
+        report.add("renamed", m.targets[0], f"merged from {', '.join(m.sources)} along axis {m.axis}")
+        return
+    s, t = m.sources[0], m.targets[0]
+    why = ", ".join(x for x in (f"{m.confidence:.2f}" if m.confidence is not None else "", m.note) if x)
+    report.add("matched" if s == t else "renamed", s, ("" if s == t else f"-> {t}") + (f" ({why})" if why else ""))
+    if m.op == "conv1x1":
+        report.add("reshaped", t, f"{list(src[s].tensor.shape)} -> {list(tensors[0].shape)}")
+
+
+def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | None = None,
+                  report: Report | None = None, keep_unmapped: bool = True) -> Checkpoint:
+    """A new lazy Checkpoint holding `src`'s tensors renamed/reshaped/split/merged by `mapping`.
+
+    No tensor data is read. Tensor infos come from `template` where it names the tensor (so the
+    destination writer sees the destination's kinds and native names), else from the source.
+    Source tensors the mapping does not mention are kept unchanged when `keep_unmapped`. Ties
+    (`info.tied_to`) follow renames; split/merged tensors and tensors described by a template are
+    stored untied (the template's ties say nothing about the source's data).
+
+    >>> out = apply_mapping(ckpt, Mapping([Move(("fc.weight",), ("classifier.weight",))]))  # doctest: +SKIP
+    """
+    out = Checkpoint(source=src.source, extra=src.extra)
+    report = report if report is not None else out.report
+    mentioned = {s for m in mapping.moves for s in m.sources}
+    missing = sorted(mentioned - set(src.entries))
+    if missing:
+        raise ConversionError(f"the table names tensors the source does not have: {', '.join(missing[:5])}")
+    renamed: dict[str, str] = {}
+    layer_of: dict[str, str] = {}
+    for m in mapping.moves:
+        if m.op == "drop":
+            _event(report, m, [], src)
+            continue
+        tensors = _tensors(src, m)
+        for name, t in zip(m.targets, tensors, strict=True):
+            if name in out:
+                raise ConversionError(f"two source tensors map to {name}")
+            out.add(name, t, _info(src, m, name, t, template))
+        if len(m.sources) == 1 and len(m.targets) == 1:
+            renamed[m.sources[0]] = m.targets[0]
+        for s in m.sources:
+            layer_of.setdefault(src[s].info.layer, out[m.targets[0]].info.layer)
+        _event(report, m, tensors, src)
+    if keep_unmapped:
+        for name, e in src.entries.items():
+            if name not in mentioned:
+                if name in out:
+                    raise ConversionError(f"{name} is both kept and the target of a rename")
+                out.add(name, e.tensor, dataclasses.replace(e.info))
+    for e in out.entries.values():
+        if e.info.tied_to is None:
+            continue
+        # A tie survives only if the tensor it points to was carried over under a known name.
+        e.info.tied_to = renamed.get(e.info.tied_to, e.info.tied_to if e.info.tied_to in out else None)
+    for path, li in src.layers.items():
+        out.layers.setdefault(layer_of.get(path, path), li)
+    if template is not None:
+        for path, li in template.layers.items():
+            if path not in out.layers:
+                continue
+            mine = out.layers[path].attrs
+            for k, v in li.attrs.items():
+                if k in mine and mine[k] != v:
+                    report.add("warning", path, f"{k}: source {mine[k]!r}, template {v!r} (the source's value is kept)")
+    return out

@@ -1,0 +1,119 @@
+"""Alignment targets: what the destination expects, as a Checkpoint of names and shapes.
+
+A template is one of
+- a Checkpoint in memory (an adapter's `from_model(initialised_model)` gives one);
+- a checkpoint file of any supported format, read lazily (`hubfmt.read`: names, shapes and infos
+  only; no tensor data is read);
+- a listing: JSON (the output of `hubfmt inspect --json`, `{"name": [shape...]}`, or a list of
+  `{"name":..., "shape": [...]}`), or text with one `name shape` per line, shape written as
+  `64x3x3x3`, `[64, 3, 3, 3]` or `(64,3,3,3)`; `#` starts a comment.
+
+A listing's tensors carry no data (loading one is an error); kinds are inferred from shapes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from hubfmt.format import dtypes
+from hubfmt.format.checkpoint import Checkpoint, TensorInfo
+from hubfmt.format.tensor import LazyTensor
+from hubfmt.errors import ConversionError, FormatError
+
+LISTING_SUFFIXES = (".json", ".txt", ".list")
+
+
+def _no_data(name: str):
+    def load():
+        raise ConversionError(f"{name} comes from a names+shapes listing and has no data")
+    return load
+
+
+def _shape(value, where: str, path: str) -> tuple[int, ...]:
+    if isinstance(value, str):
+        text = value.strip().strip("[]()")
+        parts = [p for p in re.split(r"[x,\s]+", text) if p]
+        value = parts
+    try:
+        shape = tuple(int(d) for d in value)
+    except (TypeError, ValueError):
+        raise FormatError(f"{where}: not a shape: {value!r}", path) from None
+    if any(d < 0 for d in shape):
+        raise FormatError(f"{where}: negative dimension in {list(shape)}", path)
+    return shape
+
+
+def listing_checkpoint(rows, path: str = "<listing>") -> Checkpoint:
+    """A data-less Checkpoint from (name, shape, kind, role, dtype) rows (kind/role/dtype may be "")."""
+    ckpt = Checkpoint()
+    ckpt.source.file = path
+    ckpt.source.format = "listing"
+    for name, shape, kind, role, dtype in rows:
+        if name in ckpt:
+            raise FormatError(f"tensor {name!r} is listed twice", path)
+        tensor = LazyTensor(shape, dtype or "float32", _no_data(name))
+        ckpt.add(name, tensor, TensorInfo(kind=kind or "tensor", role=role))
+    return ckpt
+
+
+def parse_listing(text: str, path: str = "<listing>") -> Checkpoint:
+    """Parse a JSON or text listing (see the module docstring).
+
+    >>> parse_listing("fc.weight 10x64\\nfc.bias [10]")["fc.weight"].tensor.shape
+    (10, 64)
+    """
+    stripped = text.lstrip()
+    rows = []
+    if stripped.startswith(("{", "[")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"not a valid JSON listing: {e}", path) from None
+        if isinstance(data, dict) and isinstance(data.get("tensors"), list):
+            data = data["tensors"]
+        if isinstance(data, dict):
+            rows = [(str(k), _shape(v, str(k), path), "", "", "") for k, v in data.items()]
+        elif isinstance(data, list):
+            for i, item in enumerate(data):
+                if isinstance(item, dict) and "name" in item and "shape" in item:
+                    rows.append((str(item["name"]), _shape(item["shape"], str(item["name"]), path),
+                                 str(item.get("kind", "")), str(item.get("role", "")), str(item.get("dtype", ""))))
+                elif isinstance(item, list) and len(item) == 2:
+                    rows.append((str(item[0]), _shape(item[1], str(item[0]), path), "", "", ""))
+                else:
+                    raise FormatError(f"entry {i}: expected {{\"name\", \"shape\"}} or [name, shape]", path)
+        else:
+            raise FormatError("a JSON listing is an object or a list", path)
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            name, _, rest = line.partition(" ")
+            if not rest.strip():
+                raise FormatError(f"line {n}: expected 'name shape'", path)
+            rows.append((name, _shape(rest, f"line {n}", path), "", "", ""))
+    for row in rows:
+        if row[4] and row[4] not in dtypes.DTYPES:
+            raise FormatError(f"{row[0]}: unknown dtype {row[4]!r}", path)
+    return listing_checkpoint(rows, path)
+
+
+def load_target(template, *, framework: str | None = None, read=None) -> tuple[Checkpoint, str]:
+    """(alignment target as a Checkpoint, a label for reports) from a Checkpoint, a listing file,
+    or a checkpoint file of any format (read with `read`, the pipeline's reader: this package
+    never imports the pipeline)."""
+    if isinstance(template, Checkpoint):
+        return template, template.source.file or "(in-memory template)"
+    path = os.fspath(template)
+    if path.endswith(LISTING_SUFFIXES) and not path.endswith(".safetensors.index.json") and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise FormatError(f"cannot read the listing: {e}", path) from None
+        return parse_listing(text, path), path
+    if read is None:
+        raise ConversionError("a checkpoint file as a template needs a reader (use hubfmt.align)", path)
+    return read(path, framework=framework), path

@@ -1,0 +1,412 @@
+"""The one restricted unpickler every reader uses when it meets a pickle (torch, OneFlow, ...).
+
+A pickle is a program: GLOBAL/STACK_GLOBAL/INST/OBJ name a callable and REDUCE/NEWOBJ/BUILD call
+it. `find_class` is the only door to callables, so we never let Python's default run:
+
+- names on the allow-list resolve to hubfmt's own safe implementations (not the originals);
+- names in modules that can run code (os, subprocess, builtins' eval/exec/getattr, pickle itself,
+  importlib, ...) are refused with UnsafePickleError;
+- any other name resolves, when the caller allows it, to an inert `OpaqueObject` subclass that
+  only records its arguments and state. That is how a YOLOv5-style checkpoint that pickles
+  `models.yolo.Model` is read without its source tree and without running any of its code.
+
+Adapters pass their own allow-list (e.g. torch's `_rebuild_tensor_v2`); the common one here covers
+Python containers, numpy arrays/scalars/dtypes and `_codecs.encode`.
+
+Two more doors are closed because the C unpickler cannot be told to:
+- memory: it sizes its memo table by the largest index a PUT names and zero-fills it, so an
+  11-byte pickle (`LONG_BINPUT 0x1ffffff0`) makes it touch 8 GB. We run Python's own
+  `pickle._Unpickler`, whose memo is a dict: work and memory stay proportional to the input.
+  Checkpoint pickles are small (tensor bytes live outside them), so its speed does not matter.
+- BUILD: on an object without `__setstate__`, BUILD sets attributes. Aimed at a callable (one of
+  the allow-listed functions or classes) it would rewrite hubfmt's own code objects' defaults or
+  methods for the rest of the process. BUILD is accepted only on plain data objects.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import struct
+import types
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from hubfmt.errors import UnsafePickleError
+
+# Modules whose names are never resolved, not even to an inert stub: naming them is the mark of a
+# payload, and the user deserves to know the file tried.
+_FORBIDDEN_MODULES = (
+    "os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__", "shutil", "socket",
+    "importlib", "runpy", "pickle", "_pickle", "cPickle", "marshal", "types", "code", "codeop",
+    "ctypes", "pty", "commands", "webbrowser", "io", "_io", "operator", "functools", "itertools",
+    "multiprocessing", "threading", "asyncio", "signal", "inspect", "pydoc", "timeit", "trace",
+    "pdb", "bdb", "tempfile", "glob", "pathlib", "urllib", "http", "ftplib", "smtplib",
+    "telnetlib", "dill", "cloudpickle", "joblib", "torch.hub", "torch.serialization",
+    "torch._C", "torch.ops", "torch.jit", "numpy.testing", "numpy.f2py", "numpy.distutils",
+    "numpy.lib.format", "numpy.ctypeslib", "site", "sysconfig", "platform", "zipimport",
+    "copyreg", "copy_reg", "_codecs_only_encode_is_allowed", "ast", "compileall", "py_compile",
+)
+
+
+# Names never given an inert stand-in, whatever the module: a pickle naming them (numpy.load,
+# torch.load, a re-exported eval...) is a payload, not a data class the model forgot to ship.
+_FORBIDDEN_NAMES = frozenset({
+    "load", "loads", "eval", "exec", "execfile", "compile", "system", "popen", "Popen", "spawn",
+    "spawnv", "execv", "execve", "fork", "call", "run", "check_call", "check_output", "getoutput",
+    "open", "getattr", "setattr", "delattr", "globals", "locals", "vars", "__import__",
+    "import_module", "run_path", "run_module", "rmtree", "remove", "unlink", "rename",
+    "attrgetter", "methodcaller", "partial", "apply", "input", "breakpoint",
+})
+
+
+def _forbidden(module: str, name: str = "") -> bool:
+    return name in _FORBIDDEN_NAMES or any(module == m or module.startswith(m + ".") for m in _FORBIDDEN_MODULES)
+
+
+class OpaqueObject:
+    """An object of a class we will not import. Records what the pickle gave it; runs nothing."""
+
+    _hubfmt_class = "?"
+    # Class-level defaults: NEWOBJ builds instances with cls.__new__, skipping __init__.
+    args: tuple = ()
+    kwargs: dict = {}
+    state: Any = None
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+        self.kwargs = kwargs
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    # pickle's BUILD falls back to __dict__ updates; __setstate__ above always wins.
+    def __reduce__(self):  # pragma: no cover - hubfmt never re-pickles these
+        raise TypeError("opaque objects are not picklable")
+
+    @property
+    def class_name(self) -> str:
+        return self._hubfmt_class
+
+    def attributes(self) -> dict:
+        """The instance dictionary the original object would have had (state dict or
+        (dict, slots) tuple), or {}."""
+        s = self.state
+        if isinstance(s, tuple) and len(s) == 2 and (s[0] is None or isinstance(s[0], dict)):
+            merged = dict(s[0] or {})
+            if isinstance(s[1], dict):
+                merged.update(s[1])
+            return merged
+        return s if isinstance(s, dict) else {}
+
+    def __hubfmt_plain__(self):
+        return {"__object__": self._hubfmt_class, "state": self.state if self.state is not None else list(self.args)}
+
+    def __repr__(self) -> str:
+        return f"<opaque {self._hubfmt_class}>"
+
+
+_opaque_classes: dict[str, type] = {}
+
+
+def opaque_class(module: str, name: str) -> type:
+    key = f"{module}.{name}"
+    cls = _opaque_classes.get(key)
+    if cls is None:
+        # type() with a fixed base and a plain dict: creates a class, runs no code from the pickle.
+        cls = type(name if name.isidentifier() else "Opaque", (OpaqueObject,), {"_hubfmt_class": key})
+        _opaque_classes[key] = cls
+    return cls
+
+
+# ---- safe stand-ins for the common callables ------------------------------------------------
+
+def _codecs_encode(text, encoding="utf-8", errors="strict"):
+    # Python 2/protocol-2 pickles of bytes use _codecs.encode(str, "latin1").
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
+        raise UnsafePickleError("_codecs.encode called with unexpected arguments")
+    return text.encode(encoding, errors)
+
+
+def _np_dtype(spec, align=False, copy=False):
+    dt = np.dtype(spec)
+    if dt.hasobject:
+        raise UnsafePickleError("numpy object dtype in pickle")
+    return dt
+
+
+class _NdarrayStub:
+    """numpy.core.multiarray._reconstruct(ndarray, shape, dtype) + BUILD(state): rebuilt with
+    frombuffer, never through numpy's own __setstate__ (which accepts object arrays)."""
+
+    def __init__(self, *args):
+        self.array = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise UnsafePickleError("numpy array pickle with unexpected state")
+        _version, shape, dtype, fortran, raw = state
+        self.array = _array_from_bytes(raw, dtype, shape, fortran)
+
+
+def _array_from_bytes(raw, dtype, shape, fortran: bool) -> np.ndarray:
+    """A numpy array rebuilt from a pickle's raw bytes, refusing object data and size mismatches."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(raw, (bytes, bytearray)):
+        raise UnsafePickleError("numpy array pickle with object data")
+    arr = np.frombuffer(raw, dtype=dtype)
+    count = int(np.prod(shape)) if len(shape) else 1
+    if arr.size != count:
+        raise UnsafePickleError("numpy array pickle whose data does not match its shape")
+    return arr.reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _np_reconstruct(cls, shape, dtype):
+    return _NdarrayStub()
+
+
+def _np_scalar(dtype, data=None):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, bytearray)):
+        raise UnsafePickleError("numpy scalar pickle with object data")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _np_frombuffer(buf, dtype, shape, order="C"):
+    # Protocol-5 pickles of arrays: numpy.core.numeric._frombuffer(bytes, dtype, shape, order).
+    return _array_from_bytes(buf, dtype, shape, order == "F")
+
+
+def _copyreg_reconstructor(cls, base, state=None):
+    # Protocol 0/1 pickles of plain objects: copyreg._reconstructor(cls, object, None). Only ever
+    # instantiate our own inert classes.
+    if isinstance(cls, type) and issubclass(cls, (OpaqueObject, _NdarrayStub)):
+        return cls.__new__(cls)
+    raise UnsafePickleError("copyreg._reconstructor on a class outside the allow-list")
+
+
+def _ordered_dict(*args):
+    return collections.OrderedDict(*args)
+
+
+def _defaultdict(factory=None, *args):
+    # The factory would be called on a missing key: drop it, keep the data.
+    return dict(*args)
+
+
+def _set(*args):
+    return set(*args)
+
+
+def _frozenset(*args):
+    return frozenset(*args)
+
+
+def _complex(*args):
+    return complex(*(float(a) for a in args))
+
+
+def _slice(*args):
+    return slice(*args)
+
+
+def _bytearray(data=b"", *args):
+    # bytearray(n) would allocate n zero bytes: a few pickle bytes must not ask for gigabytes.
+    if not isinstance(data, (bytes, bytearray, str)):
+        raise UnsafePickleError("bytearray() in a pickle with a size instead of data")
+    return bytearray(data, *args)
+
+
+COMMON_ALLOWED: dict[tuple[str, str], Callable] = {
+    ("collections", "OrderedDict"): _ordered_dict,
+    ("collections", "defaultdict"): _defaultdict,
+    ("builtins", "set"): _set,
+    ("builtins", "frozenset"): _frozenset,
+    ("builtins", "complex"): _complex,
+    ("builtins", "slice"): _slice,
+    ("builtins", "bytearray"): _bytearray,
+    ("__builtin__", "set"): _set,
+    ("_codecs", "encode"): _codecs_encode,
+    ("numpy", "dtype"): _np_dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,
+    ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
+    ("numpy", "ndarray"): _NdarrayStub,
+    ("copyreg", "_reconstructor"): _copyreg_reconstructor,
+    ("copy_reg", "_reconstructor"): _copyreg_reconstructor,
+}
+
+
+_CHUNK = 1 << 20
+_MAX_LINE = 64 << 20
+
+
+class _BoundedReader:
+    """The unpickler's view of its stream: a length field can claim terabytes, but read(n) only
+    ever allocates what the stream actually holds (file.read(n) would allocate n bytes first),
+    and a text line stops at 64 MiB."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n <= _CHUNK:
+            return self._f.read(n)
+        parts = []
+        while n > 0:
+            part = self._f.read(min(n, _CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
+
+    def readline(self) -> bytes:
+        return self._f.readline(_MAX_LINE)
+
+    def readinto(self, b) -> int:
+        return self._f.readinto(b)
+
+
+_CALLABLE_TYPES = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType)
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """A pure-Python pickle unpickler with an allow-list (see the module docstring for why not
+    the C one).
+
+    allowed:          (module, name) -> our callable, merged over COMMON_ALLOWED
+    persistent_load:  the format's persistent-id handler (torch storages), or None to refuse
+    opaque:           True to stand in inert OpaqueObject classes for unknown, non-forbidden
+                      names; False to refuse them
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, *, allowed: Mapping[tuple[str, str], Callable] | None = None,
+                 persistent_load: Callable[[Any], Any] | None = None, opaque: bool = False,
+                 source: str = "pickle"):
+        super().__init__(_BoundedReader(file), encoding="latin1")
+        self._allowed = {**COMMON_ALLOWED, **(allowed or {})}
+        self._persistent = persistent_load
+        self._opaque = opaque
+        self._source = source
+        self.opaque_classes: set[str] = set()
+
+    def find_class(self, module: str, name: str):
+        fn = self._allowed.get((module, name))
+        if fn is not None:
+            return fn
+        qual = f"{module}.{name}"
+        if _forbidden(module, name) or not self._opaque or "." in name or name.startswith("__"):
+            raise UnsafePickleError(f"refused to load {qual!r} from the pickle (hubfmt never runs code from a checkpoint)", self._source)
+        self.opaque_classes.add(qual)
+        return opaque_class(module, name)
+
+    def load(self):
+        """The unpickled object. Every failure is a FormatError naming the source (an
+        UnsafePickleError when the pickle asked for code), except MemoryError: a bounded input
+        must never cause one, so it stays visible as the bug it is."""
+        from hubfmt.errors import FormatError, HubfmtError
+
+        try:
+            return super().load()
+        except HubfmtError as e:
+            if e.path is None:
+                raise type(e)(e.message, self._source) from None
+            raise
+        except MemoryError:
+            raise
+        except RecursionError:
+            raise FormatError("pickle nests too deeply", self._source) from None
+        except Exception as e:      # struct.error, EOFError, ValueError... from damaged bytes
+            raise FormatError(f"corrupt pickle: {type(e).__name__}: {e}", self._source) from None
+
+    def persistent_load(self, pid):
+        if self._persistent is None:
+            raise UnsafePickleError("unexpected persistent id in the pickle", self._source)
+        return self._persistent(pid)
+
+    def load_build(self):
+        inst = self.stack[-2]       # [..., inst, state]
+        if isinstance(inst, _CALLABLE_TYPES) or (callable(inst) and not isinstance(inst, OpaqueObject)):
+            raise UnsafePickleError(f"refused BUILD on {type(inst).__name__} {getattr(inst, '__name__', '')!r}: "
+                                    "a pickle may set state only on data objects", self._source)
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def load_bytearray8(self):
+        # Python's version allocates bytearray(claimed length) before reading: read first.
+        (n,) = struct.unpack("<Q", self.read(8))
+        data = self.read(n)
+        if len(data) != n:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(bytearray(data))
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
+
+def restricted_loads(data: bytes, **kwargs) -> Any:
+    """Unpickle `data` with RestrictedUnpickler(**kwargs); every failure is a FormatError.
+
+    >>> restricted_loads(pickle.dumps({"epoch": 3}))
+    {'epoch': 3}
+    """
+    from hubfmt.errors import FormatError, HubfmtError
+
+    source = kwargs.get("source", "pickle")
+    try:
+        return unwrap(RestrictedUnpickler(io.BytesIO(data), **kwargs).load())
+    except HubfmtError as e:
+        if e.path is None:
+            raise type(e)(e.message, source) from None
+        raise
+    except RecursionError:
+        raise FormatError("pickle nests too deeply", source) from None
+
+
+MAX_DEPTH = 200
+
+
+def unwrap(obj: Any, _depth: int = 0, _memo: dict | None = None) -> Any:
+    """Replace numpy stand-ins by the arrays they rebuilt, throughout containers.
+
+    Each object is visited once (memo by id): a pickle can share one list many times over, and a
+    301-byte pickle of 40 levels of [a, a] would otherwise take 2**40 steps. Nesting deeper than
+    MAX_DEPTH is refused rather than followed."""
+    from hubfmt.errors import FormatError
+
+    memo = {} if _memo is None else _memo
+    key = id(obj)
+    if key in memo:
+        return memo[key]
+    if _depth > MAX_DEPTH:
+        raise FormatError(f"pickle nests deeper than {MAX_DEPTH} levels")
+    d = _depth + 1
+    if isinstance(obj, _NdarrayStub):
+        out = obj.array
+    elif isinstance(obj, collections.OrderedDict):
+        memo[key] = out = obj
+        for k, v in obj.items():
+            obj[k] = unwrap(v, d, memo)
+    elif isinstance(obj, dict):
+        memo[key] = out = {}
+        for k, v in obj.items():
+            out[k] = unwrap(v, d, memo)
+    elif isinstance(obj, list):
+        memo[key] = out = []
+        out.extend(unwrap(v, d, memo) for v in obj)
+    elif isinstance(obj, tuple):
+        out = tuple(unwrap(v, d, memo) for v in obj)
+    elif isinstance(obj, OpaqueObject):
+        memo[key] = out = obj
+        if obj.state is not None:
+            obj.state = unwrap(obj.state, d, memo)
+    else:
+        out = obj
+    memo[key] = out
+    return out

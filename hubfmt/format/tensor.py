@@ -1,0 +1,141 @@
+"""Tensors of the neutral format: `LazyTensor` (shape and dtype known up front, data read on
+demand) and `FileSpan` (where a tensor's bytes already lie in a file, exactly as a writer emits
+them), and the LazyTensor of a file region, read with pread (no mmap: touched mmap pages count as
+resident memory, and a streaming converter must not grow with the model)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from hubfmt.errors import FormatError
+from hubfmt.format import dtypes
+from hubfmt.format.checksums import Checksum, compute
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """Where a tensor's bytes already lie, exactly as a writer would emit them (little-endian,
+    C order, `dtype` of the LazyTensor). Lets writers copy file-to-file without a Python buffer.
+
+    `checksum`, when the format stores one for exactly these bytes, is verified whichever way the
+    bytes leave the file: on load (region_tensor) and after a kernel copy (hubfmt.io.stream)."""
+
+    path: str
+    offset: int
+    nbytes: int
+    checksum: Checksum | None = None
+
+    def verify(self, data) -> None:
+        """Raise FormatError when `data` (these bytes, read or copied) does not match the checksum."""
+        if self.checksum is not None and compute(self.checksum.algorithm, data) != self.checksum.value:
+            raise corrupt(self)
+
+
+def corrupt(span: FileSpan) -> FormatError:
+    return FormatError(f"{span.checksum.algorithm} checksum mismatch in the {span.nbytes} bytes at offset "
+                       f"{span.offset}: the file is corrupt", span.path)
+
+
+class LazyTensor:
+    """A tensor whose data is read on demand.
+
+    `dtype` is a canonical name (see hubfmt.dtypes); `load()` returns a C-contiguous little-endian
+    numpy array of `storage_dtype(dtype)` and `shape`. Transformations (`map`, `astype`) compose
+    lazily; they drop `span`, since the bytes on disk no longer match.
+    """
+
+    __slots__ = ("shape", "dtype", "_loader", "span")
+
+    def __init__(self, shape, dtype: str, loader: Callable[[], np.ndarray], span: FileSpan | None = None):
+        if dtype not in dtypes.DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}")
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = dtype
+        self._loader = loader
+        self.span = span
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, dtype: str | None = None) -> "LazyTensor":
+        name = dtype or dtypes.name_of(array.dtype)
+        # ascontiguousarray turns a 0-d array into shape (1,): reshape keeps scalars scalars.
+        arr = np.ascontiguousarray(array, dtype=dtypes.storage_dtype(name)).reshape(np.shape(array))
+        return cls(arr.shape, name, lambda: arr)
+
+    @property
+    def nbytes(self) -> int:
+        n = dtypes.itemsize(self.dtype)
+        for d in self.shape:
+            n *= d
+        return n
+
+    def load(self) -> np.ndarray:
+        arr = self._loader()
+        want = dtypes.storage_dtype(self.dtype)
+        if arr.dtype != want:
+            arr = arr.astype(want)
+        if tuple(arr.shape) != self.shape:
+            arr = arr.reshape(self.shape)
+        # ascontiguousarray turns a 0-d array into shape (1,): reshape keeps scalars scalars.
+        return np.ascontiguousarray(arr).reshape(self.shape)
+
+    def map(self, fn: Callable[[np.ndarray], np.ndarray], shape, dtype: str | None = None) -> "LazyTensor":
+        """A new LazyTensor whose data is fn(self.load()); `shape`/`dtype` describe the result."""
+        return LazyTensor(shape, dtype or self.dtype, lambda: fn(self.load()))
+
+    def astype(self, dtype: str) -> "LazyTensor":
+        if dtype == self.dtype:
+            return self
+        src = self.dtype
+        return LazyTensor(self.shape, dtype, lambda: dtypes.convert(self.load(), src, dtype))
+
+    def __repr__(self) -> str:
+        return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
+
+
+def file_span(path: str | os.PathLike, offset: int, dtype: str, shape, checksum: Checksum | None = None) -> FileSpan:
+    n = dtypes.itemsize(dtype)
+    for d in shape:
+        n *= int(d)
+    return FileSpan(os.fspath(path), offset, n, checksum)
+
+
+def read_region(path: str, offset: int, dtype: str, shape) -> np.ndarray:
+    """Read one tensor's bytes from a file with pread (no mmap: touched mmap pages count as
+    resident memory, and a streaming converter must not grow with the model)."""
+    st = dtypes.storage_dtype(dtype)
+    count = 1
+    for d in shape:
+        count *= int(d)
+    out = np.empty(count, dtype=st)
+    if count:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            pread_into(fd, memoryview(out).cast("B"), offset, path)
+        finally:
+            os.close(fd)
+    return out.reshape(tuple(int(d) for d in shape))
+
+
+def pread_into(fd: int, buf: memoryview, offset: int, path: str) -> None:
+    """Fill `buf` with the bytes at `offset` of the open file `fd` (`path` names it in errors)."""
+    done = 0
+    while done < len(buf):
+        n = os.preadv(fd, [buf[done:]], offset + done)
+        if n <= 0:
+            raise FormatError(f"file ends inside a tensor (wanted {len(buf)} bytes at offset {offset})", path)
+        done += n
+
+
+def region_tensor(path: str | os.PathLike, offset: int, dtype: str, shape, checksum: Checksum | None = None) -> LazyTensor:
+    """A LazyTensor for `shape` elements of `dtype` stored little-endian at `offset` in `path`;
+    with `checksum` (of exactly those bytes) every load verifies it."""
+    span = file_span(path, offset, dtype, shape, checksum)
+
+    def load() -> np.ndarray:
+        arr = read_region(span.path, offset, dtype, shape)
+        span.verify(arr)
+        return arr
+    return LazyTensor(shape, dtype, load, span)

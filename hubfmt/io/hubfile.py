@@ -1,0 +1,210 @@
+"""Reading and writing hub files: safetensors with the hubfmt manifest (spec/hubfmt-v1.md).
+
+Reading is lazy: the header is parsed and checked, tensors are read one at a time when asked for.
+Writing streams: the header is laid out from shapes and dtypes, then each tensor's bytes follow.
+Either way the whole model is never in memory. A hub file may be sharded: `NAME.safetensors.index.json`
+maps tensor names to shard files (the common Hugging Face layout) and carries the manifest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+from hubfmt.codecs import safetensors
+from hubfmt.format import dtypes
+from hubfmt.format import manifest
+from hubfmt.io.atomic import atomic_outputs
+from hubfmt.format.checkpoint import Checkpoint, Entry, TensorInfo
+from hubfmt.format.tensor import region_tensor
+from hubfmt.errors import FormatError
+from hubfmt.report import Report
+from hubfmt.io.progress import Progress
+from hubfmt.io.stream import TensorStream
+
+INDEX_SUFFIX = ".index.json"
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+is_safetensors = safetensors.is_safetensors
+
+
+def is_hub_file(path: str) -> bool:
+    """True for a safetensors file (or shard index) carrying hubfmt's manifest."""
+    try:
+        if path.endswith(INDEX_SUFFIX):
+            with open(path, "rb") as f:
+                return manifest.KEY_VERSION in json.load(f).get("metadata", {})
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if n > safetensors.MAX_HEADER:
+                return False
+            return f'"{manifest.KEY_VERSION}"'.encode() in f.read(n)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def shards(path: str) -> tuple[list[str], dict]:
+    """Shard files and the index metadata for a sharded hub file ({} when unsharded)."""
+    index = path if path.endswith(INDEX_SUFFIX) else path + INDEX_SUFFIX
+    if not os.path.exists(index) or (path != index and os.path.exists(path)):
+        return [path], {}
+    try:
+        with open(index, "rb") as f:
+            doc = json.load(f)
+        weight_map = doc["weight_map"]
+        meta = doc.get("metadata", {})
+        files = list(dict.fromkeys(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FormatError(f"malformed shard index: {e}", index) from None
+    base = os.path.dirname(index)
+    for f in files:
+        if not isinstance(f, str) or os.path.basename(f) != f:
+            raise FormatError(f"shard index names a file outside its directory: {f!r}", index)
+    return [os.path.join(base, f) for f in files], {k: str(v) for k, v in meta.items() if isinstance(v, str)}
+
+
+def read(path: str | os.PathLike) -> Checkpoint:
+    """Open a hub file (or any safetensors file, or a shard index) lazily.
+
+    >>> ckpt = read("model.safetensors")            # doctest: +SKIP
+    >>> ckpt["fc.weight"].tensor.shape              # doctest: +SKIP
+    (10, 64)
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path) and not os.path.exists(path + INDEX_SUFFIX):
+        raise FormatError("no such file", path)
+    files, index_meta = shards(path)
+    ckpt = Checkpoint()
+    ckpt.report.stage = "read"
+    parsed = None
+    foreign_meta: dict = {}
+    layout: list[tuple[str, str, int, int, list]] = []
+    for shard in files:
+        header, data_start, _ = safetensors.read_header(shard)
+        meta = header.pop("__metadata__", {}) or {}
+        if parsed is None:
+            parsed = manifest.parse(index_meta or meta, path)
+            foreign_meta = {} if parsed else dict(meta)
+        for name, d in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            layout.append((name, shard, data_start + int(d["data_offsets"][0]), 0, d))
+    infos, layers, source, extra = parsed if parsed else ({}, {}, None, {})
+    stored = {name: (shard, off, d) for name, shard, off, _, d in layout}
+    # Manifest order is the checkpoint's order; stored tensors the manifest lacks come after.
+    order = [n for n in infos if n in stored or infos[n].tied_to] + [n for n in stored if n not in infos]
+    for name in order:
+        info = infos.get(name) or TensorInfo()
+        if info.tied_to:
+            if info.tied_to not in stored:
+                raise FormatError(f"tensor {name!r} is tied to {info.tied_to!r}, which the file does not store", path)
+            shard, off, d = stored[info.tied_to]
+        elif name in stored:
+            shard, off, d = stored[name]
+        else:
+            raise FormatError(f"manifest lists tensor {name!r}, which the file does not store", path)
+        dt = dtypes.from_safetensors(d["dtype"])
+        tensor = region_tensor(shard, off, dt, d["shape"])
+        ckpt.add(name, tensor, info)
+    if parsed:
+        ckpt.layers = layers
+        ckpt.source = source
+        ckpt.extra = extra
+    else:
+        ckpt.source.format = "safetensors"
+        ckpt.source.file = os.path.basename(path)
+        if foreign_meta:
+            ckpt.extra = {"safetensors_metadata": foreign_meta}
+        ckpt.report.add("warning", os.path.basename(path), "plain safetensors without a hubfmt manifest: layer kinds unknown")
+    ckpt.report.tensors_in = len(ckpt)
+    return ckpt
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+def stored_dtype(entry: Entry, keep_dtype: bool) -> str:
+    """The dtype a hub file stores for `entry` (spec: dtype policy)."""
+    dt = entry.tensor.dtype
+    if dt in dtypes.FLOATING and not keep_dtype:
+        return "float32"
+    return dt
+
+
+def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False, overwrite: bool = False,
+          max_shard_size: int | None = None, progress: Progress | None = None) -> Report:
+    """Write `ckpt` as a hub file at `path`, streaming one tensor at a time.
+
+    Floating tensors are stored as float32 unless `keep_dtype`; every cast is reported. With
+    `max_shard_size` (bytes) a larger output is split into `stem-0000i-of-0000n.safetensors` files
+    plus `path + ".index.json"`, which is published last.
+
+    >>> write(ckpt, "model.safetensors")            # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    report = Report(stage="write")
+    names = ckpt.stored_names()
+    out_dtypes = {}
+    for name in names:
+        e = ckpt.entries[name]
+        out_dtypes[name] = stored_dtype(e, keep_dtype)
+        src = e.tensor.dtype
+        if out_dtypes[name] != src:
+            action = "cast"
+            detail = f"{src}->{out_dtypes[name]}" + (" (narrowing: values rounded)" if src == "float64" else "")
+            report.add(action, name, detail)
+        else:
+            report.add("matched", name)
+    for name, e in ckpt.entries.items():
+        if e.info.tied_to:
+            report.add("tied", name, f"stored once, as {e.info.tied_to}")
+    meta = manifest.build(ckpt)
+    groups = _plan_shards(ckpt, names, out_dtypes, max_shard_size)
+    if len(groups) == 1:
+        finals = [path]
+    else:
+        stem = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
+        shard_files = [f"{stem}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+        finals = shard_files + [path + INDEX_SUFFIX]
+    total = 0
+    with atomic_outputs(finals, overwrite=overwrite) as out:
+        weight_map = {}
+        for i, group in enumerate(groups):
+            shard_path = finals[i]
+            # Every shard carries the version; the manifest lives in the index when sharded.
+            shard_meta = meta if len(groups) == 1 else {manifest.KEY_VERSION: manifest.FORMAT_VERSION}
+            head, _ = safetensors.header_bytes(shard_meta, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape) for n in group])
+            with open(out.path(shard_path), "wb") as f:
+                f.write(head)
+                stream = TensorStream(group, progress=progress, tensor=lambda n: ckpt.entries[n].tensor,
+                                      dtype=out_dtypes.__getitem__)
+                for name, piece in stream:
+                    piece.write(f)
+                    weight_map[name] = os.path.basename(shard_path)
+                total += stream.bytes
+        if len(groups) > 1:
+            index = {"metadata": {**meta, "total_size": str(total)}, "weight_map": weight_map}
+            with open(out.path(finals[-1]), "w") as f:
+                json.dump(index, f, indent=1)
+    report.tensors_in = len(ckpt)
+    report.tensors_out = len(names)
+    report.bytes_out = total
+    return report
+
+
+def _plan_shards(ckpt, names, out_dtypes, max_shard_size):
+    if not max_shard_size:
+        return [names]
+    groups, cur, size = [], [], 0
+    for name in names:
+        t = ckpt.entries[name].tensor
+        n = t.nbytes // dtypes.itemsize(t.dtype) * dtypes.itemsize(out_dtypes[name])
+        if cur and size + n > max_shard_size:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(name)
+        size += n
+    groups.append(cur)
+    return groups

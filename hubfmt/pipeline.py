@@ -1,0 +1,166 @@
+"""The conversion pipeline: source adapter -> canonical Checkpoint -> destination adapter.
+
+Everything is lazy until the destination writer pulls tensors one at a time, so native-to-native
+conversion through the hub never holds the model in memory.
+
+A template plays two parts here. As the alignment target (hubfmt.alignment) it says which names
+and shapes the destination expects; any format or a names+shapes listing will do. When it is a
+file in the destination's own format and that format declares a `template` writer option, it is
+also the native template: the writer keeps its exact native names, order and structure (an
+MXNet symbol graph, a TF2 object graph, a Keras config).
+"""
+from __future__ import annotations
+
+import os
+
+from hubfmt import registry
+from hubfmt.alignment import Alignment, RuleSet, align_checkpoints, load_rules, load_target
+from hubfmt.errors import HubfmtError, OutputError
+from hubfmt.format.checkpoint import Checkpoint
+from hubfmt.io import hubfile
+from hubfmt.io.progress import Progress
+from hubfmt.registry import READ, WRITE
+from hubfmt.report import Report
+
+
+def read(path: str | os.PathLike, *, framework: str | None = None, **options) -> Checkpoint:
+    """Read any supported checkpoint (native or hub) as a canonical, lazy Checkpoint.
+
+    `framework` (an adapter, framework or format name) skips detection; `options` are the
+    reader options the format declares (`hubfmt formats` lists them).
+
+    >>> ckpt = hubfmt.read("resnet-0000.params")       # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    name, fmt = registry.detect_input(path, framework)
+    options = fmt.check_options(READ, options)
+    if name == registry.HUB:
+        return hubfile.read(path, **options)
+    return registry.adapter(name).read(path, **options)
+
+
+def write(ckpt: Checkpoint, path: str | os.PathLike, *, framework: str | None = None,
+          overwrite: bool = False, progress: Progress | None = None, **options) -> Report:
+    """Write `ckpt` to `path` in `framework`'s format (default: from the path's suffix).
+
+    `options` are the writer options the format declares (`hubfmt formats` lists them).
+
+    >>> hubfmt.write(hubfmt.read("model.pth"), "model-0000.params")   # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    name, fmt = registry.detect_output(path, framework)
+    options = fmt.check_options(WRITE, options)
+    writer = hubfile.write if name == registry.HUB else registry.adapter(name).write
+    return writer(ckpt, path, overwrite=overwrite, progress=progress, **options)
+
+
+def align(source, template, *, framework: str | None = None, template_framework: str | None = None,
+          source_label: str = "") -> Alignment:
+    """Align a checkpoint (a Checkpoint or a path of any format) to `template` (a Checkpoint, a
+    checkpoint path of any format, or a names+shapes listing). Never raises for unmatched
+    tensors: call `.check()`.
+
+    >>> a = hubfmt.align("dpn-0000.params", "dpn_torch.pth")    # doctest: +SKIP
+    >>> a.check(); print(a.to_text())                           # doctest: +SKIP
+    """
+    if not isinstance(source, Checkpoint):
+        source_label = source_label or os.fspath(source)
+        source = read(source, framework=framework)
+    target, label = load_target(template, framework=template_framework, read=read)
+    return align_checkpoints(source, target, source_label=source_label, template_label=label)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def rename(ckpt: Checkpoint, *, rules=None, template=None, template_framework: str | None = None,
+           allow_missing: bool = False, allow_unexpected: bool = False, source_label: str = "") -> tuple[Checkpoint, str]:
+    """Apply rename `rules` (a rules file or RuleSet), then align to `template` (see hubfmt.alignment).
+
+    Returns the checkpoint to write (lazy; its report holds the renaming events) and the tables
+    (rules, alignment). Raises AlignmentError (exit status 1, with the problems table) when the
+    alignment has a problem the caller did not allow, so a conversion fails before its output
+    is opened.
+
+    >>> ckpt, table = rename(hubfmt.read("dpn.params"), template="dpn_torch.pth")   # doctest: +SKIP
+    """
+    from hubfmt.alignment.table import apply_mapping
+
+    tables = []
+    log = Report(stage="align")
+    if rules is not None:
+        ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules)
+        table = ruleset.plan(ckpt)
+        tables.append(table.to_text())
+        ckpt = apply_mapping(ckpt, table, report=log)
+    if template is not None:
+        alignment = align(ckpt, template, template_framework=template_framework, source_label=source_label)
+        tables.append(alignment.to_text())
+        alignment.check(allow_missing=allow_missing, allow_unexpected=allow_unexpected)
+        ckpt = alignment.apply(ckpt)
+        log.extend(ckpt.report)
+    ckpt.report = log
+    return ckpt, "\n".join(tables)
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: str | None = None,
+            dst_framework: str | None = None, overwrite: bool = False, show_progress: bool | None = None,
+            read_options: dict | None = None, write_options: dict | None = None, rules=None, template=None,
+            template_framework: str | None = None, allow_missing: bool = False,
+            allow_unexpected: bool = False) -> Report:
+    """Convert checkpoint `src` to `dst` through the hub; returns the full report.
+
+    With `rules` (a rules file) and/or `template` (the destination's expected parameters: a
+    checkpoint of any format, a Checkpoint, or a names+shapes listing), tensors are renamed and
+    aligned to the template's names first (`rename`); nothing is written when that fails.
+
+    >>> report = hubfmt.convert("model.pth", "model.safetensors")   # doctest: +SKIP
+    >>> report = hubfmt.convert("dpn-0000.params", "dpn.pth", template="dpn_init.pth")   # doctest: +SKIP
+    >>> print(report.to_text())                                     # doctest: +SKIP
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    if _same_file(src, dst) or os.path.abspath(src) == os.path.abspath(dst):
+        raise OutputError("destination is the source; write to another path", dst)
+    src_name, src_fmt = registry.detect_input(src, src_framework)
+    dst_name, dst_fmt = registry.detect_output(dst, dst_framework)
+    read_options = src_fmt.check_options(READ, dict(read_options or {}))
+    write_options = dst_fmt.check_options(WRITE, dict(write_options or {}))
+    ckpt = read(src, framework=src_name, **read_options)
+    report = Report(source=f"{src} ({src_name})", destination=f"{dst} ({dst_name})")
+    report.extend(ckpt.report)
+    tensors_in = len(ckpt)
+    if rules is not None or template is not None:
+        ckpt, _ = rename(ckpt, rules=rules, template=template, template_framework=template_framework,
+                         allow_missing=allow_missing, allow_unexpected=allow_unexpected, source_label=src)
+        report.extend(ckpt.report)
+    if "template" not in write_options and native_template(template, template_framework, dst_name, dst_fmt):
+        write_options["template"] = os.fspath(template)
+    progress = Progress(ckpt.total_bytes(), len(ckpt.stored_names()), enabled=show_progress)
+    try:
+        out = write(ckpt, dst, framework=dst_name, overwrite=overwrite, progress=progress, **write_options)
+    finally:
+        progress.close()
+    report.extend(out)
+    report.tensors_in = tensors_in
+    report.tensors_out = out.tensors_out
+    report.bytes_out = out.bytes_out
+    return report
+
+
+def native_template(template, template_framework: str | None, dst_name: str, dst_fmt: registry.NativeFormat) -> bool:
+    """Whether `template` is a file in the destination's own format that the destination writer
+    takes as its native template (the writer declares a `template` option)."""
+    if not isinstance(template, (str, os.PathLike)) or "template" not in dst_fmt.options_for(WRITE):
+        return False
+    try:
+        t_name, _ = registry.detect_input(os.fspath(template), template_framework)
+    except HubfmtError:
+        return False     # a names+shapes listing: alignment only
+    return t_name == dst_name
+
+
+__all__ = ["read", "write", "align", "convert", "rename"]
