@@ -32,7 +32,8 @@ layouts <-> canonical ones), `memory.py` (from_model/to_model), plus the codecs 
 from __future__ import annotations
 
 
-from hubfmt.codecs import protowire, safetensors
+from hubfmt.codecs import protowire, safetensors, ziparchive
+from hubfmt.codecs.filecursor import FileCursor
 from hubfmt.codecs.pickle_emit import PickleEmitter
 from hubfmt.codecs.safe_pickle import OpaqueObject, RestrictedUnpickler, restricted_loads, unwrap
 from hubfmt.errors import (ConversionError, FormatError, HubfmtError, MissingFrameworkError, OutputError,
@@ -69,4 +70,5 @@ __all__ = [
     "convert_layout", "depthwise_to_hwcm", "reorder_gates", "permute",
     # codecs
     "RestrictedUnpickler", "restricted_loads", "unwrap", "OpaqueObject", "PickleEmitter", "protowire", "safetensors",
+    "ziparchive", "FileCursor",
 ]
