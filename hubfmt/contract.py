@@ -99,14 +99,15 @@ class AdapterContract:
         for path in self._package_files():
             tree = ast.parse(open(path, encoding="utf-8").read(), path)
             for node in ast.walk(tree):
-                names = []
+                names: list[str] = []
+                line = getattr(node, "lineno", "?")
                 if isinstance(node, ast.Import):
                     names = [a.name for a in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names = [node.module]
                 for n in names:
                     if n == "hubfmt" or (n.startswith("hubfmt.") and not n.startswith(mod.__name__)):
-                        assert n == "hubfmt.sdk", f"{path}:{node.lineno} imports {n}; adapters import only hubfmt.sdk"
+                        assert n == "hubfmt.sdk", f"{path}:{line} imports {n}; adapters import only hubfmt.sdk"
             for node in tree.body:        # module level: the framework only inside functions
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
                     names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
@@ -119,9 +120,9 @@ class AdapterContract:
             return
         tree = ast.parse(open(mod.__file__, encoding="utf-8").read())
         for node in tree.body:
-            ok = isinstance(node, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign)) or (
+            ok: bool = isinstance(node, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign)) or (
                 isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
-            assert ok, f"{mod.__file__}:{node.lineno}: __init__.py holds logic; move it to a module"
+            assert ok, f"{mod.__file__}:{getattr(node, 'lineno', '?')}: __init__.py holds logic; move it to a module"
 
     def test_sniff_is_cheap_and_never_raises(self, tmp_path):
         mod = self.module

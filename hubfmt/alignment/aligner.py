@@ -200,10 +200,10 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
     for s in sorted(S, key=lambda x: x.family == "norm"):
         t = t_by_path.get(s.path)
         op = transform_between(s, t, same_name=True) if t is not None else None
-        if op is not None and s.family == "norm" and not all_named and anchor_conflict(
+        if t is not None and op is not None and s.family == "norm" and not all_named and anchor_conflict(
                 s.index, t.index, anchor_s, anchor_t, decided, {v[0]: k for k, v in decided.items()}):
             continue
-        if op is not None:
+        if t is not None and op is not None:
             decided[s.index] = (t.index, op, 1.0 - (0.1 if op else 0.0), "same name")
             taken.add(t.index)
 

@@ -39,7 +39,8 @@ def _module_members(layers: list[Layer]) -> dict[str, frozenset]:
 def _child_modules(prefix: str, members: dict[str, frozenset]) -> list[str]:
     """Direct sub-modules of `prefix` holding at least two layers, wrappers (a module with the same
     layers as its parent, e.g. a Sequential) looked through; in layer order."""
-    out, todo = [], [prefix]
+    out: list[str] = []
+    todo = [prefix]
     while todo:
         parent = todo.pop()
         head = parent + "." if parent else ""

@@ -22,9 +22,8 @@ matches the whole name applies, names no rule matches are kept:
     replace = '\1.qkv.\2'
     merge = { axis = 0, parts = ["q", "k", "v"] }
 
-Invertibility: any APPLIED table is invertible (`RuleSet.plan(ckpt).inverse()`). A rules file is
-invertible rule by rule (`RuleSet.inverse()`) when every rule is a glob whose replacement uses each
-capture exactly once; regex rules are not (a regex has no unique inverse). The inverse rules undo
+Invertibility: a rules file is invertible rule by rule (`RuleSet.inverse()`) when every rule is a
+glob whose replacement uses each capture exactly once; regex rules are not (a regex has no unique inverse). The inverse rules undo
 the names the forward rules produced; names the forward rules did not touch may match them too.
 """
 from __future__ import annotations
@@ -210,7 +209,7 @@ class RuleSet:
                 if key not in merges:
                     merges[key] = {}
                     merge_slot[key] = len(moves)
-                    moves.append(None)  # placeholder: the merged tensor sits where its first part was
+                    moves.append(None)  # type: ignore[arg-type]  # placeholder: the merged tensor sits where its first part was
                 merges[key][part] = name
             else:
                 op = ""

@@ -1,8 +1,7 @@
 """A concrete name table: which source tensors become which destination tensors, and how.
 
 Rename rules (hubfmt.rules) and template alignment (hubfmt.align) both produce a `Mapping`;
-`apply_mapping` turns it into a new lazy Checkpoint without reading any tensor data. A Mapping is
-always invertible except where it drops a tensor (the data is gone): `Mapping.inverse()`.
+`apply_mapping` turns it into a new lazy Checkpoint without reading any tensor data.
 
 Operations (`Move.op`):
     ""         rename (or keep) one tensor
@@ -26,7 +25,6 @@ from hubfmt.errors import ConversionError
 from hubfmt.report import Report
 
 OPS = ("", "conv1x1", "split", "merge", "create", "drop")
-_INVERSE_OP = {"": "", "conv1x1": "conv1x1", "split": "merge", "merge": "split", "create": "drop"}
 
 
 @dataclass(frozen=True)
@@ -52,24 +50,10 @@ class Mapping:
 
     moves: list[Move] = field(default_factory=list)
 
-    def inverse(self) -> "Mapping":
-        """The table that undoes this one. Raises ConversionError when a row dropped data.
-
-        >>> Mapping([Move(("a.w",), ("b.w",))]).inverse().moves[0].sources
-        ('b.w',)
-        """
-        out = []
-        for m in self.moves:
-            if m.op == "drop":
-                raise ConversionError(f"the table drops {m.sources[0]} ({m.note or 'no place in the destination'}); "
-                                      "it cannot be inverted")
-            out.append(dataclasses.replace(m, sources=m.targets, targets=m.sources, op=_INVERSE_OP[m.op]))
-        return Mapping(out)
-
     def to_rows(self) -> list[dict]:
         rows = []
         for m in self.moves:
-            row = {"source": list(m.sources), "target": list(m.targets), "op": m.op or "rename"}
+            row: dict[str, object] = {"source": list(m.sources), "target": list(m.targets), "op": m.op or "rename"}
             if m.op in ("split", "merge"):
                 row["axis"] = m.axis
             if m.confidence is not None:
@@ -112,9 +96,9 @@ def _reshaped(t: LazyTensor, shape: tuple) -> LazyTensor:
 
 
 def _piece(t: LazyTensor, axis: int, start: int, size: int) -> LazyTensor:
-    shape = list(t.shape)
-    shape[axis] = size
-    shape = tuple(shape)
+    dims = list(t.shape)
+    dims[axis] = size
+    shape = tuple(dims)
     if axis == 0 and t.span is not None:
         # Rows of a C-ordered tensor are contiguous: the piece is a byte range of the same file.
         row = t.nbytes // t.shape[0] if t.shape[0] else 0

@@ -76,6 +76,7 @@ def fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
         num, wt = tag >> 3, tag & 7
         if num == 0:
             raise Malformed("field number 0")
+        val: int | bytes
         if wt == VARINT:
             val, pos = read_varint(buf, pos)
         elif wt == FIXED64:

@@ -285,6 +285,10 @@ class RestrictedUnpickler(pickle._Unpickler):
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
+    # pickle._Unpickler's internals, which typeshed does not describe
+    stack: list
+    read: Callable[[int], bytes]
+    append: Callable[[Any], None]
 
     def __init__(self, file, *, allowed: Mapping[tuple[str, str], Callable] | None = None,
                  persistent_load: Callable[[Any], Any] | None = None, opaque: bool = False,
@@ -335,9 +339,9 @@ class RestrictedUnpickler(pickle._Unpickler):
         if isinstance(inst, _CALLABLE_TYPES) or (callable(inst) and not isinstance(inst, OpaqueObject)):
             raise UnsafePickleError(f"refused BUILD on {type(inst).__name__} {getattr(inst, '__name__', '')!r}: "
                                     "a pickle may set state only on data objects", self._source)
-        super().load_build()
+        super().load_build()     # type: ignore[misc]
 
-    dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.BUILD[0]] = load_build           # type: ignore[assignment]
 
     def load_bytearray8(self):
         # Python's version allocates bytearray(claimed length) before reading: read first.
@@ -347,7 +351,7 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise pickle.UnpicklingError("pickle data was truncated")
         self.append(bytearray(data))
 
-    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8  # type: ignore[assignment]
 
 
 def restricted_loads(data: bytes, **kwargs) -> Any:

@@ -46,7 +46,7 @@ def read_header(path: str) -> tuple[dict, int, int]:
         try:
             dt = dtypes.from_safetensors(d["dtype"])
             shape = [int(x) for x in d["shape"]]
-            b, e = (int(x) for x in d["data_offsets"])
+            b, end = (int(x) for x in d["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"tensor {name!r}: malformed header entry", path) from None
         if dt is None:
@@ -56,17 +56,17 @@ def read_header(path: str) -> tuple[dict, int, int]:
         count = 1
         for x in shape:
             count *= x
-        if not (0 <= b <= e) or e - b != count * dtypes.itemsize(dt):
-            raise FormatError(f"tensor {name!r}: data_offsets {[b, e]} do not fit shape {shape} of {dt}", path)
-        if data_start + e > size:
-            raise FormatError(f"tensor {name!r}: data ends at {data_start + e}, past the end of the file ({size} bytes)", path)
-        spans.append((b, e, name))
+        if not (0 <= b <= end) or end - b != count * dtypes.itemsize(dt):
+            raise FormatError(f"tensor {name!r}: data_offsets {[b, end]} do not fit shape {shape} of {dt}", path)
+        if data_start + end > size:
+            raise FormatError(f"tensor {name!r}: data ends at {data_start + end}, past the end of the file ({size} bytes)", path)
+        spans.append((b, end, name))
     spans.sort()
     pos = 0
-    for b, e, name in spans:
+    for b, end, name in spans:
         if b != pos:
             raise FormatError(f"tensor {name!r}: data_offsets overlap or leave a hole at byte {pos}", path)
-        pos = e
+        pos = end
     return header, data_start, size
 
 
@@ -116,5 +116,6 @@ def tensors(path: str) -> tuple[dict, list[tuple[str, LazyTensor]]]:
     out = []
     for name, d in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
         dt = dtypes.from_safetensors(d["dtype"])
+        assert dt is not None         # read_header refused unknown dtypes
         out.append((name, region_tensor(path, data_start + int(d["data_offsets"][0]), dt, d["shape"])))
     return meta, out

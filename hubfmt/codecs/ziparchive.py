@@ -40,7 +40,12 @@ def open_archive(path: str, data: bytes | None = None) -> zipfile.ZipFile:
     names = [i.filename for i in zf.infolist()]
     if len(set(names)) != len(names):
         seen: set[str] = set()
-        dup = next(n for n in names if n in seen or seen.add(n))
+        dup = ""
+        for n in names:
+            if n in seen:
+                dup = n
+                break
+            seen.add(n)
         zf.close()
         raise FormatError(f"zip archive holds two members named {dup!r}: readers disagree on which one counts", path)
     return zf

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 # canonical name -> (safetensors code, numpy dtype holding the bytes)
-_TABLE = {
+_TABLE: dict[str, tuple[str, np.dtype]] = {
     "float64": ("F64", np.dtype("<f8")),
     "float32": ("F32", np.dtype("<f4")),
     "float16": ("F16", np.dtype("<f2")),

@@ -35,7 +35,8 @@ class FileSpan:
 
 
 def corrupt(span: FileSpan) -> FormatError:
-    return FormatError(f"{span.checksum.algorithm} checksum mismatch in the {span.nbytes} bytes at offset "
+    algorithm = span.checksum.algorithm if span.checksum else ""
+    return FormatError(f"{algorithm} checksum mismatch in the {span.nbytes} bytes at offset "
                        f"{span.offset}: the file is corrupt", span.path)
 
 
@@ -113,7 +114,7 @@ def read_region(path: str, offset: int, dtype: str, shape) -> np.ndarray:
     if count:
         fd = os.open(path, os.O_RDONLY)
         try:
-            pread_into(fd, memoryview(out).cast("B"), offset, path)
+            pread_into(fd, out.data.cast("B"), offset, path)
         finally:
             os.close(fd)
     return out.reshape(tuple(int(d) for d in shape))

@@ -35,7 +35,7 @@ def _fsync_trees(paths: list[str]) -> None:
     """fsync every file and directory under `paths`. In parallel: each fsync waits for a journal
     commit, and concurrent ones share commits, so a OneFlow directory of 500 files takes 0.2 s
     instead of 2 s (measured on ext4). Everything is durable when this returns."""
-    todo = []
+    todo: list[str] = []
     for path in paths:
         if os.path.isdir(path):
             for root, _, files in os.walk(path):

@@ -15,7 +15,7 @@ from hubfmt.codecs import safetensors
 from hubfmt.format import dtypes
 from hubfmt.format import manifest
 from hubfmt.io.atomic import atomic_outputs
-from hubfmt.format.checkpoint import Checkpoint, Entry, TensorInfo
+from hubfmt.format.checkpoint import Checkpoint, Entry, SourceInfo, TensorInfo
 from hubfmt.format.tensor import region_tensor
 from hubfmt.errors import FormatError
 from hubfmt.report import Report
@@ -83,7 +83,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
     ckpt.report.stage = "read"
     parsed = None
     foreign_meta: dict = {}
-    layout: list[tuple[str, str, int, int, list]] = []
+    layout: list[tuple[str, str, int, int, dict]] = []
     for shard in files:
         header, data_start, _ = safetensors.read_header(shard)
         meta = header.pop("__metadata__", {}) or {}
@@ -92,7 +92,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
             foreign_meta = {} if parsed else dict(meta)
         for name, d in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             layout.append((name, shard, data_start + int(d["data_offsets"][0]), 0, d))
-    infos, layers, source, extra = parsed if parsed else ({}, {}, None, {})
+    infos, layers, source, extra = parsed if parsed else ({}, {}, SourceInfo(), {})
     stored = {name: (shard, off, d) for name, shard, off, _, d in layout}
     # Manifest order is the checkpoint's order; stored tensors the manifest lacks come after.
     order = [n for n in infos if n in stored or infos[n].tied_to] + [n for n in stored if n not in infos]
@@ -107,6 +107,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
         else:
             raise FormatError(f"manifest lists tensor {name!r}, which the file does not store", path)
         dt = dtypes.from_safetensors(d["dtype"])
+        assert dt is not None         # read_header refused unknown dtypes
         tensor = region_tensor(shard, off, dt, d["shape"])
         ckpt.add(name, tensor, info)
     if parsed:
@@ -146,7 +147,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
     path = os.fspath(path)
     report = Report(stage="write")
     names = ckpt.stored_names()
-    out_dtypes = {}
+    out_dtypes: dict[str, str] = {}
     for name in names:
         e = ckpt.entries[name]
         out_dtypes[name] = stored_dtype(e, keep_dtype)
@@ -197,7 +198,9 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
 def _plan_shards(ckpt, names, out_dtypes, max_shard_size):
     if not max_shard_size:
         return [names]
-    groups, cur, size = [], [], 0
+    groups: list[list[str]] = []
+    cur: list[str] = []
+    size = 0
     for name in names:
         t = ckpt.entries[name].tensor
         n = t.nbytes // dtypes.itemsize(t.dtype) * dtypes.itemsize(out_dtypes[name])

@@ -10,9 +10,10 @@ While writing, it paces the output's writeback to disk (hubfmt.writeback).
 from __future__ import annotations
 
 import errno
+import operator
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Generic, Iterable, Iterator, TypeVar
 
 from hubfmt.format import checksums, dtypes
 from hubfmt.format.tensor import LazyTensor, corrupt
@@ -97,7 +98,9 @@ def prefetched(items: Iterable[tuple[LazyTensor | None, str | None]]) -> Iterato
     def submit() -> None:
         i = next(nxt, None)
         if i is not None:
-            futures[i] = pool.submit(items[i][0].load)
+            t = items[i][0]
+            assert t is not None      # loads lists only the tensors to load
+            futures[i] = pool.submit(t.load)
     try:
         submit()                       # starts the worker thread
     except RuntimeError:
@@ -110,6 +113,7 @@ def prefetched(items: Iterable[tuple[LazyTensor | None, str | None]]) -> Iterato
             if fut is None:
                 yield t
                 continue
+            assert t is not None
             loaded = _handed_once(t, fut.result())
             submit()                   # the next load runs while this tensor is written
             yield loaded
@@ -132,7 +136,7 @@ def write_tensor(out: BinaryIO, tensor: LazyTensor, dtype: str | None = None) ->
     dtype = dtype or tensor.dtype
     span = tensor.span
     start = out.tell()              # files only: every writer streams into a seekable file
-    if kernel_copyable(tensor, dtype):
+    if span is not None and kernel_copyable(tensor, dtype):
         _kernel_copy(span.path, span.offset, span.nbytes, out)
         n = span.nbytes
         if span.checksum is not None:
@@ -143,14 +147,17 @@ def write_tensor(out: BinaryIO, tensor: LazyTensor, dtype: str | None = None) ->
                 raise corrupt(span)
     else:
         arr = dtypes.convert(tensor.load(), tensor.dtype, dtype)
-        data = memoryview(arr).cast("B") if arr.size else b""
+        data = arr.data.cast("B") if arr.size else b""
         out.write(data)
         n = len(data)
     wrote(out, start, start + n)
     return n
 
 
-class TensorStream:
+T = TypeVar("T")
+
+
+class TensorStream(Generic[T]):
     """The write loop every writer runs: the tensors to write, in order, each one loaded ahead
     (`prefetched`) while the one before is written; byte counts and progress kept here, once.
 
@@ -166,7 +173,8 @@ class TensorStream:
     >>> stream.bytes                                                    # doctest: +SKIP
     """
 
-    def __init__(self, items: Iterable, *, progress=None, tensor=lambda it: it.tensor, dtype=lambda it: it.dtype):
+    def __init__(self, items: Iterable[T], *, progress=None, tensor: Callable[[T], LazyTensor | None] = operator.attrgetter("tensor"),
+                 dtype: Callable[[T], str | None] = operator.attrgetter("dtype")):
         self.items = list(items)
         self.progress = progress
         self.bytes = 0
@@ -177,7 +185,7 @@ class TensorStream:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __iter__(self) -> Iterator[tuple[object, "Piece"]]:
+    def __iter__(self) -> Iterator[tuple[T, "Piece"]]:
         wanted = [(self._tensor(it), self._dtype(it)) for it in self.items]
         for item, (_, dtype), tensor in zip(self.items, wanted, prefetched(wanted), strict=True):
             yield item, Piece(self, tensor, dtype)
@@ -190,14 +198,20 @@ class TensorStream:
 
 
 class Piece:
-    """One tensor of a TensorStream, ready to write once."""
+    """One tensor of a TensorStream, ready to write once (`tensor` None: an item stored without
+    tensor bytes, such as a string entry)."""
 
     __slots__ = ("stream", "tensor", "dtype")
 
     def __init__(self, stream: TensorStream, tensor: LazyTensor | None, dtype: str | None):
         self.stream = stream
         self.tensor = tensor
-        self.dtype = dtype or (tensor.dtype if tensor is not None else None)
+        self.dtype = dtype or (tensor.dtype if tensor is not None else "")
+
+    def _loaded(self) -> LazyTensor:
+        if self.tensor is None:
+            raise ValueError("this item has no tensor bytes to write")
+        return self.tensor
 
     @property
     def nbytes(self) -> int:
@@ -207,13 +221,14 @@ class Piece:
 
     def write(self, out: BinaryIO) -> int:
         """Write the tensor's bytes at the end of `out`; returns their count."""
-        n = write_tensor(out, self.tensor, self.dtype)
+        n = write_tensor(out, self._loaded(), self.dtype)
         self.stream.count(n)
         return n
 
     def array(self):
         """The tensor's data as `dtype` (counted as written: the caller stores it)."""
-        arr = dtypes.convert(self.tensor.load(), self.tensor.dtype, self.dtype)
+        t = self._loaded()
+        arr = dtypes.convert(t.load(), t.dtype, self.dtype)
         self.stream.count(arr.nbytes)
         return arr
 

@@ -1,0 +1,77 @@
+"""The hub's layers, as the README's Layout section draws them: dependencies point one way, and
+no module imports another that imports it back."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+HUB = REPO / "hubfmt"
+# package -> the hub packages it may import (base modules errors/report are open to all)
+ALLOWED = {
+    "format": {"format"},
+    "codecs": {"format", "codecs"},
+    "io": {"format", "codecs", "io"},
+    "alignment": {"format", "io", "alignment"},
+    "cli": {"format", "codecs", "io", "alignment", "cli", "pipeline", "registry"},
+}
+BASE = {"errors", "report"}
+
+
+def _module(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module(p) for p in HUB.rglob("*.py")}
+
+
+def _imports(path: Path) -> set[str]:
+    """Hub modules `path` imports (`from pkg import submodule` counts as the submodule)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("hubfmt"):
+            subs = {f"{node.module}.{a.name}" for a in node.names} & MODULES
+            out |= subs
+            if len(subs) < len(node.names):
+                out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("hubfmt"))
+    return out & MODULES
+
+
+def test_dependencies_point_one_way():
+    bad = []
+    for path in HUB.rglob("*.py"):
+        parts = path.relative_to(HUB).parts
+        if len(parts) < 2 or parts[0] not in ALLOWED:
+            continue
+        for target in _imports(path):
+            tparts = target.split(".")[1:]
+            top = tparts[0] if tparts else ""
+            if top not in ALLOWED[parts[0]] and top not in BASE:
+                bad.append(f"{path.relative_to(REPO)} imports {target}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    graph = {_module(p): _imports(p) for p in HUB.rglob("*.py")}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, stack):
+        state[m] = 1
+        for n in graph.get(m, ()):
+            if state.get(n) == 1:
+                cycles.append(" -> ".join(stack[stack.index(n):] + [n]))
+            elif n not in state:
+                visit(n, stack + [n])
+        state[m] = 2
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "\n".join(cycles)
