@@ -18,7 +18,8 @@ from hubfmt.pipeline import align, convert, read, rename, write
 from hubfmt.report import Report
 from hubfmt.verification import Verification, verify
 
-__version__ = "0.1.0"
+from hubfmt.version import __version__ as __version__
+
 __all__ = [
     "read", "write", "convert", "align", "rename", "validate", "verify",
     "Checkpoint", "Entry", "LayerInfo", "LazyTensor", "SourceInfo", "TensorInfo", "Report", "FORMAT_VERSION",

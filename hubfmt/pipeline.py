@@ -20,7 +20,7 @@ from hubfmt.format.checkpoint import Checkpoint
 from hubfmt.io import hubfile
 from hubfmt.io.progress import Progress
 from hubfmt.registry import READ, WRITE
-from hubfmt.report import Report
+from hubfmt.report import Report, end_to_end, stage
 
 
 def read(path: str | os.PathLike, *, framework: str | None = None, **options) -> Checkpoint:
@@ -131,12 +131,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
     write_options = dst_fmt.check_options(WRITE, dict(write_options or {}))
     ckpt = read(src, framework=src_name, **read_options)
     report = Report(source=f"{src} ({src_name})", destination=f"{dst} ({dst_name})")
-    report.extend(ckpt.report)
+    report.extend(ckpt.report, stage="read")
     tensors_in = len(ckpt)
+    report.stages.append(stage("read", None, tensors_in, os.path.basename(src)))
     if rules is not None or template is not None:
+        names_before = list(ckpt)
         ckpt, _ = rename(ckpt, rules=rules, template=template, template_framework=template_framework,
                          allow_missing=allow_missing, allow_unexpected=allow_unexpected, source_label=src)
-        report.extend(ckpt.report)
+        report.extend(ckpt.report, stage="align")
+        label = "onto " + os.path.basename(os.fspath(template)) if isinstance(template, (str, os.PathLike)) else ""
+        report.stages.append(stage("align", len(names_before), len(ckpt), label or "by rules", names_before))
     if "template" not in write_options and native_template(template, template_framework, dst_name, dst_fmt):
         write_options["template"] = os.fspath(template)
     progress = Progress(ckpt.total_bytes(), len(ckpt.stored_names()), enabled=show_progress)
@@ -144,11 +148,37 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
         out = write(ckpt, dst, framework=dst_name, overwrite=overwrite, progress=progress, **write_options)
     finally:
         progress.close()
-    report.extend(out)
+    report.extend(out, stage="write")
+    report.stages.append(stage("write", len(ckpt), out.tensors_out, os.path.basename(dst), list(ckpt)))
     report.tensors_in = tensors_in
     report.tensors_out = out.tensors_out
     report.bytes_out = out.bytes_out
+    report.mapping = end_to_end(report, [(n, ckpt[n].info.original_name) for n in ckpt])
     return report
+
+
+def add_output_checksums(report: Report, dst: str | os.PathLike, framework: str | None = None) -> None:
+    """Read `dst` back and give each row of `report.mapping` the CRC-32C of its tensor's canonical
+    bytes (hub layout, little-endian, C order) under "canonical_crc32c": the same value for the
+    same tensor whatever format holds it, so two outputs (or an output and a hub file) can be
+    compared without loading either framework. One tensor in memory at a time."""
+    import numpy as np
+
+    from hubfmt.format.checksums import compute
+
+    back = read(dst, framework=framework)
+    by_native = {back[n].info.original_name or n: n for n in back}
+    for row in report.mapping:
+        name = by_native.get(row["destination"], row["destination"] if row["destination"] in back else None)
+        if name is None:
+            name = row["canonical"] if row["canonical"] in back else None
+        if name is None:
+            row["canonical_crc32c"] = None
+            continue
+        data = np.ascontiguousarray(back.tensor(name))
+        if data.dtype.byteorder == ">":
+            data = data.astype(data.dtype.newbyteorder("<"))
+        row["canonical_crc32c"] = f"{compute('crc32c', data.reshape(-1).view(np.uint8)):08x}"
 
 
 def native_template(template, template_framework: str | None, dst_name: str, dst_fmt: registry.NativeFormat) -> bool:
@@ -163,4 +193,4 @@ def native_template(template, template_framework: str | None, dst_name: str, dst
     return t_name == dst_name
 
 
-__all__ = ["read", "write", "align", "convert", "rename"]
+__all__ = ["read", "write", "align", "convert", "rename", "add_output_checksums"]

@@ -3,6 +3,7 @@ and created. Never silent: every importer, aligner and exporter writes here, and
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -25,20 +26,44 @@ ACTIONS = (
 PROBLEMS = ("missing", "unexpected", "mismatch", "ambiguous")
 
 
+STAGES = ("read", "align", "write")
+SCHEMA = "hubfmt-report/1"
+
+
 @dataclass
 class Event:
+    """One thing a stage did to one tensor (or non-tensor entry). `name` is the name the entry
+    had when the stage met it; for "renamed", `to` is the name it left with (old -> new, always)."""
     action: str
     name: str
     detail: str = ""
     stage: str = ""   # "read", "align", "write"
+    to: str = ""
+    confidence: float | None = None   # how sure the alignment was of this pairing (0..1)
 
     def to_json(self) -> dict:
-        d = {"action": self.action, "name": self.name}
+        d: dict[str, object] = {"action": self.action, "name": self.name}
+        if self.to:
+            d["to"] = self.to
         if self.detail:
             d["detail"] = self.detail
         if self.stage:
             d["stage"] = self.stage
+        if self.confidence is not None:
+            d["confidence"] = round(self.confidence, 3)
         return d
+
+
+@dataclass
+class Stage:
+    """Tensor counts at one stage's boundaries (None: not known, e.g. a native file's raw count)."""
+    name: str
+    tensors_in: int | None
+    tensors_out: int
+    label: str = ""    # what the stage worked on: the source file, the template, the destination
+    # The names of the tensors the stage took in, when known: tells a dropped tensor from a
+    # dropped non-tensor entry. Not part of the JSON.
+    names_in: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -52,14 +77,29 @@ class Report:
     tensors_out: int = 0
     bytes_out: int = 0
     stage: str = ""
+    stages: list[Stage] = field(default_factory=list)
+    mapping: list[dict] = field(default_factory=list)
 
-    def add(self, action: str, name: str, detail: str = "") -> None:
+    def add(self, action: str, name: str, detail: str = "", *, to: str = "", confidence: float | None = None) -> None:
+        """Record an event. For "renamed", `name` is the old name and `to` the new one."""
         if action not in ACTIONS:
             raise ValueError(f"unknown report action {action!r}")
-        self.events.append(Event(action, name, detail, self.stage))
+        if action == "renamed" and not to:
+            raise ValueError("a renamed event needs to= (the new name)")
+        self.events.append(Event(action, name, detail, self.stage, to, confidence))
 
-    def extend(self, other: "Report") -> None:
-        self.events.extend(other.events)
+    def renamed(self, old: str, new: str, why: str = "", *, confidence: float | None = None) -> None:
+        self.add("renamed", old, why, to=new, confidence=confidence)
+
+    def extend(self, other: "Report", *, stage: str | None = None) -> None:
+        """Append `other`'s events; `stage` (when given) is the stage they all belong to."""
+        if stage is None:
+            self.events.extend(other.events)
+        else:
+            self.events.extend(dataclasses.replace(e, stage=stage) for e in other.events)
+
+    def in_stage(self, stage: str) -> list[Event]:
+        return [e for e in self.events if e.stage == stage]
 
     def of(self, action: str) -> list[Event]:
         return [e for e in self.events if e.action == action]
@@ -78,49 +118,154 @@ class Report:
         return [e for e in self.events if e.action in PROBLEMS]
 
     def to_json(self) -> dict:
+        """The report as data; the schema is spec/report.md (`schema` names its version)."""
+        from hubfmt.version import __version__
+
         return {
+            "schema": SCHEMA,
+            "hubfmt_version": __version__,
             "source": self.source,
             "destination": self.destination,
             "tensors_in": self.tensors_in,
             "tensors_out": self.tensors_out,
             "bytes_out": self.bytes_out,
+            "stages": [self._stage_json(s) for s in self.stages],
             "counts": self.counts(),
+            "mapping": self.mapping,
             "events": [e.to_json() for e in self.events],
         }
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2)
 
-    def to_text(self, *, verbose: bool = False, limit: int = 20) -> str:
-        """Human summary: a totals line, then each non-trivial action with its names.
+    def _stage_json(self, s: Stage) -> dict:
+        out: dict = {"stage": s.name, "label": s.label, "tensors_in": s.tensors_in, "tensors_out": s.tensors_out}
+        out.update(self.stage_counts(s))
+        return out
 
-        'matched' events are listed only when verbose; everything else is always listed, up to
-        `limit` names per action unless verbose.
-        """
-        lines = []
-        head = f"{self.source or '?'} -> {self.destination or '?'}: {self.tensors_out}/{self.tensors_in} tensors"
+    def stage_counts(self, s: Stage) -> dict[str, int]:
+        """How a stage's tensors split: kept + renamed + dropped = tensors_in, kept + renamed +
+        created = tensors_out (each tensor counted once, whatever else happened to it); the layout
+        and dtype changes (transposed, reshaped, cast) and non-tensor entries counted beside."""
+        evs = self.in_stage(s.name)
+        distinct = {a: {e.name for e in evs if e.action == a} for a in ACTIONS}
+        names_in = s.names_in
+        if names_in is not None:
+            renamed = distinct["renamed"] & names_in
+            dropped = distinct["dropped"] & names_in
+            other_dropped = distinct["dropped"] - names_in
+        else:
+            renamed, dropped, other_dropped = distinct["renamed"], set(), distinct["dropped"]
+        created = {e.name for e in evs if e.action == "created"}
+        counts = {"renamed": len(renamed), "dropped": len(dropped), "created": len(created)}
+        base = s.tensors_in if s.tensors_in is not None else s.tensors_out - len(created)
+        counts["kept"] = base - len(renamed) - len(dropped)
+        for a in ("transposed", "reshaped", "cast", "tied"):
+            counts[a] = len(distinct[a])
+        counts["non_tensor_dropped"] = len(other_dropped)
+        return counts
+
+    def to_text(self, *, verbose: bool = False, limit: int = 20) -> str:
+        """For a person: one line of totals, one line per stage whose counts add up, then what
+        happened to which tensors ('matched' only with verbose; at most `limit` names per list)."""
+        head = f"{self.source or '?'} -> {self.destination or '?'}: {self.tensors_out} tensors written"
         if self.bytes_out:
-            head += f", {_human(self.bytes_out)}"
-        lines.append(head)
-        counts = self.counts()
-        lines.append("  " + ", ".join(f"{a} {n}" for a, n in counts.items()) if counts else "  (no events)")
-        for action in ACTIONS:
-            evs = self.of(action)
-            if not evs or (action == "matched" and not verbose):
-                continue
-            lines.append(f"{action} ({len(evs)}):")
-            shown = evs if verbose else evs[:limit]
-            width = min(60, max(len(e.name) for e in shown))
-            for e in shown:
-                lines.append(f"  {e.name:<{width}}  {e.detail}".rstrip())
-            if len(shown) < len(evs):
-                lines.append(f"  ... and {len(evs) - len(shown)} more (--verbose or --report FILE.json for all)")
+            head += f" ({_human(self.bytes_out)})"
+        if self.stages and self.stages[0].tensors_out != self.tensors_out:
+            head += f", from {self.stages[0].tensors_out} read"
+        lines = [head]
+        for s in self.stages:
+            lines.append("  " + self._stage_line(s))
+        if not self.stages:
+            counts = self.counts()
+            lines.append("  " + ", ".join(f"{a} {n}" for a, n in counts.items()) if counts else "  (no events)")
+        renames = [m for m in self.mapping if m["source"] != m["destination"]]
+        if renames and not verbose:
+            # What the user asked for: each tensor's name in the source -> its name in the output
+            # (the per-stage steps are in --verbose and --report).
+            shown = renames[:limit]
+            width = min(60, max(len(m["source"]) for m in shown))
+            lines.append(f"renamed ({len(renames)}), source name -> destination name:")
+            lines.extend(f"  {m['source']:<{width}}  -> {m['destination']}" for m in shown)
+            if len(shown) < len(renames):
+                lines.append(f"  ... and {len(renames) - len(shown)} more (--verbose or --report FILE.json for all)")
+        stages = [s.name for s in self.stages] or sorted({e.stage for e in self.events})
+        for stage in stages + ([""] if any(not e.stage for e in self.events) else []):
+            evs_stage = [e for e in self.events if e.stage == stage]
+            for action in ACTIONS:
+                evs = [e for e in evs_stage if e.action == action]
+                if not evs or (action == "matched" and not verbose) or (action == "renamed" and renames and not verbose):
+                    continue
+                where = f" at {stage}" if stage else ""
+                lines.append(f"{action}{where} ({len(evs)}){', old -> new' if action == 'renamed' else ''}:")
+                listed = evs if verbose else evs[:limit]
+                width = min(60, max(len(e.name) for e in listed))
+                for e in listed:
+                    if action == "renamed":
+                        lines.append(f"  {e.name:<{width}}  -> {e.to}" + (f"  ({e.detail})" if e.detail else ""))
+                    else:
+                        lines.append(f"  {e.name:<{width}}  {e.detail}".rstrip())
+                if len(listed) < len(evs):
+                    lines.append(f"  ... and {len(evs) - len(listed)} more (--verbose or --report FILE.json for all)")
         return "\n".join(lines)
+
+    def _stage_line(self, s: Stage) -> str:
+        c = self.stage_counts(s)
+        where = f" {s.label}" if s.label else ""
+        if s.tensors_in is None:
+            text = f"{s.name:<6}{where}: {s.tensors_out} tensors"
+        else:
+            text = f"{s.name:<6}{where}: {s.tensors_in} -> {s.tensors_out} tensors"
+        parts = [f"{c[k]} {k}" for k in ("kept", "renamed", "dropped", "created") if c[k]]
+        text += " = " + " + ".join(parts) if parts else ""
+        extra = [f"{c[k]} {k}" for k in ("transposed", "reshaped", "cast", "tied") if c[k]]
+        if c["non_tensor_dropped"]:
+            n = c["non_tensor_dropped"]
+            extra.append(f"{n} non-tensor {'entry' if n == 1 else 'entries'} dropped")
+        warnings = sum(1 for e in self.in_stage(s.name) if e.action == "warning")
+        if warnings:
+            extra.append(f"{warnings} warning{'s' if warnings > 1 else ''}")
+        return text + (f"; {', '.join(extra)}" if extra else "")
+
+
+def stage(name: str, tensors_in: int | None, tensors_out: int, label: str = "", names_in=None) -> Stage:
+    """A Stage; `names_in` (any iterable of the input tensors' names) is frozen."""
+    return Stage(name, tensors_in, tensors_out, label, frozenset(names_in) if names_in is not None else None)
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
-    return str(n)
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def end_to_end(report: Report, tensors: list[tuple[str, str]]) -> list[dict]:
+    """The mapping a user asked for, one row per written tensor: its name in the source file, its
+    canonical name, its name in the destination, the layout/dtype changes made to it on the way
+    (stage: detail) and the alignment's confidence. `tensors` is (canonical name, original name)
+    for each tensor handed to the writer."""
+    by_stage: dict[str, list[Event]] = {s: report.in_stage(s) for s in STAGES}
+    aligned_from = {e.to: e.name for e in by_stage["align"] if e.action == "renamed"}
+    written_as = {e.name: e.to for e in by_stage["write"] if e.action == "renamed"}
+    confidence = {(e.to or e.name): e.confidence for e in by_stage["align"]
+                  if e.action in ("renamed", "matched") and e.confidence is not None}
+    changes: dict[tuple[str, str], list[str]] = {}
+    for stage, evs in by_stage.items():
+        for e in evs:
+            if e.action in ("transposed", "reshaped", "cast"):
+                changes.setdefault((stage, e.name), []).append(f"{e.action} {e.detail}".strip())
+    rows = []
+    for canonical, original in tensors:
+        before_align = aligned_from.get(canonical, canonical)
+        destination = written_as.get(canonical, canonical)
+        names = {"read": {original, before_align}, "align": {before_align, canonical},
+                 "write": {canonical, destination}}
+        transforms = [f"{stage}: {c}" for stage in STAGES for n in sorted(names[stage])
+                      for c in changes.get((stage, n), [])]
+        rows.append({"source": original or before_align, "canonical": canonical, "destination": destination,
+                     "transforms": transforms, "confidence": confidence.get(canonical)})
+    return rows

@@ -89,7 +89,7 @@ def test_missing_is_an_error_unless_allowed_and_is_then_listed(tmp_path):
     assert not out.exists()
     r = run_cli("convert", s, out, "--template", t, "--allow-missing")
     assert r.returncode == 0, r.stderr
-    assert "missing (2):" in r.stdout and "_fc.weight" in r.stdout
+    assert "missing at align (2):" in r.stdout and "_fc.weight" in r.stdout
     assert "_fc.weight" not in hubfile.read(out)
 
 

@@ -33,3 +33,13 @@ def test_importing_hubfmt_and_its_cli_imports_no_framework():
 def test_adapters_is_not_a_top_level_name():
     r = subprocess.run([sys.executable, "-c", "import adapters"], capture_output=True, text=True, cwd="/")
     assert r.returncode != 0 and "No module named 'adapters'" in r.stderr
+
+
+def test_the_version_is_pyprojects():
+    import tomllib
+
+    import hubfmt
+    from hubfmt.version import __version__
+
+    with open(REPO / "pyproject.toml", "rb") as f:
+        assert tomllib.load(f)["project"]["version"] == __version__ == hubfmt.__version__

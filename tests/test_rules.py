@@ -56,7 +56,8 @@ def test_first_matching_rule_wins_and_unmatched_names_are_kept():
     np.testing.assert_array_equal(out.tensor("blocks.0.conv_depthwise.weight"), src.tensor("_blocks.0._depthwise_conv.weight"))
     assert out["blocks.0.bn1.weight"].info.layer == "blocks.0.bn1" and out["blocks.0.bn1.weight"].info.role == "weight"
     assert out["blocks.0.bn1.weight"].info.original_name == "_blocks.0._bn1.weight"
-    assert (out.report.of("renamed")[0].name, out.report.of("renamed")[0].detail) == ("_blocks.0._bn1.weight", "-> blocks.0.bn1.weight (rule 1: glob _blocks.*._bn1.* -> blocks.\\1.bn1.\\2)")
+    first = out.report.of("renamed")[0]
+    assert (first.name, first.to, first.detail) == ("_blocks.0._bn1.weight", "blocks.0.bn1.weight", "rule 1: glob _blocks.*._bn1.* -> blocks.\\1.bn1.\\2")
     assert "_fc.weight" not in out.report.names("renamed")
 
 

@@ -163,7 +163,7 @@ def test_prefer_ema_takes_the_ema_module_and_says_so(yolo_checkpoint):
     assert chosen and chosen[0].name == "checkpoint['ema']" and "EMA" in chosen[0].detail
     assert "checkpoint['model']" in ema.report.names("dropped")
     hint = [e for e in plain.report.of("warning") if "weights taken from here" in e.detail]
-    assert hint[0].name == "checkpoint['model']" and "prefer_ema" in hint[0].detail
+    assert hint[0].name == "checkpoint['model']" and "--prefer-ema" in hint[0].detail
 
 
 def test_pickled_module_to_torch_file_loads_into_a_fresh_model(yolo_checkpoint, tmp_path):

@@ -152,7 +152,7 @@ def read(path: str | os.PathLike, *, keep_optimizer: bool = False, verify_checks
         raise FormatError("crc_num does not match the content: the file is damaged", path)
     ckpt = to_canonical(items, keep_optimizer=keep_optimizer)
     if has_crc and not verify_checksums:
-        ckpt.report.add("warning", os.path.basename(path), "carries a crc_num, not checked (verify_checksums=false)")
+        ckpt.report.add("warning", os.path.basename(path), "carries a crc_num, not checked (-R verify_checksums=false)")
     elif not has_crc:
         ckpt.report.add("warning", os.path.basename(path), "no crc_num: a truncated file cannot be told from a whole one "
                                                            "(save_checkpoint(crc_check=True) writes one)")
@@ -201,7 +201,7 @@ def to_canonical(items, *, keep_optimizer: bool = False, extra: dict | None = No
             canon = name    # e.g. a cell with both `gamma` and `weight`: keep MindSpore's names
             ckpt.report.add("warning", name, "kept its MindSpore name: the canonical name would collide")
         elif canon != name:
-            ckpt.report.add("renamed", name, canon)
+            ckpt.report.renamed(name, canon)
         info = TensorInfo(kind=kind, role=canon.rpartition(".")[2], layer=layer, original_name=name,
                           original_dtype=t.dtype, original_shape=t.shape)
         ckpt.add(canon, t, info)

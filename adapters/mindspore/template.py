@@ -147,7 +147,7 @@ def plan(ckpt: Checkpoint, template=None, *, strict: bool = True, restore_dtype:
         seen[it.name] = it.source
     for it in items:
         if it.name != it.source:
-            report.add("renamed", it.source, it.name)
+            report.renamed(it.source, it.name)
         if it.dtype != it.tensor.dtype:
             report.add("cast", it.name, f"{it.tensor.dtype}->{it.dtype}")
         elif it.name == it.source:

@@ -81,7 +81,7 @@ def from_model(block, **options) -> Checkpoint:
                                            tied_to=first.get(id(param))))
         first.setdefault(id(param), canon)
         if canon != gname:
-            ckpt.report.add("renamed", gname, canon)
+            ckpt.report.renamed(gname, canon)
     ckpt.report.tensors_in = len(ckpt)
     return ckpt
 
@@ -164,7 +164,7 @@ def to_model(ckpt: Checkpoint, block, *, strict: bool = True) -> Report:
             arr = arr.astype(dt)
         p._load_init(mx.nd.array(arr, dtype=dt), None)
         if c != gname:
-            report.add("renamed", c, gname)
+            report.renamed(c, gname)
     report.tensors_in = len(ckpt)
     report.tensors_out = len(pairs)
     return report

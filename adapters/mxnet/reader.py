@@ -127,7 +127,7 @@ def read(path, *, symbol_file: str | bool | None = None) -> Checkpoint:
                           original_dtype=rec.dtype)
         ckpt.add(canon, tensor, info)
         if canon != original:
-            ckpt.report.add("renamed", original, canon)
+            ckpt.report.renamed(original, canon)
     # a weight seen after its bias fixes the bias's kind (flat files list weight first anyway)
     for e in ckpt.entries.values():
         if e.info.kind in ("", "tensor") and e.info.layer in ckpt.layers:

@@ -134,7 +134,7 @@ def _match(ckpt: Checkpoint, tpl: _Template, report: Report, strict: bool) -> li
     for n in usable:
         if n not in used:
             if strict:
-                raise ConversionError(f"tensor {n!r} has no place in the template (strict; pass strict=False to drop it)")
+                raise ConversionError(f"tensor {n!r} has no place in the template (-W strict=false drops it)")
             report.add("dropped", n, "not in the template")
     out = []
     for t, c in pairs:
@@ -209,7 +209,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
             graph = symbol.parse(text, "the source's -symbol.json")
     want_symbol = style == "module" and symbol_file is not False and graph is not None
     if symbol_file and not want_symbol:
-        raise ConversionError("no graph to write as -symbol.json: pass template= (a -symbol.json or .params with one) "
+        raise ConversionError("no graph to write as -symbol.json: pass --template (a -symbol.json or .params with one) "
                               "and style='module'")
 
     for n, e in ckpt.entries.items():
@@ -242,7 +242,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
             raise ConversionError(f"the graph needs {len(missing)} parameter(s) the checkpoint lacks: {missing[:5]}")
         sym_text = _patch_symbol(graph, out_of, ckpt, report)
     elif style == "module" and symbol_file is None:
-        report.add("warning", os.path.basename(path), "no -symbol.json written: no graph known (pass template= "
+        report.add("warning", os.path.basename(path), "no -symbol.json written: no graph known (pass --template "
                    "a -symbol.json of the target model for mx.model.load_checkpoint)")
 
     sym_path = symbol.symbol_path_for(path)
@@ -269,7 +269,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
             if dt != t.dtype:
                 report.add("cast", c, f"{t.dtype}->{dt}")
             if full != c:
-                report.add("renamed", c, full)
+                report.renamed(c, full)
             records.append((t, dt))
         with open(out.path(path), "wb") as f:
             ndlist.write_header(f, len(plan))

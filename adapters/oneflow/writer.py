@@ -74,7 +74,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     report = Report(stage="write")
     extra = to_plain(ckpt.extra) if ckpt.extra else {}
     if layout == "training" and "model" in extra:
-        raise ConversionError("layout='training' stores the weights under 'model', but the checkpoint's "
+        raise ConversionError("-W layout=training stores the weights under 'model', but the checkpoint's "
                               "non-tensor content has a 'model' entry too", path)
 
     # Plan: (name, tensor, dtype to write, pickled as Parameter?) in checkpoint order, with created

@@ -84,7 +84,7 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
             mapped, problem = None, e.message
     if mapped is None:
         if strict:
-            raise ConversionError(f"{owner.where}: {problem} (strict=False keeps its variables by position)", path)
+            raise ConversionError(f"{owner.where}: {problem} (-R strict=false keeps its variables by position)", path)
         _generic(ckpt, owner, problem)
         return
     report = ckpt.report
@@ -117,7 +117,7 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
             info.original_name = f"{owner.where} ({m.name}, created)"
         ckpt.add(name, m.tensor, info)
         if m.source in native_names:
-            report.add("renamed", name, native_names[m.source])
+            report.renamed(native_names[m.source], name)
         for action, detail in m.events:
             report.add(action, name, detail)
 
@@ -135,7 +135,7 @@ def _generic(ckpt: Checkpoint, owner: Owner, why: str) -> None:
         name = _join(owner.module, f"vars.{i}")
         ckpt.add(name, t, TensorInfo(kind="tensor", role=str(i), layer=_join(owner.module, "vars"),
                                      original_name=native, original_dtype=t.dtype, original_shape=tuple(t.shape)))
-        ckpt.report.add("renamed", name, native)
+        ckpt.report.renamed(native, name)
     ckpt.report.add("warning", owner.module or owner.where, why)
 
 

@@ -165,7 +165,7 @@ def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
             value = dtypes.convert(value, "bfloat16", "float32")
         var.assign(value.astype(np.dtype(_np_dtype(var))))
         dest = getattr(var, "path", None) or var.name
-        report.add("renamed", dest, src_name)
+        report.renamed(src_name, dest)
         for action, detail in events:
             report.add(action, dest, detail)
         assigned += 1

@@ -73,7 +73,7 @@ def canonical_layers(ckpt: Checkpoint, report: Report, *, strict: bool) -> list[
             if not m:
                 if strict:
                     raise ConversionError(f"{name}: a tensor of unknown kind with no Keras layer to hold it "
-                                          "(strict=False drops it)")
+                                          "(-W strict=false drops it)")
                 report.add("dropped", name, "unknown kind: no Keras layer holds it")
                 continue
             layer = layers.setdefault("tensor:" + (m.group(1) or ""), CanonLayer(m.group(1) or "", "tensor"))
@@ -187,14 +187,14 @@ def match(layers: list[CanonLayer], targets: list[Target], report: Report, *, st
             compatible(layer.kind, target_kind(t)) for layer, t in zip(rest_l, rest_t, strict=True)):
         fill = dict(zip(map(id, rest_l), rest_t, strict=True))
         for layer, t in zip(rest_l, rest_t, strict=True):
-            report.add("renamed", layer.module, f"-> destination layer {t.module} (matched by order and kind)")
+            report.renamed(layer.module, t.module, "destination layer matched by order and kind")
         return _adopt([(layer, t if t is not None else fill[id(layer)]) for layer, t in named], report)
     kinds_agree = len(layers) == len(targets) and all(
         compatible(layer.kind, target_kind(t)) for layer, t in zip(layers, targets, strict=True))
     if kinds_agree:
         for layer, t in zip(layers, targets, strict=True):
             if layer.module != t.module:
-                report.add("renamed", layer.module, f"-> destination layer {t.module} (matched by order and kind)")
+                report.renamed(layer.module, t.module, "destination layer matched by order and kind")
         return _adopt(list(zip(layers, targets, strict=True)), report)
     pairs = _adopt([(layer, t) for layer, t in named if t is not None], report)
     used = {id(t) for _, t in pairs}

@@ -71,7 +71,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
         config = config or ckpt.extra.get("keras_config")
         metadata = metadata or ckpt.extra.get("keras_metadata")
         if not isinstance(config, dict):
-            raise HubfmtError("a .keras archive needs the model's config.json: pass template= (a .keras file or a "
+            raise HubfmtError("a .keras archive needs the model's config.json: pass --template (a .keras file or a "
                               "Keras model), or write a .weights.h5 instead", path)
     keras_plan.attr_warnings(ckpt, pairs, report)
     datasets, parents = _datasets(ckpt, pairs, report, restore_dtype)
@@ -103,7 +103,7 @@ def _datasets(ckpt: Checkpoint, pairs, report: Report, restore_dtype: bool):
             want = entry.info.original_dtype
         if want != tensor.dtype:
             report.add("cast", h5path, f"{tensor.dtype}->{want} (original dtype restored)")
-        report.add("renamed", h5path, src_name)
+        report.renamed(src_name, h5path)
         for action, detail in events:
             report.add(action, h5path, detail)
         datasets.append(_Dataset(h5path, tensor, want, src_name))

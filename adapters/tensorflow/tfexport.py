@@ -180,14 +180,14 @@ def _export_group(ckpt: Checkpoint, layer: str, scope: str, roles: dict[str, str
             native = f"{scope}/{role}" if layer else role
             outs.append(OutTensor(native, e.tensor, _target_dtype(e.tensor.dtype, e.info.original_dtype,
                                                                   restore_dtype, native, rep)))
-            rep.add("renamed", name, native)
+            rep.renamed(name, native)
         return outs
     for m in mapped:
         native = f"{scope}/{_leaf(ckpt, m, roles)}" if scope else m.name
         info = ckpt.entries[roles[m.source.split("+")[0]]].info
         outs.append(OutTensor(native, m.tensor, _target_dtype(m.tensor.dtype, info.original_dtype,
                                                               restore_dtype, native, rep)))
-        rep.add("renamed", "+".join(roles[s] for s in m.source.split("+")), native)
+        rep.renamed("+".join(roles[s] for s in m.source.split("+")), native)
         for action, detail in m.events:
             rep.add(action, native, detail)
     return outs
@@ -342,6 +342,6 @@ def _put(ckpt, name, key, tensor: LazyTensor | None, template: Bundle, filled, u
         rep.add("cast", key, f"{tensor.dtype}->{dtype} (template dtype)")
     filled[key] = OutTensor(key, tensor, dtype)
     used.update(s for s in sources if s in ckpt.entries)
-    rep.add("renamed", "+".join(sources), key)
+    rep.renamed("+".join(sources), key)
     for action, detail in events:
         rep.add(action, key, detail)

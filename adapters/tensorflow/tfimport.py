@@ -271,7 +271,7 @@ def _apply_ema(numeric: dict, prefer_ema: bool, rep) -> None:
         raw = s[: -len(EMA) - 1]
         key, t = numeric.pop(s)
         if not prefer_ema:
-            rep.add("dropped", key, "ExponentialMovingAverage shadow (use --prefer-ema / prefer_ema=True to take it)")
+            rep.add("dropped", key, "ExponentialMovingAverage shadow (--prefer-ema takes it)")
             continue
         if raw in numeric:
             rep.add("dropped", numeric[raw][0], "raw weights replaced by their EMA shadow (prefer_ema)")
@@ -322,7 +322,7 @@ def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forg
         except ConversionError as e:
             if strict:
                 raise ConversionError(f"layer {layer!r}: {e.message} (pass kinds={{{canon_layer!r}: KIND}} "
-                                      "or strict=False)") from None
+                                      "or -R strict=false)") from None
             rep.add("warning", canon_layer, f"kept as plain tensors: {e.message}")
             mapped, rest = [], leaves
     roles = [m.name for m in mapped]
@@ -347,7 +347,7 @@ def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forg
         ckpt.add(name, t, TensorInfo(kind="tensor", role=leaf, layer=canon_layer, original_name=natives[leaf],
                                      original_dtype=t.dtype, original_shape=t.shape))
         if name != natives[leaf]:
-            rep.add("renamed", natives[leaf], name)
+            rep.renamed(natives[leaf], name)
     return kind == "batch_norm" and bool(mapped_leaves)
 
 
@@ -363,7 +363,7 @@ def _add(ckpt: Checkpoint, canon_layer: str, m: semantics.Mapped, natives: dict,
     for action, detail in m.events:
         ckpt.report.add(action, name, detail)
     if src:
-        ckpt.report.add("renamed", src, name)
+        ckpt.report.renamed(src, name)
 
 
 def _layer_info(ckpt: Checkpoint, layer: str, kind: str, mapped: list, leaves: dict) -> None:

@@ -106,7 +106,7 @@ class _Reading:
         if chosen in EMA_KEYS:
             why = "EMA weights, as asked (prefer_ema)" if self.prefer_ema else "the only weights present (EMA)"
         elif ema:
-            why = f"prefer_ema=True would take {where}[{ema[0]!r}] instead"
+            why = f"--prefer-ema would take {where}[{ema[0]!r}] instead"
         else:
             why = "no EMA weights present" if self.prefer_ema else ""
         self.report.add("warning", label, f"weights taken from here{': ' + why if why else ''}")

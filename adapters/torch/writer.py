@@ -143,7 +143,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     else:
         obj = state
         for k in ckpt.extra:
-            report.add("dropped", f"extra[{k!r}]", "non-tensor content: a bare state dict cannot hold it (layout='training' keeps it)")
+            report.add("dropped", f"extra[{k!r}]", "non-tensor content: a bare state dict cannot hold it (-W layout=training keeps it)")
     if any(li.attrs for li in ckpt.layers.values()):
         report.add("warning", path, "layer attributes (eps, momentum, stride...) are not part of a torch state dict")
     try:

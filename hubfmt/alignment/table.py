@@ -181,14 +181,17 @@ def _event(report: Report, m: Move, tensors: list[LazyTensor], src: Checkpoint) 
         return
     if m.op == "split":
         for t, lt in zip(m.targets, tensors, strict=True):
-            report.add("renamed", t, f"split from {m.sources[0]} along axis {m.axis} {list(lt.shape)}")
+            report.renamed(m.sources[0], t, f"split along axis {m.axis} {list(lt.shape)}")
         return
     if m.op == "merge":
-        report.add("renamed", m.targets[0], f"merged from {', '.join(m.sources)} along axis {m.axis}")
+        report.renamed(" + ".join(m.sources), m.targets[0], f"merged along axis {m.axis}")
         return
     s, t = m.sources[0], m.targets[0]
-    why = ", ".join(x for x in (f"{m.confidence:.2f}" if m.confidence is not None else "", m.note) if x)
-    report.add("matched" if s == t else "renamed", s, ("" if s == t else f"-> {t}") + (f" ({why})" if why else ""))
+    why = ", ".join(x for x in (f"confidence {m.confidence:.2f}" if m.confidence is not None else "", m.note) if x)
+    if s == t:
+        report.add("matched", s, why, confidence=m.confidence)
+    else:
+        report.renamed(s, t, why, confidence=m.confidence)
     if m.op == "conv1x1":
         report.add("reshaped", t, f"{list(src[s].tensor.shape)} -> {list(tensors[0].shape)}")
 
