@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import pty
 import select
 import subprocess
@@ -18,7 +19,7 @@ import hubfmt
 from hubfmt import Checkpoint, LazyTensor, TensorInfo, registry
 from hubfmt.io import hubfile
 from hubfmt.io import stream as streaming
-from hubfmt.cli.main import _size
+from hubfmt.cli.parser import _size
 
 from conftest import run_cli
 from helpers import small_cnn
@@ -192,9 +193,12 @@ def test_max_shard_size_parses_decimal_and_binary_units():
     assert _size("5GB") == 5 * 10**9
     assert _size("500MiB") == 500 * 2**20
     assert _size("1.5gb") == 1_500_000_000
-    assert _size("4096") == 4096
+    assert _size("4096B") == 4096
     r = run_cli("convert", "a.safetensors", "b.safetensors", "--max-shard-size", "5XB")
     assert r.returncode == 2 and "not a size" in r.stderr
+    # A bare number is not silently taken as bytes (#17): the error says which units exist.
+    r = run_cli("convert", "a.safetensors", "b.safetensors", "--max-shard-size", "5")
+    assert r.returncode == 2 and "give a unit" in r.stderr and "5B" in r.stderr
 
 
 def test_sharded_output_publishes_the_index_last(tmp_path, monkeypatch):
@@ -266,7 +270,10 @@ def _stderr_on_a_pty(*args) -> tuple[int, str]:
 def test_progress_shows_on_a_terminal_and_not_elsewhere(tmp_path, big_hub):
     rc, text = _stderr_on_a_pty("convert", big_hub, tmp_path / "a.safetensors")
     assert rc == 0
-    assert "MiB/s" in text and "40/40 tensors" in text and "\r" in text, text[-500:]
+    # A real bar (#17): percent, bytes done/total, elapsed<ETA, rate, tensors, redrawn in place.
+    assert "\r" in text and "100%|" in text and "320M/320M" in text, text[-500:]
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d, [\d.]+[KMG]iB/s, 40/40 tensors\]", text), text[-500:]
+    assert re.search(r" \d{1,2}%\|", text) or "  0%|" in text, text[-500:]     # a partial state was drawn
     rc, text = _stderr_on_a_pty("convert", big_hub, tmp_path / "b.safetensors", "--quiet")
     assert rc == 0 and text == ""
     r = run_cli("convert", big_hub, tmp_path / "c.safetensors")       # stderr is a pipe

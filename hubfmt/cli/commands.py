@@ -1,0 +1,152 @@
+"""What each `hubfmt` subcommand does, given its parsed arguments; returns the exit status."""
+from __future__ import annotations
+
+import json
+import os
+
+
+def cmd_dry_run(a) -> int:
+    from hubfmt.errors import HubfmtError
+
+    if not (a.rules or a.template):
+        raise HubfmtError("--dry-run shows a rename/alignment table: give --rules and/or --template")
+    return _show_alignment(a, prefer_ema=a.prefer_ema)
+
+
+def _show_alignment(a, *, prefer_ema: bool = False, save_rules: str | None = None, as_json: bool = False) -> int:
+    """Print the rules table and/or the alignment table; exit status 1 when a problem is not allowed."""
+    from hubfmt.alignment import load_rules
+    from hubfmt.pipeline import align, read, rename
+
+    ckpt = read(a.src, framework=a.src_fw, **({"prefer_ema": True} if prefer_ema else {}))
+    if a.rules:
+        rules = load_rules(a.rules)
+        if not as_json:
+            print(rules.plan(ckpt).to_text())
+        ckpt, _ = rename(ckpt, rules=rules)
+    if not a.template:
+        return 0
+    alignment = align(ckpt, a.template, source_label=a.src, template_framework=a.template_fw)
+    print(alignment.dumps() if as_json else alignment.to_text())
+    if save_rules:
+        from hubfmt.io.atomic import atomic_output
+
+        with atomic_output(save_rules, overwrite=a.overwrite) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(f"# hubfmt align {a.src} {a.template}: review before use\n" + alignment.to_rules().dumps())
+        if not as_json:
+            print(f"rules written to {save_rules}")
+    return 1 if alignment.problems(allow_missing=a.allow_missing, allow_unexpected=a.allow_unexpected) else 0
+
+
+def cmd_align(a) -> int:
+    return _show_alignment(a, save_rules=a.save_rules, as_json=a.json)
+
+
+def cmd_convert(a) -> int:
+    from hubfmt.pipeline import convert
+
+    if a.dry_run:
+        return cmd_dry_run(a)
+
+    show = False if a.quiet else None
+    ro = dict(a.read_option)
+    wo = dict(a.write_option)
+    if a.prefer_ema:
+        ro["prefer_ema"] = True
+    if a.keep_dtype:
+        wo["keep_dtype"] = True
+    if a.max_shard_size:
+        wo["max_shard_size"] = a.max_shard_size
+    if a.report:
+        _check_report_path(a)
+    report = convert(a.src, a.dst, src_framework=a.src_fw, dst_framework=a.dst_fw, overwrite=a.overwrite,
+                     show_progress=show, read_options=ro, write_options=wo, rules=a.rules, template=a.template,
+                     template_framework=a.template_fw, allow_missing=a.allow_missing,
+                     allow_unexpected=a.allow_unexpected)
+    if a.report:
+        from hubfmt.io.atomic import atomic_output
+
+        from hubfmt.pipeline import add_output_checksums
+
+        add_output_checksums(report, a.dst, a.dst_fw)
+        with atomic_output(a.report, overwrite=a.overwrite) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(report.dumps())
+    if not a.quiet:
+        print(report.to_text(verbose=a.verbose))
+    return 0
+
+
+def _check_report_path(a) -> None:
+    """Before converting: the report must not clobber an input, the output or (without --overwrite) a file."""
+    from hubfmt.errors import OutputError
+    from hubfmt.io.atomic import check_writable
+
+    report = os.path.realpath(a.report)
+    for other in (a.src, a.dst, a.template, a.rules):
+        if other and os.path.realpath(other) == report:
+            raise OutputError("the --report file would replace an input or the output; name another file", a.report)
+    check_writable([a.report], a.overwrite)
+
+
+def cmd_inspect(a) -> int:
+    from hubfmt.cli import inspect as describe
+    from hubfmt.pipeline import read
+
+    ckpt = read(a.file, framework=a.fw)
+    print(json.dumps(describe.describe(ckpt), indent=2) if a.json else describe.to_text(ckpt))
+    return 0
+
+
+def cmd_diff(a) -> int:
+    from hubfmt.cli.diff import compare
+    from hubfmt.pipeline import read
+
+    result = compare(read(a.a, framework=a.fw_a), read(a.b, framework=a.fw_b), rtol=a.rtol, atol=a.atol)
+    print(json.dumps(result.to_json(), indent=2) if a.json else result.to_text(verbose=a.verbose))
+    return 1 if result.differs else 0
+
+
+def cmd_validate(a) -> int:
+    from hubfmt.io.conformance import validate
+
+    problems = validate(a.file)
+    for p in problems:
+        print(f"{a.file}: {p}")
+    if not problems:
+        print(f"{a.file}: conforms to hubfmt format version 1")
+    return 1 if problems else 0
+
+
+def _format_lines(adapter: str, fmt) -> list[str]:
+    rw = "+".join(x for x, ok in (("read", fmt.reads), ("write", fmt.writes)) if ok)
+    exts = ", ".join(fmt.extensions) or f"({fmt.layout})"
+    lines = [f"{adapter:<10} {fmt.name:<22} {exts:<28} {rw:<10} {fmt.description}"]
+    for o in fmt.options:
+        default = "" if o.default is None else f" (default {o.default!r})"
+        lines.append(f"{'':<10}   {o.side} option {o.cli}: {o.doc}{default}")
+    return lines
+
+
+def cmd_formats(a) -> int:
+    import importlib.util
+
+    from hubfmt import registry
+
+    for line in _format_lines(registry.HUB, registry.HUB_FORMAT):
+        print(line)
+    print(f"{'':<10}   no framework needed")
+    for name in registry.adapters():
+        try:
+            mod = registry.adapter(name)
+        except ImportError as e:
+            print(f"{name:<10} adapter unavailable: {e}")
+            continue
+        for fmt in mod.FORMATS:
+            for line in _format_lines(name, fmt):
+                print(line)
+        installed = importlib.util.find_spec(mod.FRAMEWORK_MODULE) is not None
+        print(f"{'':<10}   files: no framework needed; in-memory models (from_model/to_model): "
+              f"{'available' if installed else 'need pip install ' + mod.PIP_NAME}")
+    return 0
