@@ -133,6 +133,9 @@ class NativeFormat:
     writes: bool = True
     layout: str = "file"            # "file", "directory" or "prefix" (TF: prefix.index + shards)
     options: tuple[Option, ...] = ()
+    # Manifest roles the format has no place for (MXNet keeps no num_batches_tracked): its writer
+    # drops them, reported, and `hubfmt diff` does not count their absence as a difference.
+    cannot_hold: tuple[str, ...] = ()
 
     def options_for(self, side: str) -> dict[str, Option]:
         return {o.name: o for o in self.options if o.side == side}
@@ -279,6 +282,9 @@ def detect_input(path: str, framework: str | None = None) -> Detected:
     companions = (path, path + hubfile.INDEX_SUFFIX, path + ".index")
     if not any(os.path.lexists(p) for p in companions):
         raise HubfmtError("no such file or directory", path)
+    from hubfmt.io.inputs import check_not_special
+
+    check_not_special(path)
     candidates = select(framework)
     if HUB in candidates or framework is None:
         if (os.path.isfile(path) and hubfile.is_hub_file(path)) or (
@@ -307,6 +313,25 @@ def detect_input(path: str, framework: str | None = None) -> Detected:
     raise HubfmtError("cannot tell which framework wrote this checkpoint; pass --from FRAMEWORK", path)
 
 
+def suffix_owner(path: str, *, writable_only: bool = True) -> Detected | None:
+    """The (adapter, format) whose extension `path` ends with (longest match), or None."""
+    if path.endswith(".safetensors") or path.endswith(".safetensors.index.json"):
+        return Detected(HUB, HUB_FORMAT)
+    best = None
+    for name in available():
+        try:
+            formats = adapter(name).FORMATS
+        except ImportError:
+            continue
+        for fmt in formats:
+            if writable_only and not fmt.writes:
+                continue
+            for ext in fmt.extensions:
+                if path.endswith(ext) and (best is None or len(ext) > best[2]):
+                    best = (name, fmt, len(ext))
+    return Detected(best[0], best[1]) if best else None
+
+
 def detect_output(path: str, framework: str | None = None) -> Detected:
     """(adapter or "hub", format) for an output path, from its suffix; `framework` (a --to NAME)
     restricts the candidates and, when only one of its formats is written, needs no suffix."""
@@ -327,6 +352,12 @@ def detect_output(path: str, framework: str | None = None) -> Detected:
                     best = (name, fmt, len(ext))
     if best is not None:
         return Detected(best[0], best[1])
+    owner = suffix_owner(path, writable_only=False)
+    if owner is not None and not owner[1].writes and framework is None:
+        fmt = owner[1]
+        others = [f"{e} ({f.name})" for f in adapter(owner[0]).FORMATS if f.writes for e in f.extensions]
+        raise HubfmtError(f"{fmt.name} ({', '.join(fmt.extensions)}) is a format hubfmt reads but does not write"
+                          + (f"; {owner[0]} writes {', '.join(others)}" if others else ""), path)
     if framework is not None:
         # No suffix of its own: the adapter's first writable format (TF prefix, OneFlow directory).
         if writable:

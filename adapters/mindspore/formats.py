@@ -15,11 +15,13 @@ MAX_SLICE_BYTES = Option("max_slice_bytes", "size", SLICE_BYTES, "split a tensor
                          "this many bytes, as save_checkpoint does", WRITE)
 
 _READ = (KEEP_OPTIMIZER, VERIFY_CHECKSUMS)
+NO_STEP_COUNT = ("num_batches_tracked",)    # BatchNorm here has moving_mean/moving_variance only
 FORMATS = (
     NativeFormat(CKPT, (".ckpt",), "mindspore.save_checkpoint protobuf (Checkpoint/Value/TensorProto), incl. "
                  "sliced tensors > 512 MiB and the crc_num trailer; not encrypted files",
-                 options=_READ + (RESTORE_DTYPE, TEMPLATE, STRICT_WRITE, WRITE_EXTRA, MAX_SLICE_BYTES)),
+                 options=_READ + (RESTORE_DTYPE, TEMPLATE, STRICT_WRITE, WRITE_EXTRA, MAX_SLICE_BYTES),
+                 cannot_hold=NO_STEP_COUNT),
     NativeFormat(SAFETENSORS, (".safetensors",), "save_checkpoint(format=\"safetensors\"): safetensors with "
                  "MindSpore names, metadata {\"format\": \"ms\"}",
-                 options=_READ + (RESTORE_DTYPE, TEMPLATE, STRICT_WRITE, WRITE_EXTRA)),
+                 options=_READ + (RESTORE_DTYPE, TEMPLATE, STRICT_WRITE, WRITE_EXTRA), cannot_hold=NO_STEP_COUNT),
 )

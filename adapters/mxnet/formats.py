@@ -16,5 +16,6 @@ FORMATS = (
     NativeFormat(FORMAT, (".params",),
                  "NDArray list (mx.nd.save): Gluon save_parameters, or export/save_checkpoint arg:/aux: with "
                  "prefix-symbol.json (written when a graph is known)",
-                 options=(SYMBOL_FILE_READ, RESTORE_DTYPE, STYLE, TEMPLATE, SYMBOL_FILE_WRITE, STRICT_WRITE)),
+                 options=(SYMBOL_FILE_READ, RESTORE_DTYPE, STYLE, TEMPLATE, SYMBOL_FILE_WRITE, STRICT_WRITE),
+                 cannot_hold=("num_batches_tracked",)),
 )

@@ -25,13 +25,15 @@ BUNDLE = NativeFormat(
     layout="prefix",
     options=(PREFER_EMA, KINDS_READ, FORGET_BIAS_READ, STRICT_READ, VERIFY_CHECKSUMS,
              RESTORE_DTYPE, TEMPLATE, MAX_SHARD_SIZE, KINDS_WRITE, RNN_STYLE, FORGET_BIAS_WRITE, STRICT_WRITE,
-             UPDATE_STATE))
+             UPDATE_STATE),
+    cannot_hold=("num_batches_tracked",))
 _KERAS_OPTIONS = (STRICT_READ, KERAS_TEMPLATE_READ, RESTORE_DTYPE, TEMPLATE, STRICT_WRITE)
 KERAS_WEIGHTS = NativeFormat("keras-weights-h5", (".weights.h5",), "Keras 3 model.save_weights() file "
-                             "(HDF5, positional vars)", options=_KERAS_OPTIONS)
+                             "(HDF5, positional vars)", options=_KERAS_OPTIONS, cannot_hold=("num_batches_tracked",))
 KERAS_ARCHIVE = NativeFormat("keras-archive", (".keras",), "Keras 3 model.save() archive "
-                             "(config.json + model.weights.h5)", options=_KERAS_OPTIONS)
+                             "(config.json + model.weights.h5)", options=_KERAS_OPTIONS,
+                             cannot_hold=("num_batches_tracked",))
 KERAS_H5 = NativeFormat("keras-h5", (".h5",), "legacy Keras 2 HDF5 weights or model (named variables; read only)",
-                        writes=False, options=(STRICT_READ, KERAS_TEMPLATE_READ))
+                        writes=False, options=(STRICT_READ, KERAS_TEMPLATE_READ), cannot_hold=("num_batches_tracked",))
 KERAS_FORMATS = (KERAS_WEIGHTS, KERAS_ARCHIVE, KERAS_H5)
 FORMATS = (BUNDLE, *KERAS_FORMATS)

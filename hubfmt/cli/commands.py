@@ -91,19 +91,31 @@ def _check_report_path(a) -> None:
 
 
 def cmd_inspect(a) -> int:
+    from hubfmt import registry
     from hubfmt.cli import inspect as describe
     from hubfmt.pipeline import read
 
-    ckpt = read(a.file, framework=a.fw)
-    print(json.dumps(describe.describe(ckpt), indent=2) if a.json else describe.to_text(ckpt))
+    adapter, fmt = registry.detect_input(a.file, a.fw)
+    ckpt = read(a.file, framework=adapter)
+    if a.json:
+        print(json.dumps({"file": a.file, "adapter": adapter, "format": fmt.name} | describe.describe(ckpt), indent=2))
+    else:
+        print(describe.to_text(ckpt, a.file, adapter, fmt.name))
     return 0
 
 
 def cmd_diff(a) -> int:
+    from hubfmt import registry
     from hubfmt.cli.diff import compare
     from hubfmt.pipeline import read
 
-    result = compare(read(a.a, framework=a.fw_a), read(a.b, framework=a.fw_b), rtol=a.rtol, atol=a.atol)
+    held: list[dict[str, str] | None] = []
+    for path, fw in ((a.a, a.fw_a), (a.b, a.fw_b)):
+        _, fmt = registry.detect_input(path, fw)
+        held.append(None if a.strict else {r: f"{fmt.name} ({os.path.basename(path)}) has no place for {r}"
+                                           for r in fmt.cannot_hold})
+    result = compare(read(a.a, framework=a.fw_a), read(a.b, framework=a.fw_b), rtol=a.rtol, atol=a.atol,
+                     ignore=a.ignore, a_cannot_hold=held[0], b_cannot_hold=held[1])
     print(json.dumps(result.to_json(), indent=2) if a.json else result.to_text(verbose=a.verbose))
     return 1 if result.differs else 0
 
