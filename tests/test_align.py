@@ -203,6 +203,14 @@ def test_listing_template_json_and_text(tmp_path):
         b.template.tensor("classifier.bias")
 
 
+def test_text_listing_takes_what_inspect_prints_for_0d_tensors_and_dtypes():
+    # #17: `name scalar` and a bare `name` are 0-d tensors; a trailing dtype is taken.
+    ck = parse_listing("bn.num_batches_tracked scalar\nstep\nfc.weight 10x64 float16\nfc.bias [10]\nk [] int64\n")
+    assert [(n, ck[n].tensor.shape, ck[n].tensor.dtype) for n in ck] == [
+        ("bn.num_batches_tracked", (), "float32"), ("step", (), "float32"), ("fc.weight", (10, 64), "float16"),
+        ("fc.bias", (10,), "float32"), ("k", (), "int64")]
+
+
 def test_listing_from_inspect_json_and_a_hub_file_template(tmp_path):
     from hubfmt.cli.inspect import describe
 
@@ -217,7 +225,7 @@ def test_listing_from_inspect_json_and_a_hub_file_template(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("fc.weight\n", "expected 'name shape'"),
+    ("fc.weight 3x3 float7\n", "not a shape"),
     ("fc.weight 3xq\n", "not a shape"),
     ('{"fc.weight": "3x-1"}', "negative"),
     ("[1, 2]", "expected"),

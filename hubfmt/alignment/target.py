@@ -5,8 +5,9 @@ A template is one of
 - a checkpoint file of any supported format, read lazily (`hubfmt.read`: names, shapes and infos
   only; no tensor data is read);
 - a listing: JSON (the output of `hubfmt inspect --json`, `{"name": [shape...]}`, or a list of
-  `{"name":..., "shape": [...]}`), or text with one `name shape` per line, shape written as
-  `64x3x3x3`, `[64, 3, 3, 3]` or `(64,3,3,3)`; `#` starts a comment.
+  `{"name":..., "shape": [...]}`), or text with one `name [shape [dtype]]` per line, shape written
+  as `64x3x3x3`, `[64, 3, 3, 3]` or `(64,3,3,3)`, a 0-d tensor as `scalar`, `[]` or nothing (what
+  `hubfmt inspect` prints); `#` starts a comment.
 
 A listing's tensors carry no data (loading one is an error); kinds are inferred from shapes.
 """
@@ -32,6 +33,8 @@ def _no_data(name: str):
 
 def _shape(value, where: str, path: str) -> tuple[int, ...]:
     if isinstance(value, str):
+        if value.strip() in ("scalar", ""):
+            return ()
         text = value.strip().strip("[]()")
         parts = [p for p in re.split(r"[x,\s]+", text) if p]
         value = parts
@@ -91,9 +94,15 @@ def parse_listing(text: str, path: str = "<listing>") -> Checkpoint:
             if not line:
                 continue
             name, _, rest = line.partition(" ")
-            if not rest.strip():
-                raise FormatError(f"line {n}: expected 'name shape'", path)
-            rows.append((name, _shape(rest, f"line {n}", path), "", "", ""))
+            rest = rest.strip()
+            dtype = ""
+            # A shape in brackets may contain spaces; a trailing dtype (as `inspect` prints) may not.
+            head, _, last = rest.rpartition(" ")
+            if head and last in dtypes.DTYPES:
+                rest, dtype = head.strip(), last
+            elif rest in dtypes.DTYPES:
+                rest, dtype = "", rest
+            rows.append((name, _shape(rest, f"line {n}", path), "", "", dtype))
     for row in rows:
         if row[4] and row[4] not in dtypes.DTYPES:
             raise FormatError(f"{row[0]}: unknown dtype {row[4]!r}", path)
