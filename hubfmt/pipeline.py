@@ -133,6 +133,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
     report = Report(source=f"{src} ({src_name})", destination=f"{dst} ({dst_name})")
     report.extend(ckpt.report, stage="read")
     tensors_in = len(ckpt)
+    source_names = {n: ckpt[n].info.original_name for n in ckpt}     # alignment replaces the infos
     report.stages.append(stage("read", None, tensors_in, os.path.basename(src)))
     if rules is not None or template is not None:
         names_before = list(ckpt)
@@ -149,11 +150,19 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
     finally:
         progress.close()
     report.extend(out, stage="write")
+    owner = registry.suffix_owner(dst, writable_only=False)
+    if dst_framework is not None and owner is not None and owner.format.name != dst_fmt.name \
+            and owner.adapter != dst_name:
+        report.stage = "write"
+        report.add("warning", os.path.basename(dst), f"the suffix means {owner.format.name} ({owner.adapter}); "
+                   f"written as {dst_fmt.name} because --to {dst_framework} says so (readers detect by content)")
+        report.stage = ""
+    report.files = list(out.files)
     report.stages.append(stage("write", len(ckpt), out.tensors_out, os.path.basename(dst), list(ckpt)))
     report.tensors_in = tensors_in
     report.tensors_out = out.tensors_out
     report.bytes_out = out.bytes_out
-    report.mapping = end_to_end(report, [(n, ckpt[n].info.original_name) for n in ckpt])
+    report.mapping = end_to_end(report, list(ckpt), source_names)
     return report
 
 
@@ -169,6 +178,8 @@ def add_output_checksums(report: Report, dst: str | os.PathLike, framework: str 
     back = read(dst, framework=framework)
     by_native = {back[n].info.original_name or n: n for n in back}
     for row in report.mapping:
+        if row["destination"] is None:
+            continue
         name = by_native.get(row["destination"], row["destination"] if row["destination"] in back else None)
         if name is None:
             name = row["canonical"] if row["canonical"] in back else None

@@ -17,6 +17,7 @@ ACTIONS = (
     "dropped",      # in the source, not written (detail: why)
     "created",      # written, not in the source (detail: why)
     "tied",         # stored once, shared by several names
+    "stored",       # non-tensor content written (detail: where in the output)
     "missing",      # expected by the destination/template, absent from the source
     "unexpected",   # in the source, unknown to the destination/template
     "mismatch",     # same name, incompatible shape
@@ -79,6 +80,7 @@ class Report:
     stage: str = ""
     stages: list[Stage] = field(default_factory=list)
     mapping: list[dict] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)   # what the writer published, when it says
 
     def add(self, action: str, name: str, detail: str = "", *, to: str = "", confidence: float | None = None) -> None:
         """Record an event. For "renamed", `name` is the old name and `to` the new one."""
@@ -129,6 +131,7 @@ class Report:
             "tensors_in": self.tensors_in,
             "tensors_out": self.tensors_out,
             "bytes_out": self.bytes_out,
+            "files": self.files,
             "stages": [self._stage_json(s) for s in self.stages],
             "counts": self.counts(),
             "mapping": self.mapping,
@@ -163,6 +166,7 @@ class Report:
         for a in ("transposed", "reshaped", "cast", "tied"):
             counts[a] = len(distinct[a])
         counts["non_tensor_dropped"] = len(other_dropped)
+        counts["non_tensor_stored"] = len(distinct["stored"])
         return counts
 
     def to_text(self, *, verbose: bool = False, limit: int = 20) -> str:
@@ -174,12 +178,16 @@ class Report:
         if self.stages and self.stages[0].tensors_out != self.tensors_out:
             head += f", from {self.stages[0].tensors_out} read"
         lines = [head]
+        if len(self.files) > 1:
+            files = [f.rsplit("/", 1)[-1] for f in self.files]
+            short = files if len(files) <= 4 else files[:2] + ["..."] + files[-2:]
+            lines.append(f"  {len(files)} files: {', '.join(short)}")
         for s in self.stages:
             lines.append("  " + self._stage_line(s))
         if not self.stages:
             counts = self.counts()
             lines.append("  " + ", ".join(f"{a} {n}" for a, n in counts.items()) if counts else "  (no events)")
-        renames = [m for m in self.mapping if m["source"] != m["destination"]]
+        renames = [m for m in self.mapping if m["destination"] is not None and m["source"] != m["destination"]]
         if renames and not verbose:
             # What the user asked for: each tensor's name in the source -> its name in the output
             # (the per-stage steps are in --verbose and --report).
@@ -219,9 +227,10 @@ class Report:
         parts = [f"{c[k]} {k}" for k in ("kept", "renamed", "dropped", "created") if c[k]]
         text += " = " + " + ".join(parts) if parts else ""
         extra = [f"{c[k]} {k}" for k in ("transposed", "reshaped", "cast", "tied") if c[k]]
-        if c["non_tensor_dropped"]:
-            n = c["non_tensor_dropped"]
-            extra.append(f"{n} non-tensor {'entry' if n == 1 else 'entries'} dropped")
+        for key, verb in (("non_tensor_stored", "stored"), ("non_tensor_dropped", "dropped")):
+            n = c[key]
+            if n:
+                extra.append(f"{n} non-tensor {'entry' if n == 1 else 'entries'} {verb}")
         warnings = sum(1 for e in self.in_stage(s.name) if e.action == "warning")
         if warnings:
             extra.append(f"{warnings} warning{'s' if warnings > 1 else ''}")
@@ -243,14 +252,17 @@ def _human(n: float) -> str:
     return f"{n:.1f} {unit}"
 
 
-def end_to_end(report: Report, tensors: list[tuple[str, str]]) -> list[dict]:
-    """The mapping a user asked for, one row per written tensor: its name in the source file, its
-    canonical name, its name in the destination, the layout/dtype changes made to it on the way
-    (stage: detail) and the alignment's confidence. `tensors` is (canonical name, original name)
-    for each tensor handed to the writer."""
+def end_to_end(report: Report, written: list[str], source_names: dict[str, str]) -> list[dict]:
+    """The mapping a user asked for, one row per tensor handed to the writer (`written`, canonical
+    names): its name in the source file, its canonical name, its name in the destination (None,
+    with "dropped": why, when the writer could not hold it), the layout/dtype changes made to it on
+    the way (stage: detail) and the alignment's confidence. `source_names` maps each tensor's
+    canonical name as read (before any alignment) to its name in the source file."""
     by_stage: dict[str, list[Event]] = {s: report.in_stage(s) for s in STAGES}
+    read_from = {e.to: e.name for e in by_stage["read"] if e.action == "renamed"}
     aligned_from = {e.to: e.name for e in by_stage["align"] if e.action == "renamed"}
     written_as = {e.name: e.to for e in by_stage["write"] if e.action == "renamed"}
+    dropped_at_write = {e.name: e.detail for e in by_stage["write"] if e.action == "dropped"}
     confidence = {(e.to or e.name): e.confidence for e in by_stage["align"]
                   if e.action in ("renamed", "matched") and e.confidence is not None}
     changes: dict[tuple[str, str], list[str]] = {}
@@ -259,13 +271,23 @@ def end_to_end(report: Report, tensors: list[tuple[str, str]]) -> list[dict]:
             if e.action in ("transposed", "reshaped", "cast"):
                 changes.setdefault((stage, e.name), []).append(f"{e.action} {e.detail}".strip())
     rows = []
-    for canonical, original in tensors:
+    for canonical in written:
         before_align = aligned_from.get(canonical, canonical)
-        destination = written_as.get(canonical, canonical)
+        # The name in the source file: the reader's record (original_name) when it kept one,
+        # else what its rename events say.
+        original = source_names.get(before_align) or ""
+        if not original or original == before_align:
+            original = read_from.get(before_align, before_align)
+        destination: str | None = written_as.get(canonical, canonical)
+        if canonical in dropped_at_write:
+            destination = None
         names = {"read": {original, before_align}, "align": {before_align, canonical},
-                 "write": {canonical, destination}}
+                 "write": {canonical, destination or canonical}}
         transforms = [f"{stage}: {c}" for stage in STAGES for n in sorted(names[stage])
                       for c in changes.get((stage, n), [])]
-        rows.append({"source": original or before_align, "canonical": canonical, "destination": destination,
-                     "transforms": transforms, "confidence": confidence.get(canonical)})
+        row = {"source": original, "canonical": canonical, "destination": destination,
+               "transforms": transforms, "confidence": confidence.get(canonical)}
+        if destination is None:
+            row["dropped"] = dropped_at_write[canonical]
+        rows.append(row)
     return rows

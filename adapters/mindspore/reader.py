@@ -13,7 +13,7 @@ import numpy as np
 
 from hubfmt.sdk import dtypes, safetensors
 from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, TensorInfo, pread_into, read_region, region_tensor
-from hubfmt.sdk import FormatError
+from hubfmt.sdk import FormatError, check_input_file
 from hubfmt.sdk import fold_region
 
 from . import names, proto
@@ -139,8 +139,7 @@ def read(path: str | os.PathLike, *, keep_optimizer: bool = False, verify_checks
     '0._bn1.moving_variance'
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FormatError("no such file", path)
+    check_input_file(path, "a MindSpore checkpoint")
     fmt = SAFETENSORS if safetensors.is_safetensors(path) else CKPT
     meta: dict = {}
     if fmt == SAFETENSORS:

@@ -8,7 +8,7 @@ import numpy as np
 from hubfmt.sdk import dtypes
 
 from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, SourceInfo, TensorInfo, region_tensor
-from hubfmt.sdk import FormatError
+from hubfmt.sdk import FormatError, check_input_file
 
 from . import names, ndlist, symbol
 from .formats import FORMAT
@@ -46,8 +46,7 @@ def read(path, *, symbol_file: str | bool | None = None) -> Checkpoint:
     0.001
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FormatError("no such file", path)
+    check_input_file(path, "an MXNet .params file")
     records, stored = ndlist.scan(path)
     if not stored:
         stored = [str(i) for i in range(len(records))]        # mx.nd.save of a plain list

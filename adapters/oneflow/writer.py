@@ -125,8 +125,13 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
         state_dict = pickled.StateDict(items)
         if layout == "training":
             data = {"model": state_dict, **extra}
+            for k in extra:
+                report.add("stored", f"extra[{k!r}]", "in pickled_data beside 'model' (-W layout=training)")
         else:
             data = state_dict
+            for k in extra:
+                report.add("stored", f"extra[{k!r}]", f"in {os.path.basename(path)}/{EXTRA_DIR}/, a tensor-free "
+                                                      f"oneflow.save directory: flow.load(dir + '/{EXTRA_DIR}')")
             if extra:
                 os.mkdir(os.path.join(tmp, EXTRA_DIR))
                 with open(os.path.join(tmp, EXTRA_DIR, pickled.PICKLE_FILENAME), "wb") as f:

@@ -104,7 +104,7 @@ class _Reading:
         ema = [k for k in EMA_KEYS if k in obj and holds_weights(obj[k])]
         label = f"{where}[{chosen!r}]"
         if chosen in EMA_KEYS:
-            why = "EMA weights, as asked (prefer_ema)" if self.prefer_ema else "the only weights present (EMA)"
+            why = "EMA weights, as asked (--prefer-ema)" if self.prefer_ema else "the only weights present (EMA)"
         elif ema:
             why = f"--prefer-ema would take {where}[{ema[0]!r}] instead"
         else:
@@ -119,12 +119,21 @@ class _Reading:
             if k in OPTIMIZER_KEYS:
                 self.report.add("dropped", name, f"optimizer/scheduler state ({count_tensors(v)} tensors): not model weights")
             elif holds_weights(v):
-                self.report.add("dropped", name, f"another copy of the weights ({count_tensors(v)} tensors); {label} was chosen")
+                self.report.add("dropped", name, f"another copy of the weights ({self.count_weights(v, name)} "
+                                                 f"tensors); {label} was chosen")
             else:
                 extra[k if isinstance(k, (str, int)) else str(k)] = self.plain(v, name)
         for k, v in inner.items():
             extra.setdefault(k, v)
         return tensors, extra
+
+    def count_weights(self, obj: Any, where: str) -> int:
+        """How many tensors `obj` would give if it were chosen: the same count a user sees for the
+        chosen copy (count_tensors counts every tensor reachable, buffers of other kinds too)."""
+        try:
+            return len(_Reading(self.path, self.prefer_ema).weights(obj, where)[0])
+        except (ConversionError, FormatError):
+            return count_tensors(obj)
 
     def mixed(self, obj: dict, where: str) -> tuple[list[tuple[str, TensorRef]], dict]:
         """A dict mixing tensors with other values at the top level: the tensors are the state dict."""

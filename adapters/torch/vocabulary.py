@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hubfmt.sdk import ConversionError, dtypes
+
 # Every stand-in has __slots__: a pickle's BUILD opcode cannot rewrite an object's fields.
 
 # Legacy typed storage classes -> canonical dtype name (None: not representable in the hub).
@@ -116,7 +118,8 @@ def rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, back
     if not isinstance(dtype, TorchDtype):
         raise ValueError(f"_rebuild_tensor_v3 with a dtype that is not a torch dtype: {dtype!r}")
     if dtype.hub is None:
-        raise ValueError(f"tensor dtype {dtype} has no hub equivalent")
+        raise ConversionError(f"a valid file, but tensor dtype {dtype} is not supported: the hub format "
+                              f"has no equivalent (it holds {', '.join(sorted(dtypes.DTYPES))})")
     return _tensor(storage, storage_offset, size, stride, dtype.hub, requires_grad)
 
 
@@ -208,7 +211,8 @@ def storage_from_pid(pid: tuple, storages: dict[str, Storage]) -> Storage:
     if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
         raise ValueError(f"malformed storage persistent id {str(pid)[:80]}")
     if stype.dtype is None and stype.name not in UNTYPED_STORAGES:
-        raise ValueError(f"storage type {stype.name} has no hub equivalent")
+        raise ConversionError(f"a valid file, but storage type {stype.name} is not supported: the hub format "
+                              f"has no equivalent (it holds {', '.join(sorted(dtypes.DTYPES))})")
     root = storages.get(key)
     if root is None:
         root = storages[key] = Storage(key, stype.dtype or "uint8", numel, stype.name)

@@ -138,8 +138,8 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
             raise ConversionError("non-tensor content has its own 'state_dict' key; cannot nest the weights under it", path)
         extra = _arrays_to_records(_extra_value(dict(ckpt.extra), "extra", report), arrays)
         obj = {"state_dict": state, **extra}
-        report.add("warning", path, f"training-checkpoint layout: weights under 'state_dict', "
-                                     f"{len(ckpt.extra)} non-tensor fields beside them")
+        for k in ckpt.extra:
+            report.add("stored", f"extra[{k!r}]", "beside 'state_dict' (-W layout=training)")
     else:
         obj = state
         for k in ckpt.extra:

@@ -247,8 +247,11 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
     mapping, matches = _build(S, T, decided)
     for si, (ti, *_rest) in sorted(decided.items()):
         if S[si].family != T[ti].family and S[si].kind_known and T[ti].kind_known:
-            report.add("warning", S[si].path, f"kinds differ: source {S[si].kind}, template {T[ti].kind} "
-                                              f"(same shapes; the template's kind is kept)")
+            report.add("warning", S[si].path, f"kinds differ: source {S[si].kind}, template {T[ti].kind}; the "
+                                              f"shapes agree, so the values are copied unchanged and the template's "
+                                              f"kind is kept. Harmless when a file cannot tell the two apart (a "
+                                              f"state dict stores a conv and a conv-transpose alike); otherwise "
+                                              f"check the pairing")
     for si, tis in sorted(ambiguous.items()):
         s = S[si]
         why = ("norms registered before their convs on one side, after them on the other (pre-activation?); "

@@ -16,11 +16,20 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self._subcommands: dict[str, Parser] = {}
 
     def error(self, message: str):
         hint = self._suggestion(message)
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        # Unknown options are reported by the subcommand's parser, with its usage.
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            sub = self._subcommands.get(getattr(ns, "command", None) or "")
+            (sub or self).error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns
 
     def _suggestion(self, message: str) -> str:
         words: list[str] = []
@@ -68,6 +77,7 @@ def build() -> Parser:
     p = Parser(prog="hubfmt", description="Move trained weights between frameworks through one neutral safetensors file.")
     p.add_argument("--version", action="version", version=f"hubfmt {__version__} (hub format {FORMAT_VERSION})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    p._subcommands = sub.choices
 
     c = sub.add_parser("convert", help="convert a checkpoint (native or hub) to another format")
     c.add_argument("src", help="the checkpoint to read: a file, a directory (OneFlow) or a TF prefix")

@@ -19,6 +19,7 @@ from hubfmt.format.checkpoint import Checkpoint, Entry, SourceInfo, TensorInfo
 from hubfmt.format.tensor import region_tensor
 from hubfmt.errors import FormatError
 from hubfmt.report import Report
+from hubfmt.io.inputs import check_input_file
 from hubfmt.io.progress import Progress
 from hubfmt.io.stream import TensorStream
 
@@ -78,6 +79,8 @@ def read(path: str | os.PathLike) -> Checkpoint:
     path = os.fspath(path)
     if not os.path.exists(path) and not os.path.exists(path + INDEX_SUFFIX):
         raise FormatError("no such file", path)
+    if os.path.exists(path):
+        check_input_file(path, "a hub file")
     files, index_meta = shards(path)
     ckpt = Checkpoint()
     ckpt.report.stage = "read"
@@ -162,6 +165,8 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
         if e.info.tied_to:
             report.add("tied", name, f"stored once, as {e.info.tied_to}")
     meta = manifest.build(ckpt)
+    for k in ckpt.extra:
+        report.add("stored", f"extra[{k!r}]", "in the manifest (hubfmt.extra)")
     groups = _plan_shards(ckpt, names, out_dtypes, max_shard_size)
     if len(groups) == 1:
         finals = [path]
@@ -192,6 +197,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
     report.tensors_in = len(ckpt)
     report.tensors_out = len(names)
     report.bytes_out = total
+    report.files = finals
     return report
 
 
