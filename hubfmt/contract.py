@@ -144,7 +144,7 @@ class AdapterContract:
         back = mod.read(out)
         assert sorted(back) == sorted(src)
         for name in src:
-            assert np.array_equal(back.tensor(name), src.tensor(name)), name
+            assert np.array_equal(back.array(name), src.array(name)), name
 
     def test_an_existing_output_is_kept(self, tmp_path):
         out = str(tmp_path / self.output_name)
@@ -185,7 +185,7 @@ class AdapterContract:
         try:
             ckpt = self.module.read(str(out))
             for name in ckpt:
-                ckpt.tensor(name)
+                ckpt.array(name)
         except FormatError as e:
             assert e.path, "the error names no file"
         else:

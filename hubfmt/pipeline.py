@@ -186,7 +186,7 @@ def add_output_checksums(report: Report, dst: str | os.PathLike, framework: str 
         if name is None:
             row["canonical_crc32c"] = None
             continue
-        data = np.ascontiguousarray(back.tensor(name))
+        data = np.ascontiguousarray(back.array(name))
         if data.dtype.byteorder == ">":
             data = data.astype(data.dtype.newbyteorder("<"))
         row["canonical_crc32c"] = f"{compute('crc32c', data.reshape(-1).view(np.uint8)):08x}"

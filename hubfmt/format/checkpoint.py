@@ -110,9 +110,14 @@ class Checkpoint:
     def __contains__(self, name: str) -> bool:
         return name in self.entries
 
-    def tensor(self, name: str) -> np.ndarray:
-        """Load one tensor's data (convenience for tests and the Python API)."""
+    def array(self, name: str) -> np.ndarray:
+        """One tensor's data, loaded now, as a numpy array (`ckpt[name].tensor` is the lazy
+        LazyTensor, `ckpt[name].info` what it is)."""
         return self.entries[name].tensor.load()
+
+    # The old name of `array`, kept so existing code runs; `ckpt[name].tensor` is a LazyTensor,
+    # so one word meant two things: new code says array().
+    tensor = array
 
     def total_bytes(self) -> int:
         return sum(e.tensor.nbytes for e in self.entries.values() if not e.info.tied_to)
