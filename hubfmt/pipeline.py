@@ -18,7 +18,7 @@ from hubfmt.alignment import Alignment, RuleSet, align_checkpoints, load_rules, 
 from hubfmt.errors import HubfmtError, OutputError
 from hubfmt.format.checkpoint import Checkpoint
 from hubfmt.io import hubfile
-from hubfmt.io.progress import Progress
+from hubfmt.io.progress import Busy, Progress
 from hubfmt.registry import READ, WRITE
 from hubfmt.report import Report, end_to_end, stage
 
@@ -67,7 +67,8 @@ def align(source, template, *, framework: str | None = None, template_framework:
         source_label = source_label or os.fspath(source)
         source = read(source, framework=framework)
     target, label = load_target(template, framework=template_framework, read=read)
-    return align_checkpoints(source, target, source_label=source_label, template_label=label)
+    with Busy(f"aligning {len(source)} tensors onto {len(target)}"):
+        return align_checkpoints(source, target, source_label=source_label, template_label=label)
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -280,6 +280,37 @@ def test_progress_shows_on_a_terminal_and_not_elsewhere(tmp_path, big_hub):
     assert r.returncode == 0 and r.stderr == ""
 
 
+def test_long_alignment_shows_a_busy_line_on_a_terminal_only():
+    import io
+    import time
+
+    from hubfmt.io.progress import Busy
+
+    master, slave = pty.openpty()
+    with os.fdopen(slave, "w") as term:
+        with Busy("aligning 349 tensors onto 349", stream=term, after=0.05) as busy:
+            time.sleep(0.6)
+        assert busy.shown
+    text = b""
+    while select.select([master], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        text += chunk
+    os.close(master)
+    assert re.search(rb"aligning 349 tensors onto 349\.\.\. 00:0\d", text), text
+    quiet = io.StringIO()                       # not a terminal: nothing, however long it takes
+    with Busy("aligning", stream=quiet, after=0.0) as busy:
+        time.sleep(0.3)
+    assert quiet.getvalue() == "" and not busy.shown
+    with Busy("fast", stream=quiet, enabled=True, after=5.0) as busy:   # quick work: no line at all
+        pass
+    assert quiet.getvalue() == "" and not busy.shown
+
+
 # ---- memory reuse, writeback, prefetching -------------------------------------------------------
 
 _REUSE = textwrap.dedent("""

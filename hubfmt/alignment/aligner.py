@@ -86,6 +86,9 @@ class Alignment:
     source_label: str = ""
     template_label: str = ""
     source_layer_sizes: dict[str, int] = field(default_factory=dict, repr=False)   # path -> non-optional tensors
+    # canonical source name -> its name in the source file, where they differ: the table shows
+    # what the user's file calls a tensor, not what the adapter renamed it to.
+    source_names: dict[str, str] = field(default_factory=dict, repr=False)
 
     def problems(self, *, allow_missing: bool = False, allow_unexpected: bool = False) -> list[Event]:
         allowed = {a for a, ok in (("missing", allow_missing), ("unexpected", allow_unexpected)) if ok}
@@ -156,7 +159,7 @@ class Alignment:
                  f"{len(self.matches)} layers matched ({renamed} renamed, "
                  f"{sum(1 for m in self.matches if m.op)} reshaped)"]
         if not problems_only:
-            lines.append(self.mapping.to_text())
+            lines.append(self.mapping.to_text(self.source_names))
         for action in PROBLEMS:
             evs = self.report.of(action)
             if evs:
@@ -262,8 +265,10 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
     left_s = [s for s in S if s.index not in decided and s.index not in ambiguous]
     left_t = [t for t in T if t.index not in taken and t.index not in involved]
     _report_leftovers(left_s, left_t, report)
+    names = {n: source[n].info.original_name for n in source
+             if source[n].info.original_name and source[n].info.original_name != n}
     return Alignment(tmpl, mapping, matches, report, source_label, template_label,
-                     {s.path: len(s.required) for s in S})
+                     {s.path: len(s.required) for s in S}, names)
 
 
 def _unsettle_shifted_norms(S, T, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t) -> set[int]:

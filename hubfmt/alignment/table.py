@@ -63,12 +63,15 @@ class Mapping:
             rows.append(row)
         return rows
 
-    def to_text(self) -> str:
-        """The table a dry run prints: source -> target, operation, confidence, evidence."""
-        rows = [("source", "target", "op", "conf", "evidence")]
+    def to_text(self, source_names: dict[str, str] | None = None) -> str:
+        """The table a dry run prints: source -> target, operation, confidence, evidence. With
+        `source_names` (canonical -> name in the source file) the source column shows the file's names."""
+        names = source_names or {}
+        rows = [("source" + (" (name in the file)" if names else ""), "target", "op", "conf", "evidence")]
         for m in self.moves:
             conf = "" if m.confidence is None else f"{m.confidence:.2f}"
-            rows.append((", ".join(m.sources) or "-", ", ".join(m.targets) or "-", m.op or "rename", conf, m.note))
+            sources = ", ".join(names.get(s, s) for s in m.sources)
+            rows.append((sources or "-", ", ".join(m.targets) or "-", m.op or "rename", conf, m.note))
         widths = [min(60, max(len(r[i]) for r in rows)) for i in range(4)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows).rstrip()
 

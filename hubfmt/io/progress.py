@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
-from typing import Any
 
 
 class Progress:
@@ -65,36 +65,44 @@ class Progress:
             self.stream.flush()
 
 
-class Spinner:
-    """A counter for work of unknown length (alignment of a large model): shown on a terminal
-    only, and only once the work has taken longer than `after` seconds."""
+class Busy:
+    """Work of unknown length (aligning a large model): on a terminal, once it has taken longer
+    than `after` seconds, a line with the label and the time so far, redrawn until it ends.
 
-    def __init__(self, label: str, total: int, *, enabled: bool | None = None, stream=None, after: float = 1.0):
+    >>> with Busy("aligning 349 tensors"):      # doctest: +SKIP
+    ...     align(...)
+    """
+
+    def __init__(self, label: str, *, enabled: bool | None = None, stream=None, after: float = 1.0):
         self.stream = stream or sys.stderr
         if enabled is None:
             enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.enabled, self.label, self.total, self.after = enabled, label, total, after
-        self._t0 = time.monotonic()
-        self._bar: Any = None
-        self.done = 0
+        self.enabled, self.label, self.after = enabled, label, after
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.shown = False
 
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if not self.enabled:
+    def _run(self) -> None:
+        if self._done.wait(self.after):
             return
-        if self._bar is None:
-            if time.monotonic() - self._t0 < self.after:
-                return
-            self._bar = _tqdm_bar(self.stream, total=self.total, desc=self.label, unit="tensor", leave=False,
-                                  initial=self.done)
-            if self._bar is None:
-                self.enabled = False
+        bar = _tqdm_bar(self.stream, total=None, desc=self.label, leave=False, bar_format="{desc}... {elapsed}")
+        if bar is None:
             return
-        self._bar.update(n)
+        self.shown = True
+        while not self._done.wait(0.2):
+            bar.refresh()
+        bar.close()
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+    def __enter__(self) -> "Busy":
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="hubfmt-busy", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _tqdm_bar(stream, **kwargs):
