@@ -80,16 +80,20 @@ class AdapterContract:
         """Options are data: the hub validates against FORMATS, so the functions must take exactly
         the declared options, with the declared defaults."""
         mod = self.module
-        for side, fn in ((READ, mod.read), (WRITE, mod.write)):
+        # One reader per adapter; one writer per format (NativeFormat.writer, `write` by default).
+        checks = [(READ, mod.read, [f for f in mod.FORMATS if f.reads])]
+        for writer in dict.fromkeys(f.writer for f in mod.FORMATS if f.writes):
+            assert hasattr(mod, writer), f"{mod.__name__} declares writer {writer!r} but has no such function"
+            checks.append((WRITE, getattr(mod, writer), [f for f in mod.FORMATS if f.writes and f.writer == writer]))
+        for side, fn, formats in checks:
             declared = {}
-            for fmt in mod.FORMATS:
-                if (side == READ and fmt.reads) or (side == WRITE and fmt.writes):
-                    declared.update(fmt.options_for(side))
+            for fmt in formats:
+                declared.update(fmt.options_for(side))
             params = {n: p for n, p in inspect.signature(fn).parameters.items()
                       if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in _HUB_KEYWORDS}
             assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()), \
                 f"{mod.__name__}.{fn.__name__} takes **options: declare them on FORMATS instead"
-            assert set(params) == set(declared), (side, sorted(params), sorted(declared))
+            assert set(params) == set(declared), (side, fn.__name__, sorted(params), sorted(declared))
             for name, p in params.items():
                 assert p.default == declared[name].default, (side, name, p.default, declared[name].default)
 

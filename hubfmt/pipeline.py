@@ -50,7 +50,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, framework: str | None = 
     path = os.fspath(path)
     name, fmt = registry.detect_output(path, framework)
     options = fmt.check_options(WRITE, options)
-    writer = hubfile.write if name == registry.HUB else registry.adapter(name).write
+    writer = hubfile.write if name == registry.HUB else getattr(registry.adapter(name), fmt.writer)
     return writer(ckpt, path, overwrite=overwrite, progress=progress, **options)
 
 
@@ -147,7 +147,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
         write_options["template"] = os.fspath(template)
     progress = Progress(ckpt.total_bytes(), len(ckpt.stored_names()), enabled=show_progress)
     try:
-        out = write(ckpt, dst, framework=dst_name, overwrite=overwrite, progress=progress, **write_options)
+        # The format detect_output chose (a --to FORMAT name stays that format).
+        out = write(ckpt, dst, framework=dst_framework or dst_name, overwrite=overwrite, progress=progress,
+                    **write_options)
     finally:
         progress.close()
     report.extend(out, stage="write")

@@ -136,6 +136,9 @@ class NativeFormat:
     # Manifest roles the format has no place for (MXNet keeps no num_batches_tracked): its writer
     # drops them, reported, and `hubfmt diff` does not count their absence as a difference.
     cannot_hold: tuple[str, ...] = ()
+    # The adapter function that writes this format, when not `write` (an adapter with several
+    # writable formats names one per format; the registry, not the path, decides which is called).
+    writer: str = "write"
 
     def options_for(self, side: str) -> dict[str, Option]:
         return {o.name: o for o in self.options if o.side == side}
@@ -302,7 +305,15 @@ def detect_input(path: str, framework: str | None = None) -> Detected:
         if fmt:
             return Detected(name, format_named(name, fmt))
     if framework is None and os.path.isfile(path) and hubfile.is_safetensors(path):
-        return Detected(HUB, HUB_FORMAT)
+        # Plain safetensors that no adapter claimed: its names and layouts are someone's, and
+        # taking them as canonical would convert silently wrong (untransposed TF kernels...).
+        from hubfmt.codecs import safetensors
+
+        header, _, _ = safetensors.read_header(path)
+        flavour = str((header.get("__metadata__") or {}).get("format", "")) or "none"
+        raise HubfmtError(f"a plain safetensors file (no hubfmt manifest; \"format\" metadata: {flavour}) whose "
+                          f"names do not say whose names and layouts it holds: pass --from torch or --from mindspore "
+                          f"when it is theirs, or --from hub to take it as it is (layer kinds unknown)", path)
     if framework is not None:
         # Named but not recognised: that adapter's reader says precisely what is wrong.
         for name in candidates:
@@ -340,6 +351,13 @@ def detect_output(path: str, framework: str | None = None) -> Detected:
         return Detected(HUB, HUB_FORMAT)
     if candidates == [HUB]:
         return Detected(HUB, HUB_FORMAT)
+    if framework is not None and framework not in available():
+        # A format name (--to hf, --to torch-safetensors): exactly that format.
+        named = [(a, f) for a in candidates for f in adapter(a).FORMATS if f.name == framework]
+        if named:
+            if not named[0][1].writes:
+                raise HubfmtError(f"{framework} is a format hubfmt reads but does not write", path)
+            return Detected(*named[0])
     best = None
     writable = []
     for name in candidates:

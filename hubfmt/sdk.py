@@ -44,6 +44,7 @@ from hubfmt.format.checkpoint import Checkpoint, Entry, LayerInfo, SourceInfo, T
 from hubfmt.format.extra import from_plain, to_plain
 from hubfmt.format.tensor import FileSpan, LazyTensor
 from hubfmt.io.atomic import atomic_output, atomic_outputs
+from hubfmt.io.hubfile import write_safetensors
 from hubfmt.io.inputs import check_input_file
 from hubfmt.io.progress import Progress
 from hubfmt.format.tensor import pread_into, read_region, region_tensor
@@ -66,7 +67,7 @@ __all__ = [
     # reading and writing bytes
     "region_tensor", "read_region", "pread_into", "fold_region", "prefetched", "write_tensor", "Progress",
     "TensorStream", "Piece", "Checksum", "checksums",
-    "atomic_output", "atomic_outputs", "check_input_file",
+    "atomic_output", "atomic_outputs", "check_input_file", "write_safetensors",
     # layouts
     "convert_layout", "depthwise_to_hwcm", "reorder_gates", "permute",
     # codecs

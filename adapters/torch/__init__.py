@@ -6,6 +6,9 @@ in-memory nn.Modules / state dicts with it.
   and without running the pickle, fp16/bf16, tied and non-contiguous tensors.
 - write(ckpt, path, layout="state_dict"|"training", restore_dtype=True): a zip file that
   torch.load(path, weights_only=True) loads and load_state_dict(strict=True) accepts.
+- Hugging Face style (hf.py): plain safetensors with torch names, model directories and shard
+  indexes (safetensors or pytorch_model.bin) read; write_hf writes a from_pretrained directory,
+  write_safetensors a plain torch safetensors file.
 
 >>> from hubfmt.adapters import torch as pt
 >>> ckpt = pt.read("model.pth")                 # doctest: +SKIP
@@ -14,6 +17,8 @@ in-memory nn.Modules / state dicts with it.
 from __future__ import annotations
 
 from .formats import FORMATS, sniff
+from .hf import write_directory as write_hf
+from .hf import write_plain as write_safetensors
 from .memory import from_model, to_model
 from .reader import read
 from .writer import write
@@ -24,4 +29,5 @@ FRAMEWORK_MODULE = "torch"
 PIP_NAME = "torch"
 
 
-__all__ = ["FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model", "to_model"]
+__all__ = ["FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model", "to_model",
+           "write_hf", "write_safetensors"]

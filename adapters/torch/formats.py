@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from hubfmt.sdk import PREFER_EMA, RESTORE_DTYPE, WRITE, NativeFormat, Option
+from hubfmt.sdk import MAX_SHARD_SIZE, PREFER_EMA, RESTORE_DTYPE, TEMPLATE, WRITE, NativeFormat, Option, safetensors
 
 from .loading import sniff_bytes
 from .zipformat import is_torch_zip
@@ -17,12 +17,36 @@ FORMATS = (
                  options=(PREFER_EMA, RESTORE_DTYPE, LAYOUT)),
     NativeFormat("torch-legacy", (), "torch.save legacy format (_use_new_zipfile_serialization=False)", writes=False,
                  options=(PREFER_EMA,)),
+    # Plain safetensors with torch names: read when its "format" metadata or its names say torch;
+    # written with --to torch (a bare .safetensors output is a hub file).
+    NativeFormat("torch-safetensors", (".safetensors",), "plain safetensors with torch names and layouts "
+                 "(safetensors.torch.save_file; \"format\": \"pt\"), sharded with an index past --max-shard-size",
+                 options=(RESTORE_DTYPE, MAX_SHARD_SIZE), writer="write_safetensors"),
+    NativeFormat("hf", (), "Hugging Face model directory: config.json + model.safetensors or shards + index "
+                 "(read: also pytorch_model.bin[.index.json], or an index file); --to hf",
+                 layout="directory", options=(RESTORE_DTYPE, MAX_SHARD_SIZE, TEMPLATE), writer="write_hf"),
 )
 
 
 def sniff(path: str | os.PathLike) -> str | None:
-    """'torch-zip' for a zip with a <dir>/data.pkl member, 'torch-legacy' for the legacy magic."""
+    """'torch-zip' for a zip with a <dir>/data.pkl member, 'torch-legacy' for the legacy magic,
+    'hf' for a Hugging Face model directory or shard index, 'torch-safetensors' for a plain
+    safetensors file whose metadata or names say torch."""
+    from . import hf
+
     path = os.fspath(path)
+    if hf.model_directory_weights(path) is not None:
+        return "hf"
+    if os.path.basename(path) in (hf.SAFETENSORS_INDEX, hf.BIN_INDEX) or (
+            path.endswith(".safetensors.index.json") and os.path.isfile(path)):
+        return "hf" if _names_torch_index(path) else None
+    if os.path.isdir(path):
+        return None
+    if safetensors.is_safetensors(path):
+        try:
+            return "torch-safetensors" if hf.flavour(path)[0] == "torch" else None
+        except Exception:       # noqa: BLE001 - sniffing never fails: the reader says what is wrong
+            return None
     try:
         with open(path, "rb") as f:
             head = f.read(32)
@@ -32,3 +56,15 @@ def sniff(path: str | os.PathLike) -> str | None:
     if kind == "zip":
         return "torch-zip" if is_torch_zip(path) else None
     return kind
+
+
+def _names_torch_index(path: str) -> bool:
+    """An index file whose set is not a hub file (the hub reads its own indexes)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f).get("metadata") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return "hubfmt.version" not in meta

@@ -215,13 +215,20 @@ class _Reading:
 
 
 def read(path: str | os.PathLike, *, prefer_ema: bool = False) -> Checkpoint:
-    """Read a torch.save file (zip or legacy) as a lazy canonical Checkpoint, without torch.
+    """Read a torch.save file (zip or legacy), a plain torch safetensors file or a Hugging Face
+    model directory / shard index (adapters.torch.hf) as a lazy canonical Checkpoint, without torch.
 
     `prefer_ema` takes EMA weights ('ema', 'model_ema', ...) over the plain ones when both exist.
 
     >>> ckpt = read("model.pth")                  # doctest: +SKIP
     """
     path = os.fspath(path)
+    from . import hf
+    from .formats import sniff
+
+    if sniff(path) in ("hf", "torch-safetensors") or hf.model_directory_weights(path) is not None:
+        return hf.read(path)
+    hf.refuse_lone_shard(path, index_required=True)     # pytorch_model-00001-of-00002.bin
     obj, fmt = load(path)
     reading = _Reading(path, prefer_ema)
     return reading.checkpoint(obj, fmt)

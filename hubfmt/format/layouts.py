@@ -11,7 +11,7 @@ from __future__ import annotations
 KINDS = frozenset({
     "linear", "conv1d", "conv2d", "conv3d", "depthwise_conv2d",
     "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "embedding", "batch_norm", "layer_norm", "group_norm", "instance_norm",
+    "embedding", "batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm",
     "lstm", "gru", "rnn", "prelu", "tensor",
 })
 NORM_KINDS = frozenset({"batch_norm", "layer_norm", "group_norm", "instance_norm"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 
 from hubfmt.codecs import safetensors
@@ -90,6 +91,11 @@ def read(path: str | os.PathLike) -> Checkpoint:
     for shard in files:
         header, data_start, _ = safetensors.read_header(shard)
         meta = header.pop("__metadata__", {}) or {}
+        if not index_meta and manifest.KEY_VERSION in meta and manifest.KEY_MANIFEST not in meta:
+            # A shard carries the version but not the manifest (spec 1.3): alone, it is part of a model.
+            m = re.match(r"^(.+)-\d{5}-of-\d{5}\.safetensors$", os.path.basename(shard))
+            index = os.path.join(os.path.dirname(path), f"{m.group(1)}.safetensors{INDEX_SUFFIX}") if m else "its index"
+            raise FormatError(f"one shard of a sharded hub file: pass {index}, which names every shard", path)
         if parsed is None:
             parsed = manifest.parse(index_meta or meta, path)
             foreign_meta = {} if parsed else dict(meta)
@@ -167,6 +173,20 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
     meta = manifest.build(ckpt)
     for k in ckpt.extra:
         report.add("stored", f"extra[{k!r}]", "in the manifest (hubfmt.extra)")
+    # Its layouts are torch's: loaders that check safetensors' "format" convention accept it.
+    meta = {"format": "pt", **meta}
+    return write_safetensors(ckpt, path, names, out_dtypes, meta, report, overwrite=overwrite,
+                             max_shard_size=max_shard_size, progress=progress,
+                             shard_metadata={"format": "pt", manifest.KEY_VERSION: manifest.FORMAT_VERSION})
+
+
+def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes: dict[str, str], metadata: dict,
+                      report: Report, *, overwrite: bool = False, max_shard_size: int | None = None,
+                      progress: Progress | None = None, shard_metadata: dict | None = None) -> Report:
+    """Write tensors `names` of `ckpt` (each as `out_dtypes[name]`) as one safetensors file at
+    `path` with `metadata`, or, past `max_shard_size` bytes, as `stem-0000i-of-0000n.safetensors`
+    shards (each with `shard_metadata`) plus the index `path + ".index.json"` carrying `metadata`,
+    published last: the Hugging Face layout. Fills and returns `report`."""
     groups = _plan_shards(ckpt, names, out_dtypes, max_shard_size)
     if len(groups) == 1:
         finals = [path]
@@ -180,7 +200,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
         for i, group in enumerate(groups):
             shard_path = finals[i]
             # Every shard carries the version; the manifest lives in the index when sharded.
-            shard_meta = meta if len(groups) == 1 else {manifest.KEY_VERSION: manifest.FORMAT_VERSION}
+            shard_meta = metadata if len(groups) == 1 else dict(shard_metadata or {})
             head, _ = safetensors.header_bytes(shard_meta, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape) for n in group])
             with open(out.path(shard_path), "wb") as f:
                 f.write(head)
@@ -191,7 +211,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
                     weight_map[name] = os.path.basename(shard_path)
                 total += stream.bytes
         if len(groups) > 1:
-            index = {"metadata": {**meta, "total_size": str(total)}, "weight_map": weight_map}
+            index = {"metadata": {**metadata, "total_size": str(total)}, "weight_map": weight_map}
             with open(out.path(finals[-1]), "w") as f:
                 json.dump(index, f, indent=1)
     report.tensors_in = len(ckpt)
