@@ -15,7 +15,7 @@ import os
 
 from hubfmt import registry
 from hubfmt.alignment import Alignment, RuleSet, align_checkpoints, load_rules, load_target
-from hubfmt.errors import HubfmtError, OutputError
+from hubfmt.errors import ConversionError, HubfmtError, OutputError
 from hubfmt.format.checkpoint import Checkpoint
 from hubfmt.io import hubfile
 from hubfmt.io.progress import Busy, Progress
@@ -50,8 +50,21 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, framework: str | None = 
     path = os.fspath(path)
     name, fmt = registry.detect_output(path, framework)
     options = fmt.check_options(WRITE, options)
+    _check_dtypes_held(ckpt, fmt, path)
     writer = hubfile.write if name == registry.HUB else getattr(registry.adapter(name), fmt.writer)
     return writer(ckpt, path, overwrite=overwrite, progress=progress, **options)
+
+
+def _check_dtypes_held(ckpt: Checkpoint, fmt: registry.NativeFormat, path: str) -> None:
+    held_not = {}
+    for n in ckpt.stored_names():
+        dt = ckpt[n].tensor.dtype
+        if dt in fmt.dtypes_not_held:
+            held_not.setdefault(dt, []).append(n)
+    if held_not:
+        dt, names = next(iter(held_not.items()))
+        raise ConversionError(f"{fmt.name} cannot hold {dt} tensors ({len(names)}, e.g. {names[0]}); a hub file, a "
+                              f"torch file or an HF directory keeps them (`hubfmt formats` says which formats do)", path)
 
 
 def align(source, template, *, framework: str | None = None, template_framework: str | None = None,

@@ -139,6 +139,9 @@ class NativeFormat:
     # The adapter function that writes this format, when not `write` (an adapter with several
     # writable formats names one per format; the registry, not the path, decides which is called).
     writer: str = "write"
+    # dtypes the format has no way to store: a checkpoint holding them is refused before anything
+    # is written (float8 unless the format says it keeps it).
+    dtypes_not_held: tuple[str, ...] = ("float8_e4m3fn", "float8_e5m2")
 
     def options_for(self, side: str) -> dict[str, Option]:
         return {o.name: o for o in self.options if o.side == side}
@@ -184,7 +187,7 @@ COMMON = {o.name: o for o in (PREFER_EMA, KEEP_DTYPE, MAX_SHARD_SIZE, TEMPLATE)}
 HUB_FORMAT = NativeFormat(
     "hub", (".safetensors", ".safetensors.index.json"),
     "the neutral format: safetensors with the hubfmt manifest (spec/hubfmt-v1.md); sharded with an index",
-    options=(KEEP_DTYPE, MAX_SHARD_SIZE))
+    options=(KEEP_DTYPE, MAX_SHARD_SIZE), dtypes_not_held=())
 
 
 class Detected(NamedTuple):

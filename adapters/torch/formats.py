@@ -14,17 +14,18 @@ LAYOUT = Option("layout", "str", "state_dict", "state_dict: a bare state dict; t
 FORMATS = (
     # .ckpt is MindSpore's suffix for output; Lightning .ckpt zips are still read (sniffed by content).
     NativeFormat("torch-zip", (".pt", ".pth", ".bin"), "torch.save zip archive (data.pkl + raw storages)",
-                 options=(PREFER_EMA, RESTORE_DTYPE, LAYOUT)),
+                 options=(PREFER_EMA, RESTORE_DTYPE, LAYOUT), dtypes_not_held=()),
     NativeFormat("torch-legacy", (), "torch.save legacy format (_use_new_zipfile_serialization=False)", writes=False,
                  options=(PREFER_EMA,)),
     # Plain safetensors with torch names: read when its "format" metadata or its names say torch;
     # written with --to torch (a bare .safetensors output is a hub file).
     NativeFormat("torch-safetensors", (".safetensors",), "plain safetensors with torch names and layouts "
                  "(safetensors.torch.save_file; \"format\": \"pt\"), sharded with an index past --max-shard-size",
-                 options=(RESTORE_DTYPE, MAX_SHARD_SIZE), writer="write_safetensors"),
+                 options=(RESTORE_DTYPE, MAX_SHARD_SIZE), writer="write_safetensors", dtypes_not_held=()),
     NativeFormat("hf", (), "Hugging Face model directory: config.json + model.safetensors or shards + index "
                  "(read: also pytorch_model.bin[.index.json], or an index file); --to hf",
-                 layout="directory", options=(RESTORE_DTYPE, MAX_SHARD_SIZE, TEMPLATE), writer="write_hf"),
+                 layout="directory", options=(RESTORE_DTYPE, MAX_SHARD_SIZE, TEMPLATE), writer="write_hf",
+                 dtypes_not_held=()),
 )
 
 

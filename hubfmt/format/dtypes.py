@@ -1,7 +1,9 @@
 """Canonical dtype names and the few conversions numpy cannot do by itself (bfloat16).
 
 numpy has no bfloat16: hubfmt carries bfloat16 data as uint16 arrays holding the raw bits, with
-the dtype *name* "bfloat16" kept beside them (see LazyTensor.dtype).
+the dtype *name* "bfloat16" kept beside them (see LazyTensor.dtype). float8 (e4m3fn, e5m2) rides
+the same way in uint8 arrays: it is stored as it is (quantized weights with their scale tensors;
+widening adds nothing), and converted only when asked, with ml_dtypes.
 """
 from __future__ import annotations
 
@@ -23,8 +25,13 @@ _TABLE: dict[str, tuple[str, np.dtype]] = {
     "uint8": ("U8", np.dtype("u1")),
     "bool": ("BOOL", np.dtype("?")),
     "complex64": ("C64", np.dtype("<c8")),
+    "float8_e4m3fn": ("F8_E4M3", np.dtype("u1")),
+    "float8_e5m2": ("F8_E5M2", np.dtype("u1")),
 }
+# Floating dtypes the hub widens to float32 by default (spec 3.3); float8 is kept as it is.
 FLOATING = frozenset({"float64", "float32", "float16", "bfloat16"})
+FLOAT8 = frozenset({"float8_e4m3fn", "float8_e5m2"})
+_RAW_BITS = {"bfloat16"} | FLOAT8        # never guessed from a numpy dtype
 DTYPES = frozenset(_TABLE)
 _BY_CODE = {code: name for name, (code, _) in _TABLE.items()}
 
@@ -50,7 +57,7 @@ def name_of(dtype: np.dtype) -> str:
     """Canonical name of a numpy dtype (uint16 stays uint16: bfloat16 is never guessed)."""
     dt = np.dtype(dtype)
     for name, (_, st) in _TABLE.items():
-        if name != "bfloat16" and st.kind == dt.kind and st.itemsize == dt.itemsize:
+        if name not in _RAW_BITS and st.kind == dt.kind and st.itemsize == dt.itemsize:
             return name
     raise ValueError(f"unsupported dtype {dt}")
 
@@ -66,6 +73,8 @@ def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
     shape = np.shape(array)
     # 0-d arrays would go through numpy's scalar casting rules (uint32 << 16 -> int64): work 1-d.
     array = np.asarray(array).reshape(-1)
+    if src in FLOAT8 or dst in FLOAT8:
+        return _convert_float8(array, src, dst).reshape(shape)
     if src == "bfloat16":
         wide = (array.astype("<u4") << 16).view("<f4")
         out = wide if dst == "float32" else wide.astype(storage_dtype(dst))
@@ -89,3 +98,16 @@ def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
 def _as_storage(array: np.ndarray, dtype: str) -> np.ndarray:
     sd = storage_dtype(dtype)
     return array if array.dtype == sd else array.astype(sd)
+
+
+def _convert_float8(array: np.ndarray, src: str, dst: str) -> np.ndarray:
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ValueError(f"converting {src} to {dst} needs ml_dtypes (pip install ml_dtypes)") from None
+    kinds = {"float8_e4m3fn": ml_dtypes.float8_e4m3fn, "float8_e5m2": ml_dtypes.float8_e5m2}
+    if src in FLOAT8:
+        wide = np.asarray(array).view(kinds[src]).astype(np.float32)
+        return convert(wide, "float32", dst) if dst != "float32" else wide
+    f32 = convert(array, src, "float32") if src != "float32" else np.asarray(array, dtype="<f4")
+    return f32.astype(kinds[dst]).view(np.uint8)
