@@ -56,7 +56,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, framework: str | None = 
 
 
 def _check_dtypes_held(ckpt: Checkpoint, fmt: registry.NativeFormat, path: str) -> None:
-    held_not = {}
+    held_not: dict[str, list[str]] = {}
     for n in ckpt.stored_names():
         dt = ckpt[n].tensor.dtype
         if dt in fmt.dtypes_not_held:
