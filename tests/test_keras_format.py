@@ -16,7 +16,8 @@ from hubfmt.io import hubfile
 from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
 from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import ConversionError, FormatError, HubfmtError, OutputError
-from hubfmt.adapters.tensorflow import keras_config, keras_h5
+from hubfmt.adapters import keras as keras_h5
+from hubfmt.adapters.keras import config as keras_config
 
 RNG = np.random.default_rng(0)
 

@@ -13,17 +13,17 @@ then non-trainable ones), so the class and its configuration decide what each po
 
 Without config.json (a bare .weights.h5) the class comes from the item name Keras gave the layer
 (`conv2d_3` -> Conv2D) or, for attributes of subclassed models, from the variables' shapes when
-they fit exactly one class. Leaf names are semantics.py's vocabulary.
+they fit exactly one class. Leaf names are layers.py's vocabulary.
 """
 from __future__ import annotations
 
 import re
 
-from .keras_config import snake_case
-from .keras_store import VarGroup
-from .semantics import KERAS_CLASS_KINDS
+from .config import snake_case
+from .store import VarGroup
+from .layers import KERAS_CLASS_KINDS
 
-# Classes this module knows the variable order of (a subset of semantics.KERAS_CLASS_KINDS).
+# Classes this module knows the variable order of (a subset of layers.KERAS_CLASS_KINDS).
 _CONV = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
 _RNN = ("LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell")
 KNOWN = (*_CONV, "Dense", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",

@@ -19,7 +19,7 @@ from hubfmt.sdk import from_plain
 
 from . import meta as meta_codec
 from . import pickled
-from .semantics import kind_from_names
+from .names import kind_from_names
 
 SNAPSHOT_DONE = "snapshot_done"
 EXTRA_DIR = "hubfmt_extra"          # sidecar oneflow.save directory holding ckpt.extra (see writer)

@@ -15,7 +15,7 @@ from hubfmt.sdk import Checkpoint, LazyTensor, SourceInfo, TensorInfo
 from hubfmt.sdk import ConversionError, MissingFrameworkError
 from hubfmt.sdk import Report
 
-from . import kinds
+from . import names as kinds
 from .vocabulary import TORCH_DTYPES
 
 

@@ -16,7 +16,8 @@ from hubfmt.sdk import ConversionError, FormatError
 from hubfmt.sdk import Report
 from hubfmt.sdk import OpaqueObject
 
-from . import kinds, modules
+from . import modules
+from . import names as kinds
 from .loading import load
 from .tensors import tie_key, to_lazy
 from .vocabulary import Storage, TensorRef, TorchDtype
