@@ -43,7 +43,9 @@ from hubfmt.format.checksums import Checksum
 from hubfmt.format.checkpoint import Checkpoint, Entry, LayerInfo, SourceInfo, TensorInfo
 from hubfmt.format.extra import from_plain, to_plain
 from hubfmt.format.tensor import FileSpan, LazyTensor
+from hubfmt.io import layer_rules
 from hubfmt.io.atomic import atomic_output, atomic_outputs
+from hubfmt.io.layer_rules import LayerRules, Leaf, Mapped, Stacked, Summed
 from hubfmt.io.progress import Progress
 from hubfmt.format.tensor import pread_into, read_region, region_tensor
 from hubfmt.io.stream import Piece, TensorStream, fold_region, prefetched, write_tensor
@@ -66,8 +68,9 @@ __all__ = [
     "region_tensor", "read_region", "pread_into", "fold_region", "prefetched", "write_tensor", "Progress",
     "TensorStream", "Piece", "Checksum", "checksums",
     "atomic_output", "atomic_outputs",
-    # layouts
+    # layouts, and a layer's native tensors <-> canonical ones as a declarative table (names.py)
     "convert_layout", "depthwise_to_hwcm", "reorder_gates", "permute",
+    "layer_rules", "LayerRules", "Leaf", "Summed", "Stacked", "Mapped",
     # codecs
     "RestrictedUnpickler", "restricted_loads", "unwrap", "OpaqueObject", "PickleEmitter", "protowire", "safetensors",
     "ziparchive", "FileCursor",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hubfmt.errors import FormatError
-from hubfmt.adapters import keras as keras_h5
+from hubfmt.adapters import keras as keras_adapter
 
 from conftest import run_cli
 
@@ -27,7 +27,7 @@ def _h5(path, datasets: dict, attrs: dict | None = None):
 
 def _expect(path, *fragments):
     with pytest.raises(FormatError) as e:
-        ckpt = keras_h5.read(path)
+        ckpt = keras_adapter.read(path)
         for n in ckpt:          # lazily read data must fail too, not only the structure
             ckpt.tensor(n)
     msg = str(e.value)

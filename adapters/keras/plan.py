@@ -20,7 +20,7 @@ from hubfmt.sdk import Report
 
 from . import names
 from .config import snake_case
-from .layers import (KERAS_BN_EPS, KERAS_BN_MOMENTUM, KERAS_CLASS_KINDS, bn_momentum_from_canonical,
+from .names import (KERAS_BN_EPS, KERAS_BN_MOMENTUM, KERAS_CLASS_KINDS, bn_momentum_from_canonical,
                      bn_momentum_to_canonical, export_layer)
 from .store import scan as scan_store
 

@@ -106,11 +106,11 @@ def natural_key(name: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def _classify(name: str, names: set[str]) -> str | None:
+def _classify(name: str, weights: set[str]) -> str | None:
     """Why a TF1 variable is training state and not a weight (None: it is a weight)."""
     parts = name.split("/")
     leaf = parts[-1]
-    if SLOT_RE.match(leaf) and "/".join(parts[:-1]) in names:
+    if SLOT_RE.match(leaf) and "/".join(parts[:-1]) in weights:
         return f"optimizer slot ({leaf})"
     if _POWER_RE.match(leaf):
         return "optimizer state (Adam beta power)"
@@ -220,9 +220,9 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
         if full_names:
             numeric = _by_full_names(numeric, full_names)
     if not tf2:
-        names = set(numeric)
+        weights = set(numeric)
         for var in list(numeric):
-            why = _classify(var, names)
+            why = _classify(var, weights)
             if why:
                 _keep_counter(ckpt, var, numeric[var][1])
                 rep.add("dropped", numeric.pop(var)[0], why)
@@ -249,12 +249,12 @@ def _by_full_names(numeric: dict, full_names: dict[str, str]) -> dict:
     """Rename TF2 variables by their own names when they look like one Keras model's
     ('<model>/<layer...>/<var>', unique), minus the model's name ('sequential/c1/kernel' ->
     'c1/kernel'); else keep the object paths. The order stays the object graph's (model order)."""
-    names = {var: full_names.get(key, "").removesuffix(":0") for var, (key, _) in numeric.items()}
-    firsts = {n.split("/", 1)[0] for n in names.values()}
-    if (not names or len(firsts) != 1 or len(set(names.values())) != len(names)
-            or not all(n.count("/") >= 2 for n in names.values())):
+    own = {var: full_names.get(key, "").removesuffix(":0") for var, (key, _) in numeric.items()}
+    firsts = {n.split("/", 1)[0] for n in own.values()}
+    if (not own or len(firsts) != 1 or len(set(own.values())) != len(own)
+            or not all(n.count("/") >= 2 for n in own.values())):
         return numeric
-    return {names[var].split("/", 1)[1]: value for var, value in numeric.items()}
+    return {own[var].split("/", 1)[1]: value for var, value in numeric.items()}
 
 
 def _cells_into_layers(groups: dict) -> dict:
