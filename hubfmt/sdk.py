@@ -23,7 +23,7 @@ the entry-point group `hubfmt.adapters`) exposing these names:
 The hub validates options against FORMATS before calling read/write, so an adapter's functions
 receive only options its format declares, with values of the declared types. Rules: an adapter
 imports its framework only inside from_model/to_model, never another adapter, and from the hub
-only this module. tests/contract.py is the conformance suite any adapter can reuse.
+only this module. hubfmt.contract.AdapterContract is the conformance suite any adapter can reuse.
 
 The modules of an adapter have the same names for the same jobs: `__init__.py` (re-exports
 only), `formats.py` (FORMATS and sniff), `reader.py`, `writer.py`, `names.py` (native names and
