@@ -423,3 +423,21 @@ def test_layer_rules_round_trip_every_keras_kind():
         assert list(back) == list(nat), kind
         for leaf, tensor in nat.items():
             assert back[leaf].shape == tensor.shape and np.array_equal(back[leaf].load(), tensor.load()), (kind, leaf)
+
+
+def test_training_counters_are_dropped_and_other_loose_tensors_refused(tmp_path):
+    """An integer scalar outside any layer (epoch, step: MindSpore's append_dict, TF's global_step)
+    is training state, not a weight: dropped and reported. A loose float tensor has no Keras layer
+    either and stays an error unless strict=False."""
+    rng = np.random.default_rng(5)
+    ckpt = Checkpoint()
+    ckpt.add("fc.weight", LazyTensor.from_array(rng.standard_normal((3, 4)).astype(np.float32)),
+             TensorInfo(kind="linear"))
+    ckpt.add("epoch", LazyTensor.from_array(np.array(7, np.int64)), TensorInfo(kind="tensor"))
+    report = keras_adapter.write(ckpt, str(tmp_path / "m.weights.h5"))
+    assert "epoch" in report.names("dropped")
+    assert list(keras_adapter.read(str(tmp_path / "m.weights.h5"))) == ["fc.weight"]
+    ckpt.add("scale", LazyTensor.from_array(np.ones(3, np.float32)), TensorInfo(kind="tensor"))
+    with pytest.raises(ConversionError, match="no Keras layer"):
+        keras_adapter.write(ckpt, str(tmp_path / "n.weights.h5"))
+    assert "scale" in keras_adapter.write(ckpt, str(tmp_path / "n.weights.h5"), strict=False).names("dropped")

@@ -9,7 +9,7 @@ from hubfmt.sdk import READ, RESTORE_DTYPE, STRICT_READ, STRICT_WRITE, TEMPLATE,
 NAME = "keras"
 FRAMEWORK = "tensorflow"            # --from/--to tensorflow covers these files too
 FRAMEWORK_MODULE = "keras"
-PIP_NAME = "keras"
+PIP_NAME = "tensorflow-cpu"              # Keras 3 with its TensorFlow backend
 
 TEMPLATE_READ = Option("template", "template", None, "the model's .keras archive or live Keras model: "
                        "layer classes for a bare .weights.h5", READ)

@@ -15,6 +15,7 @@ from hubfmt.sdk import ConversionError, MissingFrameworkError
 from hubfmt.sdk import Report
 
 from . import plan
+from .formats import FRAMEWORK, PIP_NAME
 from .names import KNOWN
 from .owners import Owner, add_owner
 
@@ -23,7 +24,7 @@ def _keras():
     try:
         import keras
     except ImportError:
-        raise MissingFrameworkError("keras", "tensorflow", "a Keras model's weights") from None
+        raise MissingFrameworkError("keras", PIP_NAME, "a Keras model's weights") from None
     return keras
 
 
@@ -126,7 +127,7 @@ def from_model(model, *, strict: bool = True) -> Checkpoint:
         raise ConversionError("the Keras model is not built: call it on data or model.build(shape) first")
     ckpt = Checkpoint()
     ckpt.report.stage = "read"
-    ckpt.source = SourceInfo("tensorflow", f"keras {keras.__version__}", "", "keras-model")
+    ckpt.source = SourceInfo(FRAMEWORK, f"keras {keras.__version__}", "", "keras-model")
     for module, layer, cls, variables, suffix in walk(model):
         config = _config(layer) if cls else {}
         names = [getattr(v, "path", None) or v.name for v in variables]

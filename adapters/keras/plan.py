@@ -74,6 +74,12 @@ def canonical_layers(ckpt: Checkpoint, report: Report, *, strict: bool) -> list[
             continue
         if info.kind == "tensor":
             m = re.match(r"^(?:(.*)\.)?vars\.(\d+)$", name)
+            if not m and e.tensor.shape == () and e.tensor.dtype.startswith(("int", "uint")):
+                # a training counter (epoch, step, global_step: MindSpore and TF checkpoints keep
+                # them as variables), not a weight: dropped, as num_batches_tracked is
+                report.add("dropped", name, "integer scalar outside any layer (a training counter): "
+                                            "a Keras weights file holds layer variables only")
+                continue
             if not m:
                 if strict:
                     raise ConversionError(f"{name}: a tensor of unknown kind with no Keras layer to hold it "
