@@ -9,7 +9,7 @@ group `hubfmt.adapters` (name = module), for example in their pyproject.toml:
     paddle = "hubfmt_paddle"
 
 Each adapter module exposes NAME, FRAMEWORK, FRAMEWORK_MODULE, PIP_NAME, FORMATS, sniff, read,
-write, from_model and to_model (hubfmt.sdk documents the contract; tests/contract.py checks it).
+write, from_model and to_model (hubfmt.sdk documents the contract; hubfmt.contract checks it).
 """
 from __future__ import annotations
 

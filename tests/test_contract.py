@@ -29,3 +29,15 @@ class TestOneFlow(AdapterContract):
     adapter_name = "oneflow"
     output_name = "model.oneflow"
     dtypes = NUMERIC
+
+
+class TestTensorFlow(AdapterContract):
+    adapter_name = "tensorflow"
+    output_name = "model.ckpt.index"
+    dtypes = NUMERIC
+
+
+class TestKeras(AdapterContract):
+    adapter_name = "keras"
+    output_name = "model.weights.h5"
+    dtypes = NUMERIC

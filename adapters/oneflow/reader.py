@@ -19,9 +19,9 @@ from hubfmt.sdk import from_plain
 
 from . import meta as meta_codec
 from . import pickled
-from .semantics import kind_from_names
+from .formats import SNAPSHOT_DONE, sniff
+from .names import kind_from_names
 
-SNAPSHOT_DONE = "snapshot_done"
 EXTRA_DIR = "hubfmt_extra"          # sidecar oneflow.save directory holding ckpt.extra (see writer)
 MAX_PICKLE_BYTES = 1 << 30
 # Nodes of the pickled object as a tree. Pickles share objects, so a few hundred bytes can describe
@@ -30,20 +30,6 @@ MAX_NODES = 1_000_000
 MAX_DEPTH = 100
 # Where a training checkpoint keeps the model's state dict, most preferred first.
 MODEL_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
-
-
-def sniff(path: str) -> str | None:
-    """'oneflow' for a oneflow.save directory, 'oneflow-legacy' for an old snapshot, else None."""
-    try:
-        if not os.path.isdir(path):
-            return None
-        if os.path.isfile(os.path.join(path, pickled.PICKLE_FILENAME)):
-            return "oneflow"
-        if os.path.isfile(os.path.join(path, SNAPSHOT_DONE)):
-            return "oneflow-legacy"
-    except OSError:
-        return None
-    return None
 
 
 def _read_small(path: str, limit: int, what: str) -> bytes:

@@ -5,6 +5,11 @@ import os
 
 from hubfmt.sdk import MAX_SHARD_SIZE, PREFER_EMA, RESTORE_DTYPE, TEMPLATE, WRITE, NativeFormat, Option, safetensors
 
+NAME = "torch"
+FRAMEWORK = "torch"
+FRAMEWORK_MODULE = "torch"
+PIP_NAME = "torch"
+
 from .loading import sniff_bytes
 from .zipformat import is_torch_zip
 

@@ -56,7 +56,7 @@ _TOUR = (
     ("mindspore", "model.ckpt"),
     ("mxnet", "model.params"),
     ("tensorflow", "model.index"),
-    ("tensorflow", "model.weights.h5"),
+    ("keras", "model.weights.h5"),
     ("oneflow", "model.oneflow"),
 )
 

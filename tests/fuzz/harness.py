@@ -130,8 +130,8 @@ def _oneflow_legacy(d: str) -> str:
 EXTRA_SAMPLES: dict[str, tuple[str, Callable[[str], str]]] = {
     "torch:legacy": ("torch", _torch_legacy),
     "oneflow:legacy": ("oneflow", _oneflow_legacy),
-    "tensorflow:keras-archive": ("tensorflow", _keras_archive),
-    "tensorflow:keras-h5": ("tensorflow", _keras_legacy_h5),
+    "keras:keras-archive": ("keras", _keras_archive),
+    "keras:keras-h5": ("keras", _keras_legacy_h5),
 }
 
 
