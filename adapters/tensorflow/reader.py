@@ -115,7 +115,7 @@ def _classify(name: str, weights: set[str]) -> str | None:
     if _POWER_RE.match(leaf):
         return "optimizer state (Adam beta power)"
     if name in _COUNTERS:
-        return f"training counter ({name}), value kept in extra"
+        return f"a training counter, not a weight: its value moves to non-tensor content extra[{name!r}]"
     if "/" + EMA in "/" + name and (leaf == "biased" or leaf == "local_step"):
         return "EMA debiasing state"
     return None
@@ -300,7 +300,7 @@ def _tf2_classify(key: str, var: str) -> str | None:
     if first == "optimizer":
         return "optimizer state"
     if var == "save_counter":
-        return "training counter (save_counter), value kept in extra"
+        return "a training counter, not a weight: its value moves to non-tensor content extra['save_counter']"
     if not key.endswith(VALUE_SUFFIX):
         return "object attribute, not a variable"
     return None
