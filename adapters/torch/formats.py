@@ -19,7 +19,7 @@ LAYOUT = Option("layout", "str", "state_dict", "state_dict: a bare state dict; t
 FORMATS = (
     # .ckpt is MindSpore's suffix for output; Lightning .ckpt zips are still read (sniffed by content).
     NativeFormat("torch-zip", (".pt", ".pth", ".bin"), "torch.save zip archive (data.pkl + raw storages)",
-                 options=(PREFER_EMA, RESTORE_DTYPE, LAYOUT), dtypes_not_held=()),
+                 options=(PREFER_EMA, RESTORE_DTYPE, LAYOUT, MAX_SHARD_SIZE), dtypes_not_held=()),
     NativeFormat("torch-legacy", (), "torch.save legacy format (_use_new_zipfile_serialization=False)", writes=False,
                  options=(PREFER_EMA,)),
     # Plain safetensors with torch names: read when its "format" metadata or its names say torch;
@@ -44,7 +44,7 @@ def sniff(path: str | os.PathLike) -> str | None:
     if hf.model_directory_weights(path) is not None:
         return "hf"
     if os.path.basename(path) in (hf.SAFETENSORS_INDEX, hf.BIN_INDEX) or (
-            path.endswith(".safetensors.index.json") and os.path.isfile(path)):
+            path.endswith((".safetensors.index.json", ".bin.index.json")) and os.path.isfile(path)):
         return "hf" if _names_torch_index(path) else None
     if os.path.isdir(path):
         return None
