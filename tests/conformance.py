@@ -26,6 +26,7 @@ from hubfmt import Checkpoint, LazyTensor, TensorInfo, registry
 from hubfmt.format import dtypes
 
 ALL = frozenset(dtypes.DTYPES)
+WITHOUT_FP8 = ALL - dtypes.FLOAT8        # float8: only the hub, torch and HF files hold it (NativeFormat.dtypes_not_held)
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,10 @@ class Format:
 FORMATS = [
     Format("hub", "x.safetensors", ALL),
     Format("torch", "x.pth", ALL),
-    Format("mxnet", "x.params", ALL - {"complex64"}, ties="copied", rank0=False),
-    Format("tensorflow", "x.index", ALL, ties="dropped", ordered=False),
-    Format("mindspore", "x.ckpt", ALL - {"complex64"}, ties="dropped"),
-    Format("mindspore", "x.safetensors", ALL - {"complex64"}, ties="dropped"),
+    Format("mxnet", "x.params", WITHOUT_FP8 - {"complex64"}, ties="copied", rank0=False),
+    Format("tensorflow", "x.index", WITHOUT_FP8, ties="dropped", ordered=False),
+    Format("mindspore", "x.ckpt", WITHOUT_FP8 - {"complex64"}, ties="dropped"),
+    Format("mindspore", "x.safetensors", WITHOUT_FP8 - {"complex64"}, ties="dropped"),
     Format("oneflow", "x.oneflow", frozenset({"bool", "float16", "float32", "float64", "int8", "int32", "int64", "uint8"})),
 ]
 
