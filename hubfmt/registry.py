@@ -33,6 +33,7 @@ BUILTIN = {
     "mxnet": "hubfmt.adapters.mxnet",
     "mindspore": "hubfmt.adapters.mindspore",
     "oneflow": "hubfmt.adapters.oneflow",
+    "onnx": "hubfmt.adapters.onnx",
 }
 READ, WRITE = "read", "write"
 _TYPES = ("bool", "int", "float", "str", "size", "mapping", "template")

@@ -29,3 +29,14 @@ class TestOneFlow(AdapterContract):
     adapter_name = "oneflow"
     output_name = "model.oneflow"
     dtypes = NUMERIC
+
+
+class TestONNX(AdapterContract):
+    adapter_name = "onnx"
+    output_name = "model.onnx"
+    dtypes = NUMERIC
+
+    def write_options(self, ckpt):
+        from onnx_template import bare_template_for
+
+        return {"template": bare_template_for(ckpt)}
