@@ -34,6 +34,7 @@ BUILTIN = {
     "mindspore": "hubfmt.adapters.mindspore",
     "oneflow": "hubfmt.adapters.oneflow",
     "onnx": "hubfmt.adapters.onnx",
+    "flax": "hubfmt.adapters.flax",
 }
 READ, WRITE = "read", "write"
 _TYPES = ("bool", "int", "float", "str", "size", "mapping", "template")

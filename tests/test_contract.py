@@ -40,3 +40,9 @@ class TestONNX(AdapterContract):
         from onnx_template import bare_template_for
 
         return {"template": bare_template_for(ckpt)}
+
+
+class TestFlax(AdapterContract):
+    adapter_name = "flax"
+    output_name = "model.msgpack"
+    dtypes = NUMERIC

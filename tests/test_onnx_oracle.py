@@ -54,6 +54,16 @@ def test_finetuned_pth_into_exported_onnx_runs_as_torch(tmp_path, kind, fold):
     a, b = onnx.load(tpl), onnx.load(str(tmp_path / "model_ft.onnx"))
     assert a.graph.node == b.graph.node and a.graph.input == b.graph.input and a.opset_import == b.opset_import
     assert [t.name for t in a.graph.initializer] == [t.name for t in b.graph.initializer]
+    assert _outside_initializers(tpl) == _outside_initializers(str(tmp_path / "model_ft.onnx"))
+
+
+def _outside_initializers(path: str) -> list[bytes]:
+    """Every byte of the model but the initializers' (and the graph's length prefix)."""
+    from hubfmt.adapters.onnx import proto
+    m = proto.scan(path)
+    data = open(path, "rb").read()
+    top = [data[s:e] for i, (_, s, e) in enumerate(m.top) if i != m.graph_field]
+    return top + [data[s:e] for num, s, e in m.graph if num != 5]
 
 
 @pytest.mark.parametrize("kind,fold", CASES)
