@@ -29,19 +29,24 @@ def template_for(ckpt) -> str:
 def bare_model(ckpt, path: str) -> str:
     """A ModelProto whose graph holds only initializers, one per tensor of `ckpt` (a hubfmt
     Checkpoint) with its name, shape and dtype (the source's dtype when it was widened), written
-    with hubfmt's protobuf wire codec: no onnx needed, every dtype hubfmt carries (bfloat16 too)."""
+    with hubfmt's protobuf wire codec: no onnx needed, every dtype hubfmt carries (bfloat16 too).
+    Streamed: one tensor in memory at a time."""
     from hubfmt.adapters.onnx.proto import CODE_OF
     from hubfmt.sdk import dtypes, protowire as pw
 
-    graph = b""
+    heads, sizes = [], []
     for name, e in ckpt.entries.items():
         dt = e.info.original_dtype or e.tensor.dtype
-        arr = dtypes.convert(ckpt.tensor(name), e.tensor.dtype, dt)
+        nbytes = e.tensor.nbytes // dtypes.itemsize(e.tensor.dtype) * dtypes.itemsize(dt)
         body = b"".join(pw.field_varint(1, d) for d in e.tensor.shape) + pw.field_varint(2, CODE_OF[dt])
-        body += pw.field_bytes(8, name.encode()) + pw.field_bytes(9, arr.tobytes())
-        graph += pw.field_bytes(5, body)
+        body += pw.field_bytes(8, name.encode()) + pw.field_length(9, nbytes)
+        heads.append((name, dt, pw.field_length(5, len(body) + nbytes) + body))
+        sizes.append(len(heads[-1][2]) + nbytes)
     with open(path, "wb") as f:
-        f.write(pw.field_varint(1, 8) + pw.field_bytes(7, graph))
+        f.write(pw.field_varint(1, 8) + pw.field_length(7, sum(sizes)))
+        for name, dt, head in heads:
+            e = ckpt[name]
+            f.write(head + dtypes.convert(e.tensor.load(), e.tensor.dtype, dt).tobytes())
     return path
 
 

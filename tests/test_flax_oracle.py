@@ -8,7 +8,7 @@ import pytest
 
 from conftest import assert_same_outputs, require, run_cli
 from hubfmt.adapters import flax as adapter
-from hubfmt.errors import ConversionError, FormatError
+from hubfmt.errors import ConversionError
 from onnx_models import Block, perturbed
 
 torch = require("torch")
@@ -191,6 +191,17 @@ def test_scalars_chunked_arrays_and_bfloat16(tmp_path):
         fs.MAX_CHUNK_SIZE = old
     (tmp_path / "c.msgpack").write_bytes(data)
     assert np.array_equal(adapter.read(tmp_path / "c.msgpack").tensor("e.weight"), big)
+    # and written in that form past the limit (patched small here too), restored by flax
+    from hubfmt.adapters.flax import msgpack_tree
+    ours = tmp_path / "ours.msgpack"
+    limit = msgpack_tree.MAX_CHUNK_SIZE
+    msgpack_tree.MAX_CHUNK_SIZE = 8
+    try:
+        adapter.write(adapter.read(tmp_path / "c.msgpack"), ours)
+    finally:
+        msgpack_tree.MAX_CHUNK_SIZE = limit
+    assert b"__msgpack_chunked_array__" in ours.read_bytes()
+    assert np.array_equal(serialization.msgpack_restore(ours.read_bytes())["params"]["e"]["embedding"], big)
     back = tmp_path / "back.msgpack"
     adapter.write(ckpt, back)
     again = serialization.msgpack_restore(back.read_bytes())
@@ -208,23 +219,3 @@ def test_template_mismatch_is_refused(tmp_path):
     with pytest.raises(ConversionError, match="Dense_0.weight"):
         adapter.write(ckpt, tmp_path / "x.msgpack", template=str(tmp_path / "init.msgpack"))
     assert not (tmp_path / "x.msgpack").exists()
-
-
-@pytest.mark.parametrize("content,problem", [
-    (b"\x81\xa1w\xc7\x05\x01\x93\x91\x02\xa7", "runs past the end"),
-    (b"\x81\xa1w\xc1", "starts no msgpack value"),
-    (b"\x81\xa1w\xc7\x11\x01\x93\x91\x02\xa7float32\xc4\x04abcd", "needs 8 bytes, holds 4"),
-    (b"\x81\xa1w\xc7\x11\x01\x93\x91\x02\xa7float99\xc4\x04abcd", "dtype 'float99'"),
-    (b"\x82\xa1w\x01\xa1w\x02", "appears twice"),
-    (b"\x81\xa1w" + b"\x91" * 200 + b"\x01", "deeper"),
-    (b"\x81\xa1w\x01\x00", "bytes after"),
-])
-def test_bad_input_is_a_format_error(tmp_path, content, problem):
-    bad = tmp_path / "bad.msgpack"
-    bad.write_bytes(content)
-    with pytest.raises(FormatError) as e:
-        ckpt = adapter.read(bad)
-        for n in ckpt:
-            ckpt.tensor(n)
-    assert problem in str(e.value) and str(bad) in str(e.value) and "\n" not in str(e.value)
-    assert adapter.sniff(bad) is None

@@ -144,6 +144,24 @@ def _with_template(ckpt: Checkpoint, template: str, report: Report, strict: bool
     return rebuild(tpl, ())
 
 
+def _chunked(f, node: _Array, piece) -> None:
+    """An array over MAX_CHUNK_SIZE as flax writes it (msgpack cannot hold a leaf over 2 GiB):
+    {"__msgpack_chunked_array__": True, "shape": {"0": d0, ...}, "chunks": {"0": flat part, ...}}."""
+    flat = piece.array().reshape(-1)            # one tensor in memory, as every writer holds it
+    per = max(1, msgpack_tree.MAX_CHUNK_SIZE // dtypes.itemsize(node.dtype))
+    starts = range(0, flat.size, per)
+    plain = msgpack_tree.plain
+    f.write(msgpack_tree.map_header(3) + plain(msgpack_tree.CHUNKED) + plain(True) + plain("shape")
+            + msgpack_tree.map_header(len(node.leaf.shape)))
+    for i, d in enumerate(node.leaf.shape):
+        f.write(plain(str(i)) + plain(int(d)))
+    f.write(plain("chunks") + msgpack_tree.map_header(len(starts)))
+    for i, a in enumerate(starts):
+        part = flat[a:a + per]
+        f.write(plain(str(i)) + msgpack_tree.ndarray_header(part.shape, node.dtype))
+        f.write(memoryview(part).cast("B"))
+
+
 def _arrays(tree) -> list[_Array]:
     if isinstance(tree, dict):
         return [a for v in tree.values() for a in _arrays(v)]
@@ -166,10 +184,6 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     for a in items:
         if a.dtype not in dtypes.DTYPES:
             raise ConversionError(f"{'/'.join(a.leaf.path)}: no msgpack form for dtype {a.dtype}")
-        if a.tensor.nbytes // max(dtypes.itemsize(a.tensor.dtype), 1) * dtypes.itemsize(a.dtype) > \
-                msgpack_tree.MAX_CHUNK_SIZE:
-            raise ConversionError(f"{'/'.join(a.leaf.path)}: arrays over 1 GiB (flax's chunked form) are not "
-                                  "written yet")
     stream = TensorStream(items, progress=progress)
     pieces = iter(stream)
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
@@ -182,8 +196,11 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
             elif isinstance(node, _Array):
                 item, piece = next(pieces)
                 assert item is node
-                f.write(msgpack_tree.ndarray_header(node.leaf.shape, node.dtype, node.scalar))
-                piece.write(f)
+                if piece.nbytes > msgpack_tree.MAX_CHUNK_SIZE:
+                    _chunked(f, node, piece)
+                else:
+                    f.write(msgpack_tree.ndarray_header(node.leaf.shape, node.dtype, node.scalar))
+                    piece.write(f)
             elif isinstance(node, (np.generic,)):
                 f.write(msgpack_tree.plain(node.item()))
             else:
