@@ -13,5 +13,7 @@ def test_demo_round_trips_through_every_installed_adapter(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "every round trip bit-exact" in r.stdout
     for fw in registry.available():
-        if fw != "torch":
+        if registry.needs_template(fw):       # ONNX: writes only into an existing model
+            assert f"(skipping {fw}: its writer needs a template" in r.stdout
+        elif fw != "torch":
             assert f"hub -> {fw} (" in r.stdout

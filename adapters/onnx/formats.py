@@ -19,5 +19,5 @@ FORMATS = (
     NativeFormat(FORMAT, (".onnx",),
                  "ONNX ModelProto initializers (inline raw/typed data, external data files); written into an "
                  "existing model given as template (the graph is kept)",
-                 options=(KEEP_CONSTANTS, TEMPLATE, STRICT_WRITE, EXTERNAL_DATA)),
+                 options=(KEEP_CONSTANTS, TEMPLATE, STRICT_WRITE, EXTERNAL_DATA), template_required=True),
 )
