@@ -214,6 +214,12 @@ def test_writing_without_a_template_says_one_is_needed(tmp_path):
     with pytest.raises(ConversionError, match="template"):
         adapter.write(ckpt, str(tmp_path / "x.onnx"))
     assert not (tmp_path / "x.onnx").exists()
+    # the CLI says so before reading anything, also when the template is not an ONNX model
+    torch.save(build("cnn").state_dict(), tmp_path / "ft.pth")
+    for extra in ([], ["--template", str(tmp_path / "ft.pth")]):
+        r = run_cli("convert", tmp_path / "ft.pth", tmp_path / "x.onnx", *extra)
+        assert r.returncode != 0 and "writes only into an existing model" in r.stderr, r.stderr
+        assert not (tmp_path / "x.onnx").exists()
 
 
 def test_shape_mismatch_is_refused(tmp_path):
