@@ -3,7 +3,9 @@ Identity node to a graph output: the template an ONNX writer needs, for suites t
 arbitrary checkpoints (contract, fuzz)."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -23,6 +25,7 @@ def model_with(arrays: dict[str, np.ndarray], path: str) -> str:
 def template_for(ckpt) -> str:
     """A template for `ckpt` (a hubfmt Checkpoint) in a fresh temporary directory."""
     d = tempfile.mkdtemp(prefix="onnx-template-")
+    atexit.register(shutil.rmtree, d, True)
     return model_with({n: ckpt.tensor(n) for n in ckpt}, os.path.join(d, "template.onnx"))
 
 
@@ -51,5 +54,7 @@ def bare_model(ckpt, path: str) -> str:
 
 
 def bare_template_for(ckpt) -> str:
+    """bare_model in a fresh temporary directory, removed when the process exits."""
     d = tempfile.mkdtemp(prefix="onnx-template-")
+    atexit.register(shutil.rmtree, d, True)
     return bare_model(ckpt, os.path.join(d, "template.onnx"))
