@@ -232,3 +232,31 @@ def test_shape_mismatch_is_refused(tmp_path):
     with pytest.raises(ConversionError, match="fc.weight"):
         adapter.write(ckpt, str(tmp_path / "x.onnx"), template=path)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_initializers_the_exporter_merged_are_tied_aliases(tmp_path):
+    """A fresh CNN: BatchNorm weights are all ones and biases / means all zeros, so
+    torch.onnx.export keeps one initializer per value and feeds the rest through Identity nodes
+    named as the dropped parameters. Read: every state-dict name, the merged ones tied. Written:
+    fine while the values stay equal, an error once they differ (the model cannot hold them)."""
+    from onnx_models import CNN
+    model = CNN().eval()
+    x = example_input("cnn")
+    path = export(model, x, str(tmp_path / "m.onnx"), fold=False)
+    assert len(onnx.load(path).graph.initializer) < len([n for n in model.state_dict() if "num_batches" not in n])
+    ckpt = adapter.read(path)
+    assert ckpt["block.1.running_var"].info.tied_to == "bn1.weight"
+    fresh = CNN()
+    state = {n: torch.from_numpy(ckpt.tensor(n).copy()) for n in ckpt}
+    state.update({n: v for n, v in fresh.state_dict().items() if n.endswith("num_batches_tracked")})
+    fresh.load_state_dict(state, strict=True)
+    assert_same_outputs(_torch_out(fresh.eval(), x), _torch_out(model, x), tol=1e-6)
+    torch.save(model.state_dict(), tmp_path / "same.pth")
+    r = run_cli("convert", tmp_path / "same.pth", tmp_path / "same.onnx", "--template", path)
+    assert r.returncode == 0, r.stderr
+    assert_same_outputs(_run_ort(str(tmp_path / "same.onnx"), x), _torch_out(model, x), tol=1e-5)
+    tuned = perturbed(model, seed=4)
+    torch.save(tuned.state_dict(), tmp_path / "ft.pth")
+    r = run_cli("convert", tmp_path / "ft.pth", tmp_path / "ft.onnx", "--template", path)
+    assert r.returncode != 0 and "merged" in r.stderr, r.stderr
+    assert not (tmp_path / "ft.onnx").exists()

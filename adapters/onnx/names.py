@@ -44,6 +44,7 @@ class Use:
     transposed: bool        # stored [in, out]: canonical is its transpose
     constant: bool          # a generated name in no weight slot: a graph constant, not a weight
     attrs: dict
+    alias_of: str = ""      # an Identity output standing for this initializer (torch merges equal ones)
 
 
 def is_generated(name: str) -> bool:
@@ -114,19 +115,17 @@ def uses(model: Model) -> dict[str, Use]:
                             return hit
         return None
 
-    out: dict[str, Use] = {}
-    for t in model.initializers:
-        hit = slot(t.name)
-        generated = is_generated(t.name)
+    def use(name: str, dims: tuple) -> Use:
+        hit = slot(name)
+        generated = is_generated(name)
         if hit is None:
-            layer, _, role = t.name.rpartition(".")
-            out[t.name] = Use(t.name, layer if not generated else "", role if not generated else "",
-                              "tensor", False, generated, {})
-            continue
+            layer, _, role = name.rpartition(".")
+            return Use(name, layer if not generated else "", role if not generated else "",
+                       "tensor", False, generated, {})
         node, i, flipped = hit
         role = SLOTS[node.op_type][i]
-        rank = len(t.dims)
-        kind = _kind(node.op_type, rank, node.attrs, t.dims)
+        rank = len(dims)
+        kind = _kind(node.op_type, rank, node.attrs, dims)
         transposed = False
         if kind == "linear":
             if i == 1 and rank == 2:
@@ -139,10 +138,25 @@ def uses(model: Model) -> dict[str, Use]:
             attrs["eps"] = float(node.attrs["epsilon"])
         if generated:
             layer = scope_path(node.name)
-            canonical = f"{layer}.{role}" if layer else t.name
+            canonical = f"{layer}.{role}" if layer else name
         else:
-            layer, _, own_role = t.name.rpartition(".")
-            canonical = t.name
+            layer, _, own_role = name.rpartition(".")
+            canonical = name
             role = own_role or role
-        out[t.name] = Use(canonical, layer, role, kind, transposed, False, attrs)
+        return Use(canonical, layer, role, kind, transposed, False, attrs)
+
+    out = {t.name: use(t.name, t.dims) for t in model.initializers}
+    # torch.onnx.export keeps one of several initializers of equal value and feeds the others'
+    # consumers through Identity nodes named as the dropped parameters: those are tied aliases
+    inits = {t.name: t for t in model.initializers}
+    for node in model.nodes:
+        if node.op_type != "Identity" or len(node.inputs) != 1 or node.inputs[0] not in inits or not node.outputs:
+            continue
+        name = node.outputs[0]
+        if is_generated(name) or name in out or out[node.inputs[0]].constant:
+            continue
+        alias = use(name, inits[node.inputs[0]].dims)
+        if not alias.constant:
+            alias.alias_of = node.inputs[0]
+            out[name] = alias
     return out

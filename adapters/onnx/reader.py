@@ -169,5 +169,19 @@ def read(path: str | os.PathLike, *, keep_constants: bool = False) -> Checkpoint
             ckpt.layers[u.layer] = LayerInfo(u.kind, dict(u.attrs))
         if u.canonical != t.name:
             ckpt.report.renamed(t.name, u.canonical)
+    for name, u in used.items():
+        src = used[u.alias_of] if u.alias_of else None
+        if src is None or src.canonical not in ckpt or u.canonical in ckpt:
+            continue
+        first = ckpt[src.canonical]
+        tensor = first.tensor
+        if u.transposed != src.transposed:
+            tensor = _transpose(tensor)
+        ckpt.add(u.canonical, tensor, TensorInfo(kind=u.kind, role=u.role, layer=u.layer, original_name=name,
+                                                 original_dtype=tensor.dtype, original_shape=first.info.original_shape,
+                                                 original_layout="IO" if u.transposed else "",
+                                                 tied_to=src.canonical))
+        if u.kind != "tensor" and u.layer and u.layer not in ckpt.layers:
+            ckpt.layers[u.layer] = LayerInfo(u.kind, dict(u.attrs))
     ckpt.report.tensors_in = len(model.initializers)
     return ckpt

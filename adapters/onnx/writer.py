@@ -78,6 +78,7 @@ def _plan(ckpt: Checkpoint, model: proto.Model, report: Report, strict: bool) ->
     used = reader.plan(model)
     outs: list[_Out] = []
     taken: set[str] = set()
+    written: dict[str, str] = {}        # template initializer -> the checkpoint tensor written there
     with open(model.path, "rb") as f:
         for t in model.initializers:
             u = used[t.name]
@@ -98,6 +99,7 @@ def _plan(ckpt: Checkpoint, model: proto.Model, report: Report, strict: bool) ->
                 outs.append(_Out(t, kept, dt, keep))
                 continue
             taken.add(src)
+            written[t.name] = src
             tensor = ckpt[src].tensor
             if u.transposed:
                 if len(tensor.shape) != 2:
@@ -112,8 +114,15 @@ def _plan(ckpt: Checkpoint, model: proto.Model, report: Report, strict: bool) ->
             if src != t.name:
                 report.renamed(src, t.name)
             outs.append(_Out(t, tensor, dt, keep))
+    aliases = {u.canonical: u for u in used.values() if u.alias_of}
     for n, e in ckpt.entries.items():
         if n in taken:
+            continue
+        alias = aliases.get(n) or next((u for u in aliases.values() if e.info.original_name and
+                                        used.get(e.info.original_name) is u), None)
+        if alias is not None and alias.alias_of in written:
+            _check_tie(ckpt, n, written[alias.alias_of], alias.alias_of, model.path)
+            report.add("tied", n, f"the model holds it once, as {alias.alias_of!r} (equal values)")
             continue
         if e.info.role == "num_batches_tracked":
             report.add("dropped", n, "ONNX BatchNormalization keeps no step count")
@@ -123,6 +132,18 @@ def _plan(ckpt: Checkpoint, model: proto.Model, report: Report, strict: bool) ->
         else:
             report.add("dropped", n, "no initializer in the template")
     return outs
+
+
+def _check_tie(ckpt: Checkpoint, name: str, src: str, init: str, path: str) -> None:
+    """`name` goes where the model feeds `init` through an Identity: only if its values are `src`'s."""
+    a, b = ckpt[name].tensor, ckpt[src].tensor
+    same = a.shape == b.shape and np.array_equal(a.load(), b.load())
+    if not same and len(a.shape) == 2 and a.shape == tuple(reversed(b.shape)):
+        same = np.array_equal(a.load(), b.load().T)
+    if not same:
+        raise ConversionError(f"{name!r} and {src!r} are one initializer in the template ({init!r}: the exporter "
+                              "merged parameters of equal value), but the checkpoint's values differ; export the "
+                              "model again from these weights", path)
 
 
 def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False, progress: Progress | None = None,
