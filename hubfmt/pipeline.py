@@ -143,6 +143,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
     dst_name, dst_fmt = registry.detect_output(dst, dst_framework)
     read_options = src_fmt.check_options(READ, dict(read_options or {}))
     write_options = dst_fmt.check_options(WRITE, dict(write_options or {}))
+    if (dst_fmt.template_required and write_options.get("template") is None
+            and not native_template(template, template_framework, dst_name, dst_fmt)):
+        # before anything is read: this writer only fills an existing file of the destination model
+        raise ConversionError(f"the {dst_fmt.name} writer writes only into an existing model: pass --template "
+                              f"with the destination model's own file ({', '.join(dst_fmt.extensions)})", dst)
     ckpt = read(src, framework=src_name, **read_options)
     report = Report(source=f"{src} ({src_name})", destination=f"{dst} ({dst_name})")
     report.extend(ckpt.report, stage="read")

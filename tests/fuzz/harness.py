@@ -124,6 +124,23 @@ def _oneflow_legacy(d: str) -> str:
     return p
 
 
+def _onnx_model(d: str) -> str:
+    # hubfmt writes ONNX only into a template model: onnx.helper makes one holding the sample
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from onnx_template import model_with
+    ckpt = example_checkpoint()
+    return model_with({n: ckpt.tensor(n) for n in ckpt}, os.path.join(d, "model.onnx"))
+
+
+def _onnx_external(d: str) -> str:
+    tpl = _onnx_model(tempfile.mkdtemp(dir=d))
+    p = os.path.join(d, "model.onnx")
+    hubfmt.write(example_checkpoint(), p, framework="onnx", template=tpl, external_data=True)
+    shutil.rmtree(os.path.dirname(tpl))
+    return p
+
+
 # Formats hubfmt reads but does not write (or writes only with a template): the real framework
 # makes the sample (tests only), or the test by hand where the framework is not at hand.
 # Overrides the generic sample of the same name.
@@ -132,6 +149,8 @@ EXTRA_SAMPLES: dict[str, tuple[str, Callable[[str], str]]] = {
     "oneflow:legacy": ("oneflow", _oneflow_legacy),
     "keras:keras-archive": ("keras", _keras_archive),
     "keras:keras-h5": ("keras", _keras_legacy_h5),
+    "onnx:onnx-model": ("onnx", _onnx_model),
+    "onnx:external-data": ("onnx", _onnx_external),
 }
 
 
