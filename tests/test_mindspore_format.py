@@ -85,12 +85,14 @@ def test_fp16_parameters_restored(tmp_path):
 
 
 def test_wire_format_is_what_mindspore_writes(tmp_path):
-    """Bytes of one Value, as mindspore.save_checkpoint 2.10 wrote them (captured from a real file)."""
+    """Bytes of one Value, as mindspore.save_checkpoint 2.10 wrote them (captured from a real file),
+    then the crc_num trailer save_checkpoint(crc_check=True) adds: CRC-32 of all that precedes it."""
     ckpt = Checkpoint()
     ckpt.add("h", LazyTensor.from_array(np.arange(6, dtype=np.float16).reshape(2, 3)))
     adapter.write(ckpt, tmp_path / "h.ckpt", write_extra=False)
     real = bytes.fromhex("0a20 0a01 68 121b 0802 0803 1207 466c6f61743136 1a0c 0000003c004000420044 0045")
-    assert (tmp_path / "h.ckpt").read_bytes() == real
+    import zlib
+    assert (tmp_path / "h.ckpt").read_bytes() == real + b"crc_num" + zlib.crc32(real).to_bytes(10, "big")
 
 
 def test_batchnorm_roles_and_names(tmp_path):

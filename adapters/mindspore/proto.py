@@ -194,6 +194,13 @@ def protobuf_end(path: str, size: int, f) -> tuple[int, bool]:
         f.seek(size - CRC_TRAILER_SIZE)
         if f.read(len(CRC_TRAILER)) == CRC_TRAILER:
             return size - CRC_TRAILER_SIZE, True
+    # A file cut inside its trailer: b"crc_num" a few bytes before the end.
+    f.seek(max(size - CRC_TRAILER_SIZE + 1, 0))
+    tail = f.read()
+    at = tail.find(CRC_TRAILER)
+    if at >= 0 and len(tail) - at < CRC_TRAILER_SIZE:
+        raise FormatError(f"truncated: the file ends {CRC_TRAILER_SIZE - (len(tail) - at)} bytes short of the "
+                          "end of its crc_num trailer", path)
     return size, False
 
 
