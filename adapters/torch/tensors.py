@@ -167,6 +167,9 @@ def to_lazy(t: TensorRef, name: str, path: str) -> LazyTensor:
     check_view(t, name, path)
     if t.dtype not in dtypes.DTYPES:
         raise FormatError(f"tensor {name!r} has dtype {t.dtype}, which hubfmt cannot represent", path)
+    problem = dtypes.shape_problem(t.shape, t.dtype)
+    if problem:
+        raise FormatError(f"tensor {name!r}: {problem}", path)
     root, start, count = byte_span(t)
     have = min(root.numel * dtypes.itemsize(root.dtype), root.data.nbytes)
     if start + count > have:

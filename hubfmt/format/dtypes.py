@@ -38,6 +38,28 @@ def itemsize(name: str) -> int:
     return _TABLE[name][1].itemsize
 
 
+# What numpy can hold (and so what a reader may promise): at most 32 dimensions, and the product
+# of the non-zero ones times the item size below 2**62 bytes, even when another dimension is 0
+# (numpy refuses np.zeros((0, 2**62, 2**62)), which an empty tensor's loader would make).
+MAX_RANK = 32
+MAX_EXTENT_BYTES = 2**62
+
+
+def shape_problem(shape, name: str) -> str | None:
+    """Why a tensor of `shape` and dtype `name` cannot exist in memory, or None."""
+    dims = list(shape)
+    if len(dims) > MAX_RANK:
+        return f"shape {dims[:8]}... has {len(dims)} dimensions, more than {MAX_RANK}"
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+        return f"shape {dims} has a negative or non-integer dimension"
+    n = itemsize(name)
+    for d in dims:
+        n *= d or 1
+        if n >= MAX_EXTENT_BYTES:
+            return f"shape {dims} of {name} spans more than 2**62 bytes (even counting only its non-zero dimensions)"
+    return None
+
+
 def to_safetensors(name: str) -> str:
     return _TABLE[name][0]
 
