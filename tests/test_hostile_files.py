@@ -125,3 +125,26 @@ def test_cli_gives_one_line_for_hostile_torch_files(tmp_path):
         r = run_cli("convert", src, tmp_path / f"{name}.safetensors")
         assert r.returncode == 2 and r.stderr.startswith("hubfmt: error: ") and len(r.stderr.splitlines()) == 1, r.stderr
         assert not (tmp_path / f"{name}.safetensors").exists()
+
+
+@pytest.mark.parametrize("member", ["archive/data.pkl", "archive/data/0"])
+def test_duplicate_zip_members_are_refused(tmp_path, member):
+    """torch.load reads the first of two members with one name, zipfile the last: refused."""
+    import io
+    import pickle
+    import warnings
+    import zipfile
+
+    good = corpus.torch_zip(corpus._state_dict(("w", corpus._rebuild(corpus._storage_pid()))))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good)) as src, zipfile.ZipFile(buf, "w") as dst, warnings.catch_warnings():
+        warnings.simplefilter("ignore")            # zipfile warns about the duplicate name
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+            if info.filename == member:
+                other = pickle.dumps({"evil": 1}, protocol=2) if member.endswith(".pkl") else bytes(64)
+                dst.writestr(member, other)
+    path = tmp_path / "dup.pt"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(FormatError, match="two members named"):
+        hubfmt.read(path, framework="torch")
