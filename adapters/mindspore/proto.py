@@ -28,7 +28,8 @@ CIPHER_MAGIC = b"\xd8\x5e\x3a\x7f"   # save_checkpoint(enc_key=...) files start 
 CRC_TRAILER = b"crc_num"
 CRC_TRAILER_SIZE = 17
 _WINDOW = 1 << 16
-_MAX_STRING = 1 << 16     # a tag or tensor_type longer than this is damage, not a name
+MAX_STRING = 1 << 16      # a tag or tensor_type longer than this is damage, not a name
+_MAX_STRING = MAX_STRING
 
 
 @dataclass

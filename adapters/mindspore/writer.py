@@ -20,7 +20,7 @@ import numpy as np
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import atomic_output
 from hubfmt.sdk import Checkpoint, LazyTensor, region_tensor
-from hubfmt.sdk import Report
+from hubfmt.sdk import ConversionError, Report
 from hubfmt.sdk import Progress, fold_region, prefetched, write_tensor
 
 from . import names, proto
@@ -85,6 +85,10 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     safetensors = path.endswith(".safetensors")
     extras = _extra_items(ckpt, {it.name for it in items}, report, strings=not safetensors) if write_extra else []
     report.destination = path
+    for key in [it.name for it in items] + [k for k, _ in extras]:
+        if not safetensors and len(key.encode("utf-8")) > proto.MAX_STRING:
+            raise ConversionError(f"tensor name {key[:40]!r}... is {len(key.encode('utf-8'))} bytes, more than the "
+                                  f"{proto.MAX_STRING} a .ckpt tag read by hubfmt may hold", path)
     for it in items:
         if it.tensor.shape == (0,) and not safetensors:
             report.add("warning", it.name, "empty [0] tensor: MindSpore's loader reads dims [0] as a scalar "

@@ -77,6 +77,23 @@ def name_of(dtype: np.dtype) -> str:
     raise ValueError(f"unsupported dtype {dt}")
 
 
+def narrowing_changes(before: np.ndarray, after: np.ndarray) -> int:
+    """How many values a float64 -> float32 narrowing (`before` -> `after`, same shape) changed
+    beyond rounding: a finite value become inf, a non-zero become zero, a NaN whose bits do
+    not come back (its payload lost)."""
+    a = np.asarray(before, dtype="<f8").reshape(-1)
+    b = np.asarray(after).reshape(-1)
+    if b.dtype != np.dtype("<f4"):
+        raise ValueError("narrowing_changes compares float64 with float32")
+    overflow = np.isinf(b) & np.isfinite(a)
+    flushed = (b == 0) & (a != 0)
+    nan = np.isnan(a)
+    changed = 0
+    if nan.any():
+        changed = int(np.count_nonzero(b[nan].astype("<f8").view("<u8") != a[nan].view("<u8")))
+    return int(np.count_nonzero(overflow | flushed)) + changed
+
+
 def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
     """Convert the data of `array` (holding dtype `src`) to dtype `dst`, little-endian.
 
@@ -103,7 +120,7 @@ def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
         out = rounded
     else:
         # float64 -> float32 past the range is inf: the hub writer reports every narrowing cast.
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):   # NaN casts warn "invalid value"
             out = array.astype(storage_dtype(dst), copy=False)
     return _as_storage(out, dst).reshape(shape)
 
