@@ -91,6 +91,21 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _refuse_source_files(ckpt: Checkpoint, src: str, dst: str) -> None:
+    """A destination that is one of the files the source's tensors live in (a hub shard, a TF
+    data shard, a OneFlow tensor file), or a directory holding one, is refused even with
+    --overwrite: replacing it would destroy the input while it is being read."""
+    inputs = {os.path.realpath(src)}
+    for e in ckpt.entries.values():
+        span = e.tensor.span
+        if span is not None:
+            inputs.add(os.path.realpath(span.path))
+    real_dst = os.path.realpath(dst)
+    for p in sorted(inputs):
+        if p == real_dst or _same_file(p, dst) or p.startswith(real_dst.rstrip(os.sep) + os.sep):
+            raise OutputError(f"destination is, or holds, a file of the source ({p}); write to another path", dst)
+
+
 def rename(ckpt: Checkpoint, *, rules=None, template=None, template_framework: str | None = None,
            allow_missing: bool = False, allow_unexpected: bool = False, source_label: str = "") -> tuple[Checkpoint, str]:
     """Apply rename `rules` (a rules file or RuleSet), then align to `template` (see hubfmt.alignment).
@@ -149,6 +164,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
         raise ConversionError(f"the {dst_fmt.name} writer writes only into an existing model: pass --template "
                               f"with the destination model's own file ({', '.join(dst_fmt.extensions)})", dst)
     ckpt = read(src, framework=src_name, **read_options)
+    _refuse_source_files(ckpt, src, dst)
     report = Report(source=f"{src} ({src_name})", destination=f"{dst} ({dst_name})")
     report.extend(ckpt.report, stage="read")
     tensors_in = len(ckpt)

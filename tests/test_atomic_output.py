@@ -214,3 +214,24 @@ def _tree_digest(path: str) -> dict:
     files = [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs] if os.path.isdir(path) else \
         [os.path.join(d, f) for f in os.listdir(d) if f.startswith(stem)]
     return {f: (_digest(f), os.stat(f).st_mtime_ns) for f in sorted(files)}
+
+
+@pytest.mark.parametrize("target", ["hub", "hub-sharded", "torch", "mindspore"])
+def test_sigterm_mid_write_leaves_no_temporaries(tmp_path, source, target):
+    """SIGTERM (what `kill`, systemd and CI runners send) while the temporary is being written:
+    exit 143, nothing published and no temporary left (unlike SIGKILL, the process can clean up)."""
+    if target not in TARGETS:
+        pytest.skip(f"{target} adapter not available")
+    cmd, dst = _convert_cmd(source, tmp_path, target)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(TMP_MARK in f for f in os.listdir(tmp_path)):
+        assert proc.poll() is None, "the conversion ended before a temporary appeared"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(0.05)                        # inside the write, not at its first byte
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip() == "hubfmt: terminated", err
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)

@@ -67,6 +67,9 @@ def ckpt_tensors(path: str) -> tuple[list[tuple[str, LazyTensor | str]], bool]:
         if any(d < 0 for d in r.dims):
             raise FormatError(f"tensor {r.tag!r}: negative dimension in dims {r.dims}", path)
         shape = tuple(r.dims)
+        problem = dtypes.shape_problem(shape, dt)
+        if problem:
+            raise FormatError(f"tensor {r.tag!r}: {problem}", path)
         item = dtypes.itemsize(dt)
         # MindSpore's loader reads dims [0] as a scalar; an empty [0] tensor has no bytes.
         if shape == (0,) and r.nbytes == item:

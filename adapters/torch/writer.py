@@ -88,6 +88,15 @@ def _extra_value(value, name: str, report: Report, depth: int = 0):
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
+        if value.dtype.kind in "US":
+            # torch tensors hold numbers only: text arrays (YOLO class names...) become lists
+            report.add("warning", name, f"a numpy {value.dtype.str} text array is stored as a list of strings")
+            return value.tolist()
+        try:
+            dtypes.name_of(value.dtype)
+        except ValueError:
+            report.add("dropped", name, f"a numpy array of dtype {value.dtype.str} has no torch tensor form")
+            return None
         return value
     if isinstance(value, (list, tuple)):
         items = [_extra_value(v, f"{name}[{i}]", report, depth + 1) for i, v in enumerate(value)]

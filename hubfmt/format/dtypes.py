@@ -45,6 +45,28 @@ def itemsize(name: str) -> int:
     return _TABLE[name][1].itemsize
 
 
+# What numpy can hold (and so what a reader may promise): at most 32 dimensions, and the product
+# of the non-zero ones times the item size below 2**62 bytes, even when another dimension is 0
+# (numpy refuses np.zeros((0, 2**62, 2**62)), which an empty tensor's loader would make).
+MAX_RANK = 32
+MAX_EXTENT_BYTES = 2**62
+
+
+def shape_problem(shape, name: str) -> str | None:
+    """Why a tensor of `shape` and dtype `name` cannot exist in memory, or None."""
+    dims = list(shape)
+    if len(dims) > MAX_RANK:
+        return f"shape {dims[:8]}... has {len(dims)} dimensions, more than {MAX_RANK}"
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+        return f"shape {dims} has a negative or non-integer dimension"
+    n = itemsize(name)
+    for d in dims:
+        n *= d or 1
+        if n >= MAX_EXTENT_BYTES:
+            return f"shape {dims} of {name} spans more than 2**62 bytes (even counting only its non-zero dimensions)"
+    return None
+
+
 def to_safetensors(name: str) -> str:
     return _TABLE[name][0]
 
@@ -60,6 +82,23 @@ def name_of(dtype: np.dtype) -> str:
         if name not in _RAW_BITS and st.kind == dt.kind and st.itemsize == dt.itemsize:
             return name
     raise ValueError(f"unsupported dtype {dt}")
+
+
+def narrowing_changes(before: np.ndarray, after: np.ndarray) -> int:
+    """How many values a float64 -> float32 narrowing (`before` -> `after`, same shape) changed
+    beyond rounding: a finite value become inf, a non-zero become zero, a NaN whose bits do
+    not come back (its payload lost)."""
+    a = np.asarray(before, dtype="<f8").reshape(-1)
+    b = np.asarray(after).reshape(-1)
+    if b.dtype != np.dtype("<f4"):
+        raise ValueError("narrowing_changes compares float64 with float32")
+    overflow = np.isinf(b) & np.isfinite(a)
+    flushed = (b == 0) & (a != 0)
+    nan = np.isnan(a)
+    changed = 0
+    if nan.any():
+        changed = int(np.count_nonzero(b[nan].astype("<f8").view("<u8") != a[nan].view("<u8")))
+    return int(np.count_nonzero(overflow | flushed)) + changed
 
 
 def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
@@ -90,7 +129,7 @@ def convert(array: np.ndarray, src: str, dst: str) -> np.ndarray:
         out = rounded
     else:
         # float64 -> float32 past the range is inf: the hub writer reports every narrowing cast.
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):   # NaN casts warn "invalid value"
             out = array.astype(storage_dtype(dst), copy=False)
     return _as_storage(out, dst).reshape(shape)
 

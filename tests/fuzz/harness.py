@@ -144,7 +144,34 @@ def _onnx_external(d: str) -> str:
 # Formats hubfmt reads but does not write (or writes only with a template): the real framework
 # makes the sample (tests only), or the test by hand where the framework is not at hand.
 # Overrides the generic sample of the same name.
+def _mindspore_without_crc(d: str) -> str:
+    """A .ckpt as hubfmt writes it minus its crc_num trailer (as older MindSpore saves are): with
+    the trailer every mutation of a record is caught by the CRC, so this keeps the parser itself
+    under the fuzzer."""
+    p = os.path.join(d, "model.ckpt")
+    hubfmt.write(example_checkpoint(), p, framework="mindspore")
+    with open(p, "rb+") as f:
+        f.truncate(os.path.getsize(p) - 17)
+    return p
+
+
+def _torch_deflated(d: str) -> str:
+    """A torch zip whose members are deflated (torch reads these too): storages go through the
+    inflate-once path instead of region reads."""
+    import zipfile
+    src = os.path.join(d, "stored.pt")
+    hubfmt.write(example_checkpoint(), src, framework="torch")
+    p = os.path.join(d, "deflated.pt")
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    os.unlink(src)
+    return p
+
+
 EXTRA_SAMPLES: dict[str, tuple[str, Callable[[str], str]]] = {
+    "mindspore:ckpt-without-crc": ("mindspore", _mindspore_without_crc),
+    "torch:zip-deflated": ("torch", _torch_deflated),
     "torch:legacy": ("torch", _torch_legacy),
     "oneflow:legacy": ("oneflow", _oneflow_legacy),
     "keras:keras-archive": ("keras", _keras_archive),
