@@ -100,3 +100,48 @@ def test_a_fifo_is_refused_before_it_is_opened(tmp_path):
                  ("convert", fifo, tmp_path / "y.safetensors", "--from", "torch")):
         r = run_cli(*args)           # without the check, sniffing would block here forever
         assert r.returncode == 2 and "FIFO" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("kind", ["external_link", "external_storage", "virtual_dataset"])
+def test_keras_files_whose_bytes_live_elsewhere_are_refused(tmp_path, kind):
+    import h5py
+    import numpy as np
+
+    hubfile.write(small_cnn(), tmp_path / "m.safetensors")
+    keras_file = tmp_path / "m.weights.h5"
+    assert run_cli("convert", tmp_path / "m.safetensors", keras_file, "-q").returncode == 0
+    with h5py.File(tmp_path / "secret.h5", "w") as f:
+        f["x"] = np.arange(10.0)
+    (tmp_path / "raw.bin").write_bytes(np.arange(8, dtype="<f4").tobytes())
+    with h5py.File(keras_file, "r+") as f:
+        if kind == "external_link":
+            f["layers/evil"] = h5py.ExternalLink(str(tmp_path / "secret.h5"), "/x")
+        elif kind == "external_storage":
+            f.create_dataset("layers/evil", shape=(8,), dtype="<f4", external=[(str(tmp_path / "raw.bin"), 0, 32)])
+        else:
+            layout = h5py.VirtualLayout(shape=(10,), dtype="f8")
+            layout[:] = h5py.VirtualSource(str(tmp_path / "secret.h5"), "x", shape=(10,))
+            f.create_virtual_dataset("layers/evil", layout)
+    r = run_cli("convert", keras_file, tmp_path / "x.pth")
+    assert r.returncode == 2 and "refused (hubfmt reads only the input's own bytes)" in r.stderr, r.stderr
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_a_keras_dag_of_hard_links_is_refused_quickly(tmp_path):
+    import time
+
+    import h5py
+
+    hubfile.write(small_cnn(), tmp_path / "m.safetensors")
+    keras_file = tmp_path / "m.weights.h5"
+    assert run_cli("convert", tmp_path / "m.safetensors", keras_file, "-q").returncode == 0
+    with h5py.File(keras_file, "r+") as f:           # 40 levels, 2 links each: 2**40 paths, 41 groups
+        prev = f["layers"].create_group("bomb")
+        for i in range(40):
+            node = f["layers"].create_group(f"bomb{i}")
+            node["a"], node["b"] = prev, prev
+            prev = node
+    t0 = time.monotonic()
+    r = run_cli("convert", keras_file, tmp_path / "x.pth")
+    assert r.returncode == 2 and "reached a second time (hard links)" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 30
