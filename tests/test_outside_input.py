@@ -145,3 +145,19 @@ def test_a_keras_dag_of_hard_links_is_refused_quickly(tmp_path):
     r = run_cli("convert", keras_file, tmp_path / "x.pth")
     assert r.returncode == 2 and "reached a second time (hard links)" in r.stderr, r.stderr
     assert time.monotonic() - t0 < 30
+
+
+def test_a_tf_checkpoint_state_file_cannot_lead_out_of_its_directory(dirs):
+    model, elsewhere, out = dirs
+    hubfile.write(small_cnn(), model / "m.safetensors")
+    assert run_cli("convert", model / "m.safetensors", elsewhere / "ckpt", "--to", "tensorflow", "-q").returncode == 0
+    tf_dir = model / "tf"
+    tf_dir.mkdir()
+    for target in (str(elsewhere / "ckpt"), "../elsewhere/ckpt"):
+        (tf_dir / "checkpoint").write_text(f'model_checkpoint_path: "{target}"\n')
+        r = run_cli("convert", tf_dir, out / "x.pth")
+        assert r.returncode == 2 and "outside this directory" in r.stderr, r.stderr
+    assert not list(out.iterdir())
+    # named by the user, the same prefix is read
+    r = run_cli("convert", elsewhere / "ckpt", out / "x.pth", "-q")
+    assert r.returncode == 0, r.stderr

@@ -145,9 +145,16 @@ def resolve_prefix(path: str) -> tuple[str, list[str]]:
             if latest is None:
                 raise FormatError("checkpoint state file has no model_checkpoint_path", state)
             prefix = latest if os.path.isabs(latest) else os.path.join(path, latest)
-            if not os.path.exists(prefix + ".index"):
-                # TF records absolute paths of the machine that trained; the directory is the truth.
-                prefix = os.path.join(path, os.path.basename(latest))
+            top = os.path.realpath(path)
+            outside = os.path.commonpath([top, os.path.realpath(prefix)]) != top
+            if outside or not os.path.exists(prefix + ".index"):
+                # TF records absolute paths of the machine that trained; the directory is the
+                # truth. A state file must not lead the reader out of the directory it is in.
+                local = os.path.join(path, os.path.basename(latest))
+                if not os.path.exists(local + ".index") and outside:
+                    raise FormatError(f"the checkpoint state file names {latest!r}, outside this directory: "
+                                      f"refused (name that prefix yourself if you mean it)", state)
+                prefix = local
             notes.append(f"directory: took {os.path.basename(prefix)} from its checkpoint file")
             return prefix, notes
         indexes = sorted(f for f in os.listdir(path) if f.endswith(".index"))

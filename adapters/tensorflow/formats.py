@@ -40,7 +40,10 @@ def sniff(path) -> str | None:
     last 8 bytes; never raises."""
     from .bundle import is_bundle
 
+    path = os.fspath(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "checkpoint")):
+        return BUNDLE.name          # a TF checkpoint directory: the reader says what is wrong with it
     try:
-        return BUNDLE.name if is_bundle(os.fspath(path)) else None
+        return BUNDLE.name if is_bundle(path) else None
     except (OSError, ValueError):
         return None
