@@ -161,3 +161,22 @@ def test_a_tf_checkpoint_state_file_cannot_lead_out_of_its_directory(dirs):
     # named by the user, the same prefix is read
     r = run_cli("convert", elsewhere / "ckpt", out / "x.pth", "-q")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_tf_output_never_rewrites_a_checkpoint_file_that_is_not_its_state_file(tmp_path):
+    hubfile.write(small_cnn(), tmp_path / "m.safetensors")
+    src = tmp_path / "m.safetensors"
+    foreign = tmp_path / "checkpoint"                 # e.g. a torch file someone named so
+    foreign.write_bytes(b"PK\x03\x04 not a state file")
+    r = run_cli("convert", src, tmp_path / "tf", "--to", "tensorflow")
+    assert r.returncode == 2 and "not a TF checkpoint state file" in r.stderr, r.stderr
+    assert foreign.read_bytes() == b"PK\x03\x04 not a state file" and not (tmp_path / "tf.index").exists()
+    r = run_cli("convert", src, tmp_path / "tf", "--to", "tensorflow", "-W", "update_state=false", "-q")
+    assert r.returncode == 0 and foreign.read_bytes() == b"PK\x03\x04 not a state file"
+    foreign.unlink()
+    foreign.mkdir()
+    r = run_cli("convert", src, tmp_path / "tf2", "--to", "tensorflow")
+    assert r.returncode == 2 and "not a file" in r.stderr and not (tmp_path / "tf2.index").exists(), r.stderr
+    foreign.rmdir()
+    r = run_cli("convert", src, tmp_path / "tf3", "--to", "tensorflow")          # a real state file: said
+    assert r.returncode == 0 and "checkpoint state file" in r.stdout and foreign.is_file(), r.stderr

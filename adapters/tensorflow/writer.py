@@ -33,7 +33,7 @@ import numpy as np
 
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import Checkpoint, LazyTensor
-from hubfmt.sdk import ConversionError, OutputError
+from hubfmt.sdk import ConversionError, FormatError, OutputError
 from hubfmt.sdk import Report
 
 from . import names
@@ -41,6 +41,19 @@ from .bundle import DT_STRING, TF_DTYPE_CODES, Bundle
 from .bundle_write import OutTensor
 from .objgraph import VALUE_SUFFIX
 from .reader import EMA, SLOT_RE, NativeLayer, import_variables
+
+
+def _is_state_file(path: str) -> bool:
+    from .bundle import latest_from_state
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        if b"\x00" in head:
+            return False
+        return latest_from_state(path) is not None
+    except (OSError, ValueError, FormatError):
+        return False
 
 
 def output_prefix(path: str) -> str:
@@ -85,9 +98,23 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     else:
         outs, rep = export_by_rule(ckpt, restore_dtype=restore_dtype, rnn_style=rnn_style, kinds=kinds,
                                    forget_bias=forget_bias, strict=strict)
+    if update_state:
+        # Checked before anything is written: the state file is the one file beside the output
+        # that hubfmt rewrites, so it must be a TF state file (or absent), never something else.
+        state = os.path.join(os.path.dirname(os.path.abspath(prefix)), "checkpoint")
+        if os.path.lexists(state) and not os.path.isfile(state):
+            raise OutputError("a 'checkpoint' beside the output is not a file (a TF writer keeps its state file "
+                              "there): move it, or -W update_state=false", state)
+        if os.path.isfile(state) and not overwrite and not _is_state_file(state):
+            raise OutputError("a file named 'checkpoint' beside the output is not a TF checkpoint state file: "
+                              "--overwrite replaces it, -W update_state=false leaves it alone", state)
     n = write_bundle(prefix, outs, overwrite=overwrite, progress=progress, max_shard_size=max_shard_size)
     if update_state:
+        existed = os.path.isfile(state)
         update_state_file(prefix)
+        rep.stage = "write"
+        rep.add("stored", "checkpoint", f"{'updated' if existed else 'wrote'} the directory's checkpoint state file "
+                                        f"to name {os.path.basename(prefix)} (-W update_state=false does not)")
     rep.destination = prefix
     rep.tensors_out = len(outs)
     rep.bytes_out = n
