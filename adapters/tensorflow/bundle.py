@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from hubfmt.sdk import dtypes, protowire
 from hubfmt.sdk import LazyTensor, read_region, region_tensor
-from hubfmt.sdk import FormatError, check_input_file
+from hubfmt.sdk import Checksum, FormatError, check_input_file
 
 from . import sstable
 from .sstable import crc32c, mask, unmask
@@ -89,18 +89,15 @@ class Bundle:
             from .partitioned import assemble
             return assemble(self, e)
         path = self.shard_path(e.shard)
-        t = region_tensor(path, e.offset, e.dtype, e.shape)
         if not self.verify_data:
-            return t
+            return region_tensor(path, e.offset, e.dtype, e.shape)
+        # The CRC travels with the byte range (FileSpan.checksum): the engine verifies it whether
+        # the bytes are loaded or copied file to file in the kernel.
+        checksum = Checksum("crc32c", unmask(e.crc)) if e.size else None
+        t = region_tensor(path, e.offset, e.dtype, e.shape, checksum)
         if t.span is not None:
             _EXPECTED_CRC[t.span] = unmask(e.crc)
-
-        def load(path=path, e=e):
-            arr = read_region(path, e.offset, e.dtype, e.shape)
-            if e.size and unmask(e.crc) != crc32c(arr):
-                raise FormatError(f"checksum mismatch in tensor {e.name!r} (offset {e.offset}): corrupt data", path)
-            return arr
-        return LazyTensor(t.shape, t.dtype, load, t.span)
+        return t
 
     def strings(self, name: str) -> list[bytes]:
         """A string tensor's elements (e.g. the TF2 object graph), checked against its CRC."""

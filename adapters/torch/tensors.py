@@ -11,7 +11,7 @@ import numpy as np
 
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import LazyTensor, read_region, region_tensor
-from hubfmt.sdk import FormatError
+from hubfmt.sdk import Checksum, FormatError
 
 from .vocabulary import Storage, TensorRef
 
@@ -22,8 +22,9 @@ _MAX_EXPANSION_BYTES = 256 * 2**20
 class FileBlob:
     """`nbytes` raw bytes at `offset` of `path` (a STORED zip member, a legacy storage)."""
 
-    def __init__(self, path: str, offset: int, nbytes: int, little_endian: bool = True):
+    def __init__(self, path: str, offset: int, nbytes: int, little_endian: bool = True, crc32: int | None = None):
         self.path, self.offset, self.nbytes, self.little_endian = path, offset, nbytes, little_endian
+        self.crc32 = crc32          # the zip member's CRC-32 (of all nbytes), None for legacy files
 
     def read(self, start: int, n: int) -> np.ndarray:
         return read_region(self.path, self.offset + start, "uint8", (n,))
@@ -188,7 +189,11 @@ def to_lazy(t: TensorRef, name: str, path: str) -> LazyTensor:
         raise FormatError(f"tensor {name!r} repeats its {count} stored bytes into {logical} (stride 0 "
                           f"expansion); refusing to materialise it", path)
     if contiguous and isinstance(blob, FileBlob) and blob.little_endian:
-        return region_tensor(blob.path, blob.offset + start, dtype, shape)
+        # A tensor over its whole member carries the member's CRC-32, verified whether its bytes
+        # are loaded or copied in the kernel (views of part of a member are checked by nothing).
+        whole = start == 0 and count == blob.nbytes and blob.crc32 is not None
+        return region_tensor(blob.path, blob.offset + start, dtype, shape,
+                             Checksum("crc32", blob.crc32) if whole else None)
     stride = t.stride
 
     def load() -> np.ndarray:

@@ -95,7 +95,8 @@ def load(path: str, data: bytes | None, unpickle: Callable[[Any, Callable], Any]
                 elif info.compress_type == zipfile.ZIP_STORED:
                     if info.compress_size != info.file_size:
                         raise FormatError(f"zip member {info.filename}: stored sizes disagree", path)
-                    storage.data = FileBlob(path, _data_offset(raw, info, size, path), info.file_size, little)
+                    storage.data = FileBlob(path, _data_offset(raw, info, size, path), info.file_size, little,
+                                            crc32=info.CRC)
                 else:
                     _data_offset(raw, info, size, path)
                     if info.file_size > max(info.compress_size, 1) * _MAX_RATIO:

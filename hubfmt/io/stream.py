@@ -142,7 +142,15 @@ def write_tensor(out: BinaryIO, tensor: LazyTensor, dtype: str | None = None) ->
         if span.checksum is not None:
             # The bytes never passed through Python: read the copy back (from the page cache) and
             # check it, so a corrupt source fails here as it would on load.
-            got = fold_region(out.fileno(), start, n, checksums.updater(span.checksum.algorithm))
+            update = checksums.updater(span.checksum.algorithm)
+            if out.readable():
+                got = fold_region(out.fileno(), start, n, update)
+            else:               # a write-only file object ("wb"): read the copy through its name
+                fd = os.open(out.name, os.O_RDONLY)
+                try:
+                    got = fold_region(fd, start, n, update)
+                finally:
+                    os.close(fd)
             if got != span.checksum.value:
                 raise corrupt(span)
     else:

@@ -1,0 +1,62 @@
+"""A corrupt source fails every writer (#13): the checksum a format stores travels with the byte
+range (FileSpan.checksum) and is verified whether the bytes are loaded or copied in the kernel."""
+from __future__ import annotations
+
+import struct
+import zipfile
+
+import pytest
+
+import hubfmt
+from hubfmt.io import hubfile
+
+from conftest import run_cli
+from helpers import small_cnn
+
+OUTPUTS = ["x.safetensors", "x.pth", "x.params", "x.ckpt", "x.index", "x.oneflow", "x.msgpack"]
+
+
+def _flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def _fails_cleanly(r, out_dir, source_files):
+    assert r.returncode == 2 and "checksum mismatch" in r.stderr and "corrupt" in r.stderr, r.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(source_files)     # nothing written
+
+
+@pytest.fixture(scope="module")
+def corrupt_tf(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tf")
+    hubfile.write(small_cnn(), d / "m.safetensors")
+    assert run_cli("convert", d / "m.safetensors", d / "tf", "--to", "tensorflow", "-q").returncode == 0
+    (d / "m.safetensors").unlink()
+    span = hubfmt.read(d / "tf")["classifier.bias"].tensor.span     # a 1-d tensor: copied, not transposed
+    _flip(d / "tf.data-00000-of-00001", span.offset)
+    return d
+
+
+@pytest.mark.parametrize("out", OUTPUTS)
+def test_a_corrupt_tf_shard_fails_every_writer(corrupt_tf, tmp_path, out):
+    import shutil
+
+    for p in corrupt_tf.iterdir():
+        shutil.copy(p, tmp_path / p.name)
+    before = [p.name for p in tmp_path.iterdir()]
+    _fails_cleanly(run_cli("convert", tmp_path / "tf", tmp_path / out), tmp_path, before)
+
+
+@pytest.mark.parametrize("out", OUTPUTS)
+def test_a_corrupt_torch_member_fails_every_writer(tmp_path, out):
+    src = tmp_path / "m.pth"
+    hubfile.write(small_cnn(), tmp_path / "m.safetensors")
+    assert run_cli("convert", tmp_path / "m.safetensors", src, "-q").returncode == 0
+    (tmp_path / "m.safetensors").unlink()
+    with zipfile.ZipFile(src) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    raw = src.read_bytes()
+    n, extra = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    _flip(src, info.header_offset + 30 + n + extra)
+    _fails_cleanly(run_cli("convert", src, tmp_path / out), tmp_path, ["m.pth"])
