@@ -60,3 +60,36 @@ def test_a_corrupt_torch_member_fails_every_writer(tmp_path, out):
     n, extra = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
     _flip(src, info.header_offset + 30 + n + extra)
     _fails_cleanly(run_cli("convert", src, tmp_path / out), tmp_path, ["m.pth"])
+
+
+def test_a_deflated_keras_archive_is_inflated_once(tmp_path, monkeypatch):
+    # #13: h5py seeks backwards; through zipfile every seek back re-inflated from byte 0, and every
+    # lazy tensor re-opened the archive. Now the member is inflated once per process.
+    from conftest import require
+
+    keras = require("keras")
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((8,)), *[keras.layers.Dense(8) for _ in range(30)]])
+    stored = tmp_path / "m.keras"
+    model.save(stored)
+    deflated = tmp_path / "d.keras"
+    with zipfile.ZipFile(stored) as zin, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+        member = zin.getinfo("model.weights.h5").file_size
+    inflated = []
+    real_read = zipfile.ZipExtFile.read
+
+    def counting_read(self, n=-1):
+        data = real_read(self, n)
+        if self.name == "model.weights.h5":
+            inflated.append(len(data))
+        return data
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting_read)
+    want, got = hubfmt.read(stored), hubfmt.read(deflated)
+    assert list(got) == list(want) and len(got) == 60
+    for name in got:
+        assert np.array_equal(got.array(name), want.array(name)), name
+    assert sum(inflated) <= member, (sum(inflated), member)          # once, not per seek or tensor

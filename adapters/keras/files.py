@@ -8,7 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import struct
+import tempfile
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -168,9 +170,9 @@ def open_h5(path: str):
             if info.compress_type == zipfile.ZIP_STORED:
                 start = _member_data_offset(path, raw, info, size)
                 fobj = _Window(raw, start, info.file_size)
-            else:   # compressed: readable through zipfile (slower seeks), no in-place byte ranges
+            else:   # compressed: inflated once per process, no in-place byte ranges
                 start = None
-                fobj = z.open(info)
+                fobj = _inflated(path, z, info)
             h5 = h5py.File(fobj, "r")
         except (OSError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError, zlib.error) as e:
             raise FormatError(f"{WEIGHTS_MEMBER} in the archive is not a readable HDF5 file ({h5_reason(e)})", path) from None
@@ -178,6 +180,33 @@ def open_h5(path: str):
             yield h5, start, info.file_size, config, metadata
         finally:
             h5.close()
+            if start is None:
+                fobj.close()
+
+
+# A deflated member, inflated once per process into an unnamed temporary file (the OS removes it
+# even on SIGKILL): h5py seeks backwards, and a seek back in a zipfile stream re-inflates from byte
+# 0, so reading through zipfile cost O(seeks x member) and each lazy tensor re-opened it.
+_INFLATED: dict[tuple, int] = {}
+MAX_INFLATED = 64 << 30      # bytes one deflated member may inflate to (the member says its size)
+
+
+def _inflated(path: str, z: zipfile.ZipFile, info: zipfile.ZipInfo):
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, info.filename)
+    fd = _INFLATED.get(key)
+    if fd is None:
+        if info.file_size > MAX_INFLATED or info.file_size > 1100 * max(info.compress_size, 1) + (1 << 20):
+            raise FormatError(f"zip member {info.filename} would inflate {info.compress_size} bytes to "
+                              f"{info.file_size}: beyond deflate's ratio", path)
+        with tempfile.TemporaryFile() as tmp:
+            with z.open(info) as src:        # zipfile stops at file_size and checks the CRC-32
+                shutil.copyfileobj(src, tmp, 1 << 20)
+            tmp.flush()
+            fd = os.dup(tmp.fileno())
+        _INFLATED[key] = fd
+    # An open file description of its own (its own offset), so several readers never interfere.
+    return open(f"/proc/self/fd/{fd}", "rb")
 
 
 def h5_reason(e: Exception) -> str:
