@@ -14,7 +14,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 
-from hubfmt.sdk import Checkpoint, flatten
+from hubfmt.sdk import Checkpoint, flatten, norm_attr_mismatches
 from hubfmt.sdk import ConversionError, HubfmtError
 from hubfmt.sdk import Report
 
@@ -412,6 +412,10 @@ def attr_warnings(ckpt: Checkpoint, pairs, report: Report) -> None:
     outputs (eps) or training (momentum)."""
     for layer, t in pairs:
         li = ckpt.layers.get(layer.module)
+        if layer.kind in ("layer_norm", "group_norm") and li is not None and t.config and "epsilon" in t.config:
+            for text in norm_attr_mismatches(layer.kind, li.attrs, {"eps": float(t.config["epsilon"])}):
+                report.add("warning", layer.module, f"{layer.kind} {text} (its config)")
+            continue
         if layer.kind != "batch_norm" or li is None:
             continue
         cfg = t.config or {}
