@@ -135,6 +135,15 @@ def test_cli_refuses_bare_weights_h5_with_the_options(keras, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_bare_weights_h5_into_a_live_torch_model_is_refused(keras, torch, tmp_path):
+    from hubfmt.adapters import keras as ka, torch as ta
+    keras_net(keras).save_weights(str(tmp_path / "k.weights.h5"))
+    ckpt = ka.read(str(tmp_path / "k.weights.h5"))
+    assert any(e.action == "warning" and e.name == "fc" and "-R flatten=" in e.detail for e in ckpt.report.events)
+    with pytest.raises(ConversionError, match="flatten="):
+        ta.to_model(ckpt, torch_net(torch))
+
+
 def test_live_keras_model_to_torch(keras, torch, tmp_path):
     from hubfmt.adapters import keras as ka, torch as ta
     k = keras_net(keras)

@@ -11,6 +11,7 @@ import numpy as np
 
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import Checkpoint, LazyTensor, SourceInfo
+from hubfmt.sdk import flatten as flatten_order
 from hubfmt.sdk import ConversionError, MissingFrameworkError
 from hubfmt.sdk import Report
 
@@ -153,6 +154,7 @@ def to_model(ckpt: Checkpoint, model, *, strict: bool = True, flatten: str | Non
     """
     if not getattr(model, "built", True):
         raise ConversionError("the Keras model is not built: call it on data or model.build(shape) first")
+    flatten_order.check_decided(ckpt)     # a Dense's row order after a Flatten its reader could not tell
     report = Report(stage="write")
     layers = walk(model)
     targets, variables = [], {}

@@ -13,7 +13,7 @@ import numpy as np
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import Checkpoint, LazyTensor, SourceInfo, TensorInfo
 from hubfmt.sdk import ConversionError, MissingFrameworkError
-from hubfmt.sdk import Report, norm_attr_mismatches
+from hubfmt.sdk import Report, flatten, norm_attr_mismatches
 
 from . import names
 from .vocabulary import TORCH_DTYPES
@@ -128,6 +128,7 @@ def to_model(ckpt: Checkpoint, model: Any, *, strict: bool = True, restore_dtype
             report.add("cast", name, f"{src}->{want}")
         elif name in target:
             report.add("matched", name)
+    flatten.check_decided(ckpt)     # a Dense's row order after a Flatten its reader could not tell
     _attr_warnings(ckpt, model, report)
     try:
         result = model.load_state_dict(state, strict=strict)
