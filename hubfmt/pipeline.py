@@ -17,7 +17,7 @@ from hubfmt import registry
 from hubfmt.alignment import Alignment, RuleSet, align_checkpoints, load_rules, load_target
 from hubfmt.errors import ConversionError, HubfmtError, OutputError
 from hubfmt.format.checkpoint import Checkpoint
-from hubfmt.io import hubfile
+from hubfmt.io import flatten, hubfile
 from hubfmt.io.progress import Busy, Progress
 from hubfmt.registry import READ, WRITE
 from hubfmt.report import Report, end_to_end, stage
@@ -51,6 +51,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, framework: str | None = 
     name, fmt = registry.detect_output(path, framework)
     options = fmt.check_options(WRITE, options)
     _check_dtypes_held(ckpt, fmt, path)
+    flatten.check_decided(ckpt)     # a Dense's row order after a Flatten the reader could not tell
     writer = hubfile.write if name == registry.HUB else getattr(registry.adapter(name), fmt.writer)
     return writer(ckpt, path, overwrite=overwrite, progress=progress, **options)
 

@@ -13,6 +13,7 @@ ACTIONS = (
     "renamed",      # native name -> canonical name (or canonical -> destination)
     "transposed",   # layout changed (detail: e.g. HWIO->OIHW)
     "reshaped",     # shape changed without reordering (e.g. [out,in] -> [out,in,1,1])
+    "permuted",     # elements reordered within a layout (a Dense's input rows after a Flatten: HWC->CHW)
     "cast",         # dtype changed (detail: float16->float32)
     "dropped",      # in the source, not written (detail: why)
     "created",      # written, not in the source (detail: why)
@@ -163,7 +164,7 @@ class Report:
         counts = {"renamed": len(renamed), "dropped": len(dropped), "created": len(created)}
         base = s.tensors_in if s.tensors_in is not None else s.tensors_out - len(created)
         counts["kept"] = base - len(renamed) - len(dropped)
-        for a in ("transposed", "reshaped", "cast", "tied"):
+        for a in ("transposed", "permuted", "reshaped", "cast", "tied"):
             counts[a] = len(distinct[a])
         counts["non_tensor_dropped"] = len(other_dropped)
         counts["non_tensor_stored"] = len(distinct["stored"])
@@ -226,7 +227,7 @@ class Report:
             text = f"{s.name:<6}{where}: {s.tensors_in} -> {s.tensors_out} tensors"
         parts = [f"{c[k]} {k}" for k in ("kept", "renamed", "dropped", "created") if c[k]]
         text += " = " + " + ".join(parts) if parts else ""
-        extra = [f"{c[k]} {k}" for k in ("transposed", "reshaped", "cast", "tied") if c[k]]
+        extra = [f"{c[k]} {k}" for k in ("transposed", "permuted", "reshaped", "cast", "tied") if c[k]]
         for key, verb in (("non_tensor_stored", "stored"), ("non_tensor_dropped", "dropped")):
             n = c[key]
             if n:
@@ -268,7 +269,7 @@ def end_to_end(report: Report, written: list[str], source_names: dict[str, str])
     changes: dict[tuple[str, str], list[str]] = {}
     for stage, evs in by_stage.items():
         for e in evs:
-            if e.action in ("transposed", "reshaped", "cast"):
+            if e.action in ("transposed", "permuted", "reshaped", "cast"):
                 changes.setdefault((stage, e.name), []).append(f"{e.action} {e.detail}".strip())
     rows = []
     for canonical in written:

@@ -21,3 +21,27 @@ def template_args(framework: str, ckpt, directory) -> list[str]:
     """template_options as command-line arguments."""
     opts = template_options(framework, ckpt, directory)
     return ["--template", opts["template"]] if opts else []
+
+
+def flatten_example():
+    """spec/examples/flatten-dense.safetensors: Keras Conv2D(4, 3x3) on a 6x5x3 input -> Flatten of
+    the 4x3x4 map -> Dense(5), imported: the Dense's rows permuted from H,W,C to C,H,W (spec 3.5).
+    Returns (checkpoint, the Keras kernel [48, 5] with H,W,C rows)."""
+    import numpy as np
+
+    from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
+    from hubfmt.format.tensor import LazyTensor
+    from hubfmt.io import flatten
+
+    ckpt = Checkpoint()
+    ckpt.source.framework = "tensorflow"
+    ckpt.source.format = "keras-archive"
+    conv = np.arange(4 * 3 * 3 * 3, dtype=np.float32).reshape(4, 3, 3, 3) / 100
+    kernel = np.arange(48 * 5, dtype=np.float32).reshape(48, 5)          # Keras Dense kernel [in, out]
+    ckpt.add("conv.weight", LazyTensor.from_array(conv), TensorInfo(kind="conv2d", original_layout="HWIO"))
+    ckpt.add("conv.bias", LazyTensor.from_array(np.zeros(4, np.float32)), TensorInfo(kind="conv2d"))
+    fc = flatten.hwc_to_chw(LazyTensor.from_array(np.ascontiguousarray(kernel.T)), (4, 3, 4))
+    ckpt.add("fc.weight", LazyTensor.from_array(fc.load()), TensorInfo(kind="linear", original_layout="IO"))
+    ckpt.add("fc.bias", LazyTensor.from_array(np.zeros(5, np.float32)), TensorInfo(kind="linear"))
+    ckpt.layers["fc"] = LayerInfo("linear", {flatten.ATTR: [4, 4, 3], flatten.ATTR_SOURCE: "HWC"})
+    return ckpt, kernel

@@ -389,12 +389,18 @@ def test_legacy_h5_model_to_torch_twin(keras, torch, kh5, tmp_path):
     assert_same_outputs(out, rt.predict(X_SEQ, verbose=0))
 
 
-def test_dense_after_flatten_is_flagged(keras, kh5, tmp_path):
+def test_dense_after_flatten_is_permuted(keras, kh5, tmp_path):
+    """Was a warning only (the wrong tensor written); now the rows are permuted to the canonical
+    C,H,W order and reported (tests/test_flatten_order.py checks outputs against torch)."""
     L = keras.layers
     s = keras.Sequential([keras.Input((4, 4, 2)), L.Conv2D(2, 1, name="c"), L.Flatten(), L.Dense(2, name="fc")])
     s.save(str(tmp_path / "s.keras"))
-    warned = kh5.read(str(tmp_path / "s.keras")).report.of("warning")
-    assert [e.name for e in warned] == ["fc"] and "NHWC" in warned[0].detail
+    ckpt = kh5.read(str(tmp_path / "s.keras"))
+    permuted = ckpt.report.of("permuted")
+    assert [e.name for e in permuted] == ["fc.weight"] and "HWC->CHW" in permuted[0].detail
+    kernel = s.get_layer("fc").kernel.numpy()                       # [h*w*c, out], H,W,C rows
+    want = kernel.reshape(4, 4, 2, 2).transpose(3, 2, 0, 1).reshape(2, 32)
+    np.testing.assert_array_equal(ckpt.array("fc.weight"), want)
 
 
 def test_template_layer_names_are_written(keras, kh5, tmp_path):

@@ -14,7 +14,7 @@ from hubfmt.format import manifest
 from hubfmt.errors import VersionError
 
 from conftest import REPO
-from helpers import small_cnn
+from helpers import flatten_example, small_cnn
 
 SPEC = REPO / "spec"
 EXAMPLES = SPEC / "examples"
@@ -36,7 +36,7 @@ def test_spec_version_matches_the_library():
     assert re.search(rf"^- {re.escape(manifest.FORMAT_VERSION)} \(", text, re.M), "changelog line for this version"
 
 
-@pytest.mark.parametrize("name", ["small-cnn.safetensors", "tied.safetensors"])
+@pytest.mark.parametrize("name", ["small-cnn.safetensors", "tied.safetensors", "flatten-dense.safetensors"])
 def test_examples_conform(name):
     assert hubfmt.validate(EXAMPLES / name) == []
 
@@ -60,3 +60,20 @@ def test_golden_values():
 def test_future_major_version_is_refused():
     with pytest.raises(VersionError, match="2.0.*1.0"):
         hubfile.read(EXAMPLES / "future-major.safetensors")
+
+
+def test_flatten_example_is_channels_first(tmp_path):
+    """spec 3.5: input c*H*W + h*W + w of the Dense is channel c at (h, w); the Keras kernel had it
+    at row (h*W + w)*C + c. The example file is what the writer writes today."""
+    ckpt, kernel = flatten_example()
+    out = tmp_path / "f.safetensors"
+    hubfile.write(ckpt, out)
+    assert out.read_bytes() == (EXAMPLES / "flatten-dense.safetensors").read_bytes()
+    back = hubfile.read(EXAMPLES / "flatten-dense.safetensors")
+    assert back.layers["fc"].attrs == {"flatten": [4, 4, 3], "flatten_source": "HWC"}
+    w = back.array("fc.weight")
+    C, H, W = 4, 4, 3
+    for c in range(C):
+        for h in range(H):
+            for x in range(W):
+                assert np.array_equal(w[:, c * H * W + h * W + x], kernel[(h * W + x) * C + c])

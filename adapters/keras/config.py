@@ -92,3 +92,41 @@ def dense_after_flatten(config: dict | None) -> list[str]:
             visit(e)
     visit(config)
     return [n for n in found if isinstance(n, str)]
+
+
+def _flatten_input(entry: dict) -> tuple[int, int, int] | None:
+    """(H, W, C) a channels-last Flatten takes (its build_config's input_shape), else None (not
+    known, not 2-D spatial, or channels_first: then it flattens C,H,W already)."""
+    cfg = entry.get("config") or {}
+    if cfg.get("data_format") == "channels_first":
+        return None
+    shape = (entry.get("build_config") or {}).get("input_shape")
+    if not isinstance(shape, (list, tuple)) or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        return None
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+def flatten_inputs(config: dict | None) -> dict[str, tuple[int, int, int] | None]:
+    """Dense layer name -> (H, W, C) of the channels-last map its Flatten flattens (None when the
+    config does not give that shape), for every Dense fed by a Flatten that is not channels_first."""
+    found: dict[str, tuple[int, int, int] | None] = {}
+
+    def visit(entry):
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            return
+        items = [e for e in entry["config"].get("layers") or [] if isinstance(e, dict)]
+        by_name = {(e.get("config") or {}).get("name"): e for e in items}
+        for i, e in enumerate(items):
+            if e.get("class_name") == "Dense":
+                inputs = _histories(e.get("inbound_nodes")) if "inbound_nodes" in e else \
+                    [(items[i - 1].get("config") or {}).get("name")] if i else []
+                for n in inputs:
+                    src = by_name.get(n)
+                    if src is not None and src.get("class_name") == "Flatten" and \
+                            (src.get("config") or {}).get("data_format") != "channels_first":
+                        name = (e.get("config") or {}).get("name")
+                        if isinstance(name, str):
+                            found[name] = _flatten_input(src)
+            visit(e)
+    visit(config)
+    return found

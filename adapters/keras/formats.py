@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from hubfmt.sdk import READ, RESTORE_DTYPE, STRICT_READ, STRICT_WRITE, TEMPLATE, NativeFormat, Option
+from hubfmt.sdk import READ, RESTORE_DTYPE, STRICT_READ, STRICT_WRITE, TEMPLATE, WRITE, NativeFormat, Option
 
 NAME = "keras"
 FRAMEWORK = "tensorflow"            # --from/--to tensorflow covers these files too
@@ -13,14 +13,19 @@ PIP_NAME = "tensorflow-cpu"              # Keras 3 with its TensorFlow backend
 
 TEMPLATE_READ = Option("template", "template", None, "the model's .keras archive or live Keras model: "
                        "layer classes for a bare .weights.h5", READ)
-_OPTIONS = (STRICT_READ, TEMPLATE_READ, RESTORE_DTYPE, TEMPLATE, STRICT_WRITE)
+FLATTEN_DOC = ("a Dense after a Flatten of conv features, when no config gives the map's shape: HxW (its height "
+               "and width; the input rows are permuted between Keras's H,W,C and the canonical C,H,W order) or "
+               "as-is (rows kept as they are)")
+FLATTEN_READ = Option("flatten", "str", None, FLATTEN_DOC, READ)
+FLATTEN_WRITE = Option("flatten", "str", None, FLATTEN_DOC, WRITE)
+_OPTIONS = (STRICT_READ, TEMPLATE_READ, FLATTEN_READ, RESTORE_DTYPE, TEMPLATE, STRICT_WRITE, FLATTEN_WRITE)
 NO_STEP_COUNT = ("num_batches_tracked",)     # Keras BatchNormalization keeps no step count
 WEIGHTS_H5 = NativeFormat("keras-weights-h5", (".weights.h5",), "Keras 3 model.save_weights() file "
                           "(HDF5, positional vars)", options=_OPTIONS, cannot_hold=NO_STEP_COUNT)
 ARCHIVE = NativeFormat("keras-archive", (".keras",), "Keras 3 model.save() archive "
                        "(config.json + model.weights.h5)", options=_OPTIONS, cannot_hold=NO_STEP_COUNT)
 LEGACY_H5 = NativeFormat("keras-h5", (".h5",), "legacy Keras 2 HDF5 weights or model (named variables; read only)",
-                         writes=False, options=(STRICT_READ, TEMPLATE_READ), cannot_hold=NO_STEP_COUNT)
+                         writes=False, options=(STRICT_READ, TEMPLATE_READ, FLATTEN_READ), cannot_hold=NO_STEP_COUNT)
 FORMATS = (WEIGHTS_H5, ARCHIVE, LEGACY_H5)
 
 

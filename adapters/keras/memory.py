@@ -11,10 +11,13 @@ import numpy as np
 
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import Checkpoint, LazyTensor, SourceInfo
+from hubfmt.sdk import flatten as flatten_order
 from hubfmt.sdk import ConversionError, MissingFrameworkError
 from hubfmt.sdk import Report
 
 from . import plan
+from .config import flatten_inputs
+from .reader import canonical_flatten_order
 from .formats import FRAMEWORK, PIP_NAME
 from .names import KNOWN
 from .owners import Owner, add_owner
@@ -115,7 +118,7 @@ def _as_lazy(v) -> LazyTensor:
     return LazyTensor.from_array(a)
 
 
-def from_model(model, *, strict: bool = True) -> Checkpoint:
+def from_model(model, *, strict: bool = True, flatten: str | None = None) -> Checkpoint:
     """A built Keras model's weights as a canonical Checkpoint (data copied out of the model).
 
     >>> ckpt = from_model(keras.applications.MobileNetV2(weights=None))   # doctest: +SKIP
@@ -128,16 +131,21 @@ def from_model(model, *, strict: bool = True) -> Checkpoint:
     ckpt = Checkpoint()
     ckpt.report.stage = "read"
     ckpt.source = SourceInfo(FRAMEWORK, f"keras {keras.__version__}", "", "keras-model")
+    dense_names = {}
     for module, layer, cls, variables, suffix in walk(model):
         config = _config(layer) if cls else {}
         names = [getattr(v, "path", None) or v.name for v in variables]
         add_owner(ckpt, Owner(module, cls, config, names, [_as_lazy(v) for v in variables],
                               f"layer {module or model.name}", suffix), strict=strict, path=None)
+        dense_names[module] = layer.name
+    config = _model_config(keras, model)
+    canonical_flatten_order(ckpt, flatten_inputs(config) if config else None, dense_names, flatten,
+                            f"model {model.name}")
     ckpt.report.tensors_in = len(ckpt)
     return ckpt
 
 
-def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
+def to_model(ckpt: Checkpoint, model, *, strict: bool = True, flatten: str | None = None) -> Report:
     """Assign `ckpt` to a built Keras model, layer by layer (layers matched by module path, else by
     order and kind). strict: every model weight assigned and every checkpoint tensor used, else a
     ConversionError listing what is missing or left over; strict=False assigns what matches.
@@ -146,6 +154,7 @@ def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
     """
     if not getattr(model, "built", True):
         raise ConversionError("the Keras model is not built: call it on data or model.build(shape) first")
+    flatten_order.check_decided(ckpt)     # a Dense's row order after a Flatten its reader could not tell
     report = Report(stage="write")
     layers = walk(model)
     targets, variables = [], {}
@@ -159,8 +168,9 @@ def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
     canon = plan.merge_separable(canon, ckpt, {t.module for t in targets if t.class_name == "SeparableConv2D"})
     pairs = plan.match(canon, targets, report, strict=strict)
     plan.attr_warnings(ckpt, pairs, report)
+    rows = plan.flatten_rows(ckpt, pairs, _model_config(_keras(), model) or None, flatten, report, f"model {model.name}")
     assigned = 0
-    for target, i, src_name, tensor, events in plan.exports(ckpt, pairs):
+    for target, i, src_name, tensor, events in plan.exports(ckpt, pairs, rows):
         var = variables[id(target)][i]
         value = tensor.load()
         if tensor.dtype == "bfloat16":
@@ -174,6 +184,18 @@ def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
     report.tensors_in = len(ckpt)
     report.tensors_out = assigned
     return report
+
+
+def _model_config(keras, model) -> dict:
+    """The model's config as a .keras archive's config.json holds it (with each layer's
+    build_config: a Flatten's input shape); {} when the model cannot serialize itself."""
+    try:
+        config = keras.saving.serialize_keras_object(model)
+    except Exception:   # noqa: BLE001 - a custom object without get_config: no config, as a bare file
+        return {}
+    if not isinstance(config, dict) or not isinstance((config.get("config") or {}).get("layers"), list):
+        return {}       # a subclassed model: no layer graph to say what feeds a Dense
+    return config
 
 
 def _np_dtype(var) -> str:

@@ -14,12 +14,12 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 
-from hubfmt.sdk import Checkpoint
+from hubfmt.sdk import Checkpoint, flatten, norm_attr_mismatches
 from hubfmt.sdk import ConversionError, HubfmtError
 from hubfmt.sdk import Report
 
 from . import names
-from .config import snake_case
+from .config import flatten_inputs, snake_case
 from .names import (KERAS_BN_EPS, KERAS_BN_MOMENTUM, KERAS_CLASS_KINDS, bn_momentum_from_canonical,
                      bn_momentum_to_canonical, export_layer)
 from .store import scan as scan_store
@@ -310,11 +310,64 @@ def positions(t: Target, leaves_present: list[str]) -> list[str]:
     return [leaf for leaf in LEAF_ORDER if leaf in leaves_present]
 
 
-def exports(ckpt: Checkpoint, pairs: list[tuple[CanonLayer, Target]]):
+def flatten_rows(ckpt: Checkpoint, pairs: list[tuple[CanonLayer, Target]], config: dict | None, option,
+                 report: Report, where: str) -> dict[str, tuple[int, int, int]]:
+    """Canonical linear layers whose input rows go from C,H,W to Keras's H,W,C order (a Dense after
+    a channels-last Flatten) -> (C, H, W). The destination's config decides when there is one;
+    else what the checkpoint recorded (read from a Keras config); else a linear layer that looks
+    fed by flattened conv features needs the `flatten` option (HxW or as-is), or it is an error."""
+    decided = flatten.parse(option)
+    out: dict[str, tuple[int, int, int]] = {}
+    inputs = flatten_inputs(config) if config is not None else None
+    linear = {layer.module: t for layer, t in pairs if layer.kind == "linear"}
+    kept = set()
+    for module, t in linear.items():
+        li = ckpt.layers.get(module)
+        attrs = li.attrs if li is not None else {}
+        if attrs.get(flatten.ATTR_SOURCE) == flatten.AS_IS:
+            kept.add(module)
+            report.add("warning", module, "input rows kept in their order (flatten=as-is when read)")
+            continue
+        if inputs is not None:
+            name = (t.config or {}).get("name") or t.layer_name
+            if name in inputs:
+                hwc = inputs[name]
+                if hwc is None:
+                    report.add("warning", module, "Dense after Flatten, the destination's config does not give the "
+                                                  "map's shape: input rows written in the canonical C,H,W order")
+                    continue
+                h, w, c = hwc
+                out[module] = (c, h, w)
+            continue
+        rec = attrs.get(flatten.ATTR)
+        if isinstance(rec, list) and len(rec) == 3:
+            out[module] = (int(rec[0]), int(rec[1]), int(rec[2]))
+    if inputs is None:
+        suspects = [s for s in flatten.conv_fed_linears(ckpt) if s[0] in linear and s[0] not in out and s[0] not in kept]
+        if suspects and decided is None:
+            raise flatten.undecided(suspects, f"the destination {where} has no config (no .keras template) that shows a "
+                                              "Flatten or its shape", "-W")
+        for module, c, n in suspects:
+            if decided == flatten.AS_IS:
+                report.add("warning", module, "input rows kept in their order (flatten=as-is)")
+                continue
+            assert isinstance(decided, tuple)
+            c, _ = flatten.shape_from_option(decided, n, module, "flatten")
+            out[module] = (c, decided[0], decided[1])
+    return out
+
+
+def exports(ckpt: Checkpoint, pairs: list[tuple[CanonLayer, Target]], rows: dict[str, tuple[int, int, int]] | None = None):
     """Each destination variable: (target, position, canonical source name, lazy native tensor,
-    report events), shapes checked against the template's when it gave them."""
+    report events), shapes checked against the template's when it gave them. `rows`: linear
+    layers whose input rows are permuted C,H,W -> H,W,C (flatten_rows)."""
     for layer, target in pairs:
         canon = {role: ckpt.entries[name].tensor for role, name in layer.roles.items()}
+        permuted = ""
+        if rows and layer.module in rows and "weight" in canon:
+            c, h, w = rows[layer.module]
+            canon["weight"] = flatten.chw_to_hwc(canon["weight"], (c, h, w), layer.roles["weight"])
+            permuted = f"input rows CHW->HWC ({h}x{w}x{c} map, the Keras Flatten's order)"
         if layer.kind == "tensor":
             roles = sorted(canon, key=int)
             if target.shapes and len(target.shapes) != len(roles):
@@ -341,7 +394,10 @@ def exports(ckpt: Checkpoint, pairs: list[tuple[CanonLayer, Target]]):
             m = by_leaf[leaf]
             src_name = layer.roles.get(m.source.split("+")[0], layer.module)
             _check_shape(src_name, m.tensor, target, i, leaf)
-            yield target, i, src_name, m.tensor, m.events
+            events = list(m.events)
+            if permuted and m.source == "weight":
+                events.append(("permuted", permuted))
+            yield target, i, src_name, m.tensor, events
 
 
 def _check_shape(src_name: str, tensor, target: Target, i: int, leaf: str) -> None:
@@ -356,6 +412,10 @@ def attr_warnings(ckpt: Checkpoint, pairs, report: Report) -> None:
     outputs (eps) or training (momentum)."""
     for layer, t in pairs:
         li = ckpt.layers.get(layer.module)
+        if layer.kind in ("layer_norm", "group_norm") and li is not None and t.config and "epsilon" in t.config:
+            for text in norm_attr_mismatches(layer.kind, li.attrs, {"eps": float(t.config["epsilon"])}):
+                report.add("warning", layer.module, f"{layer.kind} {text} (its config)")
+            continue
         if layer.kind != "batch_norm" or li is None:
             continue
         cfg = t.config or {}

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import os
 
-from hubfmt.sdk import Checkpoint, SourceInfo
+from hubfmt.sdk import Checkpoint, SourceInfo, flatten
 
-from .config import dense_after_flatten
+from .config import flatten_inputs
 from .formats import FRAMEWORK
 from .store import lazy as lazy_var, scan as scan_store
 from .owners import Owner, add_owner
 from .names import infer_class
 
 
-def read(path: str | os.PathLike, *, strict: bool = True, template=None) -> Checkpoint:
+def read(path: str | os.PathLike, *, strict: bool = True, template=None, flatten: str | None = None) -> Checkpoint:
     """A .weights.h5 file or .keras archive as a lazy canonical Checkpoint.
 
     Layer classes come from config.json (a .keras archive) or `template` (the model's .keras
@@ -33,15 +33,23 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None) -> Chec
     variables are dropped and reported. strict=False also keeps layers without a canonical form
     (GRU reset_after=False) by position instead of failing.
 
+    A Dense after a Flatten gets its input rows permuted from Keras's H,W,C order to the canonical
+    C,H,W when the config (the archive's or the template's) gives the map's shape; without a
+    config, a Dense that looks fed by flattened conv features is an error unless `flatten` says
+    "HxW" (permute) or "as-is" (keep).
+
     >>> read("model.weights.h5", template="model.keras")["conv.weight"].info.original_layout   # doctest: +SKIP
     'HWIO'
     """
     path = os.fspath(path)
     store = scan_store(path)
     known = {}
+    config = store.config
     if template is not None:
         from .plan import template_targets
-        known = {t.vars_path: t for t in template_targets(template)[0]}
+        targets, t_config, _, _ = template_targets(template)
+        known = {t.vars_path: t for t in targets}
+        config = config if config is not None else t_config
     ckpt = Checkpoint()
     ckpt.report.stage = "read"
     version = (store.metadata or {}).get("keras_version", "")
@@ -57,9 +65,9 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None) -> Chec
         owner = Owner(g.module, g.class_name or infer_class(g), g.config, [v.path for v in g.vars],
                       [lazy_var(store, v) for v in g.vars], g.vars_path, g.suffix)
         add_owner(ckpt, owner, strict=strict, path=path)
-    for name in dense_after_flatten(store.config):
-        ckpt.report.add("warning", name, "Dense after Flatten: Keras flattens NHWC (channels last); a "
-                                         "channels-first model needs this weight's input rows permuted")
+    dense_names = {g.module: (g.config or {}).get("name") or g.layer_name for g in store.groups}
+    canonical_flatten_order(ckpt, flatten_inputs(config) if config is not None else None, dense_names,
+                            flatten, os.path.basename(path))
     if store.optimizer:
         ckpt.report.add("dropped", "optimizer", f"{len(store.optimizer)} optimizer variables "
                                                 "(optimizer state is not carried by the hub)")
@@ -71,3 +79,46 @@ def read(path: str | os.PathLike, *, strict: bool = True, template=None) -> Chec
         ckpt.report.add("warning", os.path.basename(path), "the file holds no layer variables")
     ckpt.report.tensors_in = len(ckpt)
     return ckpt
+
+
+def canonical_flatten_order(ckpt: Checkpoint, inputs: dict | None, dense_names: dict[str, str], option,
+                            where: str) -> None:
+    """Permute the input rows of each Dense fed by a channels-last Flatten to the canonical C,H,W
+    order, recorded in its layer attributes and reported (`inputs`: Keras layer name -> (H, W, C),
+    from a config; None without one: then the `flatten` option, or an error, decides)."""
+    decided = flatten.parse(option)
+    if inputs is not None:
+        for module, name in dense_names.items():
+            if name not in inputs or f"{module}.weight" not in ckpt.entries:
+                continue
+            hwc = inputs[name]
+            if hwc is None:
+                ckpt.report.add("warning", module, "Dense after Flatten, the config does not give the map's shape: "
+                                                   "its input rows stay in Keras's H,W,C order")
+                continue
+            _permute(ckpt, module, hwc, "the config's Flatten")
+        return
+    suspects = flatten.conv_fed_linears(ckpt)
+    if not suspects:
+        return
+    if decided is None:
+        flatten.mark_undecided(ckpt, suspects, f"{where} has no config that shows a Flatten or its shape", "-R")
+        return
+    for module, c, n in suspects:
+        if decided == flatten.AS_IS:
+            ckpt.layers[module].attrs[flatten.ATTR_SOURCE] = flatten.AS_IS
+            ckpt.report.add("warning", module, "input rows kept in their order (flatten=as-is)")
+            continue
+        c, hw = flatten.shape_from_option(decided, n, module, "flatten")
+        _permute(ckpt, module, (decided[0], decided[1], c), "flatten=" + "x".join(map(str, decided)))
+
+
+def _permute(ckpt: Checkpoint, module: str, hwc: tuple[int, int, int], why: str) -> None:
+    name = f"{module}.weight"
+    e = ckpt.entries[name]
+    h, w, c = hwc
+    e.tensor = flatten.hwc_to_chw(e.tensor, hwc, name)
+    li = ckpt.layers[module]
+    li.attrs[flatten.ATTR] = [c, h, w]
+    li.attrs[flatten.ATTR_SOURCE] = "HWC"
+    ckpt.report.add("permuted", name, f"input rows HWC->CHW ({h}x{w}x{c} map, {why})")

@@ -24,7 +24,7 @@ from hubfmt.sdk import LazyTensor, region_tensor
 from hubfmt.sdk import FormatError
 
 from .config import config_by_path
-from .files import check_global_heaps, h5_reason, open_h5
+from .files import check_global_heaps, h5_reason, h5py_module, open_h5
 
 MAX_GROUPS = 1_000_000                   # objects in one file: bounds the walk of a hostile file
 MAX_DEPTH = 100                          # nesting of objects and lists (Python's recursion is finite)
@@ -58,6 +58,9 @@ class VarGroup:
     config: dict = field(default_factory=dict)
     vars: list[Var] = field(default_factory=list)
     from_cell: bool = False
+    # The highest file address of the group's objects (headers, data): HDF5 allocates as Keras
+    # creates, so this orders a bare file's layers as Keras saved them (None: not known).
+    created: int | None = None
     suffix: str = ""        # "_reverse" for the backward half of a Bidirectional RNN (torch's names)
 
 
@@ -273,6 +276,7 @@ class _Walker:
                          cfg if isinstance(cfg, dict) else {}, suffix=suffix)
         if isinstance(vg, self.Group):
             group.vars = self._vars(vg, vars_path)
+            group.created = _created(g, vg, group.vars)
         if cell_of is not None:
             # An RNN's cell: its variables are the RNN layer's (canonical names have no 'cell').
             cell_cfg = cell_of.config.get("cell") if isinstance(cell_of.config.get("cell"), dict) else None
@@ -341,10 +345,53 @@ def _join(prefix: str, seg: str) -> str:
     return f"{prefix}.{seg}" if prefix else seg
 
 
+def _address(obj) -> int | None:
+    try:
+        return int(h5py_module().h5o.get_info(obj.id).addr)
+    except Exception:   # noqa: BLE001 - an HDF5 without object addresses: no creation order
+        return None
+
+
+def _created(g, vg, variables: list[Var]) -> int | None:
+    """The highest address among a layer's object headers and data. HDF5 hands out space as
+    objects are created, reusing freed holes: a later layer's objects can land in an earlier hole,
+    but never all of them, so the highest address orders layers by creation. Data offsets alone
+    do not: HDF5 keeps small datasets (BN vectors) in blocks of their own."""
+    addrs = [_address(g), _address(vg)] + [_address(vg[k]) for k in vg]
+    addrs += [v.offset for v in variables]
+    known = [a for a in addrs if a is not None]
+    return max(known) if known and _address(g) is not None else None
+
+
+_ITEM = re.compile(r"^(.*?)(?:_(\d+))?$")
+
+
+def _by_counter(groups: list[VarGroup]) -> list[VarGroup]:
+    """Keras names list items by class and a counter in model order (`conv2d`, `conv2d_1`, ...):
+    within one list and class, that counter is the order, whatever the addresses say."""
+    slots: dict[tuple[str, str], list[int]] = {}
+    for i, g in enumerate(groups):
+        parent, _, item = g.object_path.rpartition("/")
+        if parent.rpartition("/")[2] != "layers":
+            continue
+        m = _ITEM.match(item)
+        if m:
+            slots.setdefault((parent, m.group(1)), []).append(i)
+    out = list(groups)
+    for idx in slots.values():
+        ranked = sorted(idx, key=lambda i: int(_ITEM.match(groups[i].object_path.rpartition("/")[2]).group(2) or 0))
+        for slot, i in zip(idx, ranked, strict=True):
+            out[slot] = groups[i]
+    return out
+
+
 def _model_order(groups: list[VarGroup], configs: dict) -> list[VarGroup]:
     """Groups in the order the model declares its layers when config.json says it, else in the
-    order Keras wrote them (smallest data offset first: h5 lists names alphabetically)."""
+    order Keras created them (file addresses, list items' class counters; h5 lists names
+    alphabetically), else smallest data offset first."""
     rank = {p: i for i, p in enumerate(configs)}
+    if not rank and groups and all(g.created is not None for g in groups):
+        return _pair_bidirectional(_by_counter(sorted(groups, key=lambda g: g.created or 0)))
 
     def ranked(p):     # an attribute (a Bidirectional's forward_layer) ranks as its layer
         while p:
@@ -357,7 +404,10 @@ def _model_order(groups: list[VarGroup], configs: dict) -> list[VarGroup]:
         i, g = item
         offs = [v.offset for v in g.vars if v.offset is not None]
         return (ranked(g.object_path), min(offs) if offs else float("inf"), i)
-    out = [g for _, g in sorted(enumerate(groups), key=key)]
+    return _pair_bidirectional([g for _, g in sorted(enumerate(groups), key=key)])
+
+
+def _pair_bidirectional(out: list[VarGroup]) -> list[VarGroup]:
     for i in range(len(out) - 1):      # a Bidirectional's forward half first, as torch lists it
         a, b = out[i], out[i + 1]
         if a.suffix and not b.suffix and a.module == b.module:

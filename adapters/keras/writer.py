@@ -35,7 +35,7 @@ class _Dataset:
 
 
 def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, restore_dtype: bool = True,
-          template=None, strict: bool = True) -> Report:
+          template=None, strict: bool = True, flatten: str | None = None) -> Report:
     """Write `ckpt` as a Keras 3 weights file that `model.load_weights(path)` accepts.
 
     `path` ending in `.keras` writes an archive (needs a config: a .keras or live-model template,
@@ -43,6 +43,9 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     model, or a live Keras model) fixes the Keras paths and classes; layers match by name, else by
     order. Without one, layers go where they were read from, else to Keras's default names for a
     flat model in checkpoint order. strict=False writes what matches and reports the rest.
+    A Dense after a Flatten gets its input rows permuted to Keras's H,W,C order when the
+    template's config (or the checkpoint's record) gives the map's shape; else `flatten` ("HxW"
+    or "as-is") decides for a linear layer that looks fed by flattened conv features.
 
     >>> write(read("torch_twin.safetensors"), "m.weights.h5", template=keras_model)   # doctest: +SKIP
     """
@@ -70,7 +73,10 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
             raise HubfmtError("a .keras archive needs the model's config.json: pass --template (a .keras file or a "
                               "Keras model), or write a .weights.h5 instead", path)
     plan.attr_warnings(ckpt, pairs, report)
-    datasets, parents = _datasets(ckpt, pairs, report, restore_dtype)
+    keras_config = config if template is not None else ckpt.extra.get("keras_config")
+    rows = plan.flatten_rows(ckpt, pairs, keras_config if isinstance(keras_config, dict) else None, flatten, report,
+                             os.path.basename(path))
+    datasets, parents = _datasets(ckpt, pairs, report, restore_dtype, rows)
     parents = {**names, **parents}      # the template's layer names, then the matched layers' own
     total = 0
     with atomic_output(path, overwrite=overwrite) as tmp:
@@ -88,10 +94,10 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     return report
 
 
-def _datasets(ckpt: Checkpoint, pairs, report: Report, restore_dtype: bool):
+def _datasets(ckpt: Checkpoint, pairs, report: Report, restore_dtype: bool, rows):
     datasets: list[_Dataset] = []
     parents: dict[str, str] = {}
-    for target, index, src_name, tensor, events in plan.exports(ckpt, pairs):
+    for target, index, src_name, tensor, events in plan.exports(ckpt, pairs, rows):
         h5path = f"{target.vars_path}/{index}"
         entry = ckpt.entries.get(src_name)
         want = tensor.dtype

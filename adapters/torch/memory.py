@@ -13,7 +13,7 @@ import numpy as np
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import Checkpoint, LazyTensor, SourceInfo, TensorInfo
 from hubfmt.sdk import ConversionError, MissingFrameworkError
-from hubfmt.sdk import Report
+from hubfmt.sdk import Report, flatten, norm_attr_mismatches
 
 from . import names
 from .vocabulary import TORCH_DTYPES
@@ -95,6 +95,17 @@ def _to_torch(arr: np.ndarray, dtype: str):
     return torch.from_numpy(np.array(arr, copy=True))
 
 
+def _attr_warnings(ckpt: Checkpoint, model: Any, report: Report) -> None:
+    """Warn where a norm layer's recorded eps/momentum differ from the live module's (both named)."""
+    for path, module in model.named_modules():
+        li = ckpt.layers.get(path)
+        if li is None or not li.attrs:
+            continue
+        _, attrs = names.layer_attrs(li.kind, vars(module), None)
+        for text in norm_attr_mismatches(li.kind, li.attrs, attrs):
+            report.add("warning", path, f"{li.kind} {text}")
+
+
 def to_model(ckpt: Checkpoint, model: Any, *, strict: bool = True, restore_dtype: bool = True) -> Report:
     """Load `ckpt` into nn.Module `model` with load_state_dict(strict=strict), tensors in their
     original dtypes (`restore_dtype`). Missing/unexpected names: ConversionError when strict,
@@ -117,6 +128,8 @@ def to_model(ckpt: Checkpoint, model: Any, *, strict: bool = True, restore_dtype
             report.add("cast", name, f"{src}->{want}")
         elif name in target:
             report.add("matched", name)
+    flatten.check_decided(ckpt)     # a Dense's row order after a Flatten its reader could not tell
+    _attr_warnings(ckpt, model, report)
     try:
         result = model.load_state_dict(state, strict=strict)
     except RuntimeError as e:

@@ -101,8 +101,50 @@ class Alignment:
             counts = {a: n for a in PROBLEMS if (n := sum(e.action == a for e in bad))}
             summary = ", ".join(f"{n} {a}" for a, n in counts.items())
             hint = " (--allow-missing / --allow-unexpected relax those)" if {"missing", "unexpected"} & set(counts) else ""
+            families = self.unmatched_families(bad)
+            if families:
+                # Relaxing would write a model whose layers are missing or thrown away: not a fix.
+                hint = (f"; this looks like an architecture mismatch, not a few optional tensors ({'; '.join(families[:3])}"
+                        f"{' ...' if len(families) > 3 else ''}): --allow-missing/--allow-unexpected would write a "
+                        "wrong model; check that the template is the same architecture, or map these layers with "
+                        "a --rules file")
             raise AlignmentError(f"cannot align {self.source_label or 'the source'} to the template "
                                  f"{self.template_label}: {summary}{hint}", table=self.to_text(problems_only=True))
+
+    def unmatched_families(self, bad: list[Event]) -> list[str]:
+        """Left-over layers that look like an architecture mismatch: a family of layers (their
+        paths with numbers as `*`: `blocks.*.attn.qkv`) of at least two layers that is unmatched
+        as a whole on its side, or more than half of a side's layers unmatched."""
+        sides = {"unexpected": set(self.source_layer_sizes),
+                 "missing": {e.info.layer or n.rpartition(".")[0] for n, e in self.template.entries.items()}}
+        out = []
+        for action, layers in sides.items():
+            left = {_layer_of(e.name, layers) for e in bad if e.action == action}
+            if not left:
+                continue
+            if len(layers) >= 4 and len(left) > len(layers) / 2:
+                out.append(f"{len(left)} of {len(layers)} {'source' if action == 'unexpected' else 'template'} "
+                           f"layers {action}")
+                continue
+            family: dict[str, set[str]] = {}
+            for path in layers:
+                family.setdefault(re.sub(r"\d+", "*", path), set()).add(path)
+            for fam in sorted({re.sub(r"\d+", "*", p) for p in left}):
+                members = family.get(fam, set())
+                if len(members) >= 2 and members <= left:
+                    out.append(f"all {len(members)} layers {fam} {action}")
+            # A whole numbered block (`layer1.2`: a deeper or shallower model) with two layers or more.
+            blocks: dict[str, set[str]] = {}
+            for path in layers:
+                parts = path.split(".")
+                for i in range(1, len(parts)):
+                    if parts[i - 1].isdigit():
+                        blocks.setdefault(".".join(parts[:i]), set()).add(path)
+            whole = sorted(b for b, members in blocks.items() if len(members) >= 2 and members <= left
+                           and not any(b.startswith(o + ".") for o in blocks if o != b and blocks[o] <= left))
+            if whole:
+                out.append(f"whole blocks {action}: {', '.join(whole[:4])}{' ...' if len(whole) > 4 else ''}")
+        return out
 
     def apply(self, source: Checkpoint) -> Checkpoint:
         """The aligned checkpoint: source tensors under the template's names (lazy, no data read),
@@ -169,6 +211,14 @@ class Alignment:
         if not self.report.problems:
             lines.append("no problems")
         return "\n".join(lines)
+
+
+def _layer_of(name: str, layers: set[str]) -> str:
+    """The longest layer path of `layers` that `name` (a tensor name) lies under."""
+    cut = name
+    while cut and cut not in layers:
+        cut = cut.rpartition(".")[0]
+    return cut or name.rpartition(".")[0]
 
 
 def _staged(r: Report) -> Report:

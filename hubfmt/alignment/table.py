@@ -22,6 +22,7 @@ from hubfmt.format.checkpoint import Checkpoint, TensorInfo
 from hubfmt.format.tensor import FileSpan, LazyTensor
 from hubfmt.format.tensor import read_region
 from hubfmt.errors import ConversionError
+from hubfmt.io.norm_attrs import equivalent, norm_attr_mismatches
 from hubfmt.report import Report
 
 OPS = ("", "conv1x1", "split", "merge", "create", "drop")
@@ -251,7 +252,10 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
             if path not in out.layers:
                 continue
             mine = out.layers[path].attrs
+            norm = norm_attr_mismatches(out.layers[path].kind, mine, li.attrs)
+            for text in norm:
+                report.add("warning", path, f"{out.layers[path].kind} {text.replace('in the destination', 'in the template')}")
             for k, v in li.attrs.items():
-                if k in mine and mine[k] != v:
+                if k in mine and not equivalent(k, mine[k], v) and not (norm and k in ("eps", "momentum")):
                     report.add("warning", path, f"{k}: source {mine[k]!r}, template {v!r} (the source's value is kept)")
     return out
