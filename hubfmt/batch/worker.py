@@ -6,7 +6,7 @@ import os
 import time
 
 from hubfmt.batch.items import Item
-from hubfmt.batch.ledger import file_print, fingerprint
+from hubfmt.batch.ledger import file_print, fingerprint, source_files
 
 
 def run_item(task: dict) -> dict:
@@ -21,7 +21,9 @@ def run_item(task: dict) -> dict:
                      read_options=item.read_options, write_options=item.write_options, rules=item.rules,
                      template=item.template, template_framework=item.template_from,
                      allow_missing=item.allow_missing, allow_unexpected=item.allow_unexpected)
-    return {"report": report.to_json(), "files": list(report.files), "bytes": report.bytes_out,
+    # Writers that do not list their files: the files a reader of the output would open.
+    files = list(report.files) or source_files(item.dst)
+    return {"report": report.to_json(), "files": files, "bytes": report.bytes_out,
             "source_files": source_print, "seconds": time.monotonic() - t0, "pid": os.getpid()}
 
 
