@@ -171,7 +171,9 @@ def mirror_tree(src_root: str | os.PathLike, dst_root: str | os.PathLike, to: st
             if d.startswith(".") or os.path.abspath(p) == dst_abs:
                 continue
             fmt = _detect(p)
-            if fmt is not None:
+            # A directory format (OneFlow, Hugging Face) is one checkpoint; a folder a TF reader
+            # would take (its `checkpoint` state file names the latest) is a folder of checkpoints.
+            if fmt is not None and fmt.layout == "directory":
                 items.append(_mirrored(p, src_root, dst_root, fmt, out_ext, to, common))
             else:
                 keep.append(d)

@@ -15,7 +15,9 @@ def run_item(task: dict) -> dict:
 
     t0 = time.monotonic()
     item = Item.from_json(task["item"])
-    source_print = fingerprint(item.src)
+    from hubfmt import registry
+    registry.detect_input(item.src, item.from_)     # a missing or unknown source: bad input, said as convert says it
+    source_print = fingerprint(item.src)             # before converting: a source changed meanwhile is redone
     report = convert(item.src, item.dst, src_framework=item.from_, dst_framework=item.to,
                      overwrite=task.get("overwrite", False), show_progress=False,
                      read_options=item.read_options, write_options=item.write_options, rules=item.rules,
