@@ -381,6 +381,9 @@ def convert_many(items, *, executor: cf.Executor | None = None, jobs: int | None
         else:
             for fut in inflight:
                 fut.cancel()
+            cancel_all = getattr(pool, "cancel_all", None)     # RayExecutor: stop its running tasks
+            if cancel_all is not None:
+                cancel_all()
         for task in inflight.values():
             _clean_temporaries(todo[task.item].dst)
         raise
