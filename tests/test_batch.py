@@ -182,10 +182,19 @@ def _writer_of(tmp_prefix: str, dirpath: str) -> int | None:
     return None
 
 
-def test_a_worker_killed_mid_write_leaves_no_partial_output_and_the_retry_completes(tmp_path):
+@pytest.mark.parametrize("sharded", [False, True], ids=["one-task", "a-shard-task"])
+def test_a_worker_killed_mid_write_leaves_no_partial_output_and_the_retry_completes(tmp_path, sharded):
+    """SIGKILL of the worker process that has the big item's temporary open: the pool breaks, is
+    recreated, the item (or that shard) is retried; nothing partial is left, the output is whole.
+    Sharded: a 3-shard hub source to a hub file, the killed task one shard."""
     src = tmp_path / "src"
     src.mkdir()
-    _big_hub(str(src / "big.safetensors"))
+    if sharded:
+        _big_hub(str(tmp_path / "whole.safetensors"))
+        write(read(str(tmp_path / "whole.safetensors")), str(src / "big.safetensors"), max_shard_size=64 << 20)
+        assert len(hubfile.shards(str(src / "big.safetensors"))[0]) == 3
+    else:
+        _big_hub(str(src / "big.safetensors"))
     for i in range(3):
         write(example_checkpoint(seed=i), str(src / f"small{i}.safetensors"))
     out = tmp_path / "out"
@@ -196,25 +205,29 @@ def test_a_worker_killed_mid_write_leaves_no_partial_output_and_the_retry_comple
 
     def killer():
         while not over.is_set() and not killed:
-            pid = _writer_of(".big.", str(out))     # the worker writing big.pt's temporary
+            pid = _writer_of(".big", str(out))     # the worker writing big's (or a shard's) temporary
             if pid is not None:
-                seen_partial.extend(f for f in os.listdir(out) if f.startswith(".big.") and ".hubfmt-tmp-" in f)
+                seen_partial.extend(f for f in os.listdir(out) if f.startswith(".big") and ".hubfmt-tmp-" in f)
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             time.sleep(0.002)
     watcher = threading.Thread(target=killer)
     watcher.start()
     try:
-        batch = convert_many(mirror_tree(src, out, "torch"), jobs=2)
+        batch = convert_many(mirror_tree(src, out, "hub" if sharded else "torch"), jobs=2)
     finally:
         over.set()
         watcher.join()
     assert killed and seen_partial, "the big item finished before it could be killed"
-    by_name = {os.path.basename(r.dst): r for r in batch.items}
+    big = next(r for r in batch.items if os.path.basename(r.dst).startswith("big"))
     assert batch.count("done") == 4 and not batch.failed, batch.to_text()
-    assert by_name["big.pt"].attempts == 2
+    assert big.attempts == 2
     no_temporaries(str(out))
-    assert_same_tensors(str(out / "big.pt"), str(src / "big.safetensors"))
+    if sharded:
+        assert big.tasks == 3 and len(big.files) == 4 and os.path.exists(str(out / "big.safetensors.index.json"))
+        assert_same_tensors(str(out / "big.safetensors"), str(tmp_path / "whole.safetensors"))
+    else:
+        assert_same_tensors(str(out / "big.pt"), str(src / "big.safetensors"))
 
 
 def test_an_interrupted_job_reruns_only_its_unfinished_items(tmp_path):
@@ -308,3 +321,22 @@ def test_a_task_that_fails_for_another_reason_than_bad_input_is_retried(tmp_path
     if status == "failed":
         assert "ConnectionError: the node running this task went away" in r.error
         assert batch.count("failed") == 1 and "failed after 3 attempt(s)" in batch.to_text()
+
+
+def test_a_mirrored_tree_keeps_same_named_sources_apart_and_shows_one_progress_bar(tmp_path):
+    import io
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for name, fw in (("model.safetensors", "hub"), ("model.pth", "torch"), ("sub/other.ckpt", "mindspore")):
+        _native(example_checkpoint(seed=len(name)), str(src / name), fw, str(tmp_path))
+    (src / "notes.txt").write_text("not a checkpoint")
+    items = mirror_tree(src, tmp_path / "out", "hub")
+    assert sorted(os.path.relpath(it.dst, tmp_path / "out") for it in items) == [
+        "model.pth.safetensors", "model.safetensors.safetensors", os.path.join("sub", "other.safetensors")]
+    stream = io.StringIO()
+    batch = convert_many(items, jobs=1, show_progress=True, stream=stream)
+    assert batch.count("done") == 3
+    assert "converting: 100%" in stream.getvalue().replace("\r", "\n")
+    for it in items:
+        assert_same_tensors(it.dst, it.src)

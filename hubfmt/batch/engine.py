@@ -209,6 +209,22 @@ def _clean_temporaries(dst: str) -> None:
                     pass
 
 
+def _clean_after(task: _Task, todo: list[Item]) -> None:
+    """After a task died: its temporaries. A shard's are its own file's only: the item's other
+    shards may be being written by live workers (on Ray a crash takes down one task)."""
+    shard = task.payload.get("shard_path")
+    if shard is None:
+        _clean_temporaries(todo[task.item].dst)
+        return
+    d, base = os.path.split(shard)
+    for name in os.listdir(d):
+        if name.startswith(f".{base}.hubfmt-tmp-"):
+            try:
+                os.unlink(os.path.join(d, name))
+            except FileNotFoundError:
+                pass
+
+
 def _source_bytes(src: str) -> int:
     total = 0
     for p in source_files(src):
@@ -220,8 +236,11 @@ def _source_bytes(src: str) -> int:
 
 
 def _own_pool(jobs: int) -> cf.ProcessPoolExecutor:
-    # forkserver: workers do not inherit the driver's threads (the progress bar's, Ray's).
-    return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("forkserver"))
+    # forkserver: workers do not inherit the driver's threads (the progress bar's, Ray's); the
+    # server imports hubfmt's worker once, so each worker starts without importing it again.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["hubfmt.batch.worker"])
+    return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
 
 
 def _retryable(e: BaseException) -> bool:
@@ -287,7 +306,7 @@ def convert_many(items, *, executor: cf.Executor | None = None, jobs: int | None
         r = results[task.item]
         if r.status == "failed":
             return
-        _clean_temporaries(todo[task.item].dst)
+        _clean_after(task, todo)
         if task.attempts <= retries and _retryable(e):
             pending.append(task)
             return
@@ -385,7 +404,7 @@ def convert_many(items, *, executor: cf.Executor | None = None, jobs: int | None
             if cancel_all is not None:
                 cancel_all()
         for task in inflight.values():
-            _clean_temporaries(todo[task.item].dst)
+            _clean_after(task, todo)
         raise
     finally:
         if bar is not None:

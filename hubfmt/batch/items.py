@@ -193,6 +193,14 @@ def mirror_tree(src_root: str | os.PathLike, dst_root: str | os.PathLike, to: st
             fmt = _detect(p)
             if fmt is not None:
                 items.append(_mirrored(p, src_root, dst_root, fmt, out_ext, to, common))
+    # model.pth and model.ckpt side by side: each keeps its whole name (model.pth.safetensors).
+    by_dst: dict[str, list[Item]] = {}
+    for it in items:
+        by_dst.setdefault(os.path.abspath(it.dst), []).append(it)
+    for same in by_dst.values():
+        if len(same) > 1:
+            for it in same:
+                it.dst = os.path.join(os.path.dirname(it.dst), os.path.basename(it.src.rstrip(os.sep)) + out_ext)
     check_distinct(items)
     return items
 
