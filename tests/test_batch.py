@@ -340,3 +340,22 @@ def test_a_mirrored_tree_keeps_same_named_sources_apart_and_shows_one_progress_b
     assert "converting: 100%" in stream.getvalue().replace("\r", "\n")
     for it in items:
         assert_same_tensors(it.dst, it.src)
+
+
+def test_shards_an_interrupted_run_left_without_their_index_are_redone(tmp_path):
+    src = tmp_path / "big.safetensors"
+    write(example_checkpoint(seed=5), str(src), max_shard_size=150)
+    it = Item(src=str(src) + hubfile.INDEX_SUFFIX, dst=str(tmp_path / "out" / "big.safetensors"))
+    first = convert_many([it], jobs=1)
+    (r,) = first.items
+    assert r.status == "done" and r.tasks >= 3
+    # As if the driver died before the index: shards published, no index, no ledger.
+    os.unlink(r.files[-1])
+    os.unlink(tmp_path / "out" / DEFAULT_NAME)
+    again = convert_many([it], jobs=1)
+    assert again.items[0].status == "done", again.to_text()
+    assert_same_tensors(it.dst, str(src))
+    # A complete output the ledger does not know is someone's: kept, the item fails.
+    os.unlink(tmp_path / "out" / DEFAULT_NAME)
+    third = convert_many([it], jobs=1)
+    assert third.items[0].status == "failed" and "exists" in third.items[0].error

@@ -171,11 +171,16 @@ def _shard_plan(it: Item, idx: int, overwrite: bool, weight: int) -> tuple[list[
         return None
     dst = os.path.abspath(it.dst)
     shard_files = [hubfile.shard_name(dst, i, len(groups)) for i in range(len(groups))]
+    # Shards without their index are what an interrupted run of this item left (no reader takes
+    # them without it): replaced. The index itself is replaced only as `overwrite` says.
+    index_ow = overwrite
+    overwrite = overwrite or not os.path.lexists(dst + hubfile.INDEX_SUFFIX)
     weight_map = {n: os.path.basename(shard_files[i]) for i, g in enumerate(groups.values()) for n in g}
     tasks = []
     for i, group in enumerate(groups.values()):
         tasks.append(_Task(idx, worker.run_shard, {"item": it.to_json(), "src_adapter": src_name, "names": group,
-                                                   "shard_path": shard_files[i], "overwrite": overwrite},
+                                                   "shard_path": shard_files[i], "overwrite": overwrite,
+                                                   "index_overwrite": index_ow},
                            weight // len(groups)))
     source_names = {n: ckpt[n].info.original_name for n in ckpt}
     return tasks, _Sharded(meta, weight_map, shard_files, len(tasks), ckpt.report, src_name, list(ckpt), source_names)
@@ -334,7 +339,7 @@ def convert_many(items, *, executor: cf.Executor | None = None, jobs: int | None
                 return
             try:
                 index = hubfile.write_index(os.path.abspath(it.dst), s.meta, s.weight_map, s.bytes,
-                                            overwrite=task.payload["overwrite"])
+                                            overwrite=task.payload["index_overwrite"])
             except (HubfmtError, OSError) as e:
                 fail(_Task(task.item, task.fn, task.payload, 0, retries + 1), e)
                 return

@@ -170,7 +170,7 @@ def mirror_tree(src_root: str | os.PathLike, dst_root: str | os.PathLike, to: st
             p = os.path.join(root, d)
             if d.startswith(".") or os.path.abspath(p) == dst_abs:
                 continue
-            fmt = _detect(p)
+            fmt = _detect(p, common.get("from_"))
             # A directory format (OneFlow, Hugging Face) is one checkpoint; a folder a TF reader
             # would take (its `checkpoint` state file names the latest) is a folder of checkpoints.
             if fmt is not None and fmt.layout == "directory":
@@ -190,7 +190,7 @@ def mirror_tree(src_root: str | os.PathLike, dst_root: str | os.PathLike, to: st
             if f.startswith(".") or f in in_index or _TF_DATA.search(f) or f.endswith("-symbol.json"):
                 continue
             p = os.path.join(root, f)
-            fmt = _detect(p)
+            fmt = _detect(p, common.get("from_"))
             if fmt is not None:
                 items.append(_mirrored(p, src_root, dst_root, fmt, out_ext, to, common))
     # model.pth and model.ckpt side by side: each keeps its whole name (model.pth.safetensors).
@@ -205,11 +205,20 @@ def mirror_tree(src_root: str | os.PathLike, dst_root: str | os.PathLike, to: st
     return items
 
 
-def _detect(path: str) -> registry.NativeFormat | None:
+def _detect(path: str, framework: str | None = None) -> registry.NativeFormat | None:
+    """The format of a checkpoint at `path`, or None for anything else. `framework` (--from) is
+    only needed, and only used, for plain safetensors files, whose names say no framework: with
+    it, a file no reader recognises would be taken as that framework's and fail."""
     try:
         return registry.detect_input(path).format
     except HubfmtError:
-        return None
+        pass
+    if framework and os.path.isfile(path) and hubfile.is_safetensors(path):
+        try:
+            return registry.detect_input(path, framework).format
+        except HubfmtError:
+            return None
+    return None
 
 
 def _mirrored(p: str, src_root: str, dst_root: str, fmt: registry.NativeFormat, out_ext: str, to: str,
