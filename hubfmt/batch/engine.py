@@ -152,6 +152,11 @@ def _shard_plan(it: Item, idx: int, overwrite: bool, weight: int) -> tuple[list[
     and the output a hub file; None when the item is one task."""
     if it.template or it.rules or it.write_options.get("max_shard_size"):
         return None
+    # Only a shard index (or a directory holding one) can be a shard set: the driver does not
+    # open every checkpoint of a zoo to find out.
+    if not (it.src.endswith(hubfile.INDEX_SUFFIX) or os.path.isdir(it.src)
+            or (not os.path.exists(it.src) and os.path.exists(it.src + hubfile.INDEX_SUFFIX))):
+        return None
     try:
         if registry.detect_output(it.dst, it.to).adapter != registry.HUB:
             return None
