@@ -1,20 +1,19 @@
-"""The spokes: one package per framework, installed as hubfmt.adapters.<framework>.
+"""The spokes: one package per adapter, installed as hubfmt.adapters.<name>: torch, tensorflow
+(TF1/TF2 checkpoint bundles), keras (Keras files; its FRAMEWORK is tensorflow too), mxnet,
+mindspore, oneflow.
 
-Every adapter exposes the same names, so reading one teaches all of them:
+hubfmt.sdk states the contract every adapter keeps (NAME, FRAMEWORK, FRAMEWORK_MODULE, PIP_NAME,
+FORMATS with their options as data, sniff, read, write, from_model, to_model) and is the only hub
+module an adapter imports; hubfmt.contract.AdapterContract checks it (tests/test_contract.py).
+Every adapter has the same modules for the same jobs:
 
-    FRAMEWORK        CLI name: "torch", "tensorflow", "mxnet", "mindspore", "oneflow"
-    FRAMEWORK_MODULE the framework's import name ("torch", "tensorflow", ...)
-    PIP_NAME         what to `pip install` for the in-memory functions
-    FORMATS          tuple of hubfmt.registry.NativeFormat it reads/writes without the framework
-    sniff(path)      -> format name if `path` holds one of FORMATS, else None (cheap, no framework)
-    read(path, **options) -> hubfmt.Checkpoint
-                     native file -> canonical, lazy checkpoint; framework-free; raises
-                     hubfmt.FormatError naming the file on bad input
-    write(ckpt, path, *, overwrite=False, progress=None, restore_dtype=True, **options) -> Report
-                     canonical -> native file, streaming, atomic (hubfmt.atomic); framework-free
-    from_model(model, **options) -> hubfmt.Checkpoint      in-memory model -> canonical (needs the framework)
-    to_model(ckpt, model, *, strict=True) -> Report          canonical -> in-memory model (needs the framework)
+    __init__.py   re-exports only
+    formats.py    NAME, FRAMEWORK, ..., FORMATS (NativeFormat + Option declarations) and sniff
+    reader.py     read: native file -> canonical, lazy Checkpoint (framework-free)
+    writer.py     write: canonical -> native file, streaming and atomic (framework-free)
+    names.py      the naming vocabulary: native names, kinds and layouts <-> canonical ones
+    memory.py     from_model / to_model (the only place the framework is imported)
 
-Rules: an adapter imports its framework only inside from_model/to_model (never at module level);
-it never imports another adapter; it talks to the hub through hubfmt's public modules only.
+plus the codecs of its format (tensorflow: bundle, sstable, objgraph; keras: store, files; ...).
+An adapter never imports another adapter (tests/test_layering.py).
 """

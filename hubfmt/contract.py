@@ -10,6 +10,9 @@ subclassing `AdapterContract` in its own tests (pytest collects the subclass):
         output_name = "model.pdparams"   # a path its writer writes (its suffix selects the format)
         dtypes = ("float32", "int64")    # dtypes its format stores bit-exactly
 
+        def write_options(self, ckpt):   # only for a writer that needs a template
+            return {"template": make_template(ckpt)}
+
 The suite needs pytest and numpy, nothing else; it never imports the adapter's framework.
 """
 from __future__ import annotations
@@ -58,6 +61,12 @@ class AdapterContract:
             kind = "conv2d" if arr.ndim == 4 else "linear"
             ckpt.add(f"layer{i}.weight", LazyTensor.from_array(arr), TensorInfo(kind=kind))
         return ckpt
+
+    def write_options(self, ckpt: Checkpoint) -> dict:
+        """Writer options every write of the suite passes: a format whose writer needs a native
+        template (ONNX: the model to put weights into) returns {"template": path} for `ckpt`, made
+        outside the test's output directory (the suite lists that directory)."""
+        return {}
 
     def _package_files(self) -> list[str]:
         mod = self.module
@@ -140,7 +149,7 @@ class AdapterContract:
         mod = self.module
         src = self.sample()
         out = str(tmp_path / self.output_name)
-        report = mod.write(src, out)
+        report = mod.write(src, out, **self.write_options(src))
         assert report.tensors_out == len(src)
         fmt = mod.sniff(out)
         assert fmt in {f.name for f in mod.FORMATS}
@@ -152,10 +161,10 @@ class AdapterContract:
 
     def test_an_existing_output_is_kept(self, tmp_path):
         out = str(tmp_path / self.output_name)
-        self.module.write(self.sample(), out)
+        self.module.write(self.sample(), out, **self.write_options(self.sample()))
         before = sorted(os.listdir(tmp_path))
         try:
-            self.module.write(self.sample(), out)
+            self.module.write(self.sample(), out, **self.write_options(self.sample()))
         except HubfmtError as e:
             assert "exists" in str(e)
         else:
@@ -172,7 +181,7 @@ class AdapterContract:
         src.entries[name].tensor = LazyTensor(t.shape, t.dtype, boom)
         out = str(tmp_path / self.output_name)
         try:
-            self.module.write(src, out)
+            self.module.write(src, out, **self.write_options(self.sample()))
         except FormatError:
             pass
         else:
@@ -181,7 +190,7 @@ class AdapterContract:
 
     def test_damaged_input_is_a_format_error_naming_the_file(self, tmp_path):
         out = tmp_path / self.output_name
-        self.module.write(self.sample(), str(out))
+        self.module.write(self.sample(), str(out), **self.write_options(self.sample()))
         files = [out] if out.is_file() else sorted(p for p in tmp_path.rglob("*") if p.is_file())
         for f in files:
             data = f.read_bytes()

@@ -15,7 +15,7 @@ import os
 
 from hubfmt import registry
 from hubfmt.alignment import Alignment, RuleSet, align_checkpoints, load_rules, load_target
-from hubfmt.errors import HubfmtError, OutputError
+from hubfmt.errors import ConversionError, HubfmtError, OutputError
 from hubfmt.format.checkpoint import Checkpoint
 from hubfmt.io import hubfile
 from hubfmt.io.progress import Busy, Progress
@@ -50,8 +50,21 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, framework: str | None = 
     path = os.fspath(path)
     name, fmt = registry.detect_output(path, framework)
     options = fmt.check_options(WRITE, options)
+    _check_dtypes_held(ckpt, fmt, path)
     writer = hubfile.write if name == registry.HUB else getattr(registry.adapter(name), fmt.writer)
     return writer(ckpt, path, overwrite=overwrite, progress=progress, **options)
+
+
+def _check_dtypes_held(ckpt: Checkpoint, fmt: registry.NativeFormat, path: str) -> None:
+    held_not: dict[str, list[str]] = {}
+    for n in ckpt.stored_names():
+        dt = ckpt[n].tensor.dtype
+        if dt in fmt.dtypes_not_held:
+            held_not.setdefault(dt, []).append(n)
+    if held_not:
+        dt, names = next(iter(held_not.items()))
+        raise ConversionError(f"{fmt.name} cannot hold {dt} tensors ({len(names)}, e.g. {names[0]}); a hub file, a "
+                              f"torch file or an HF directory keeps them (`hubfmt formats` says which formats do)", path)
 
 
 def align(source, template, *, framework: str | None = None, template_framework: str | None = None,
@@ -76,6 +89,21 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _refuse_source_files(ckpt: Checkpoint, src: str, dst: str) -> None:
+    """A destination that is one of the files the source's tensors live in (a hub shard, a TF
+    data shard, a OneFlow tensor file), or a directory holding one, is refused even with
+    --overwrite: replacing it would destroy the input while it is being read."""
+    inputs = {os.path.realpath(src)}
+    for e in ckpt.entries.values():
+        span = e.tensor.span
+        if span is not None:
+            inputs.add(os.path.realpath(span.path))
+    real_dst = os.path.realpath(dst)
+    for p in sorted(inputs):
+        if p == real_dst or _same_file(p, dst) or p.startswith(real_dst.rstrip(os.sep) + os.sep):
+            raise OutputError(f"destination is, or holds, a file of the source ({p}); write to another path", dst)
 
 
 def rename(ckpt: Checkpoint, *, rules=None, template=None, template_framework: str | None = None,
@@ -130,7 +158,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
     dst_name, dst_fmt = registry.detect_output(dst, dst_framework)
     read_options = src_fmt.check_options(READ, dict(read_options or {}))
     write_options = dst_fmt.check_options(WRITE, dict(write_options or {}))
+    if (dst_fmt.template_required and write_options.get("template") is None
+            and not native_template(template, template_framework, dst_name, dst_fmt)):
+        # before anything is read: this writer only fills an existing file of the destination model
+        raise ConversionError(f"the {dst_fmt.name} writer writes only into an existing model: pass --template "
+                              f"with the destination model's own file ({', '.join(dst_fmt.extensions)})", dst)
     ckpt = read(src, framework=src_name, **read_options)
+    _refuse_source_files(ckpt, src, dst)
     report = Report(source=f"{src} ({src_name})", destination=f"{dst} ({dst_name})")
     report.extend(ckpt.report, stage="read")
     tensors_in = len(ckpt)

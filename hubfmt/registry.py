@@ -9,7 +9,7 @@ group `hubfmt.adapters` (name = module), for example in their pyproject.toml:
     paddle = "hubfmt_paddle"
 
 Each adapter module exposes NAME, FRAMEWORK, FRAMEWORK_MODULE, PIP_NAME, FORMATS, sniff, read,
-write, from_model and to_model (hubfmt.sdk documents the contract; tests/contract.py checks it).
+write, from_model and to_model (hubfmt.sdk documents the contract; hubfmt.contract checks it).
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ BUILTIN = {
     "mxnet": "hubfmt.adapters.mxnet",
     "mindspore": "hubfmt.adapters.mindspore",
     "oneflow": "hubfmt.adapters.oneflow",
+    "onnx": "hubfmt.adapters.onnx",
+    "flax": "hubfmt.adapters.flax",
 }
 READ, WRITE = "read", "write"
 _TYPES = ("bool", "int", "float", "str", "size", "mapping", "template")
@@ -139,6 +141,12 @@ class NativeFormat:
     # The adapter function that writes this format, when not `write` (an adapter with several
     # writable formats names one per format; the registry, not the path, decides which is called).
     writer: str = "write"
+    # dtypes the format has no way to store: a checkpoint holding them is refused before anything
+    # is written (float8 unless the format says it keeps it).
+    dtypes_not_held: tuple[str, ...] = ("float8_e4m3fn", "float8_e5m2")
+    # the writer writes only into a template (an existing file of the destination model, e.g. an
+    # ONNX model whose graph is kept): without --template, writing is an error
+    template_required: bool = False
 
     def options_for(self, side: str) -> dict[str, Option]:
         return {o.name: o for o in self.options if o.side == side}
@@ -184,7 +192,7 @@ COMMON = {o.name: o for o in (PREFER_EMA, KEEP_DTYPE, MAX_SHARD_SIZE, TEMPLATE)}
 HUB_FORMAT = NativeFormat(
     "hub", (".safetensors", ".safetensors.index.json"),
     "the neutral format: safetensors with the hubfmt manifest (spec/hubfmt-v1.md); sharded with an index",
-    options=(KEEP_DTYPE, MAX_SHARD_SIZE))
+    options=(KEEP_DTYPE, MAX_SHARD_SIZE), dtypes_not_held=())
 
 
 class Detected(NamedTuple):
@@ -265,6 +273,14 @@ def select(name: str | None) -> list[str]:
         return by_fmt
     every = names + [HUB] + sorted({f.name for a in names for f in adapter(a).FORMATS})
     raise HubfmtError(f"unknown framework or format {name!r}{_did_you_mean(name, every)} (known: {', '.join(names)}, {HUB})")
+
+
+def needs_template(adapter_name: str) -> bool:
+    """Whether every format `adapter_name` writes requires a template (nothing to write without one)."""
+    if adapter_name == HUB:
+        return False
+    fmts = [f for f in adapter(adapter_name).FORMATS if f.writes]
+    return bool(fmts) and all(f.template_required for f in fmts)
 
 
 def format_named(adapter_name: str, fmt: str) -> NativeFormat:

@@ -23,7 +23,7 @@ the entry-point group `hubfmt.adapters`) exposing these names:
 The hub validates options against FORMATS before calling read/write, so an adapter's functions
 receive only options its format declares, with values of the declared types. Rules: an adapter
 imports its framework only inside from_model/to_model, never another adapter, and from the hub
-only this module. tests/contract.py is the conformance suite any adapter can reuse.
+only this module. hubfmt.contract.AdapterContract is the conformance suite any adapter can reuse.
 
 The modules of an adapter have the same names for the same jobs: `__init__.py` (re-exports
 only), `formats.py` (FORMATS and sniff), `reader.py`, `writer.py`, `names.py` (native names and
@@ -43,9 +43,11 @@ from hubfmt.format.checksums import Checksum
 from hubfmt.format.checkpoint import Checkpoint, Entry, LayerInfo, SourceInfo, TensorInfo
 from hubfmt.format.extra import from_plain, to_plain
 from hubfmt.format.tensor import FileSpan, LazyTensor
+from hubfmt.io import layer_rules
 from hubfmt.io.atomic import atomic_output, atomic_outputs
 from hubfmt.io.hubfile import write_safetensors
 from hubfmt.io.inputs import check_input_file
+from hubfmt.io.layer_rules import LayerRules, Leaf, Mapped, Stacked, Summed
 from hubfmt.io.progress import Progress
 from hubfmt.format.tensor import pread_into, read_region, region_tensor
 from hubfmt.io.stream import Piece, TensorStream, fold_region, prefetched, write_tensor
@@ -68,8 +70,9 @@ __all__ = [
     "region_tensor", "read_region", "pread_into", "fold_region", "prefetched", "write_tensor", "Progress",
     "TensorStream", "Piece", "Checksum", "checksums",
     "atomic_output", "atomic_outputs", "check_input_file", "write_safetensors",
-    # layouts
+    # layouts, and a layer's native tensors <-> canonical ones as a declarative table (names.py)
     "convert_layout", "depthwise_to_hwcm", "reorder_gates", "permute",
+    "layer_rules", "LayerRules", "Leaf", "Summed", "Stacked", "Mapped",
     # codecs
     "RestrictedUnpickler", "restricted_loads", "unwrap", "OpaqueObject", "PickleEmitter", "protowire", "safetensors",
     "ziparchive", "FileCursor",

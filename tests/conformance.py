@@ -26,6 +26,7 @@ from hubfmt import Checkpoint, LazyTensor, TensorInfo, registry
 from hubfmt.format import dtypes
 
 ALL = frozenset(dtypes.DTYPES)
+WITHOUT_FP8 = ALL - dtypes.FLOAT8        # float8: only the hub, torch and HF files hold it (NativeFormat.dtypes_not_held)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Format:
     ties: str = "kept"          # "kept"; "copied" (each name its own copy); "dropped" (alias removed, reported)
     rank0: bool = True          # 0-d tensors keep shape () (MXNet NDArrays are at least 1-d)
     ordered: bool = True        # tensor order kept (a TF bundle is a table sorted by name)
+    template: bool = False      # the writer needs a native template (ONNX: the model to fill)
 
     @property
     def label(self) -> str:
@@ -52,11 +54,13 @@ class Format:
 FORMATS = [
     Format("hub", "x.safetensors", ALL),
     Format("torch", "x.pth", ALL),
-    Format("mxnet", "x.params", ALL - {"complex64"}, ties="copied", rank0=False),
-    Format("tensorflow", "x.index", ALL, ties="dropped", ordered=False),
-    Format("mindspore", "x.ckpt", ALL - {"complex64"}, ties="dropped"),
-    Format("mindspore", "x.safetensors", ALL - {"complex64"}, ties="dropped"),
+    Format("mxnet", "x.params", WITHOUT_FP8 - {"complex64"}, ties="copied", rank0=False),
+    Format("tensorflow", "x.index", WITHOUT_FP8, ties="dropped", ordered=False),
+    Format("mindspore", "x.ckpt", WITHOUT_FP8 - {"complex64"}, ties="dropped"),
+    Format("mindspore", "x.safetensors", WITHOUT_FP8 - {"complex64"}, ties="dropped"),
     Format("oneflow", "x.oneflow", frozenset({"bool", "float16", "float32", "float64", "int8", "int32", "int64", "uint8"})),
+    # ONNX writes into a model: the template is one holding the checkpoint's names, shapes, dtypes
+    Format("onnx", "x.onnx", ALL, ties="copied", template=True),
 ]
 
 
@@ -107,7 +111,10 @@ def write(ckpt: Checkpoint, fmt: Format, directory: str, keep_dtype: bool = True
     """Write `ckpt` in `fmt`. A hub file as a format of its own keeps every dtype; as the middle of
     a round trip it follows the default policy (floats widened to float32) unless told otherwise."""
     path = os.path.join(directory, fmt.output)
-    opts = {"keep_dtype": keep_dtype} if fmt.framework == "hub" else {}
+    opts: dict = {"keep_dtype": keep_dtype} if fmt.framework == "hub" else {}
+    if fmt.template:
+        from onnx_template import bare_model
+        opts["template"] = bare_model(ckpt, os.path.join(directory, "template-" + fmt.output))
     report = hubfmt.write(ckpt, path, framework=fmt.framework, **opts)
     if fmt.ties == "dropped":
         # Never silent: an alias the format cannot hold must be reported as dropped.

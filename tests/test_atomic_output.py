@@ -24,6 +24,8 @@ import hubfmt
 from hubfmt import Checkpoint, LazyTensor, TensorInfo, registry
 from hubfmt.io import hubfile
 
+from helpers import template_args, template_options
+
 KILL_POINTS = int(os.environ.get("HUBFMT_KILL_POINTS", "6"))
 TMP_MARK = ".hubfmt-tmp-"
 
@@ -82,8 +84,16 @@ def _check_complete(dst: str, framework: str | None, expected: Checkpoint) -> No
         assert np.array_equal(got, want), f"{dst}: {name} differs"
 
 
+_TEMPLATE_ARGS: dict[str, list[str]] = {}
+
+
 def _convert_cmd(source, d, target):
     name, *args = TARGETS[target]
+    if not target.startswith("hub"):
+        # ONNX writes into a model: a template beside the source, outside the output directory
+        if target not in _TEMPLATE_ARGS:
+            _TEMPLATE_ARGS[target] = template_args(target, hubfmt.read(source), os.path.dirname(source))
+        args += _TEMPLATE_ARGS[target]
     return [sys.executable, "-m", "hubfmt", "convert", str(source), str(d / name), "-q", *args], str(d / name)
 
 
@@ -176,7 +186,9 @@ def test_input_is_opened_read_only_and_unchanged(tmp_path, src_fmt):
     else:
         ckpt = hubfmt.read(hub)
         src = str(tmp_path / ("in" + TARGETS[src_fmt][0][3:]))
-        hubfmt.write(ckpt, src, framework=src_fmt)
+        tpl_dir = tmp_path / "tpl"
+        tpl_dir.mkdir()
+        hubfmt.write(ckpt, src, framework=src_fmt, **template_options(src_fmt, ckpt, tpl_dir))
     before = _tree_digest(src)
     dst = tmp_path / "o" / "out.safetensors"
     dst.parent.mkdir()
@@ -202,3 +214,24 @@ def _tree_digest(path: str) -> dict:
     files = [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs] if os.path.isdir(path) else \
         [os.path.join(d, f) for f in os.listdir(d) if f.startswith(stem)]
     return {f: (_digest(f), os.stat(f).st_mtime_ns) for f in sorted(files)}
+
+
+@pytest.mark.parametrize("target", ["hub", "hub-sharded", "torch", "mindspore"])
+def test_sigterm_mid_write_leaves_no_temporaries(tmp_path, source, target):
+    """SIGTERM (what `kill`, systemd and CI runners send) while the temporary is being written:
+    exit 143, nothing published and no temporary left (unlike SIGKILL, the process can clean up)."""
+    if target not in TARGETS:
+        pytest.skip(f"{target} adapter not available")
+    cmd, dst = _convert_cmd(source, tmp_path, target)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(TMP_MARK in f for f in os.listdir(tmp_path)):
+        assert proc.poll() is None, "the conversion ended before a temporary appeared"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(0.05)                        # inside the write, not at its first byte
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip() == "hubfmt: terminated", err
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import REPO
 
-FRAMEWORKS = ("torch", "tensorflow", "keras", "mxnet", "mindspore", "oneflow", "transformers", "safetensors")
+FRAMEWORKS = ("torch", "tensorflow", "keras", "mxnet", "mindspore", "oneflow", "transformers", "safetensors", "jax",
+              "flax", "onnx", "onnxruntime")
 
 _ROUND_TRIPS = textwrap.dedent("""
     import importlib.util, os, sys
@@ -26,9 +27,9 @@ _ROUND_TRIPS = textwrap.dedent("""
     hub = os.path.join(out, "m.safetensors")
     hubfmt.write(src, hub)
     # every native format this install writes, and back to the hub (a .keras archive needs a
-    # Keras model's config as its template: tests/test_keras_* cover it with Keras)
+    # Keras model's config, an .onnx file a model to write into: their own tests cover them)
     targets = [("m.pth", None), ("m.ckpt", None), ("m.params", None), ("m.index", None), ("m.weights.h5", None),
-               ("m.oneflow", None), ("m_hf", "hf"), ("m_pt.safetensors", "torch-safetensors")]
+               ("m.oneflow", None), ("m.msgpack", None), ("m_hf", "hf"), ("m_pt.safetensors", "torch-safetensors")]
     for name, to in targets:
         native = os.path.join(out, name)
         hubfmt.convert(hub, native, dst_framework=to)
@@ -70,7 +71,7 @@ def test_a_bare_install_converts_every_native_format_both_ways(bare_python):
                        text=True, timeout=600, cwd=str(root))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     done = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("ok ")]
-    assert len(done) == 8, r.stdout
+    assert len(done) == 9, r.stdout
 
 
 def test_a_bare_install_has_the_command_and_lists_every_format(bare_python):

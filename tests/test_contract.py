@@ -29,3 +29,31 @@ class TestOneFlow(AdapterContract):
     adapter_name = "oneflow"
     output_name = "model.oneflow"
     dtypes = NUMERIC
+
+
+class TestTensorFlow(AdapterContract):
+    adapter_name = "tensorflow"
+    output_name = "model.ckpt.index"
+    dtypes = NUMERIC
+
+
+class TestKeras(AdapterContract):
+    adapter_name = "keras"
+    output_name = "model.weights.h5"
+
+
+class TestONNX(AdapterContract):
+    adapter_name = "onnx"
+    output_name = "model.onnx"
+    dtypes = NUMERIC
+
+    def write_options(self, ckpt):
+        from onnx_template import bare_template_for
+
+        return {"template": bare_template_for(ckpt)}
+
+
+class TestFlax(AdapterContract):
+    adapter_name = "flax"
+    output_name = "model.msgpack"
+    dtypes = NUMERIC

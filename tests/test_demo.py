@@ -16,5 +16,7 @@ def test_demo_round_trips_through_every_installed_adapter(tmp_path):
     assert "DIFFERENT" not in r.stdout and "DIFFERS" not in r.stdout
     assert "mxnet-params has no place for num_batches_tracked" in r.stdout
     for fw in registry.available():
-        if fw != "torch":
+        if registry.needs_template(fw):       # ONNX: writes only into an existing model
+            assert f"(skipping {fw}: its writer needs a template" in r.stdout
+        elif fw != "torch":
             assert f"hub -> {fw} (" in r.stdout

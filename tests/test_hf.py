@@ -183,3 +183,22 @@ def test_hub_files_say_their_layouts_are_torchs(tmp_path):
     assert run_cli("convert", path, tmp_path / "hub.safetensors", "-q").returncode == 0
     header, _, _ = st_codec.read_header(str(tmp_path / "hub.safetensors"))
     assert header["__metadata__"]["format"] == "pt" and "hubfmt.manifest" in header["__metadata__"]
+
+
+def test_sharded_pytorch_model_bin_output_loads_in_from_pretrained(models, tmp_path):
+    tf = zoo.transformers()
+    root, made = models
+    out = tmp_path / "bin"
+    out.mkdir()
+    shutil.copy(root / "bert" / "config.json", out / "config.json")
+    r = run_cli("convert", root / "bert", out / "pytorch_model.bin", "--max-shard-size", "30KB")
+    assert r.returncode == 0, r.stderr
+    shards = sorted(p.name for p in out.glob("pytorch_model-*.bin"))
+    assert len(shards) == 3 and (out / "pytorch_model.bin.index.json").exists() and "4 files:" in r.stdout
+    index = json.loads((out / "pytorch_model.bin.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    for shard in shards:          # each shard a state dict torch loads with weights_only
+        assert torch.load(out / shard, weights_only=True)
+    got = _outputs(tf.BertModel.from_pretrained(out).eval())
+    assert rel_diff(got, made["bert"][1]) <= 1e-5
+    assert set(hubfmt.read(out)) == set(made["bert"][0].state_dict())

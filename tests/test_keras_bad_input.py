@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hubfmt.errors import FormatError
-from hubfmt.adapters.tensorflow import keras_h5
+from hubfmt.adapters import keras as keras_adapter
 
 from conftest import run_cli
 
@@ -27,7 +27,7 @@ def _h5(path, datasets: dict, attrs: dict | None = None):
 
 def _expect(path, *fragments):
     with pytest.raises(FormatError) as e:
-        ckpt = keras_h5.read(path)
+        ckpt = keras_adapter.read(path)
         for n in ckpt:          # lazily read data must fail too, not only the structure
             ckpt.tensor(n)
     msg = str(e.value)
@@ -142,7 +142,7 @@ def test_damaged_global_heap_is_refused_before_hdf5_reads_it(tmp_path):
     object of size 0 (found by fuzzing); the reader checks every heap collection first."""
     import struct
 
-    from hubfmt.adapters.tensorflow.keras_files import check_global_heaps
+    from hubfmt.adapters.keras.files import check_global_heaps
     src = good(tmp_path)
     with h5py.File(src, "a") as f:
         f["layers/dense/vars"].attrs["name"] = "fc"       # a variable-length string: global heap

@@ -16,7 +16,8 @@ from hubfmt.io import hubfile
 from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
 from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import ConversionError, FormatError, HubfmtError, OutputError
-from hubfmt.adapters.tensorflow import keras_config, keras_h5
+from hubfmt.adapters import keras as keras_adapter
+from hubfmt.adapters.keras import config as keras_config
 
 RNG = np.random.default_rng(0)
 
@@ -55,7 +56,7 @@ CNN = {
 
 def test_read_maps_positions_and_layouts(tmp_path):
     p = make_weights_h5(str(tmp_path / "m.weights.h5"), CNN, optimizer=5)
-    ckpt = keras_h5.read(p)
+    ckpt = keras_adapter.read(p)
     k = CNN["layers/conv2d"][1][0]
     assert np.array_equal(ckpt.tensor("conv.weight"), k.transpose(3, 2, 0, 1))
     dw = CNN["layers/depthwise_conv2d"][1][0]            # [kh, kw, C, m] -> [C*m, 1, kh, kw]
@@ -72,7 +73,7 @@ def test_read_maps_positions_and_layouts(tmp_path):
 
 def test_raw_datasets_are_byte_ranges_of_the_file(tmp_path):
     p = make_weights_h5(str(tmp_path / "m.weights.h5"), CNN)
-    ckpt = keras_h5.read(p)
+    ckpt = keras_adapter.read(p)
     span = ckpt["conv.bias"].tensor.span
     with h5py.File(p) as f:
         assert span.offset == f["layers/conv2d/vars/1"].id.get_offset()
@@ -87,7 +88,7 @@ def test_chunked_and_compressed_datasets_are_read_through_h5py(tmp_path):
         f.create_dataset("layers/dense/vars/0", data=arr(6, 2), chunks=(3, 2), compression="gzip")
         f["layers/dense/vars/1"] = arr(2)
         f["layers/dense/vars"].attrs["name"] = "d"
-    ckpt = keras_h5.read(p)
+    ckpt = keras_adapter.read(p)
     assert ckpt["d.weight"].tensor.span is None
     with h5py.File(p) as f:
         assert np.array_equal(ckpt.tensor("d.weight"), f["layers/dense/vars/0"][()].T)
@@ -116,7 +117,7 @@ def test_keras_archive_config_and_in_place_reads(tmp_path):
         "layers/batch_normalization": ("bn", [arr(4), arr(4), np.abs(arr(4))]),   # center=False: no beta
     })
     p = _archive(str(tmp_path / "m.keras"), h5, CONFIG)
-    ckpt = keras_h5.read(p)
+    ckpt = keras_adapter.read(p)
     assert ckpt.source.format == "keras-archive"
     assert ckpt.layers["bn"].attrs == {"eps": 1e-5, "momentum": 0.1}
     assert ckpt.layers["conv"].attrs == {"stride": [1, 1], "padding": "same", "dilation": [1, 1], "groups": 1}
@@ -128,30 +129,30 @@ def test_keras_archive_config_and_in_place_reads(tmp_path):
         assert np.array_equal(ckpt.tensor("conv.bias"), f["layers/conv2d/vars/1"][()])
     assert ckpt.extra["keras_config"] == CONFIG
     deflated = _archive(str(tmp_path / "d.keras"), h5, CONFIG, compression=zipfile.ZIP_DEFLATED)
-    d = keras_h5.read(deflated)
+    d = keras_adapter.read(deflated)
     assert d["conv.bias"].tensor.span is None
     assert np.array_equal(d.tensor("conv.weight"), ckpt.tensor("conv.weight"))
 
 
 def test_sniff(tmp_path):
     p = make_weights_h5(str(tmp_path / "m.weights.h5"), CNN)
-    assert keras_h5.sniff(p) == "keras-weights-h5"
-    assert keras_h5.sniff(_archive(str(tmp_path / "m.keras"), p, CONFIG)) == "keras-archive"
+    assert keras_adapter.sniff(p) == "keras-weights-h5"
+    assert keras_adapter.sniff(_archive(str(tmp_path / "m.keras"), p, CONFIG)) == "keras-archive"
     other = tmp_path / "x.bin"
     other.write_bytes(b"\0" * 64)
-    assert keras_h5.sniff(str(other)) is None
-    assert keras_h5.sniff(str(tmp_path / "missing.weights.h5")) is None
+    assert keras_adapter.sniff(str(other)) is None
+    assert keras_adapter.sniff(str(tmp_path / "missing.weights.h5")) is None
 
 
 def test_write_round_trip_bit_exact_and_kernel_copy(tmp_path, monkeypatch):
     from hubfmt.io import stream as streaming
     p = make_weights_h5(str(tmp_path / "m.weights.h5"), CNN)
-    ckpt = keras_h5.read(p)
+    ckpt = keras_adapter.read(p)
     copies = []
     real = streaming._kernel_copy
     monkeypatch.setattr(streaming, "_kernel_copy", lambda *a: (copies.append(a[:3]), real(*a))[1])
     out = str(tmp_path / "o.weights.h5")
-    report = keras_h5.write(ckpt, out)
+    report = keras_adapter.write(ckpt, out)
     assert copies and all(c[0] == p for c in copies)      # untransformed tensors: file-to-file copies
     assert report.tensors_out == sum(len(v[1]) for v in CNN.values())
     with h5py.File(out) as b:
@@ -159,15 +160,15 @@ def test_write_round_trip_bit_exact_and_kernel_copy(tmp_path, monkeypatch):
             assert b[f"{obj}/vars"].attrs["name"] == name
             for i, x in enumerate(arrays):
                 assert np.array_equal(b[f"{obj}/vars/{i}"][()], x), (obj, i)
-    assert list(keras_h5.read(out)) == list(ckpt)
+    assert list(keras_adapter.read(out)) == list(ckpt)
 
 
 def test_hub_round_trip_bit_exact(tmp_path):
     p = make_weights_h5(str(tmp_path / "m.weights.h5"), CNN)
-    hubfile.write(keras_h5.read(p), str(tmp_path / "m.safetensors"))
+    hubfile.write(keras_adapter.read(p), str(tmp_path / "m.safetensors"))
     hub = hubfile.read(str(tmp_path / "m.safetensors"))
-    keras_h5.write(hub, str(tmp_path / "back.weights.h5"))
-    again = keras_h5.read(str(tmp_path / "back.weights.h5"))
+    keras_adapter.write(hub, str(tmp_path / "back.weights.h5"))
+    again = keras_adapter.read(str(tmp_path / "back.weights.h5"))
     assert list(again) == list(hub)
     for n in hub:
         assert np.array_equal(again.tensor(n), hub.tensor(n)), n
@@ -180,10 +181,10 @@ def test_bfloat16_keras_marking_round_trips(tmp_path):
         ds = f.create_dataset("layers/dense/vars/0", data=bits.reshape(2, 2).view("V2"))
         ds.attrs["dtype"] = "bfloat16"
         f["layers/dense/vars"].attrs["name"] = "d"
-    ckpt = keras_h5.read(p)
+    ckpt = keras_adapter.read(p)
     assert ckpt["d.weight"].tensor.dtype == "bfloat16"
     out = str(tmp_path / "o.weights.h5")
-    keras_h5.write(ckpt, out)
+    keras_adapter.write(ckpt, out)
     with h5py.File(out) as f:
         ds = f["layers/dense/vars/0"]
         assert ds.attrs["dtype"] == "bfloat16" and ds.dtype.itemsize == 2
@@ -194,38 +195,38 @@ def test_unknown_layer_class_kept_by_position(tmp_path):
     p = make_weights_h5(str(tmp_path / "u.weights.h5"), {
         "layers/my_layer": ("mine", [arr(2, 3, 4), np.float32(0.5).reshape(())]),
     })
-    ckpt = keras_h5.read(p)
+    ckpt = keras_adapter.read(p)
     assert list(ckpt) == ["mine.vars.0", "mine.vars.1"]
     assert ckpt["mine.vars.1"].info.kind == "tensor" and ckpt.tensor("mine.vars.1").shape == ()
     assert ckpt.report.of("warning")
     out = str(tmp_path / "o.weights.h5")
-    keras_h5.write(ckpt, out)
+    keras_adapter.write(ckpt, out)
     with h5py.File(out) as f:
         assert f["layers/my_layer/vars/1"][()] == np.float32(0.5)
 
 
 def test_write_refuses_existing_output_and_leaves_nothing_on_failure(tmp_path):
     p = make_weights_h5(str(tmp_path / "m.weights.h5"), CNN)
-    ckpt = keras_h5.read(p)
+    ckpt = keras_adapter.read(p)
     out = tmp_path / "o.weights.h5"
     out.write_bytes(b"keep")
     with pytest.raises(OutputError):
-        keras_h5.write(ckpt, str(out))
+        keras_adapter.write(ckpt, str(out))
     assert out.read_bytes() == b"keep"
 
     def boom():
         raise FormatError("source vanished", "src")
     ckpt.entries["fc.bias"].tensor = LazyTensor((3,), "float32", boom)
     with pytest.raises(FormatError):
-        keras_h5.write(ckpt, str(out), overwrite=True)
+        keras_adapter.write(ckpt, str(out), overwrite=True)
     assert out.read_bytes() == b"keep"
     assert sorted(os.listdir(tmp_path)) == ["m.weights.h5", "o.weights.h5"]
 
 
 def test_keras_archive_needs_a_config(tmp_path):
-    ckpt = keras_h5.read(make_weights_h5(str(tmp_path / "m.weights.h5"), CNN))
+    ckpt = keras_adapter.read(make_weights_h5(str(tmp_path / "m.weights.h5"), CNN))
     with pytest.raises(HubfmtError, match="config.json"):
-        keras_h5.write(ckpt, str(tmp_path / "o.keras"))
+        keras_adapter.write(ckpt, str(tmp_path / "o.keras"))
     assert not os.path.exists(tmp_path / "o.keras")
 
 
@@ -239,14 +240,14 @@ def test_template_by_name_then_by_order(tmp_path):
                           ("classifier.weight", arr(3, 5), "linear"), ("classifier.bias", arr(3), "linear")):
         src.add(name, LazyTensor.from_array(a), TensorInfo(kind=kind))
     out = str(tmp_path / "o.weights.h5")
-    report = keras_h5.write(src, out, template=tmpl)
+    report = keras_adapter.write(src, out, template=tmpl)
     assert any("matched by order" in e.detail for e in report.of("renamed"))
     with h5py.File(out) as f:
         assert np.array_equal(f["layers/conv2d/vars/0"][()], src.tensor("features.0.weight").transpose(2, 3, 1, 0))
         assert f["layers/dense/vars"].attrs["name"] == "d"
     src.add("extra.weight", LazyTensor.from_array(arr(2, 2)), TensorInfo(kind="linear"))
     with pytest.raises(ConversionError, match="extra"):
-        keras_h5.write(src, str(tmp_path / "x.weights.h5"), template=tmpl)
+        keras_adapter.write(src, str(tmp_path / "x.weights.h5"), template=tmpl)
     assert not os.path.exists(tmp_path / "x.weights.h5")
 
 
@@ -256,7 +257,7 @@ def test_template_shape_mismatch_is_named(tmp_path):
     src.add("fc.weight", LazyTensor.from_array(arr(3, 6)), TensorInfo(kind="linear"))
     src.add("fc.bias", LazyTensor.from_array(arr(3)), TensorInfo(kind="linear"))
     with pytest.raises(ConversionError, match=r"fc.weight.*\[6, 3\].*\[5, 3\]"):
-        keras_h5.write(src, str(tmp_path / "o.weights.h5"), template=tmpl)
+        keras_adapter.write(src, str(tmp_path / "o.weights.h5"), template=tmpl)
 
 
 # ---- generated checkpoints ------------------------------------------------------------------
@@ -308,15 +309,15 @@ def canonical_layers(draw):
 def test_generated_checkpoints_round_trip_bit_exact(tmp_path_factory, ckpt):
     d = tmp_path_factory.mktemp("gen")
     out = str(d / "g.weights.h5")
-    keras_h5.write(ckpt, out)
-    back = keras_h5.read(out)
+    keras_adapter.write(ckpt, out)
+    back = keras_adapter.read(out)
     assert sorted(back) == sorted(ckpt)
     for n in ckpt:
         assert back[n].tensor.dtype == ckpt[n].tensor.dtype, n
         assert np.array_equal(back.tensor(n), ckpt.tensor(n)), n
     # ... and again from what was read: the Keras paths it came from are followed.
     out2 = str(d / "g2.weights.h5")
-    keras_h5.write(back, out2)
+    keras_adapter.write(back, out2)
     with h5py.File(out) as a, h5py.File(out2) as b:
         names = []
         a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
@@ -348,8 +349,8 @@ def test_legacy_keras2_weights_by_name(tmp_path):
             g.attrs["weight_names"] = [n.encode() for n in weights]
             for n, a in weights.items():
                 g[n] = a
-    assert keras_h5.sniff(p) == "keras-weights-h5"
-    ckpt = keras_h5.read(p)
+    assert keras_adapter.sniff(p) == "keras-weights-h5"
+    ckpt = keras_adapter.read(p)
     assert ckpt.source.format == "keras-h5"
     assert np.array_equal(ckpt.tensor("conv2d.weight"), k.transpose(3, 2, 0, 1))
     assert ckpt.layers["up"].kind == "conv_transpose2d"          # told apart by the bias length
@@ -357,12 +358,12 @@ def test_legacy_keras2_weights_by_name(tmp_path):
     assert ckpt["conv2d.bias"].tensor.span is not None
     assert ckpt["conv2d.weight"].info.original_name == "conv2d/conv2d/kernel:0"
     out = str(tmp_path / "k3.weights.h5")          # -> Keras 3 layout by rule
-    keras_h5.write(ckpt, out)
-    back = keras_h5.read(out)
+    keras_adapter.write(ckpt, out)
+    back = keras_adapter.read(out)
     for n in ckpt:
         assert np.array_equal(back.tensor(n), ckpt.tensor(n)), n
     with pytest.raises(HubfmtError, match="weights.h5"):
-        keras_h5.write(ckpt, str(tmp_path / "again.h5"))
+        keras_adapter.write(ckpt, str(tmp_path / "again.h5"))
 
 
 def test_batch_norm_attributes_a_weights_file_cannot_hold_are_warned(tmp_path):
@@ -370,9 +371,73 @@ def test_batch_norm_attributes_a_weights_file_cannot_hold_are_warned(tmp_path):
     for role in ("weight", "bias", "running_mean", "running_var"):
         ckpt.add(f"bn.{role}", LazyTensor.from_array(np.ones(3, np.float32)), TensorInfo(kind="batch_norm"))
     ckpt.layers["bn"] = LayerInfo("batch_norm", {"eps": 1e-5, "momentum": 0.1})
-    report = keras_h5.write(ckpt, str(tmp_path / "bn.weights.h5"))
+    report = keras_adapter.write(ckpt, str(tmp_path / "bn.weights.h5"))
     details = [e.detail for e in report.of("warning") if e.name == "bn"]
     assert any("epsilon 1e-05" in d and "0.001" in d for d in details)
     assert any("momentum 0.9" in d and "0.99" in d for d in details)
-    back = keras_h5.read(str(tmp_path / "bn.weights.h5"))
+    back = keras_adapter.read(str(tmp_path / "bn.weights.h5"))
     assert back.layers["bn"].attrs == {}          # unknown without config.json: not guessed
+
+
+def test_keras_layer_rules_are_the_tensorflow_adapters_keras_rows():
+    """The Keras-layer rows are kept in both adapters (an adapter imports no other adapter): they
+    must not drift apart. The tensorflow adapter adds only TF1's fused LSTM cell."""
+    from hubfmt.adapters.keras import names as keras_names
+    from hubfmt.adapters.tensorflow import names as tf_names
+
+    assert set(tf_names.RULES) - set(keras_names.RULES) == {"tf1_lstm"}
+    for kind, rules in keras_names.RULES.items():
+        assert tf_names.RULES[kind] == rules, kind
+    assert (keras_names.KERAS_BN_EPS, keras_names.KERAS_BN_MOMENTUM) == (tf_names.KERAS_BN_EPS,
+                                                                        tf_names.KERAS_BN_MOMENTUM)
+
+
+def test_layer_rules_round_trip_every_keras_kind():
+    """import_layer then export_layer gives back the native tensors, bit for bit, for every kind
+    of the table (one declarative table read in both directions)."""
+    from hubfmt.adapters.keras import names as keras_names
+
+    rng = np.random.default_rng(3)
+
+    def t(*shape):
+        return LazyTensor.from_array(rng.standard_normal(shape).astype(np.float32))
+    natives = {
+        "linear": {"kernel": t(3, 4), "bias": t(4)}, "conv1d": {"kernel": t(3, 2, 5)},
+        "conv2d": {"kernel": t(3, 3, 2, 5), "bias": t(5)}, "conv3d": {"kernel": t(2, 3, 3, 2, 5)},
+        "conv_transpose1d": {"kernel": t(3, 5, 2)}, "conv_transpose2d": {"kernel": t(3, 3, 5, 2), "bias": t(5)},
+        "conv_transpose3d": {"kernel": t(2, 3, 3, 5, 2)},
+        "depthwise_conv2d": {"depthwise_kernel": t(3, 3, 4, 2), "bias": t(8)},
+        "separable_conv2d": {"depthwise_kernel": t(3, 3, 4, 2), "pointwise_kernel": t(1, 1, 8, 6), "bias": t(6)},
+        "batch_norm": {"gamma": t(4), "beta": t(4), "moving_mean": t(4), "moving_variance": t(4)},
+        "layer_norm": {"gamma": t(4), "beta": t(4)}, "group_norm": {"gamma": t(4), "beta": t(4)},
+        "instance_norm": {"gamma": t(4), "beta": t(4)}, "embedding": {"embeddings": t(10, 4)},
+        "lstm": {"kernel": t(3, 8), "recurrent_kernel": t(2, 8), "bias": t(8)},
+        "gru": {"kernel": t(3, 6), "recurrent_kernel": t(2, 6), "bias": t(2, 6)},
+        "rnn": {"kernel": t(3, 2), "recurrent_kernel": t(2, 2), "bias": t(2)},
+    }
+    assert set(natives) == set(keras_names.RULES)
+    for kind, nat in natives.items():
+        canon = {m.name: m.tensor for m in keras_names.import_layer(kind, nat)}
+        shapes = {k: v.shape for k, v in nat.items()}
+        back = {m.name: m.tensor for m in keras_names.export_layer(kind, canon, native_shapes=shapes)}
+        assert list(back) == list(nat), kind
+        for leaf, tensor in nat.items():
+            assert back[leaf].shape == tensor.shape and np.array_equal(back[leaf].load(), tensor.load()), (kind, leaf)
+
+
+def test_training_counters_are_dropped_and_other_loose_tensors_refused(tmp_path):
+    """An integer scalar outside any layer (epoch, step: MindSpore's append_dict, TF's global_step)
+    is training state, not a weight: dropped and reported. A loose float tensor has no Keras layer
+    either and stays an error unless strict=False."""
+    rng = np.random.default_rng(5)
+    ckpt = Checkpoint()
+    ckpt.add("fc.weight", LazyTensor.from_array(rng.standard_normal((3, 4)).astype(np.float32)),
+             TensorInfo(kind="linear"))
+    ckpt.add("epoch", LazyTensor.from_array(np.array(7, np.int64)), TensorInfo(kind="tensor"))
+    report = keras_adapter.write(ckpt, str(tmp_path / "m.weights.h5"))
+    assert "epoch" in report.names("dropped")
+    assert list(keras_adapter.read(str(tmp_path / "m.weights.h5"))) == ["fc.weight"]
+    ckpt.add("scale", LazyTensor.from_array(np.ones(3, np.float32)), TensorInfo(kind="tensor"))
+    with pytest.raises(ConversionError, match="no Keras layer"):
+        keras_adapter.write(ckpt, str(tmp_path / "n.weights.h5"))
+    assert "scale" in keras_adapter.write(ckpt, str(tmp_path / "n.weights.h5"), strict=False).names("dropped")

@@ -35,8 +35,8 @@ def torch():
 
 @pytest.fixture(scope="module")
 def kh5():
-    from hubfmt.adapters.tensorflow import keras_h5
-    return keras_h5
+    from hubfmt.adapters import keras as keras_adapter
+    return keras_adapter
 
 
 def _randomize(model, seed=0):
@@ -330,7 +330,7 @@ def test_float16_weights_restored_bit_exact(keras, kh5, tmp_path):
 def test_snake_case_matches_keras(keras):
     from keras.src.utils import naming
 
-    from hubfmt.adapters.tensorflow.keras_config import snake_case
+    from hubfmt.adapters.keras.config import snake_case
     for cls in ("Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
                 "LSTM", "GRU", "SimpleRNN", "LayerNormalization", "Dense", "Embedding", "Conv1DTranspose",
                 "MultiHeadAttention", "GroupNormalization"):
@@ -552,17 +552,26 @@ def test_quantized_layers_kept_by_position(keras, kh5, tmp_path):
     assert_same_outputs(back.predict(x, verbose=0), m.predict(x, verbose=0), tol=0)
 
 
-def test_tensorflow_adapter_dispatches_keras_models_and_files(keras, kh5, tmp_path):
+def test_tensorflow_names_keras_models_and_files_through_the_keras_adapter(keras, kh5, tmp_path):
+    """`--from/--to tensorflow` covers Keras files (the keras adapter's FRAMEWORK is tensorflow);
+    the tensorflow adapter itself takes no Keras model, and says which adapter does."""
+    import hubfmt
+    from hubfmt import registry
     from hubfmt.adapters import tensorflow as tfa
     m = rnn(keras)
-    assert list(tfa.from_model(m)) == list(kh5.from_model(m))
+    with pytest.raises(ConversionError, match="keras adapter"):
+        tfa.from_model(m)
+    with pytest.raises(ConversionError, match="keras adapter"):
+        tfa.to_model(kh5.from_model(m), m)
     p = str(tmp_path / "r.weights.h5")
     m.save_weights(p)
-    assert tfa.sniff(p) == "keras-weights-h5"
-    ckpt = tfa.read(p)
+    assert registry.detect_input(p, "tensorflow") == ("keras", kh5.FORMATS[0])
+    assert tfa.sniff(p) is None and kh5.sniff(p) == "keras-weights-h5"
+    ckpt = hubfmt.read(p, framework="tensorflow")
+    assert list(ckpt) == list(kh5.from_model(m))
     dest = rnn(keras)
     _randomize(dest, 3)
-    tfa.to_model(ckpt, dest)
+    kh5.to_model(ckpt, dest)
     assert_same_outputs(dest.predict(X_SEQ, verbose=0), m.predict(X_SEQ, verbose=0), tol=0)
-    tfa.write(ckpt, str(tmp_path / "w.weights.h5"))
-    assert tfa.sniff(str(tmp_path / "w.weights.h5")) == "keras-weights-h5"
+    hubfmt.write(ckpt, str(tmp_path / "w.weights.h5"), framework="tensorflow")
+    assert kh5.sniff(str(tmp_path / "w.weights.h5")) == "keras-weights-h5"

@@ -76,3 +76,33 @@ def test_no_import_cycles():
         if m not in state:
             visit(m, [m])
     assert not cycles, "\n".join(cycles)
+
+
+ADAPTERS = sorted(p for p in (REPO / "adapters").iterdir() if (p / "__init__.py").exists())
+JOBS = {"__init__.py", "formats.py", "reader.py", "writer.py", "names.py", "memory.py"}
+
+
+def test_adapters_import_no_other_adapter_and_only_the_sdk_from_the_hub():
+    bad = []
+    for pkg in ADAPTERS:
+        for path in pkg.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                    bad.append(f"{path.relative_to(REPO)}: relative import beyond its package")
+                    continue
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                        [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+                for m in mods:
+                    other = m.startswith("hubfmt.adapters") and not m.startswith(f"hubfmt.adapters.{pkg.name}")
+                    hub = m.startswith("hubfmt") and not m.startswith("hubfmt.adapters") and m not in (
+                        "hubfmt.sdk", "hubfmt.errors")
+                    if other or hub:
+                        bad.append(f"{path.relative_to(REPO)} imports {m}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_adapter_has_the_same_modules_for_the_same_jobs():
+    assert {p.name for p in ADAPTERS} >= {"torch", "tensorflow", "keras", "mxnet", "mindspore", "oneflow"}
+    for pkg in ADAPTERS:
+        missing = JOBS - {p.name for p in pkg.glob("*.py")}
+        assert not missing, f"{pkg.name} lacks {sorted(missing)}"

@@ -360,3 +360,38 @@ def test_norms_prelu_embedding_map_to_torch(tmp_path):
     # and back into MindSpore names
     adapter.write(ckpt, tmp_path / "back.ckpt")
     assert [r.tag for r in proto.scan(tmp_path / "back.ckpt")[0]] == list(cell.parameters_dict())
+
+
+def test_hubfmt_writes_the_crc_num_mindspore_checks(tmp_path):
+    """A .ckpt hubfmt writes ends in the crc_num trailer (#13): MindSpore loads it with and without
+    crc_check, hubfmt verifies it, and the file cut on a record boundary is no longer a valid
+    smaller model: it has no trailer, so hubfmt's report warns (MindSpore 2.10's crc_check only logs
+    a warning too, and loads the smaller model)."""
+    ms = _ms()
+    rng = np.random.default_rng(7)
+    arrays = {"a.weight": rng.normal(size=(6, 5)).astype(np.float32), "b.bias": rng.normal(size=(4,)).astype(np.float16)}
+    ckpt = Checkpoint()
+    for n, a in arrays.items():
+        ckpt.add(n, LazyTensor.from_array(a))
+    ckpt.extra = {"epoch_num": 3}
+    path = tmp_path / "crc.ckpt"
+    adapter.write(ckpt, path)
+    records, has_crc = proto.scan(path)
+    assert has_crc and [r.tag for r in records] == ["a.weight", "b.bias", "epoch_num"]
+    for crc_check in (True, False):
+        loaded = ms.load_checkpoint(str(path), crc_check=crc_check)
+        assert all(np.array_equal(loaded[n].asnumpy(), a) for n, a in arrays.items())
+    back = adapter.read(path, verify_checksums=True)
+    assert not back.report.of("warning")
+    raw = bytearray(path.read_bytes())
+    raw[records[0].pieces[0][0] + 2] ^= 0x10
+    (tmp_path / "flipped.ckpt").write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="crc_num does not match"):
+        adapter.read(tmp_path / "flipped.ckpt")
+    off, n = records[0].pieces[0]
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(path.read_bytes()[: off + n])           # ends on the first record's boundary
+    short = adapter.read(cut)
+    assert list(short) == ["a.weight"]
+    assert any("no crc_num" in w.detail for w in short.report.of("warning"))
+    assert list(ms.load_checkpoint(str(cut), crc_check=True)) == ["a.weight"]

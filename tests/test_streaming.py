@@ -22,9 +22,10 @@ from hubfmt.io import stream as streaming
 from hubfmt.cli.parser import _size
 
 from conftest import run_cli
-from helpers import small_cnn
+from helpers import small_cnn, template_args, template_options
 
-FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "tf_keras", "mxnet", "mindspore", "oneflow", "jax")
+FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "tf_keras", "mxnet", "mindspore", "oneflow", "jax", "flax", "onnx",
+                     "onnxruntime")
 # Formats whose canonical layout is their own: every float32 tensor can be copied in the kernel.
 SAME_LAYOUT = {"hub", "torch", "mxnet", "mindspore", "oneflow"}
 
@@ -98,7 +99,7 @@ def test_the_memory_limit_would_catch_a_materialised_model(big_hub):
 @pytest.mark.parametrize("fw", sorted(OUTPUTS))
 def test_conversion_streams_under_a_memory_limit_smaller_than_the_model(tmp_path, big_hub, fw):
     native = tmp_path / OUTPUTS[fw]
-    r = _bounded("convert", big_hub, native, "-q", "--to", fw)
+    r = _bounded("convert", big_hub, native, "-q", "--to", fw, *template_args(fw, hubfmt.read(big_hub), tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     if fw == "hub":
         return
@@ -159,7 +160,7 @@ def test_help_imports_no_framework_and_no_adapter():
 _ALL_PAIRS = textwrap.dedent("""
     import json, os, sys
     from hubfmt.cli import main
-    work, names = sys.argv[1], json.loads(sys.argv[2])
+    work, names, extra = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
     src = os.path.join(work, "x.safetensors")
     failures = []
     for a, na in names.items():
@@ -168,7 +169,7 @@ _ALL_PAIRS = textwrap.dedent("""
                 continue
             dst = os.path.join(work, f"{a}-to-{b}", nb)
             os.makedirs(os.path.dirname(dst))
-            rc = main(["convert", os.path.join(work, na), dst, "-q", "--from", a, "--to", b])
+            rc = main(["convert", os.path.join(work, na), dst, "-q", "--from", a, "--to", b, *extra.get(b, [])])
             if rc:
                 failures.append([a, b, rc])
     frameworks = sorted(m for m in sys.modules if m.split(".")[0] in %r)
@@ -178,9 +179,14 @@ _ALL_PAIRS = textwrap.dedent("""
 
 def test_conversion_between_native_files_imports_no_framework(tmp_path):
     ckpt = small_cnn(half=True)
+    extra = {}
     for fw, name in OUTPUTS.items():
-        hubfmt.write(ckpt, tmp_path / name, framework=fw)
-    r = subprocess.run([sys.executable, "-c", _ALL_PAIRS, str(tmp_path), json.dumps(OUTPUTS)],
+        opts = template_options(fw, ckpt, tmp_path)
+        hubfmt.write(ckpt, tmp_path / name, framework=fw, **opts)
+        if opts:
+            # into a model: MindSpore keeps `epoch` as a parameter, which the model has no place for
+            extra[fw] = ["--template", opts["template"], "--allow-unexpected"]
+    r = subprocess.run([sys.executable, "-c", _ALL_PAIRS, str(tmp_path), json.dumps(OUTPUTS), json.dumps(extra)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -227,7 +233,7 @@ def test_cli_shards_and_every_reader_path_takes_a_sharded_hub(tmp_path):
         for fw, native in OUTPUTS.items():
             dst = tmp_path / f"from-{name.name}-{fw}" / native
             dst.parent.mkdir()
-            r = run_cli("convert", name, dst, "-q", "--to", fw)
+            r = run_cli("convert", name, dst, "-q", "--to", fw, *template_args(fw, small_cnn(), dst.parent))
             assert r.returncode == 0, (fw, r.stderr)
             _assert_same_content(src, dst, fw)
 

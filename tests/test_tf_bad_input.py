@@ -14,7 +14,7 @@ from conftest import run_cli
 from hubfmt.adapters import tensorflow as tfa
 from hubfmt.codecs import protowire
 from hubfmt.adapters.tensorflow import bundle, bundle_write, sstable
-from hubfmt.adapters.tensorflow.crc32c import crc32c, mask
+from hubfmt.adapters.tensorflow.sstable import crc32c, mask
 from hubfmt.format.checkpoint import Checkpoint, TensorInfo
 from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import FormatError

@@ -14,7 +14,9 @@ import hubfmt
 from hubfmt.io import hubfile
 from hubfmt.codecs import protowire
 from hubfmt.adapters import tensorflow as tfa
-from hubfmt.adapters.tensorflow import bundle, bundle_write, crc32c, partitioned, semantics, sstable
+from hubfmt.adapters.tensorflow import bundle, bundle_write, names, partitioned, sstable
+from hubfmt.adapters.tensorflow import writer as tf_writer
+from hubfmt.format import checksums
 from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
 from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import ConversionError, OutputError
@@ -35,24 +37,39 @@ def tf_written(tmp_path, name="model"):
 
 
 def test_doctests():
-    for mod in (crc32c, sstable, semantics, partitioned):
+    for mod in (sstable, names, partitioned, checksums):
         assert doctest.testmod(mod).failed == 0, mod.__name__
 
 
+def _bytewise_crc32c(data: bytes) -> int:
+    """CRC-32C by its definition (reflected Castagnoli polynomial, one byte at a time)."""
+    table = []
+    for b in range(256):
+        r = b
+        for _ in range(8):
+            r = (r >> 1) ^ 0x82F63B78 if r & 1 else r >> 1
+        table.append(r)
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
 def test_crc32c_uses_the_c_extension_in_the_pinned_environment():
-    # google-crc32c is a hubfmt dependency: falling back to numpy here would make TensorFlow
-    # conversions ~20x slower without any test noticing.
-    assert crc32c.IMPLEMENTATION == "c"
+    # google-crc32c is a hard dependency: its pure-Python fallback (about 1 MB/s) would make
+    # TensorFlow conversions far slower without any test noticing.
+    import google_crc32c
+    assert google_crc32c.implementation == "c"
+    assert sstable.crc32c is not None and sstable.crc32c(b"123456789") == 0xE3069283
 
 
-@pytest.mark.parametrize("impl", ["crc32c", "_numpy_crc32c"])
-def test_crc32c_long_inputs_match_the_bytewise_definition(impl):
-    fn = getattr(crc32c, impl)
+def test_crc32c_matches_the_bytewise_definition_for_every_buffer_kind():
     rng = np.random.default_rng(0)
     for n in (0, 1, 3, 65535, 65536, 65537, 300_001):
         arr = rng.integers(0, 256, n, dtype=np.uint8)
         data = arr.tobytes()
-        want = crc32c._raw_bytes(data, 0xFFFFFFFF) ^ 0xFFFFFFFF
+        want = _bytewise_crc32c(data)
+        fn = sstable.crc32c
         assert fn(data) == want
         # every buffer kind the readers and writers pass
         assert fn(arr) == fn(memoryview(data)) == fn(bytearray(data)) == want
@@ -62,7 +79,12 @@ def test_crc32c_long_inputs_match_the_bytewise_definition(impl):
 
 def test_crc32c_of_a_non_contiguous_array_is_that_of_its_c_order_bytes():
     x = np.arange(24, dtype=np.float32).reshape(4, 6).T
-    assert crc32c.crc32c(x) == crc32c._numpy_crc32c(np.ascontiguousarray(x).tobytes())
+    assert sstable.crc32c(x) == _bytewise_crc32c(np.ascontiguousarray(x).tobytes())
+
+
+def test_masked_crc_round_trips():
+    for v in (0, 1, 0x12345678, 0xFFFFFFFF):
+        assert sstable.unmask(sstable.mask(v)) == v
 
 
 def test_reads_what_tensorflow_wrote(tmp_path):
@@ -204,7 +226,7 @@ def test_shards_state_file_and_overwrite(tmp_path):
     with pytest.raises(OutputError):
         tfa.write(c, tmp_path / "b")
     tfa.write(c, tmp_path / "b", overwrite=True)
-    assert tfa.output_prefix(str(tmp_path / "c.data-00000-of-00001")) == str(tmp_path / "c")
+    assert tf_writer.output_prefix(str(tmp_path / "c.data-00000-of-00001")) == str(tmp_path / "c")
     sub = tmp_path / "dir"
     sub.mkdir()
     tfa.write(c, sub)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from hubfmt.format import dtypes
 from hubfmt.adapters import torch as pt
-from hubfmt.adapters.torch import kinds
+from hubfmt.adapters.torch import names as torch_names
 from hubfmt.adapters.torch.pickler import TensorRecord, emit
 from hubfmt.format.checkpoint import Checkpoint, TensorInfo
 from hubfmt.format.tensor import LazyTensor
@@ -155,7 +155,7 @@ def test_infer_kinds_from_names_shapes_siblings():
         "lstm.weight_ih_l0": (32, 8), "lstm.weight_hh_l0": (32, 8), "lstm.bias_ih_l0": (32,), "lstm.bias_hh_l0": (32,),
         "gru.weight_ih_l0": (24, 8), "gru.weight_hh_l0": (24, 8), "pos.anchor": (3,),
     }
-    assert kinds.infer_kinds(shapes) == {
+    assert torch_names.infer_kinds(shapes) == {
         "conv": "conv2d", "bn": "batch_norm", "fc": "linear", "c1": "conv1d", "c3": "conv3d",
         "ln_1": "layer_norm", "tok_embed": "embedding", "lstm": "lstm", "gru": "gru"}
 

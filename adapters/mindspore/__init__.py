@@ -13,13 +13,10 @@ a `.safetensors` path gives a MindSpore safetensors file only with `--to mindspo
 from __future__ import annotations
 
 from .memory import from_model, to_model
-from .formats import FORMATS
-from .reader import read, sniff
+from .formats import FORMATS, FRAMEWORK, FRAMEWORK_MODULE, NAME, PIP_NAME, sniff
+from .reader import read
 from .writer import write
 
-NAME = "mindspore"
-FRAMEWORK = "mindspore"
-FRAMEWORK_MODULE = "mindspore"
-PIP_NAME = "mindspore"
 
-__all__ = ["FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model", "to_model"]
+__all__ = ["NAME", "FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model",
+           "to_model"]

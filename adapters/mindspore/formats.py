@@ -1,7 +1,14 @@
 """The formats the MindSpore adapter reads and writes without MindSpore, with their options."""
 from __future__ import annotations
 
+import os
+
 from hubfmt.sdk import READ, RESTORE_DTYPE, STRICT_WRITE, TEMPLATE, VERIFY_CHECKSUMS, WRITE, NativeFormat, Option
+
+NAME = "mindspore"
+FRAMEWORK = "mindspore"
+FRAMEWORK_MODULE = "mindspore"
+PIP_NAME = "mindspore"
 
 CKPT = "mindspore-ckpt"
 SAFETENSORS = "mindspore-safetensors"
@@ -25,3 +32,25 @@ FORMATS = (
                  "MindSpore names, metadata {\"format\": \"ms\"}",
                  options=_READ + (RESTORE_DTYPE, TEMPLATE, STRICT_WRITE, WRITE_EXTRA), cannot_hold=NO_STEP_COUNT),
 )
+
+
+def sniff(path: str | os.PathLike) -> str | None:
+    """CKPT or SAFETENSORS when `path` holds one, else None (reads a few bytes, never raises)."""
+    from hubfmt.sdk import FormatError, safetensors
+
+    from . import names, proto
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return None
+    if safetensors.is_safetensors(path):
+        return SAFETENSORS if safetensors.read_metadata(path).get("format") == "ms" else None
+    try:
+        with open(path, "rb") as f:
+            if f.read(1) != b"\x0a":           # Checkpoint.value, length-delimited
+                return None
+        records, _ = proto.scan(path, limit_records=1)
+    except (FormatError, OSError):
+        return None
+    return CKPT if records and (records[0].is_map or records[0].tensor_type in names.TENSOR_TYPES
+                                or records[0].tensor_type == names.STRING_TYPE) else None

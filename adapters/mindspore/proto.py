@@ -28,7 +28,8 @@ CIPHER_MAGIC = b"\xd8\x5e\x3a\x7f"   # save_checkpoint(enc_key=...) files start 
 CRC_TRAILER = b"crc_num"
 CRC_TRAILER_SIZE = 17
 _WINDOW = 1 << 16
-_MAX_STRING = 1 << 16     # a tag or tensor_type longer than this is damage, not a name
+MAX_STRING = 1 << 16      # a tag or tensor_type longer than this is damage, not a name
+_MAX_STRING = MAX_STRING
 
 
 @dataclass
@@ -194,6 +195,13 @@ def protobuf_end(path: str, size: int, f) -> tuple[int, bool]:
         f.seek(size - CRC_TRAILER_SIZE)
         if f.read(len(CRC_TRAILER)) == CRC_TRAILER:
             return size - CRC_TRAILER_SIZE, True
+    # A file cut inside its trailer: b"crc_num" a few bytes before the end.
+    f.seek(max(size - CRC_TRAILER_SIZE + 1, 0))
+    tail = f.read()
+    at = tail.find(CRC_TRAILER)
+    if at >= 0 and len(tail) - at < CRC_TRAILER_SIZE:
+        raise FormatError(f"truncated: the file ends {CRC_TRAILER_SIZE - (len(tail) - at)} bytes short of the "
+                          "end of its crc_num trailer", path)
     return size, False
 
 

@@ -21,24 +21,6 @@ from .formats import CKPT, SAFETENSORS
 
 
 
-def sniff(path: str | os.PathLike) -> str | None:
-    """CKPT or SAFETENSORS when `path` holds one, else None (reads a few bytes, never raises)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        return None
-    if safetensors.is_safetensors(path):
-        return SAFETENSORS if safetensors.read_metadata(path).get("format") == "ms" else None
-    try:
-        with open(path, "rb") as f:
-            if f.read(1) != b"\x0a":           # Checkpoint.value, length-delimited
-                return None
-        records, _ = proto.scan(path, limit_records=1)
-    except (FormatError, OSError):
-        return None
-    return CKPT if records and (records[0].is_map or records[0].tensor_type in names.TENSOR_TYPES
-                                or records[0].tensor_type == names.STRING_TYPE) else None
-
-
 def _pieces_tensor(path: str, pieces, dtype: str, shape) -> LazyTensor:
     """A tensor whose content MindSpore split into several Values (> 512 MiB): read piece by piece."""
     def load():
@@ -85,6 +67,9 @@ def ckpt_tensors(path: str) -> tuple[list[tuple[str, LazyTensor | str]], bool]:
         if any(d < 0 for d in r.dims):
             raise FormatError(f"tensor {r.tag!r}: negative dimension in dims {r.dims}", path)
         shape = tuple(r.dims)
+        problem = dtypes.shape_problem(shape, dt)
+        if problem:
+            raise FormatError(f"tensor {r.tag!r}: {problem}", path)
         item = dtypes.itemsize(dt)
         # MindSpore's loader reads dims [0] as a scalar; an empty [0] tensor has no bytes.
         if shape == (0,) and r.nbytes == item:

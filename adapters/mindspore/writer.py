@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zlib
 
 import numpy as np
 
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import atomic_output
 from hubfmt.sdk import Checkpoint, LazyTensor, region_tensor
-from hubfmt.sdk import Report
-from hubfmt.sdk import Progress, prefetched, write_tensor
+from hubfmt.sdk import ConversionError, Report
+from hubfmt.sdk import Progress, fold_region, prefetched, write_tensor
 
 from . import names, proto
 from .formats import SLICE_BYTES
@@ -84,12 +85,17 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     safetensors = path.endswith(".safetensors")
     extras = _extra_items(ckpt, {it.name for it in items}, report, strings=not safetensors) if write_extra else []
     report.destination = path
+    for key in [it.name for it in items] + [k for k, _ in extras]:
+        if not safetensors and len(key.encode("utf-8")) > proto.MAX_STRING:
+            raise ConversionError(f"tensor name {key[:40]!r}... is {len(key.encode('utf-8'))} bytes, more than the "
+                                  f"{proto.MAX_STRING} a .ckpt tag read by hubfmt may hold", path)
     for it in items:
         if it.tensor.shape == (0,) and not safetensors:
             report.add("warning", it.name, "empty [0] tensor: MindSpore's loader reads dims [0] as a scalar "
                                            "(hubfmt reads it back as [0]; save_checkpoint skips empty tensors)")
     total = 0
-    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+    # w+b: the crc_num is folded over the bytes read back
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w+b") as f:
         if safetensors:
             total = _write_safetensors(f, items, extras, progress)
         else:
@@ -100,7 +106,28 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     return report
 
 
+class _Crc:
+    """MindSpore's crc_num: CRC-32 of every byte before the trailer. Folded over what was just
+    written (read back while it is in the page cache: kernel copies never pass through Python)."""
+
+    def __init__(self, f):
+        self.f, self.value, self.done = f, 0, 0
+
+    def update(self) -> None:
+        self.f.flush()
+        end = self.f.tell()
+        self.value = fold_region(self.f.fileno(), self.done, end - self.done, zlib.crc32, self.value)
+        self.done = end
+
+    def trailer(self) -> bytes:
+        self.update()
+        return proto.CRC_TRAILER + self.value.to_bytes(10, "big")
+
+
 def _write_ckpt(f, items: list[Item], extras, progress, max_slice: int) -> int:
+    # The crc_num trailer save_checkpoint(crc_check=True) writes and load_checkpoint checks: a
+    # file truncated on a record boundary would otherwise read as a smaller, valid model.
+    crc = _Crc(f)
     total = 0
     # Sliced tensors load piece by piece: not prefetched whole.
     whole = prefetched((it.tensor if _nbytes(it.tensor.shape, it.dtype) <= max_slice else None, it.dtype) for it in items)
@@ -117,6 +144,7 @@ def _write_ckpt(f, items: list[Item], extras, progress, max_slice: int) -> int:
                 written += write_tensor(f, piece)
         if written != nbytes:
             raise AssertionError(f"{it.name}: wrote {written} bytes, expected {nbytes}")
+        crc.update()
         total += written
         if progress:
             progress.update(written)
@@ -128,6 +156,7 @@ def _write_ckpt(f, items: list[Item], extras, progress, max_slice: int) -> int:
         else:
             f.write(proto.value_header(key, [], names.DTYPE_TO_TYPE[value.dtype], value.nbytes))
             write_tensor(f, value)
+    f.write(crc.trailer())
     return total
 
 

@@ -7,14 +7,11 @@ with `-symbol.json`), read and written without MXNet; Gluon Blocks in memory (fr
 """
 from __future__ import annotations
 
-from .formats import FORMATS
+from .formats import FORMATS, FRAMEWORK, FRAMEWORK_MODULE, NAME, PIP_NAME, sniff
 from .memory import from_model, to_model
-from .reader import read, sniff
+from .reader import read
 from .writer import write
 
-NAME = "mxnet"
-FRAMEWORK = "mxnet"
-FRAMEWORK_MODULE = "mxnet"
-PIP_NAME = "mxnet"
 
-__all__ = ["FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model", "to_model"]
+__all__ = ["NAME", "FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model",
+           "to_model"]

@@ -1,7 +1,14 @@
 """The format the MXNet adapter reads and writes without MXNet, with its options."""
 from __future__ import annotations
 
+import os
+
 from hubfmt.sdk import READ, RESTORE_DTYPE, STRICT_WRITE, TEMPLATE, WRITE, NativeFormat, Option
+
+NAME = "mxnet"
+FRAMEWORK = "mxnet"
+FRAMEWORK_MODULE = "mxnet"
+PIP_NAME = "mxnet"
 
 FORMAT = "mxnet-params"
 
@@ -19,3 +26,10 @@ FORMATS = (
                  options=(SYMBOL_FILE_READ, RESTORE_DTYPE, STYLE, TEMPLATE, SYMBOL_FILE_WRITE, STRICT_WRITE),
                  cannot_hold=("num_batches_tracked",)),
 )
+
+
+def sniff(path: str) -> str | None:
+    """"mxnet-params" when `path` is an NDArray list file (mx.nd.save / save_parameters / export)."""
+    from .ndlist import is_ndlist
+
+    return FORMAT if os.path.isfile(path) and is_ndlist(path) else None

@@ -187,6 +187,9 @@ def _record(cur: _Cursor, i: int) -> Record:
         raise FormatError(f"array {i}: unknown dtype code {flag} (MXNet defines {min(TYPE_FLAGS)}..{max(TYPE_FLAGS)})",
                           cur.path)
     dtype = TYPE_FLAGS[flag]
+    problem = dtypes.shape_problem(dims, dtype)
+    if problem:
+        raise FormatError(f"array {i}: {problem}", cur.path)
     nbytes = dtypes.itemsize(dtype)
     for d in dims:
         nbytes *= d

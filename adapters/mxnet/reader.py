@@ -16,11 +16,6 @@ from .formats import FORMAT
 _NORM_KINDS = ("batch_norm", "layer_norm", "instance_norm", "group_norm")
 
 
-def sniff(path: str) -> str | None:
-    """"mxnet-params" when `path` is an NDArray list file (mx.nd.save / save_parameters / export)."""
-    return FORMAT if os.path.isfile(path) and ndlist.is_ndlist(path) else None
-
-
 _WEIGHT_KIND = {2: "linear", 3: "conv1d", 4: "conv2d", 5: "conv3d"}
 
 

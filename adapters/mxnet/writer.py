@@ -232,6 +232,11 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
             aux = graph.params[bare].aux if graph and bare in graph.params else names.is_aux(bare)
             plan.append(((("aux:" if aux else "arg:") + bare) if style == "module" else bare, n, None))
     out_names = [p[0] for p in plan]
+    for n in out_names:
+        if len(n.encode("utf-8")) > ndlist.MAX_NAME:
+            # what hubfmt's own reader (and any sane one) refuses: refused before writing
+            raise ConversionError(f"tensor name {n[:40]!r}... is {len(n.encode('utf-8'))} bytes, more than the "
+                                  f"{ndlist.MAX_NAME} an MXNet file read by hubfmt may hold", path)
     if len(set(out_names)) != len(out_names):
         dup = next(x for x in out_names if out_names.count(x) > 1)
         raise ConversionError(f"two tensors would be written as {dup!r}")

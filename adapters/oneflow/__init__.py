@@ -10,14 +10,11 @@ A OneFlow checkpoint is a DIRECTORY. As an output path hubfmt recognises the `.o
 """
 from __future__ import annotations
 
-from .formats import FORMATS
+from .formats import FORMATS, FRAMEWORK, FRAMEWORK_MODULE, NAME, PIP_NAME, sniff
 from .memory import from_model, to_model
-from .reader import read, sniff
+from .reader import read
 from .writer import write
 
-NAME = "oneflow"
-FRAMEWORK = "oneflow"
-FRAMEWORK_MODULE = "oneflow"
-PIP_NAME = "oneflow"
 
-__all__ = ["FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model", "to_model"]
+__all__ = ["NAME", "FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model",
+           "to_model"]

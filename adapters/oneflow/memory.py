@@ -7,7 +7,7 @@ from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, TensorInfo
 from hubfmt.sdk import ConversionError, MissingFrameworkError
 from hubfmt.sdk import Report
 
-from .semantics import kind_from_names, kind_of_module, layer_attrs
+from .names import kind_from_names, kind_of_module, layer_attrs
 
 
 def _flow(what: str):

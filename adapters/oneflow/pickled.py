@@ -32,8 +32,13 @@ class TensorRef:
     """Stand-in for `oneflow.Tensor`: NEWOBJ makes it empty, BUILD gives it the tensor's folder."""
 
     folder: str | None = None
+    # The one BUILD this stand-in takes (hubfmt.safe_pickle refuses BUILD on stand-ins that do
+    # not say so); a second one is refused below.
+    _hubfmt_accepts_build = True
 
     def __setstate__(self, state):
+        if self.folder is not None:
+            raise ValueError("a OneFlow tensor given its folder twice")
         if not (isinstance(state, dict) and set(state) == {"path"} and isinstance(state["path"], str)):
             raise ValueError("a OneFlow tensor whose pickled state is not {'path': folder}")
         folder = state["path"]

@@ -15,13 +15,14 @@ import os
 
 from hubfmt.sdk import Checkpoint, LayerInfo, TensorInfo, region_tensor
 from hubfmt.sdk import FormatError
+from hubfmt.sdk import dtypes
 from hubfmt.sdk import from_plain
 
 from . import meta as meta_codec
 from . import pickled
-from .semantics import kind_from_names
+from .formats import SNAPSHOT_DONE, sniff
+from .names import kind_from_names
 
-SNAPSHOT_DONE = "snapshot_done"
 EXTRA_DIR = "hubfmt_extra"          # sidecar oneflow.save directory holding ckpt.extra (see writer)
 MAX_PICKLE_BYTES = 1 << 30
 # Nodes of the pickled object as a tree. Pickles share objects, so a few hundred bytes can describe
@@ -30,20 +31,6 @@ MAX_NODES = 1_000_000
 MAX_DEPTH = 100
 # Where a training checkpoint keeps the model's state dict, most preferred first.
 MODEL_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
-
-
-def sniff(path: str) -> str | None:
-    """'oneflow' for a oneflow.save directory, 'oneflow-legacy' for an old snapshot, else None."""
-    try:
-        if not os.path.isdir(path):
-            return None
-        if os.path.isfile(os.path.join(path, pickled.PICKLE_FILENAME)):
-            return "oneflow"
-        if os.path.isfile(os.path.join(path, SNAPSHOT_DONE)):
-            return "oneflow-legacy"
-    except OSError:
-        return None
-    return None
 
 
 def _read_small(path: str, limit: int, what: str) -> bytes:
@@ -68,6 +55,9 @@ def tensor_folder(folder: str):
         raise FormatError("missing tensor folder (the pickle refers to it)", folder)
     shape, dtype = meta_codec.parse(_read_small(os.path.join(folder, "meta"), meta_codec.MAX_META_BYTES, "meta"),
                                     os.path.join(folder, "meta"))
+    problem = dtypes.shape_problem(shape, dtype)
+    if problem:
+        raise FormatError(problem, os.path.join(folder, "meta"))
     out = os.path.join(folder, "out")
     try:
         size = os.path.getsize(out)
@@ -182,7 +172,7 @@ def read(path: str | os.PathLike, *, prefer_ema: bool = False) -> Checkpoint:
         data = pickled.load(_read_small(pk, MAX_PICKLE_BYTES, "pickled_data"), pk)
         _check_size(data, pk)
         sd, extra = _split(data, pk, prefer_ema, ckpt)
-        extra = from_plain(extra)
+        extra = _from_plain(extra, pk)
         _check_names(sd, pk)
         tensors, seen = {}, {}
         for name, ref in sd.items():
@@ -223,5 +213,12 @@ def _sidecar_extra(path: str) -> dict:
     _check_size(extra, side)
     if not isinstance(extra, dict) or _holds_tensors(extra):
         raise FormatError("hubfmt_extra must hold a dictionary of plain (non-tensor) data", side)
-    return from_plain(extra)
+    return _from_plain(extra, side)
+
+
+def _from_plain(extra, path: str):
+    try:
+        return from_plain(extra)
+    except (ValueError, TypeError, KeyError) as e:
+        raise FormatError(f"non-tensor content: {e}", path) from None
 

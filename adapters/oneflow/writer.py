@@ -33,7 +33,7 @@ from hubfmt.sdk import Progress, prefetched, write_tensor
 from . import meta as meta_codec
 from . import pickled
 from .reader import EXTRA_DIR
-from .semantics import BUFFER_ROLES
+from .names import BUFFER_ROLES
 
 LAYOUTS = ("state_dict", "training")
 

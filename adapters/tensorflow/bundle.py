@@ -21,7 +21,7 @@ from hubfmt.sdk import LazyTensor, read_region, region_tensor
 from hubfmt.sdk import FormatError
 
 from . import sstable
-from .crc32c import crc32c, mask, unmask
+from .sstable import crc32c, mask, unmask
 
 # tensorflow/core/framework/types.proto DataType -> canonical dtype name
 TF_DTYPES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 8: "complex64",

@@ -19,7 +19,7 @@ from hubfmt.sdk import fold_region, prefetched, write_tensor
 
 from . import sstable
 from .bundle import _EXPECTED_CRC, BUNDLE_VERSION, DT_STRING, TF_DTYPE_CODES, _strings_crc, shard_path
-from .crc32c import crc32c, mask
+from .sstable import crc32c, mask
 
 @dataclass
 class OutTensor:

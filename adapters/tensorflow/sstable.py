@@ -13,12 +13,29 @@ varints, zero padding to 40 bytes, and the magic 0xdb4775248b80fb57.
 """
 from __future__ import annotations
 
+import functools
 import itertools
-
 import struct
 
-from .crc32c import crc32c, mask, unmask
-from hubfmt.sdk import protowire
+from hubfmt.sdk import checksums, protowire
+
+crc32c = functools.partial(checksums.compute, "crc32c")
+_MASK_DELTA = 0xA282EAD8
+
+
+def mask(crc: int) -> int:
+    """LevelDB's masked form of a CRC, stored wherever a CRC may itself be checksummed.
+
+    >>> unmask(mask(0x12345678)) == 0x12345678
+    True
+    """
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def unmask(masked: int) -> int:
+    rot = (masked - _MASK_DELTA) & 0xFFFFFFFF
+    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
+
 
 MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48

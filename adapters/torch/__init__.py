@@ -16,18 +16,13 @@ in-memory nn.Modules / state dicts with it.
 """
 from __future__ import annotations
 
-from .formats import FORMATS, sniff
+from .formats import FORMATS, FRAMEWORK, FRAMEWORK_MODULE, NAME, PIP_NAME, sniff
 from .hf import write_directory as write_hf
 from .hf import write_plain as write_safetensors
 from .memory import from_model, to_model
 from .reader import read
 from .writer import write
 
-NAME = "torch"
-FRAMEWORK = "torch"
-FRAMEWORK_MODULE = "torch"
-PIP_NAME = "torch"
 
-
-__all__ = ["FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model", "to_model",
-           "write_hf", "write_safetensors"]
+__all__ = ["NAME", "FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model",
+           "to_model", "write_hf", "write_safetensors"]

@@ -21,7 +21,7 @@ from hubfmt.sdk import (Checkpoint, ConversionError, FormatError, LayerInfo, Laz
                         TensorInfo, atomic_output, check_input_file, dtypes, region_tensor, safetensors,
                         write_safetensors)
 
-from . import kinds
+from . import names
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -47,8 +47,8 @@ def flavour(path: str) -> tuple[str | None, str]:
         return "torch", f'metadata "format": "{fmt}"'
     if fmt in OTHER_FLAVOURS:
         return "other", f'metadata "format": "{fmt}" ({OTHER_FLAVOURS[fmt]} names and layouts)'
-    names = list(header)
-    if names and not any(_NOT_TORCH.search(n) for n in names) and all(_TORCH_ROLES.search(n) for n in names):
+    keys = list(header)
+    if keys and not any(_NOT_TORCH.search(n) for n in keys) and all(_TORCH_ROLES.search(n) for n in keys):
         return "torch", "every name ends in a torch role (weight, bias, running_mean, ...)"
     return None, "no \"format\" in its metadata and names that do not say whose they are"
 
@@ -176,7 +176,7 @@ def read(path: str) -> Checkpoint:
         refuse_lone_shard(path, index_required=False)
     tensors, extra = _read_set(weights, report)
     ckpt = Checkpoint(source=SourceInfo(framework="torch", file=os.path.basename(os.path.normpath(path)), format=fmt))
-    layer_kinds, ckpt.layers = kinds.classify({n: t.shape for n, t in tensors}, {})
+    layer_kinds, ckpt.layers = names.classify({n: t.shape for n, t in tensors}, {})
     for name, t in tensors:
         if name in ckpt:
             raise FormatError(f"tensor name {name!r} appears twice", path)
@@ -233,9 +233,9 @@ def _norm_attrs(ckpt: Checkpoint, config, report: Report) -> None:
 # ---- writing ------------------------------------------------------------------------------------
 
 def _plan(ckpt: Checkpoint, restore_dtype: bool, report: Report) -> tuple[list[str], dict[str, str]]:
-    names = ckpt.stored_names()
+    stored = ckpt.stored_names()
     out: dict[str, str] = {}
-    for name in names:
+    for name in stored:
         e = ckpt[name]
         want = e.info.original_dtype if restore_dtype and e.info.original_dtype in dtypes.DTYPES else e.tensor.dtype
         out[name] = want
@@ -248,7 +248,7 @@ def _plan(ckpt: Checkpoint, restore_dtype: bool, report: Report) -> tuple[list[s
             # from_pretrained re-ties shared weights itself; a safetensors file cannot alias.
             report.add("dropped", name, f"tied to {e.info.tied_to}: stored once, as safetensors requires "
                                         "(from_pretrained ties it again)")
-    return names, out
+    return stored, out
 
 
 def write_plain(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False, progress=None,

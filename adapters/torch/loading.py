@@ -21,13 +21,35 @@ from .vocabulary import allow_list
 
 # torch.storage._load_from_bytes nests whole torch files in a pickle; a few levels is plenty.
 _MAX_NESTING = 4
+# ...and all of them together hold no more bytes than the nesting levels could each hold the whole
+# file (a pickle can hand the same bytes to _load_from_bytes hundreds of times per level).
+_NESTED_SLACK = 1 << 20
+MAX_NESTED_LOADS = 100_000
+
+
+class NestedBudget:
+    """What the nested torch files of one read may cost in all: MAX_NESTED_LOADS loads and
+    _MAX_NESTING x the outer file's size + 1 MiB of bytes."""
+
+    def __init__(self, outer_size: int):
+        self.limit = _MAX_NESTING * outer_size + _NESTED_SLACK
+        self.loads = self.nbytes = 0
+
+    def charge(self, n: int, path: str) -> None:
+        self.loads += 1
+        self.nbytes += n
+        if self.nbytes > self.limit or self.loads > MAX_NESTED_LOADS:
+            raise FormatError(f"torch.storage._load_from_bytes: nested torch files add up to more than "
+                              f"{self.limit} bytes ({_MAX_NESTING} x the file + 1 MiB) or {MAX_NESTED_LOADS} loads: "
+                              "the same bytes are loaded over and over", path)
 
 
 def unpickle(stream: BinaryIO, *, path: str, persistent_load: Callable[[Any], Any] | None,
-             depth: int = 0) -> Any:
+             depth: int = 0, budget: NestedBudget | None = None) -> Any:
     """One pickle from `stream`, torch vocabulary allowed, unknown classes as OpaqueObjects.
     Every failure is a FormatError naming `path` (UnsafePickleError when the pickle tried to run code)."""
-    nested = (lambda data: load_bytes(data, path, depth + 1)) if depth < _MAX_NESTING else None
+    spend = budget if budget is not None else NestedBudget(0)
+    nested = (lambda data: load_bytes(data, path, depth + 1, spend)) if depth < _MAX_NESTING else None
     unpickler = RestrictedUnpickler(stream, allowed=allow_list(nested), persistent_load=persistent_load,
                                     opaque=True, source=path)
     try:
@@ -67,24 +89,26 @@ def load(path: str) -> tuple[Any, str]:
     except OSError as e:
         raise FormatError(f"cannot read: {e.strerror}", path) from None
     kind = sniff_bytes(head)
+    budget = NestedBudget(os.path.getsize(path))
     if kind == "zip":
-        return zipformat.load(path, None, lambda s, pl: unpickle(s, path=path, persistent_load=pl)), "torch-zip"
+        return zipformat.load(path, None, lambda s, pl: unpickle(s, path=path, persistent_load=pl, budget=budget)), "torch-zip"
     if kind == "torch-legacy":
         with open(path, "rb") as f:
             return legacy.load(f, path, os.path.getsize(path), True,
-                               lambda s, pl: unpickle(s, path=path, persistent_load=pl)), "torch-legacy"
+                               lambda s, pl: unpickle(s, path=path, persistent_load=pl, budget=budget)), "torch-legacy"
     raise FormatError("not a torch checkpoint (neither a zip archive nor a legacy torch.save file)", path)
 
 
-def load_bytes(data: bytes, path: str, depth: int) -> Any:
+def load_bytes(data: bytes, path: str, depth: int, budget: NestedBudget) -> Any:
     """A torch file embedded in a pickle (torch.storage._load_from_bytes), read from memory."""
     if not isinstance(data, (bytes, bytearray)):
         raise FormatError("torch.storage._load_from_bytes without bytes", path)
+    budget.charge(len(data), path)
     data = bytes(data)
     kind = sniff_bytes(data[:32])
 
     def up(s, pl):
-        return unpickle(s, path=path, persistent_load=pl, depth=depth)
+        return unpickle(s, path=path, persistent_load=pl, depth=depth, budget=budget)
 
     if kind == "zip":
         return zipformat.load(path, data, up)

@@ -15,7 +15,7 @@ from hubfmt.sdk import Checkpoint, LazyTensor, SourceInfo, TensorInfo
 from hubfmt.sdk import ConversionError, MissingFrameworkError
 from hubfmt.sdk import Report
 
-from . import kinds
+from . import names
 from .vocabulary import TORCH_DTYPES
 
 
@@ -68,7 +68,7 @@ def from_model(model: Any, **options) -> Checkpoint:
         if _hub_dtype(t) is None:
             raise ConversionError(f"tensor {name!r} has dtype {t.dtype}, which hubfmt cannot represent")
         tensors[str(name)] = t
-    layer_kinds, layers = kinds.classify({n: tuple(t.shape) for n, t in tensors.items()}, classes)
+    layer_kinds, layers = names.classify({n: tuple(t.shape) for n, t in tensors.items()}, classes)
     ckpt = Checkpoint(layers=layers, source=SourceInfo(framework="torch", framework_version=torch.__version__,
                                                        file=source, format="in-memory"))
     ckpt.report = report

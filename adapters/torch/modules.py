@@ -31,9 +31,47 @@ def class_name(module: OpaqueObject) -> str:
     return module.class_name.rpartition(".")[2]
 
 
+# A submodule shared by two parents appears under both paths, as in torch; the paths may number
+# at most this many times the distinct objects the file holds (+ a floor), so a few KB of shared
+# levels cannot ask for 2**40 names. Counted from the object graph before any walk.
+PATH_FACTOR = 16
+PATH_FLOOR = 10_000
+
+
+def check_paths(module: OpaqueObject) -> None:
+    """Refuse a module tree whose walk by path (what state_dict and named_modules do) would visit
+    more than PATH_FACTOR x its distinct objects + PATH_FLOOR modules and tensors. Each object is
+    visited once (memo by id); nesting deeper than 200 levels is refused."""
+    paths: dict[int, int] = {}
+    distinct = 0
+    stack: list[tuple[OpaqueObject, int, bool]] = [(module, 0, False)]
+    while stack:
+        m, depth, done = stack.pop()
+        attrs = m.attributes()
+        children = [c for c in (attrs.get("_modules") or {}).values() if is_module(c)]
+        if done:
+            own = 1 + len(attrs.get("_parameters") or {}) + len(attrs.get("_buffers") or {})
+            paths[id(m)] = own + sum(paths[id(c)] for c in children)
+            distinct += own
+            continue
+        if id(m) in paths:
+            continue
+        if depth > 200:
+            raise ValueError("modules nest more than 200 levels deep")
+        stack.append((m, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if id(c) not in paths)
+    limit = min(MAX_MODULES, PATH_FACTOR * distinct + PATH_FLOOR)
+    if paths[id(module)] > limit:
+        raise ValueError(f"the module tree shares submodules so often that it has {paths[id(module)]} paths "
+                         f"to its {distinct} modules and tensors (the limit is {PATH_FACTOR} x + {PATH_FLOOR}, "
+                         f"at most {MAX_MODULES})")
+
+
 def state_dict(module: OpaqueObject, prefix: str = "", _depth: int = 0,
                _count: list | None = None) -> Iterator[tuple[str, TensorRef]]:
     """(name, tensor) in the order torch's Module.state_dict() produces them."""
+    if _depth == 0:
+        check_paths(module)
     count = _count if _count is not None else [0]
     count[0] += 1
     if _depth > 200 or count[0] > MAX_MODULES:
@@ -64,6 +102,8 @@ def modules(module: OpaqueObject, prefix: str = "", _depth: int = 0,
             _count: list | None = None) -> Iterator[tuple[str, OpaqueObject]]:
     """(path, module) for the module and all its descendants, as Module.named_modules() (without
     de-duplication: a shared submodule appears under every path). Bounded like state_dict()."""
+    if _depth == 0:
+        check_paths(module)
     count = _count if _count is not None else [0]
     count[0] += 1
     if _depth > 200 or count[0] > MAX_MODULES:

@@ -19,7 +19,7 @@ STORAGE_CLASSES = {
     "int16": "ShortStorage", "int8": "CharStorage", "uint8": "ByteStorage", "bool": "BoolStorage",
     "complex64": "ComplexFloatStorage",
 }
-UNTYPED_DTYPES = {"uint16", "uint32", "uint64"}
+UNTYPED_DTYPES = {"uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2"}
 
 
 @dataclass(frozen=True)

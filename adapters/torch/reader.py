@@ -16,7 +16,8 @@ from hubfmt.sdk import ConversionError, FormatError
 from hubfmt.sdk import Report
 from hubfmt.sdk import OpaqueObject
 
-from . import kinds, modules
+from . import modules
+from . import names
 from .loading import load
 from .tensors import tie_key, to_lazy
 from .vocabulary import Storage, TensorRef, TorchDtype
@@ -195,7 +196,7 @@ class _Reading:
         ckpt = Checkpoint(source=SourceInfo(framework="torch", file=os.path.basename(self.path), format=fmt))
         ckpt.report = self.report
         shapes = {name: t.shape for name, t in tensors}
-        layer_kinds, ckpt.layers = kinds.classify(shapes, self.layer_classes)
+        layer_kinds, ckpt.layers = names.classify(shapes, self.layer_classes)
         first_of: dict[tuple, str] = {}
         for name, t in tensors:
             if name in ckpt:

@@ -40,21 +40,46 @@ class BytesBlob:
 
 
 class MemberBlob:
-    """A compressed zip member: decompressed (whole, once per load) when a tensor asks."""
+    """A compressed zip member: inflated once, when a tensor first asks, into an unnamed temporary
+    file (removed by the OS when closed, even if hubfmt is killed); every view of the storage then
+    reads its bytes from there. Inflating per view would cost views x member size (a few KB of
+    pickle can name thousands of views)."""
 
     def __init__(self, path: str, member: str, nbytes: int, little_endian: bool = True):
         self.path, self.member, self.nbytes, self.little_endian = path, member, nbytes, little_endian
+        self._inflated = None
 
-    def read(self, start: int, n: int) -> np.ndarray:
+    def _inflate(self):
+        import tempfile
         import zipfile
+        tmp = tempfile.TemporaryFile(prefix="hubfmt-member-")
         try:
             with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
-                f.seek(start)
-                raw = f.read(n)
+                got = 0
+                while got <= self.nbytes:
+                    chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    tmp.write(chunk)
+                    got += len(chunk)
         except MemoryError:
+            tmp.close()
             raise
         except Exception as e:      # BadZipFile, zlib.error, RuntimeError (encrypted)... on damage
+            tmp.close()
             raise FormatError(f"cannot read zip member {self.member}: {type(e).__name__}: {e}", self.path) from None
+        if got != self.nbytes:
+            tmp.close()
+            raise FormatError(f"zip member {self.member} inflates to {got} bytes, not the {self.nbytes} "
+                              "its directory claims", self.path)
+        tmp.flush()
+        return tmp
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        import os
+        if self._inflated is None:
+            self._inflated = self._inflate()
+        raw = os.pread(self._inflated.fileno(), n, start) if n else b""
         if len(raw) != n:
             raise FormatError(f"zip member {self.member} ends early", self.path)
         return np.frombuffer(raw, dtype=np.uint8)
@@ -82,10 +107,51 @@ def is_contiguous(shape, stride) -> bool:
     return all(s == c or d == 1 for d, s, c in zip(shape, stride, c_strides(shape), strict=True))
 
 
+# A legacy view storage points at its root; real files have one level. Longer chains (or a
+# storage that is its own root) are damage or an attack.
+_MAX_ROOT_CHAIN = 8
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_view(t: TensorRef, name: str, path: str) -> None:
+    """Everything the view `t` says, checked where it is used (the rebuild functions checked it
+    when the pickle made it; this holds whatever happened since): a real Storage chain ending at
+    a root with data, non-negative integer offset/shape/stride of one rank, a known dtype."""
+    if not isinstance(t, TensorRef):
+        raise FormatError(f"tensor {name!r} is a {type(t).__name__}, not a tensor", path)
+    if not (isinstance(t.shape, tuple) and isinstance(t.stride, tuple) and len(t.shape) == len(t.stride)
+            and all(_count(v) for v in (*t.shape, *t.stride)) and _count(t.offset)):
+        raise FormatError(f"tensor {name!r} has a malformed view (offset {t.offset!r}, shape {t.shape!r}, "
+                          f"stride {t.stride!r})", path)
+    s, hops = t.storage, 0
+    while True:
+        if not isinstance(s, Storage) or not _count(s.numel) or not _count(s.root_offset):
+            raise FormatError(f"tensor {name!r} is a view of something that is not a storage", path)
+        if s.root is None:
+            break
+        hops += 1
+        if hops > _MAX_ROOT_CHAIN:
+            raise FormatError(f"tensor {name!r}: its storage's chain of roots is longer than {_MAX_ROOT_CHAIN} "
+                              "(or loops)", path)
+        s = s.root
+    if s.dtype not in dtypes.DTYPES or not isinstance(getattr(s.data, "nbytes", None), int):
+        raise FormatError(f"tensor {name!r}: storage {s.key!r} has no data in the file", path)
+    if s.data.nbytes < s.numel * dtypes.itemsize(s.dtype):
+        raise FormatError(f"tensor {name!r}: storage {s.key!r} claims {s.numel} elements, more than the "
+                          f"{s.data.nbytes} bytes the file holds for it", path)
+
+
 def byte_span(t: TensorRef) -> tuple[Storage, int, int]:
-    """(root storage, first byte, byte count) the view `t` touches (count 0 for empty tensors)."""
-    root, base_bytes = t.storage, 0
+    """(root storage, first byte, byte count) the view `t` touches (count 0 for empty tensors).
+    `t` must have passed check_view."""
+    root, base_bytes, hops = t.storage, 0, 0
     while root.root is not None:
+        hops += 1
+        if hops > _MAX_ROOT_CHAIN:
+            raise FormatError(f"storage chain longer than {_MAX_ROOT_CHAIN} (or a loop)")
         base_bytes += root.root_offset * dtypes.itemsize(root.dtype)
         root = root.root
     size = dtypes.itemsize(t.dtype)
@@ -98,10 +164,14 @@ def byte_span(t: TensorRef) -> tuple[Storage, int, int]:
 
 def to_lazy(t: TensorRef, name: str, path: str) -> LazyTensor:
     """A LazyTensor for tensor `name`, every extent checked against its storage first."""
+    check_view(t, name, path)
     if t.dtype not in dtypes.DTYPES:
         raise FormatError(f"tensor {name!r} has dtype {t.dtype}, which hubfmt cannot represent", path)
+    problem = dtypes.shape_problem(t.shape, t.dtype)
+    if problem:
+        raise FormatError(f"tensor {name!r}: {problem}", path)
     root, start, count = byte_span(t)
-    have = root.numel * dtypes.itemsize(root.dtype)
+    have = min(root.numel * dtypes.itemsize(root.dtype), root.data.nbytes)
     if start + count > have:
         raise FormatError(f"tensor {name!r} (shape {list(t.shape)}, offset {t.offset}, stride {list(t.stride)}) "
                           f"extends to byte {start + count}, past its storage {root.key} of {have} bytes", path)

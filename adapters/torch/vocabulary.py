@@ -35,8 +35,8 @@ TORCH_DTYPES = {
     "long": "int64", "int32": "int32", "int": "int32", "int16": "int16", "short": "int16",
     "int8": "int8", "uint8": "uint8", "bool": "bool", "complex64": "complex64", "cfloat": "complex64",
     "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
-    "complex128": None, "cdouble": None, "complex32": None, "chalf": None, "float8_e4m3fn": None,
-    "float8_e5m2": None, "float8_e4m3fnuz": None, "float8_e5m2fnuz": None, "qint8": None,
+    "complex128": None, "cdouble": None, "complex32": None, "chalf": None, "float8_e4m3fn": "float8_e4m3fn",
+    "float8_e5m2": "float8_e5m2", "float8_e4m3fnuz": None, "float8_e5m2fnuz": None, "qint8": None,
     "quint8": None, "qint32": None,
 }
 

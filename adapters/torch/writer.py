@@ -88,6 +88,15 @@ def _extra_value(value, name: str, report: Report, depth: int = 0):
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
+        if value.dtype.kind in "US":
+            # torch tensors hold numbers only: text arrays (YOLO class names...) become lists
+            report.add("warning", name, f"a numpy {value.dtype.str} text array is stored as a list of strings")
+            return value.tolist()
+        try:
+            dtypes.name_of(value.dtype)
+        except ValueError:
+            report.add("dropped", name, f"a numpy array of dtype {value.dtype.str} has no torch tensor form")
+            return None
         return value
     if isinstance(value, (list, tuple)):
         items = [_extra_value(v, f"{name}[{i}]", report, depth + 1) for i, v in enumerate(value)]
@@ -119,16 +128,25 @@ def _arrays_to_records(value, arrays: list, depth: int = 0):
 
 
 def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False, progress: Progress | None = None,
-          restore_dtype: bool = True, layout: str = "state_dict") -> Report:
+          restore_dtype: bool = True, layout: str = "state_dict", max_shard_size: int | None = None) -> Report:
     """Write `ckpt` as a torch zip file at `path`, one tensor at a time.
 
     layout="state_dict" (default) writes a bare OrderedDict state dict (ckpt.extra is dropped and
     reported); layout="training" writes {'state_dict': ..., **ckpt.extra}. `restore_dtype` writes
-    each tensor in its original dtype (info.original_dtype); every cast is reported.
+    each tensor in its original dtype (info.original_dtype); every cast is reported. Past
+    `max_shard_size` bytes, state dict shards `stem-0000k-of-0000n.bin` and the index
+    `path + ".index.json"` (the pytorch_model.bin layout transformers loads), the index last.
     """
     path = os.fspath(path)
     if layout not in LAYOUTS:
         raise ConversionError(f"unknown torch layout {layout!r} (choose from {', '.join(LAYOUTS)})", path)
+    if max_shard_size:
+        groups = _shard_groups(ckpt, max_shard_size)
+        if len(groups) > 1:
+            if layout != "state_dict":
+                raise ConversionError("-W layout=training cannot be sharded: shards hold state dicts only", path)
+            return _write_shards(ckpt, path, groups, overwrite=overwrite, progress=progress,
+                                 restore_dtype=restore_dtype)
     report = Report(stage="write")
     plan = _Plan(ckpt, restore_dtype, report)
     state = collections.OrderedDict((n, plan.records[n]) for n in ckpt.entries)
@@ -174,4 +192,58 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     report.tensors_in = len(ckpt)
     report.tensors_out = len(plan.storages)
     report.bytes_out = total
+    return report
+
+
+def _shard_groups(ckpt: Checkpoint, max_shard_size: int) -> list[list[str]]:
+    """Tensor names in consecutive groups of at most `max_shard_size` stored bytes (a tensor larger
+    than that is a group of its own); a tied alias goes with the tensor it shares storage with."""
+    groups: list[list[str]] = []
+    cur: list[str] = []
+    size = 0
+    for name, e in ckpt.entries.items():
+        if e.info.tied_to:
+            continue
+        n = e.tensor.nbytes
+        if cur and size + n > max_shard_size:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(name)
+        size += n
+    groups.append(cur)
+    where = {n: i for i, g in enumerate(groups) for n in g}
+    for name, e in ckpt.entries.items():
+        if e.info.tied_to:
+            groups[where[e.info.tied_to]].append(name)
+    return groups
+
+
+def _write_shards(ckpt: Checkpoint, path: str, groups: list[list[str]], *, overwrite: bool, progress,
+                  restore_dtype: bool) -> Report:
+    import json
+
+    from hubfmt.sdk import atomic_outputs
+
+    stem = path[: -len(os.path.splitext(path)[1])] if os.path.splitext(path)[1] in (".bin", ".pt", ".pth") else path
+    ext = os.path.splitext(path)[1] or ".bin"
+    shard_files = [f"{stem}-{i + 1:05d}-of-{len(groups):05d}{ext}" for i in range(len(groups))]
+    finals = shard_files + [path + ".index.json"]
+    report = Report(stage="write")
+    weight_map: dict[str, str] = {}
+    total = 0
+    with atomic_outputs(finals, overwrite=overwrite) as out:
+        for shard, group in zip(shard_files, groups, strict=True):
+            part = Checkpoint(entries={n: ckpt.entries[n] for n in group}, layers=ckpt.layers)
+            sub = write(part, out.path(shard), overwrite=True, progress=progress, restore_dtype=restore_dtype)
+            report.events.extend(e for e in sub.events if e.action != "warning")
+            total += sub.bytes_out
+            weight_map.update(dict.fromkeys(group, os.path.basename(shard)))
+        with open(out.path(finals[-1]), "w", encoding="utf-8") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+    for k in ckpt.extra:
+        report.add("dropped", f"extra[{k!r}]", "non-tensor content: state dict shards cannot hold it")
+    report.tensors_in = len(ckpt)
+    report.tensors_out = sum(1 for n in ckpt.entries if not ckpt.entries[n].info.tied_to)
+    report.bytes_out = total
+    report.files = finals
     return report

@@ -14,6 +14,7 @@ import zipfile
 from typing import Any, Callable
 
 from hubfmt.sdk import FormatError
+from hubfmt.sdk import ziparchive
 
 from .tensors import BytesBlob, FileBlob, MemberBlob, check_storage
 from .vocabulary import Storage, storage_from_pid
@@ -31,14 +32,9 @@ def find_root(names: list[str]) -> str | None:
 
 
 def _open(path: str, data: bytes | None) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(io.BytesIO(data) if data is not None else path)
-    except FileNotFoundError:
-        raise FormatError("no such file", path) from None
-    except MemoryError:
-        raise
-    except Exception as e:      # zipfile raises a dozen types on damaged archives (found by tests/fuzz)
-        raise FormatError(f"truncated or corrupt zip archive ({type(e).__name__}: {e})", path) from None
+    # Checked open: damage is one FormatError, and two members with one name are refused (torch
+    # reads the first, zipfile the last: the same file would mean two things).
+    return ziparchive.open_archive(path, data)
 
 
 def _data_offset(f, info: zipfile.ZipInfo, size: int, path: str) -> int:

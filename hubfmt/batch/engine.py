@@ -163,7 +163,7 @@ def _shard_plan(it: Item, idx: int, overwrite: bool, weight: int) -> tuple[list[
         src_name, src_fmt = registry.detect_input(it.src, it.from_)
         from hubfmt.pipeline import read
         ckpt = read(it.src, framework=src_name, **src_fmt.check_options(registry.READ, dict(it.read_options)))
-        names, _, meta, _ = hubfile.plan(ckpt, bool(it.write_options.get("keep_dtype", False)))
+        names, _, meta, _ = hubfile.plan(ckpt, bool(it.write_options.get("keep_dtype", False)), it.dst)
     except HubfmtError:
         return None          # the single task reports it
     groups: dict[str, list[str]] = {}
@@ -301,7 +301,11 @@ def convert_many(items, *, executor: cf.Executor | None = None, jobs: int | None
             r.tasks = len(shard_tasks)
             tasks.extend(shard_tasks)
         else:
-            tasks.append(_Task(i, worker.run_item, {"item": it.to_json(), "overwrite": ow}, r.source_bytes))
+            # Absent now: whatever appears there later is this job's, e.g. published by an attempt
+            # whose worker died before it could say so; its retry replaces it.
+            fresh = not any(os.path.lexists(p) for p in [it.dst, *source_files(it.dst)])
+            tasks.append(_Task(i, worker.run_item, {"item": it.to_json(), "overwrite": ow, "fresh": fresh},
+                               r.source_bytes))
     own = executor is None
     jobs = jobs or os.cpu_count() or 1
     pool = executor or _own_pool(jobs)
@@ -318,6 +322,8 @@ def convert_many(items, *, executor: cf.Executor | None = None, jobs: int | None
             return
         _clean_after(task, todo)
         if task.attempts <= retries and _retryable(e):
+            if task.payload.get("fresh"):
+                task.payload["overwrite"] = True
             pending.append(task)
             return
         r.status = "failed"

@@ -37,7 +37,7 @@ def run_shard(task: dict) -> dict:
     t0 = time.monotonic()
     item = Item.from_json(task["item"])
     ckpt = read(item.src, framework=task["src_adapter"], **item.read_options)
-    names, out_dtypes, _, report = hubfile.plan(ckpt, bool(item.write_options.get("keep_dtype", False)))
+    names, out_dtypes, _, report = hubfile.plan(ckpt, bool(item.write_options.get("keep_dtype", False)), item.dst)
     group = task["names"]
     nbytes = hubfile.write_shard(ckpt, task["shard_path"], group, out_dtypes, overwrite=task.get("overwrite", False))
     # This task reads the source shard: it takes the shard's print for the ledger too.

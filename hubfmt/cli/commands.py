@@ -192,6 +192,8 @@ def _format_lines(adapter: str, fmt) -> list[str]:
     rw = "+".join(x for x, ok in (("read", fmt.reads), ("write", fmt.writes)) if ok)
     exts = ", ".join(fmt.extensions) or f"({fmt.layout})"
     lines = [f"{adapter:<10} {fmt.name:<22} {exts:<28} {rw:<10} {fmt.description}"]
+    if fmt.writes and fmt.template_required:
+        lines.append(f"{'':<10}   writes only into a template: --template (an existing file of the destination model)")
     for o in fmt.options:
         default = "" if o.default is None else f" (default {o.default!r})"
         lines.append(f"{'':<10}   {o.side} option {o.cli}: {o.doc}{default}")

@@ -56,8 +56,9 @@ _TOUR = (
     ("mindspore", "model.ckpt"),
     ("mxnet", "model.params"),
     ("tensorflow", "model.index"),
-    ("tensorflow", "model.weights.h5"),
+    ("keras", "model.weights.h5"),
     ("oneflow", "model.oneflow"),
+    ("flax", "model.msgpack"),
 )
 
 
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         declared = set(there.names("dropped")) | set(home.names("dropped"))
         undeclared = [n for n in result.not_held if n not in declared]
         ok &= not (result.differs or undeclared)
+    for fw in available:
+        if registry.needs_template(fw):
+            print(f"\n(skipping {fw}: its writer needs a template, an existing model to put the weights into)")
     print("\nevery round trip bit-exact" if ok else "\nSOME ROUND TRIPS DIFFER")
     return 0 if ok else 1
 

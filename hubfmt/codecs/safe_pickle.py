@@ -186,20 +186,20 @@ def _copyreg_reconstructor(cls, base, state=None):
 
 
 def _ordered_dict(*args):
-    return collections.OrderedDict(*args)
+    return collections.OrderedDict(*(_check_keys(a.items() if isinstance(a, dict) else a) for a in args))
 
 
 def _defaultdict(factory=None, *args):
     # The factory would be called on a missing key: drop it, keep the data.
-    return dict(*args)
+    return dict(*(_check_keys(a.items() if isinstance(a, dict) else a) for a in args))
 
 
 def _set(*args):
-    return set(*args)
+    return set(*(_check_keys(a, pairs=False) for a in args))
 
 
 def _frozenset(*args):
-    return frozenset(*args)
+    return frozenset(*(_check_keys(a, pairs=False) for a in args))
 
 
 def _complex(*args):
@@ -271,6 +271,59 @@ class _BoundedReader:
         return self._f.readinto(b)
 
 
+# A tuple used as a dict key or set element may hold at most this many tuples, nested at most
+# MAX_DEPTH deep. hash() of a tuple is not cached and walks every path: 64 levels of memo-shared
+# pairs are 2**64 nodes in a pickle of a few hundred bytes. Real checkpoint keys are a few values.
+MAX_KEY_TUPLES = 256
+
+
+def check_key(key: Any, cache: dict | None = None) -> None:
+    """Refuse a hash key (dict key, set element) whose hash would walk more than MAX_KEY_TUPLES
+    tuples or nest deeper than MAX_DEPTH. Counting is by object (memo by id), so sharing costs
+    nothing here; `cache` (id -> (tuple,)) remembers keys already checked (the tuple is kept
+    alive so its id is not reused)."""
+    if not isinstance(key, tuple) or not key:
+        return
+    if cache is not None and id(key) in cache:
+        return
+    sizes: dict[int, int] = {}
+    stack: list[tuple[tuple, int, bool]] = [(key, 0, False)]
+    while stack:
+        t, depth, done = stack.pop()
+        if done:
+            n = 1 + sum(sizes[id(c)] for c in t if isinstance(c, tuple) and c)
+            if n > MAX_KEY_TUPLES:
+                raise UnsafePickleError(f"a dictionary key or set element nests more than {MAX_KEY_TUPLES} tuples "
+                                        "(hashing it would walk every path through them)")
+            sizes[id(t)] = n
+            continue
+        if id(t) in sizes:
+            continue
+        if depth > MAX_DEPTH:
+            raise UnsafePickleError(f"a dictionary key or set element nests deeper than {MAX_DEPTH} levels")
+        stack.append((t, depth, True))
+        stack.extend((c, depth + 1, False) for c in t if isinstance(c, tuple) and c and id(c) not in sizes)
+    if cache is not None:
+        cache[id(key)] = (key,)
+
+
+def _check_keys(items, pairs: bool = True) -> list:
+    """`items` (key, value) pairs (or set elements: pairs=False) as a list, every key checked."""
+    items = list(items)
+    for it in items:
+        check_key(it[0] if pairs and isinstance(it, (tuple, list)) and len(it) == 2 else it)
+    return items
+
+
+# Instances a pickle may BUILD (set state on): inert opaque objects, numpy's array and dtype
+# stand-ins, and OrderedDict (torch's state dicts carry `_metadata`). Stand-ins an adapter wants
+# BUILT (OneFlow's tensor, whose state names its folder) set `_hubfmt_accepts_build = True` and
+# check that state in __setstate__.
+def accepts_build(inst: Any) -> bool:
+    return (isinstance(inst, (OpaqueObject, _NdarrayStub, collections.OrderedDict, np.dtype))
+            or getattr(type(inst), "_hubfmt_accepts_build", False) is True)
+
+
 _CALLABLE_TYPES = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType)
 
 
@@ -299,6 +352,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._opaque = opaque
         self._source = source
         self.opaque_classes: set[str] = set()
+        self._key_cache: dict[int, tuple] = {}
 
     def find_class(self, module: str, name: str):
         fn = self._allowed.get((module, name))
@@ -339,9 +393,50 @@ class RestrictedUnpickler(pickle._Unpickler):
         if isinstance(inst, _CALLABLE_TYPES) or (callable(inst) and not isinstance(inst, OpaqueObject)):
             raise UnsafePickleError(f"refused BUILD on {type(inst).__name__} {getattr(inst, '__name__', '')!r}: "
                                     "a pickle may set state only on data objects", self._source)
+        if not accepts_build(inst):
+            # hubfmt's own stand-ins (a tensor view, a storage, a dtype) are checked when they are
+            # made; BUILD after that would rewrite them behind the check.
+            raise UnsafePickleError(f"refused BUILD on {type(inst).__name__}: a pickle may set state only on "
+                                    "opaque objects, numpy arrays and dtypes, and dictionaries", self._source)
         super().load_build()     # type: ignore[misc]
 
     dispatch[pickle.BUILD[0]] = load_build           # type: ignore[assignment]
+
+    # Opcodes that hash what they insert: a tuple's hash is not cached and walks every path, so a
+    # key must be small (see check_key).
+    def load_setitem(self):
+        check_key(self.stack[-2], self._key_cache)
+        super().load_setitem()      # type: ignore[misc]
+
+    dispatch[pickle.SETITEM[0]] = load_setitem        # type: ignore[assignment]
+
+    def load_setitems(self):
+        for k in self.stack[::2]:   # the items since the mark: key, value, key, value...
+            check_key(k, self._key_cache)
+        super().load_setitems()     # type: ignore[misc]
+
+    dispatch[pickle.SETITEMS[0]] = load_setitems      # type: ignore[assignment]
+
+    def load_dict(self):
+        for k in self.stack[::2]:
+            check_key(k, self._key_cache)
+        super().load_dict()         # type: ignore[misc]
+
+    dispatch[pickle.DICT[0]] = load_dict              # type: ignore[assignment]
+
+    def load_additems(self):
+        for k in self.stack:
+            check_key(k, self._key_cache)
+        super().load_additems()     # type: ignore[misc]
+
+    dispatch[pickle.ADDITEMS[0]] = load_additems      # type: ignore[assignment]
+
+    def load_frozenset(self):
+        for k in self.stack:
+            check_key(k, self._key_cache)
+        super().load_frozenset()    # type: ignore[misc]
+
+    dispatch[pickle.FROZENSET[0]] = load_frozenset    # type: ignore[assignment]
 
     def load_bytearray8(self):
         # Python's version allocates bytearray(claimed length) before reading: read first.

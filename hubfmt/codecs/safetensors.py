@@ -58,6 +58,9 @@ def read_header(path: str) -> tuple[dict, int, int]:
             count *= x
         if not (0 <= b <= end) or end - b != count * dtypes.itemsize(dt):
             raise FormatError(f"tensor {name!r}: data_offsets {[b, end]} do not fit shape {shape} of {dt}", path)
+        problem = dtypes.shape_problem(shape, dt)
+        if problem:
+            raise FormatError(f"tensor {name!r}: {problem}", path)
         if data_start + end > size:
             raise FormatError(f"tensor {name!r}: data ends at {data_start + end}, past the end of the file ({size} bytes)", path)
         spans.append((b, end, name))

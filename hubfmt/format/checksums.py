@@ -16,9 +16,15 @@ import zlib
 from dataclasses import dataclass
 
 import google_crc32c
+import numpy as np
 
 
 def _crc32c(data, value: int = 0) -> int:
+    # The extension takes bytes or a contiguous array; its argument parser refuses memoryview and
+    # bytearray (a writable buffer it would have to release), so those go as a free uint8 view.
+    if not isinstance(data, bytes):
+        arr = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+        data = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
     return google_crc32c.extend(value, data)
 
 

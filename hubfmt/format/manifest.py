@@ -40,6 +40,39 @@ def build(ckpt: Checkpoint) -> dict[str, str]:
     return meta
 
 
+# Layer attributes the spec defines (section 4.3), by the values they may take: writers compute
+# with them, so a manifest saying `eps: "x"` is malformed, not a crash later.
+_NUMBER_ATTRS = ("eps", "momentum", "forget_bias_folded")
+_INT_ATTRS = ("groups",)
+_BOOL_ATTRS = ("fix_gamma",)
+_SPATIAL_ATTRS = ("stride", "padding", "dilation")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_attrs(layer: str, attrs: dict) -> None:
+    """ValueError naming the attribute when a spec-defined layer attribute has the wrong type."""
+    for k, v in attrs.items():
+        ok = True
+        if k in _NUMBER_ATTRS:
+            ok = _is_number(v)
+        elif k in _INT_ATTRS:
+            ok = _is_int(v) and v >= 1
+        elif k in _BOOL_ATTRS:
+            ok = isinstance(v, bool)
+        elif k in _SPATIAL_ATTRS:
+            ok = (_is_int(v) and v >= 0) or v in ("same", "valid") or (
+                isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v))
+        if not ok:
+            raise ValueError(f"layer {layer!r}: attribute {k!r} is {v!r}, which is not a valid value for it")
+
+
 def parse(meta: dict, path: str | None) -> tuple[dict, dict, SourceInfo, dict] | None:
     """(tensor infos, layers, source, extra) from `__metadata__`, or None for a foreign
     safetensors file (no hubfmt keys)."""
@@ -50,6 +83,8 @@ def parse(meta: dict, path: str | None) -> tuple[dict, dict, SourceInfo, dict] |
         m = json.loads(meta.get(KEY_MANIFEST, "{}"))
         infos = {n: TensorInfo.from_json(d) for n, d in m.get("tensors", {}).items()}
         layers = {p: LayerInfo(d["kind"], dict(d.get("attrs", {}))) for p, d in m.get("layers", {}).items()}
+        for p, li in layers.items():
+            check_attrs(p, li.attrs)
         source = SourceInfo(**{k: str(v) for k, v in m.get("source", {}).items() if k in SourceInfo.__dataclass_fields__})
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise FormatError(f"malformed hubfmt manifest: {e}", path) from None

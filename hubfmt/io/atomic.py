@@ -17,8 +17,18 @@ from hubfmt.io import writeback
 from hubfmt.errors import OutputError
 
 
+# A file name is at most 255 bytes (NAME_MAX on Linux file systems); the temporary adds a dot,
+# ".hubfmt-tmp-" and 8 hex digits (and "-old" when moving a directory aside).
+NAME_MAX = 255
+_TMP_EXTRA = len(".") + len(".hubfmt-tmp-") + 8 + len("-old")
+
+
 def _tmp_name(final: str) -> str:
+    """`.NAME.hubfmt-tmp-XXXXXXXX` beside `final`, NAME cut short (on a character boundary) so
+    the temporary's name fits NAME_MAX even when the final name (up to 255 bytes) does."""
     d, base = os.path.split(os.path.abspath(final))
+    while len(os.fsencode(base)) > NAME_MAX - _TMP_EXTRA:
+        base = base[: -max(1, (len(os.fsencode(base)) - (NAME_MAX - _TMP_EXTRA)) // 4)]
     return os.path.join(d, f".{base}.hubfmt-tmp-{uuid.uuid4().hex[:8]}")
 
 
@@ -142,7 +152,12 @@ def atomic_outputs(finals: list[str], *, overwrite: bool = False) -> Iterator[Ou
         yield out
         out.publish(overwrite)
     except BaseException as e:
-        out.discard()
+        try:
+            out.discard()
+        except OSError:
+            # Cleanup failing too (EROFS, EIO): the error that stopped the write is the one to
+            # report; a temporary that could not be removed is dot-prefixed, never the output.
+            pass
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise OutputError(f"cannot write: {os.strerror(e.errno)}", finals[0]) from None
         raise

@@ -17,8 +17,10 @@ from hubfmt.format import dtypes
 from hubfmt.format import manifest
 from hubfmt.io.atomic import atomic_outputs
 from hubfmt.format.checkpoint import Checkpoint, Entry, SourceInfo, TensorInfo
-from hubfmt.format.tensor import region_tensor
-from hubfmt.errors import FormatError
+import numpy as np
+
+from hubfmt.format.tensor import LazyTensor, region_tensor
+from hubfmt.errors import ConversionError, FormatError
 from hubfmt.report import Report
 from hubfmt.io.inputs import check_input_file
 from hubfmt.io.progress import Progress
@@ -143,6 +145,20 @@ def stored_dtype(entry: Entry, keep_dtype: bool) -> str:
     return dt
 
 
+def _narrowed(t: LazyTensor, dst: str, name: str, path: str) -> LazyTensor:
+    """`t` (float64) as float32, refusing values the narrowing would lose (not merely round)."""
+    def load() -> np.ndarray:
+        src = t.load()
+        out = dtypes.convert(src, "float64", dst)
+        n = dtypes.narrowing_changes(src, out)
+        if n:
+            raise ConversionError(f"tensor {name!r}: float64 -> {dst} would change {n} of its {src.size} values "
+                                  "(overflow to inf, non-zero to 0, or a NaN payload lost); --keep-dtype keeps "
+                                  "float64", path)
+        return out
+    return LazyTensor(t.shape, dst, load)
+
+
 def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False, overwrite: bool = False,
           max_shard_size: int | None = None, progress: Progress | None = None) -> Report:
     """Write `ckpt` as a hub file at `path`, streaming one tensor at a time.
@@ -154,7 +170,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
     >>> write(ckpt, "model.safetensors")            # doctest: +SKIP
     """
     path = os.fspath(path)
-    names, out_dtypes, meta, report = plan(ckpt, keep_dtype)
+    names, out_dtypes, meta, report = plan(ckpt, keep_dtype, path)
     return write_safetensors(ckpt, path, names, out_dtypes, meta, report, overwrite=overwrite,
                              max_shard_size=max_shard_size, progress=progress, shard_metadata=SHARD_METADATA)
 
@@ -163,9 +179,9 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
 SHARD_METADATA = {"format": "pt", manifest.KEY_VERSION: manifest.FORMAT_VERSION}
 
 
-def plan(ckpt: Checkpoint, keep_dtype: bool = False) -> tuple[list[str], dict[str, str], dict, Report]:
-    """What a hub file of `ckpt` stores: the tensor names, each one's stored dtype, the file's
-    metadata (manifest included) and the write report's events so far (casts, ties, extras)."""
+def plan(ckpt: Checkpoint, keep_dtype: bool = False, path: str | None = None) -> tuple[list[str], dict[str, str], dict, Report]:
+    """What a hub file of `ckpt` at `path` stores: the tensor names, each one's stored dtype, the
+    file's metadata (manifest included) and the write report's events so far (casts, ties, extras)."""
     report = Report(stage="write")
     names = ckpt.stored_names()
     out_dtypes: dict[str, str] = {}
@@ -179,8 +195,13 @@ def plan(ckpt: Checkpoint, keep_dtype: bool = False) -> tuple[list[str], dict[st
             report.add(action, name, detail)
         else:
             report.add("matched", name)
+    stored = set(names)
     for name, e in ckpt.entries.items():
         if e.info.tied_to:
+            if e.info.tied_to not in stored:
+                # the reader refuses a tie to a name the file does not store (itself, an alias, nothing)
+                raise ConversionError(f"tensor {name!r} is tied to {e.info.tied_to!r}, which is not a stored tensor "
+                                      "(a tie to itself, to another alias or to nothing)", path)
             report.add("tied", name, f"stored once, as {e.info.tied_to}")
     meta = manifest.build(ckpt)
     for k in ckpt.extra:
@@ -205,7 +226,7 @@ def write_shard(ckpt: Checkpoint, shard_path: str, names: list[str], out_dtypes:
                                                             for n in names])
         with open(out.path(shard_path), "wb") as f:
             f.write(head)
-            stream = TensorStream(names, progress=progress, tensor=lambda n: ckpt.entries[n].tensor,
+            stream = TensorStream(names, progress=progress, tensor=lambda n: _source(ckpt, n, out_dtypes[n], shard_path),
                                   dtype=out_dtypes.__getitem__)
             for _, piece in stream:
                 piece.write(f)
@@ -242,9 +263,13 @@ def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes:
             # Every shard carries the version; the manifest lives in the index when sharded.
             shard_meta = metadata if len(groups) == 1 else dict(shard_metadata or {})
             head, _ = safetensors.header_bytes(shard_meta, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape) for n in group])
+            if len(head) - 8 > safetensors.MAX_HEADER:
+                raise ConversionError(f"the safetensors header would be {len(head) - 8} bytes, more than the "
+                                      f"{safetensors.MAX_HEADER} readers accept (a source header this large, or "
+                                      "names this long, cannot be written as a hub file)", path)
             with open(out.path(shard_path), "wb") as f:
                 f.write(head)
-                stream = TensorStream(group, progress=progress, tensor=lambda n: ckpt.entries[n].tensor,
+                stream = TensorStream(group, progress=progress, tensor=lambda n: _source(ckpt, n, out_dtypes[n], path),
                                       dtype=out_dtypes.__getitem__)
                 for name, piece in stream:
                     piece.write(f)
@@ -259,6 +284,11 @@ def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes:
     report.bytes_out = total
     report.files = finals
     return report
+
+
+def _source(ckpt: Checkpoint, name: str, dst: str, path: str) -> LazyTensor:
+    t = ckpt.entries[name].tensor
+    return _narrowed(t, dst, name, path) if t.dtype == "float64" and dst == "float32" else t
 
 
 def _plan_shards(ckpt, names, out_dtypes, max_shard_size):

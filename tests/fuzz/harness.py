@@ -124,14 +124,60 @@ def _oneflow_legacy(d: str) -> str:
     return p
 
 
+def _onnx_model(d: str) -> str:
+    # hubfmt writes ONNX only into a template model: onnx.helper makes one holding the sample
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from onnx_template import model_with
+    ckpt = example_checkpoint()
+    return model_with({n: ckpt.tensor(n) for n in ckpt}, os.path.join(d, "model.onnx"))
+
+
+def _onnx_external(d: str) -> str:
+    tpl = _onnx_model(tempfile.mkdtemp(dir=d))
+    p = os.path.join(d, "model.onnx")
+    hubfmt.write(example_checkpoint(), p, framework="onnx", template=tpl, external_data=True)
+    shutil.rmtree(os.path.dirname(tpl))
+    return p
+
+
 # Formats hubfmt reads but does not write (or writes only with a template): the real framework
 # makes the sample (tests only), or the test by hand where the framework is not at hand.
 # Overrides the generic sample of the same name.
+def _mindspore_without_crc(d: str) -> str:
+    """A .ckpt as hubfmt writes it minus its crc_num trailer (as older MindSpore saves are): with
+    the trailer every mutation of a record is caught by the CRC, so this keeps the parser itself
+    under the fuzzer."""
+    p = os.path.join(d, "model.ckpt")
+    hubfmt.write(example_checkpoint(), p, framework="mindspore")
+    with open(p, "rb+") as f:
+        f.truncate(os.path.getsize(p) - 17)
+    return p
+
+
+def _torch_deflated(d: str) -> str:
+    """A torch zip whose members are deflated (torch reads these too): storages go through the
+    inflate-once path instead of region reads."""
+    import zipfile
+    src = os.path.join(d, "stored.pt")
+    hubfmt.write(example_checkpoint(), src, framework="torch")
+    p = os.path.join(d, "deflated.pt")
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    os.unlink(src)
+    return p
+
+
 EXTRA_SAMPLES: dict[str, tuple[str, Callable[[str], str]]] = {
+    "mindspore:ckpt-without-crc": ("mindspore", _mindspore_without_crc),
+    "torch:zip-deflated": ("torch", _torch_deflated),
     "torch:legacy": ("torch", _torch_legacy),
     "oneflow:legacy": ("oneflow", _oneflow_legacy),
-    "tensorflow:keras-archive": ("tensorflow", _keras_archive),
-    "tensorflow:keras-h5": ("tensorflow", _keras_legacy_h5),
+    "keras:keras-archive": ("keras", _keras_archive),
+    "keras:keras-h5": ("keras", _keras_legacy_h5),
+    "onnx:onnx-model": ("onnx", _onnx_model),
+    "onnx:external-data": ("onnx", _onnx_external),
 }
 
 

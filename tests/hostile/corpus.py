@@ -206,6 +206,126 @@ def torch_legacy(hostile: bytes) -> dict[str, bytes]:
     }
 
 
+# ---- hostile torch files: valid vocabulary, hostile structure (issue 13) -----------------------
+
+def _v(value) -> bytes:
+    """Plain `value` as protocol-2 opcodes without PROTO/STOP and without memo writes."""
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, protocol=2)
+    p.fast = True
+    p.dump(value)
+    return buf.getvalue()[2:-1]
+
+
+def _put(i: int) -> bytes:
+    return b"r" + struct.pack("<I", i)      # LONG_BINPUT
+
+
+def _get(i: int) -> bytes:
+    return b"j" + struct.pack("<I", i)      # LONG_BINGET
+
+
+def _storage_pid(key: str = "0", numel: int = 16, cls: str = "FloatStorage", view: tuple | None = None) -> bytes:
+    """BINPERSID of ('storage', torch.<cls>, key, 'cpu', numel[, view])."""
+    return (b"(" + _v("storage") + _global("torch", cls, 2) + _v(key) + _v("cpu") + _v(numel)
+            + (_v(view) if view is not None else b"") + b"tQ")
+
+
+def _rebuild(storage: bytes, offset: int = 0, shape: tuple = (4,), stride: tuple = (1,)) -> bytes:
+    """_rebuild_tensor_v2(storage, offset, shape, stride, False, OrderedDict())."""
+    return (_global("torch._utils", "_rebuild_tensor_v2", 2) + b"(" + storage + _v(offset) + _v(shape)
+            + _v(stride) + b"\x89" + _global("collections", "OrderedDict", 2) + b")RtR")
+
+
+def _build(state: dict) -> bytes:
+    """BUILD with (None, slotstate): how pickle sets attributes on a __slots__ object. Values are
+    opcodes (bytes) or plain values."""
+    body = b"".join(_v(k) + (v if isinstance(v, bytes) else _v(v)) for k, v in state.items())
+    return b"N}(" + body + b"u\x86b"
+
+
+def torch_zip(pickle_body: bytes, storages: dict[str, bytes] | None = None, compress: bool = False) -> bytes:
+    """A torch.save-style zip: archive/data.pkl = PROTO 2 + `pickle_body` + STOP, the storages."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as f:
+        f.writestr("archive/data.pkl", b"\x80\x02" + pickle_body + b".")
+        f.writestr("archive/byteorder", b"little")
+        for key, data in (storages if storages is not None else {"0": bytes(range(64))}).items():
+            f.writestr(f"archive/data/{key}", data)
+        f.writestr("archive/version", b"3\n")
+    return buf.getvalue()
+
+
+def _state_dict(*items: tuple[str, bytes]) -> bytes:
+    return b"}(" + b"".join(_v(k) + v for k, v in items) + b"u"
+
+
+def torch_view_tampering() -> dict[str, bytes]:
+    """BUILD aimed at hubfmt's own stand-ins after the rebuild function validated them: if the
+    rewritten view reached numpy, the output would hold process memory (or the process crash)."""
+    t = _rebuild(_storage_pid())
+    out = {
+        "build-tensor-negative-stride": _state_dict(("w", t + _build({"stride": (-2**40,)}))),
+        "build-tensor-huge-stride": _state_dict(("w", t + _build({"stride": (2**40,)}))),
+        "build-tensor-huge-offset": _state_dict(("w", t + _build({"offset": 2**40}))),
+        "build-tensor-negative-offset": _state_dict(("w", t + _build({"offset": -2**30}))),
+        "build-tensor-huge-shape": _state_dict(("w", t + _build({"shape": (2**31, 2**31)}))),
+        "build-tensor-storage-not-storage": _state_dict(("w", t + _build({"storage": "x"}))),
+        "build-tensor-dtype": _state_dict(("w", t + _build({"dtype": "float64", "shape": (16,)}))),
+        # the storage claims more elements than the file holds for it
+        "build-storage-numel": _state_dict(("w", _rebuild(_storage_pid() + _build({"numel": 2**20}), 0, (2**20,), (1,)))),
+        # a storage whose root is itself: walking to the root would never end
+        "build-storage-self-root": _state_dict(("w", _rebuild(_storage_pid() + _put(900) + _build({"root": _get(900)})))),
+        "build-storage-data": _state_dict(("w", _rebuild(_storage_pid() + _build({"data": "x"})))),
+        "build-storage-type": _storage_pid() + _build({"type_name": "UntypedStorage"}),
+        "build-torch-dtype-global": _global("torch", "float32", 2) + b"}" + _v("hub") + _v("float64") + b"sb",
+        "build-tensor-class": _global("torch", "Tensor", 2) + _build({"name": "Parameter"}),
+        "build-storage-class": _global("torch", "FloatStorage", 2) + _build({"dtype": "float64"}),
+    }
+    return {name: torch_zip(body) for name, body in out.items()}
+
+
+def _shared_tuple_levels(levels: int, first: int = 1000) -> bytes:
+    """t0 = (); t_i = (t_{i-1}, t_{i-1}): `levels` memo-shared levels, t_levels left on the stack."""
+    s = b")" + _put(first) + b"0"
+    for i in range(1, levels + 1):
+        s += _get(first + i - 1) + _get(first + i - 1) + b"\x86" + _put(first + i) + b"0"
+    return s + _get(first + levels)
+
+
+def amplification_bombs() -> dict[str, bytes]:
+    """Torch files of a few KB whose naive reading takes 2**64 steps or re-reads a member per view."""
+    out: dict[str, bytes] = {}
+    w = ("w", _rebuild(_storage_pid()))
+    # hash() of a tuple walks every path: a dict key of 64 shared levels is 2**64 nodes
+    key = _shared_tuple_levels(64)
+    out["bomb-shared-tuple-dict-key"] = torch_zip(b"}(" + _v("w") + w[1] + key + _v(1) + b"u")
+    out["bomb-shared-tuple-set"] = torch_zip(_state_dict(w, ("s", _global("builtins", "set", 2) + b"((" + key + b"ltR")))
+    out["bomb-shared-tuple-frozenset-op"] = torch_zip(_state_dict(w, ("s", b"\x80\x04(" + key + b"\x91")))
+    # torch.storage._load_from_bytes of a file that calls it 300 times on its own nested copy
+    leaf = torch_zip(_state_dict(w))
+    for _ in range(4):
+        body = _v(leaf) + _put(950) + b"0(" + b"".join(
+            _global("torch.storage", "_load_from_bytes", 2) + b"(" + _get(950) + b"tR" for _ in range(300)) + b"l"
+        leaf = torch_zip(_state_dict(w, ("nested", body)))
+    out["bomb-nested-load-from-bytes"] = leaf
+    # a pickled module tree whose every level holds the level below twice, with shared _parameters
+    mod = _global("torch.nn.modules.linear", "Linear", 2) + b")\x81"
+    params = _put(800) + b"}(" + _v("weight") + _rebuild(_storage_pid()) + b"u" + _put(801)
+    s = mod + _put(810) + _build({"_parameters": params, "_buffers": {}, "_modules": {}}) + b"0"
+    for i in range(1, 40):
+        s += (mod + _put(810 + i) + b"N}(" + _v("_parameters") + _get(801) + _v("_buffers") + b"}" + _v("_modules")
+              + b"}(" + _v("a") + _get(810 + i - 1) + _v("b") + _get(810 + i - 1) + b"uu\x86b0")
+    out["bomb-shared-module-tree"] = torch_zip(b"}(" + _v("model") + s + _get(810 + 39) + b"u")
+    # one deflated storage, 2000 small views: inflated once, not once per view
+    member = bytes(8 << 20)
+    views = [(f"v{i}", _rebuild(_get(700), i * 1024, (256,), (1,))) for i in range(2000)]
+    body = _storage_pid("0", len(member) // 4) + _put(700) + b"0" + _state_dict(*views)
+    out["bomb-deflated-storage-many-views"] = torch_zip(body, {"0": member}, compress=True)
+    return out
+
+
+
 def corpus(canary: str) -> dict[str, bytes]:
     """Every bare hostile pickle, by name."""
     return {**code_execution(canary), **state_tampering(), **resource_exhaustion()}

@@ -1,4 +1,5 @@
-"""Which variable is which in a Keras 3 layer: positions -> native leaves, by layer class.
+"""The Keras vocabulary: which variable is which in a Keras 3 layer (positions -> native leaves,
+by layer class), and how a layer's leaves map to canonical tensors (RULES, both directions).
 
 Keras 3 saves a layer's variables by position (`vars/0..N`: trainable ones in creation order,
 then non-trainable ones), so the class and its configuration decide what each position holds:
@@ -13,17 +14,132 @@ then non-trainable ones), so the class and its configuration decide what each po
 
 Without config.json (a bare .weights.h5) the class comes from the item name Keras gave the layer
 (`conv2d_3` -> Conv2D) or, for attributes of subclassed models, from the variables' shapes when
-they fit exactly one class. Leaf names are semantics.py's vocabulary.
+they fit exactly one class.
+
+Native leaves -> canonical roles (RULES; hubfmt.sdk's layer rules read it both ways):
+
+    kind               native leaves                               canonical roles
+    linear             kernel [in,out], bias                        weight [out,in], bias
+    conv1d/2d/3d       kernel [k..,in,out] ("LIO","HWIO","DHWIO")   weight [out,in,k..], bias
+    conv_transpose*d   kernel [k..,out,in] ("LOI","HWOI","DHWOI")   weight [in,out,k..], bias
+    depthwise_conv2d   depthwise_kernel [kh,kw,C,m] ("HWCM")        weight [C*m,1,kh,kw], bias
+    separable_conv2d   depthwise_kernel, pointwise_kernel           depthwise.weight, pointwise.weight,
+                       [1,1,C*m,out], bias                          pointwise.bias (two sublayers)
+    batch_norm         gamma, beta, moving_mean, moving_variance    weight, bias, running_mean, running_var
+    layer_norm/group_norm  gamma, beta                              weight, bias
+    embedding          embeddings [num,dim]                         weight [num,dim]
+    lstm               kernel [in,4h], recurrent_kernel [h,4h],     weight_ih_l0 [4h,in], weight_hh_l0 [4h,h],
+                       bias [4h]; gates i,f,c,o                     bias_ih_l0, bias_hh_l0 (zeros, created)
+    gru (reset_after=True)  kernel [in,3h], recurrent_kernel,       weight_ih_l0 [3h,in], weight_hh_l0,
+                       bias [2,3h]; gates z,r,h                     bias_ih_l0, bias_hh_l0; gates r,z,n
+    rnn (SimpleRNN)    kernel [in,h], recurrent_kernel [h,h], bias  weight_ih_l0, weight_hh_l0, bias_ih_l0,
+                                                                    bias_hh_l0 (zeros, created)
+
+These rows are also the tensorflow adapter's (TF2 checkpoints and tf.compat.v1.layers save Keras
+layers; adapters/tensorflow/names.py adds TF1's fused LSTM cell and slim leaf names). An adapter
+imports no other adapter, so the rows are kept in both: tests/test_keras_format.py checks they agree.
+
+BatchNormalization attributes are recorded canonically: eps as is (Keras default 1e-3), momentum
+in torch's convention (new = (1-m)*old + m*batch): Keras 0.99 -> 0.01.
 """
 from __future__ import annotations
 
 import re
 
-from .keras_config import snake_case
-from .keras_store import VarGroup
-from .semantics import KERAS_CLASS_KINDS
+from hubfmt.sdk import LayerRules, LazyTensor, Leaf, Mapped, Stacked, Summed, layer_rules
 
-# Classes this module knows the variable order of (a subset of semantics.KERAS_CLASS_KINDS).
+from .config import snake_case
+from .store import VarGroup
+
+# Keras 3 defaults (TF momentum convention: new = m*old + (1-m)*batch).
+KERAS_BN_EPS = 1e-3
+KERAS_BN_MOMENTUM = 0.99
+# Keras layer class -> kind.
+KERAS_CLASS_KINDS = {
+    "Dense": "linear", "EinsumDense": "tensor",
+    "Conv1D": "conv1d", "Conv2D": "conv2d", "Conv3D": "conv3d",
+    "Conv1DTranspose": "conv_transpose1d", "Conv2DTranspose": "conv_transpose2d",
+    "Conv3DTranspose": "conv_transpose3d",
+    "DepthwiseConv2D": "depthwise_conv2d", "SeparableConv2D": "separable_conv2d",
+    "BatchNormalization": "batch_norm", "LayerNormalization": "layer_norm",
+    "GroupNormalization": "group_norm", "Embedding": "embedding",
+    "LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn",
+    "LSTMCell": "lstm", "GRUCell": "gru", "SimpleRNNCell": "rnn",
+}
+# Native layout of each kind's kernel (spatial axes first, then in/out).
+NATIVE_LAYOUTS = {
+    "linear": "IO",
+    "conv1d": "LIO", "conv2d": "HWIO", "conv3d": "DHWIO",
+    "conv_transpose1d": "LOI", "conv_transpose2d": "HWOI", "conv_transpose3d": "DHWOI",
+}
+
+
+def _norm(kind: str) -> LayerRules:
+    scale_shift = (Leaf("gamma", "weight", default=1.0, why="scale=False: gamma is 1"),
+                   Leaf("beta", "bias", default=0.0, why="center=False: beta is 0"))
+    if kind != "batch_norm":
+        return LayerRules(scale_shift, ignore=("num_batches_tracked",))
+    return LayerRules(scale_shift + (Leaf("moving_mean", "running_mean"), Leaf("moving_variance", "running_var")),
+                      ignore=("num_batches_tracked",), needs=("moving_mean", "moving_variance"))
+
+
+def _rnn(kind: str, gates: str) -> LayerRules:
+    kernels = (Leaf("kernel", "weight_ih_l0", "IO", gates, required=True),
+               Leaf("recurrent_kernel", "weight_hh_l0", "IO", gates, required=True))
+    if kind == "gru":
+        return LayerRules(kernels + (Stacked("bias", "bias_ih_l0", "bias_hh_l0", gates, shape_error=(
+            "GRU bias of shape {shape}: only reset_after=True GRUs (bias [2,3h]) have a canonical (torch) "
+            "equivalent"), note="[2,3h] (reset_after=True)"),))
+    return LayerRules(kernels + (Summed("bias", "bias_ih_l0", "bias_hh_l0", gates,
+                                        why="Keras keeps one bias: bias_hh is zero"),))
+
+
+RULES: dict[str, LayerRules] = {
+    **{kind: LayerRules((Leaf("kernel", "weight", layout, required=True), Leaf("bias", "bias")))
+       for kind, layout in NATIVE_LAYOUTS.items()},
+    # Keras 3 DepthwiseConv2D names its kernel `kernel`
+    "depthwise_conv2d": LayerRules((Leaf("depthwise_kernel", "weight", "HWCM", required=True, aliases=("kernel",)),
+                                    Leaf("bias", "bias"))),
+    "separable_conv2d": LayerRules((
+        Leaf("depthwise_kernel", "depthwise.weight", "HWCM", required=True, kind="depthwise_conv2d"),
+        Leaf("pointwise_kernel", "pointwise.weight", "HWIO", required=True, kind="conv2d"),
+        Leaf("bias", "pointwise.bias", kind="conv2d"))),
+    **{kind: _norm(kind) for kind in ("batch_norm", "layer_norm", "group_norm", "instance_norm")},
+    "embedding": LayerRules((Leaf("embeddings", "weight", required=True),)),
+    "lstm": _rnn("lstm", "ifgo"),
+    "gru": _rnn("gru", "zrn"),
+    "rnn": _rnn("rnn", ""),
+}
+
+
+def import_layer(kind: str, natives: dict[str, LazyTensor], *, attrs: dict | None = None) -> list[Mapped]:
+    """One Keras layer's variables by leaf -> canonical tensors (lazy), by RULES."""
+    return layer_rules.import_layer(RULES, kind, natives, attrs=attrs, owner="Keras")
+
+
+def export_layer(kind: str, canon: dict[str, LazyTensor], *, attrs: dict | None = None,
+                 native_shapes: dict[str, tuple] | None = None) -> list[Mapped]:
+    """Canonical tensors of one layer -> Keras variables by leaf (lazy), by RULES; `native_shapes`:
+    the destination layer's shapes by leaf (settles a depthwise kernel's channel count)."""
+    return layer_rules.export_layer(RULES, kind, canon, attrs=attrs, native_shapes=native_shapes, owner="Keras")
+
+
+def bn_momentum_to_canonical(keras_momentum: float) -> float:
+    """Keras momentum (0.99) -> torch convention (0.01)."""
+    return round(1.0 - float(keras_momentum), 12)
+
+
+def bn_momentum_from_canonical(momentum: float) -> float:
+    """Torch-convention momentum (0.1) -> Keras convention (0.9)."""
+    return round(1.0 - float(momentum), 12)
+
+
+def bn_attrs(eps: float = KERAS_BN_EPS, keras_momentum: float = KERAS_BN_MOMENTUM) -> dict:
+    """Canonical batch_norm LayerInfo attrs from Keras values: bn_attrs() == {'eps': 0.001, 'momentum': 0.01}."""
+    return {"eps": float(eps), "momentum": bn_momentum_to_canonical(keras_momentum)}
+
+
+# Classes this module knows the variable order of (a subset of KERAS_CLASS_KINDS).
 _CONV = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
 _RNN = ("LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell")
 KNOWN = (*_CONV, "Dense", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",

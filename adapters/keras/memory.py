@@ -14,22 +14,24 @@ from hubfmt.sdk import Checkpoint, LazyTensor, SourceInfo
 from hubfmt.sdk import ConversionError, MissingFrameworkError
 from hubfmt.sdk import Report
 
-from . import keras_classes, keras_plan
-from .keras_import import Owner, add_owner
+from . import plan
+from .formats import FRAMEWORK, PIP_NAME
+from .names import KNOWN
+from .owners import Owner, add_owner
 
 
 def _keras():
     try:
         import keras
     except ImportError:
-        raise MissingFrameworkError("keras", "tensorflow", "a Keras model's weights") from None
+        raise MissingFrameworkError("keras", PIP_NAME, "a Keras model's weights") from None
     return keras
 
 
 def _class_of(layer) -> str:
     """The first class in the layer's MRO this adapter knows the variable order of ('' if none)."""
     for c in type(layer).__mro__:
-        if c.__name__ in keras_classes.KNOWN:
+        if c.__name__ in KNOWN:
             return c.__name__
     return ""
 
@@ -125,7 +127,7 @@ def from_model(model, *, strict: bool = True) -> Checkpoint:
         raise ConversionError("the Keras model is not built: call it on data or model.build(shape) first")
     ckpt = Checkpoint()
     ckpt.report.stage = "read"
-    ckpt.source = SourceInfo("tensorflow", f"keras {keras.__version__}", "", "keras-model")
+    ckpt.source = SourceInfo(FRAMEWORK, f"keras {keras.__version__}", "", "keras-model")
     for module, layer, cls, variables, suffix in walk(model):
         config = _config(layer) if cls else {}
         names = [getattr(v, "path", None) or v.name for v in variables]
@@ -149,16 +151,16 @@ def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
     targets, variables = [], {}
     for module, layer, cls, vs, suffix in layers:
         config = _config(layer) if cls else {}
-        t = keras_plan.Target(f"model:{module}{suffix}", module, cls, config, [tuple(v.shape) for v in vs],
+        t = plan.Target(f"model:{module}{suffix}", module, cls, config, [tuple(v.shape) for v in vs],
                               layer.name, suffix=suffix)
         targets.append(t)
         variables[id(t)] = vs
-    canon = keras_plan.canonical_layers(ckpt, report, strict=strict)
-    canon = keras_plan.merge_separable(canon, ckpt, {t.module for t in targets if t.class_name == "SeparableConv2D"})
-    pairs = keras_plan.match(canon, targets, report, strict=strict)
-    keras_plan.attr_warnings(ckpt, pairs, report)
+    canon = plan.canonical_layers(ckpt, report, strict=strict)
+    canon = plan.merge_separable(canon, ckpt, {t.module for t in targets if t.class_name == "SeparableConv2D"})
+    pairs = plan.match(canon, targets, report, strict=strict)
+    plan.attr_warnings(ckpt, pairs, report)
     assigned = 0
-    for target, i, src_name, tensor, events in keras_plan.exports(ckpt, pairs):
+    for target, i, src_name, tensor, events in plan.exports(ckpt, pairs):
         var = variables[id(target)][i]
         value = tensor.load()
         if tensor.dtype == "bfloat16":

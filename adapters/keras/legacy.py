@@ -14,7 +14,7 @@ import json
 
 from hubfmt.sdk import FormatError
 
-from .keras_store import VarGroup, dataset_var
+from .store import VarGroup, dataset_var
 
 _RNN_CELL_SUFFIX = "_cell"
 # Keras 3 variable order of each class, by leaf (the subset present is stored in this order).

@@ -1,10 +1,15 @@
-"""TF1 / TF2 variable names -> a canonical Checkpoint (the naming half of the TF reader).
+"""TF1 / TF2 checkpoint bundles -> a canonical Checkpoint: `read` opens the bundle (bundle.py),
+`import_variables` names its variables.
+
+Checkpoint bundles are named by their prefix: `read` accepts the prefix, `prefix.index`,
+`prefix.meta` (ignored: weights come from the bundle) or a directory with a `checkpoint` state
+file.
 
 TF1 name-based checkpoints key variables by graph name (`conv1/kernel`, `rnn/basic_lstm_cell/bias`);
 TF2 object-based ones by object path (`model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE`).
 Either way a variable is `<layer path>/<leaf>`: variables are grouped by layer path, the layer's
 kind is inferred from its leaves, ranks and scope names (override with `kinds={layer: kind}`),
-and semantics.import_layer maps the group. Training state is dropped and reported: optimizer
+and names.import_layer maps the group. Training state is dropped and reported: optimizer
 slots (`.../Adam`, `.../Momentum`, `beta1_power`, TF2 `optimizer/...` and `.OPTIMIZER_SLOT`),
 `global_step` and `save_counter` (their values kept in ckpt.extra), ExponentialMovingAverage
 shadows (or used instead of the raw weights with prefer_ema=True). The cells of a TF1
@@ -18,16 +23,57 @@ its layer (`lstm.weight_ih_l0`).
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Iterable
 
 from hubfmt.sdk import layouts
 from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, TensorInfo
-from hubfmt.sdk import ConversionError
+from hubfmt.sdk import ConversionError, FormatError, SourceInfo, protowire
 
-from . import semantics
+from . import names
+from .formats import FRAMEWORK
 from .objgraph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
+
+
+def read(path, *, prefer_ema: bool = False, kinds: dict | None = None,
+         forget_bias: float = names.TF1_FORGET_BIAS, strict: bool = True,
+         verify_checksums: bool = True) -> Checkpoint:
+    """A TF checkpoint bundle as a canonical, lazy Checkpoint.
+
+    prefer_ema: take ExponentialMovingAverage shadows; kinds: {layer: kind} overrides of the
+    inferred kinds; forget_bias: of TF1 LSTM cells; strict: unmappable layers raise;
+    verify_checksums: check each tensor's CRC-32C on load.
+
+    >>> ckpt = read("train/model.ckpt-1000", prefer_ema=True)          # doctest: +SKIP
+    """
+    from .bundle import open_bundle
+    from .objgraph import variable_full_names, variable_paths
+
+    path = os.fspath(path)
+    bundle = open_bundle(path, verify_data=verify_checksums)
+    ckpt = Checkpoint()
+    ckpt.report.stage = "read"
+    tf2 = OBJECT_GRAPH_KEY in bundle.entries
+    ckpt.source = SourceInfo(FRAMEWORK, "", bundle.prefix, "tf2-checkpoint" if tf2 else "tf1-checkpoint")
+    for note in bundle.notes:
+        ckpt.report.add("warning", path, note)
+    for name, e in bundle.entries.items():
+        if e.sliced:
+            ckpt.report.add("warning", name, f"partitioned variable: {len(e.slices)} pieces joined into one tensor")
+    paths = full_names = None
+    if tf2:
+        try:
+            graph = bundle.strings(OBJECT_GRAPH_KEY)[0]
+            paths, full_names = variable_paths(graph), variable_full_names(graph)
+        except protowire.Malformed as e:
+            raise FormatError(f"bad TF2 object graph: {e}", bundle.index_path) from None
+    variables = [(n, bundle.tensor(n) if e.dtype is not None else e.dtype_name)
+                 for n, e in bundle.entries.items()]
+    return import_variables(variables, paths=paths, full_names=full_names, ckpt=ckpt, prefer_ema=prefer_ema,
+                            kinds=kinds, forget_bias=forget_bias, strict=strict)
+
 
 SLOT_RE = re.compile(r"^(Adam|Adam_1|Momentum|RMSProp|RMSProp_1|Adagrad|AdagradDA|AdagradDA_1|Adadelta|Adadelta_1|"
                       r"Ftrl|Ftrl_1|LazyAdam|LazyAdam_1|Nadam|Nadam_1|AdamW|AdamW_1|ProximalAdagrad|"
@@ -60,16 +106,16 @@ def natural_key(name: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def _classify(name: str, names: set[str]) -> str | None:
+def _classify(name: str, weights: set[str]) -> str | None:
     """Why a TF1 variable is training state and not a weight (None: it is a weight)."""
     parts = name.split("/")
     leaf = parts[-1]
-    if SLOT_RE.match(leaf) and "/".join(parts[:-1]) in names:
+    if SLOT_RE.match(leaf) and "/".join(parts[:-1]) in weights:
         return f"optimizer slot ({leaf})"
     if _POWER_RE.match(leaf):
         return "optimizer state (Adam beta power)"
     if name in _COUNTERS:
-        return f"training counter ({name}), value kept in extra"
+        return f"a training counter, not a weight: its value moves to non-tensor content extra[{name!r}]"
     if "/" + EMA in "/" + name and (leaf == "biased" or leaf == "local_step"):
         return "EMA debiasing state"
     return None
@@ -132,7 +178,7 @@ def _conv_kind(scope: str, kshape: tuple, bias: LazyTensor | None) -> tuple[str,
 
 
 def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, prefer_ema: bool = False,
-                     kinds: dict[str, str] | None = None, forget_bias: float = semantics.TF1_FORGET_BIAS,
+                     kinds: dict[str, str] | None = None, forget_bias: float = names.TF1_FORGET_BIAS,
                      strict: bool = True, paths: dict[str, list[list[str]]] | None = None,
                      full_names: dict[str, str] | None = None, ckpt: Checkpoint | None = None,
                      layers_out: list | None = None) -> Checkpoint:
@@ -174,9 +220,9 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
         if full_names:
             numeric = _by_full_names(numeric, full_names)
     if not tf2:
-        names = set(numeric)
+        weights = set(numeric)
         for var in list(numeric):
-            why = _classify(var, names)
+            why = _classify(var, weights)
             if why:
                 _keep_counter(ckpt, var, numeric[var][1])
                 rep.add("dropped", numeric.pop(var)[0], why)
@@ -203,12 +249,12 @@ def _by_full_names(numeric: dict, full_names: dict[str, str]) -> dict:
     """Rename TF2 variables by their own names when they look like one Keras model's
     ('<model>/<layer...>/<var>', unique), minus the model's name ('sequential/c1/kernel' ->
     'c1/kernel'); else keep the object paths. The order stays the object graph's (model order)."""
-    names = {var: full_names.get(key, "").removesuffix(":0") for var, (key, _) in numeric.items()}
-    firsts = {n.split("/", 1)[0] for n in names.values()}
-    if (not names or len(firsts) != 1 or len(set(names.values())) != len(names)
-            or not all(n.count("/") >= 2 for n in names.values())):
+    own = {var: full_names.get(key, "").removesuffix(":0") for var, (key, _) in numeric.items()}
+    firsts = {n.split("/", 1)[0] for n in own.values()}
+    if (not own or len(firsts) != 1 or len(set(own.values())) != len(own)
+            or not all(n.count("/") >= 2 for n in own.values())):
         return numeric
-    return {names[var].split("/", 1)[1]: value for var, value in numeric.items()}
+    return {own[var].split("/", 1)[1]: value for var, value in numeric.items()}
 
 
 def _cells_into_layers(groups: dict) -> dict:
@@ -254,7 +300,7 @@ def _tf2_classify(key: str, var: str) -> str | None:
     if first == "optimizer":
         return "optimizer state"
     if var == "save_counter":
-        return "training counter (save_counter), value kept in extra"
+        return "a training counter, not a weight: its value moves to non-tensor content extra['save_counter']"
     if not key.endswith(VALUE_SUFFIX):
         return "object attribute, not a variable"
     return None
@@ -280,7 +326,7 @@ def _apply_ema(numeric: dict, prefer_ema: bool, rep) -> None:
 
 @dataclass
 class NativeLayer:
-    """One layer as a TF checkpoint holds it: its kind (semantics kinds, incl. pseudo kinds), native
+    """One layer as a TF checkpoint holds it: its kind (names.py kinds, incl. pseudo kinds), native
     keys and shapes by leaf, and the canonical names it produced (by leaf for plain tensors)."""
 
     canon_layer: str
@@ -296,8 +342,8 @@ def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forg
                   layers_out: list | None, stack: tuple[str, int] | None = None) -> bool:
     rep = ckpt.report
     canon_layer = layouts.module_path(layer) if layer else ""
-    leaves = {semantics.normalize_leaf(leaf): t for leaf, (_, t) in members.items()}
-    natives = {semantics.normalize_leaf(leaf): key for leaf, (key, _) in members.items()}
+    leaves = {names.normalize_leaf(leaf): t for leaf, (_, t) in members.items()}
+    natives = {names.normalize_leaf(leaf): key for leaf, (key, _) in members.items()}
     if len(leaves) != len(members):       # e.g. both `weights` and `kernel`: keep them apart, as they are
         leaves = {leaf: t for leaf, (_, t) in members.items()}
         natives = {leaf: key for leaf, (key, _) in members.items()}
@@ -318,7 +364,7 @@ def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forg
     index = 0
     if mapped_leaves:
         try:
-            mapped = semantics.import_layer(kind, mapped_leaves, attrs={"forget_bias": forget_bias})
+            mapped = names.import_layer(kind, mapped_leaves, attrs={"forget_bias": forget_bias})
         except ConversionError as e:
             if strict:
                 raise ConversionError(f"layer {layer!r}: {e.message} (pass kinds={{{canon_layer!r}: KIND}} "
@@ -351,7 +397,7 @@ def _import_group(ckpt: Checkpoint, layer: str, members: dict, kinds: dict, forg
     return kind == "batch_norm" and bool(mapped_leaves)
 
 
-def _add(ckpt: Checkpoint, canon_layer: str, m: semantics.Mapped, natives: dict, leaves: dict) -> None:
+def _add(ckpt: Checkpoint, canon_layer: str, m: names.Mapped, natives: dict, leaves: dict) -> None:
     name = f"{canon_layer}.{m.name}" if canon_layer else m.name
     sub, _, role = name.rpartition(".")
     src = natives.get(m.source, "")
@@ -375,6 +421,6 @@ def _layer_info(ckpt: Checkpoint, layer: str, kind: str, mapped: list, leaves: d
         dw = leaves.get("depthwise_kernel", leaves.get("kernel")).shape
         ckpt.layers[layer] = LayerInfo("depthwise_conv2d", {"groups": dw[2]})
     elif kind == "batch_norm":
-        ckpt.layers[layer] = LayerInfo("batch_norm", semantics.bn_attrs())
+        ckpt.layers[layer] = LayerInfo("batch_norm", names.bn_attrs())
     else:
-        ckpt.layers[layer] = LayerInfo(semantics.canonical_kind(kind), {})
+        ckpt.layers[layer] = LayerInfo(names.canonical_kind(kind), {})

@@ -1,6 +1,6 @@
 """Keras layers -> canonical tensors: shared by the file reader (.weights.h5/.keras) and
 from_model (a live Keras model). One `Owner` is one layer's variables in Keras's order; its class
-decides each position's leaf (keras_classes), semantics.py does the layout and naming."""
+decides each position's leaf and names.RULES the layout and naming (names.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, TensorInfo
 from hubfmt.sdk import ConversionError, FormatError
 
-from . import keras_classes, semantics
+from . import names
 
 
 @dataclass
@@ -43,8 +43,8 @@ def _layer_attrs(kind: str, cls: str, config: dict, natives: dict) -> dict:
             attrs["groups"] = int(config["groups"])
         return attrs
     if kind == "batch_norm":
-        return semantics.bn_attrs(float(config.get("epsilon", semantics.KERAS_BN_EPS)),
-                                  float(config.get("momentum", semantics.KERAS_BN_MOMENTUM)))
+        return names.bn_attrs(float(config.get("epsilon", names.KERAS_BN_EPS)),
+                                  float(config.get("momentum", names.KERAS_BN_MOMENTUM)))
     if kind in ("layer_norm", "group_norm") and "epsilon" in config:
         attrs = {"eps": float(config["epsilon"])}
         if kind == "group_norm" and "groups" in config:
@@ -58,7 +58,7 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
     by position as `<module>.vars.<i>` (kind tensor) with a warning."""
     cls = owner.class_name
     shapes = [t.shape for t in owner.tensors]
-    if cls not in keras_classes.KNOWN:
+    if cls not in names.KNOWN:
         _generic(ckpt, owner, f"layer class {cls or 'unknown'}: variables kept by position")
         return
     mode = _quantized(owner.config)
@@ -67,8 +67,8 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
                               "a canonical layer needs the float weights")
         return
     try:
-        kind, leaves = keras_classes.leaves(cls, owner.config, shapes)
-    except keras_classes.LayoutError as e:
+        kind, leaves = names.leaves(cls, owner.config, shapes)
+    except names.LayoutError as e:
         raise FormatError(f"{owner.where}: {e}", path) from None
     natives = dict(zip(leaves, owner.tensors, strict=True))
     native_names = dict(zip(leaves, owner.names, strict=True))
@@ -78,7 +78,7 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
         problem = "GRU with reset_after=False has no canonical (torch) equivalent"
     else:
         try:
-            mapped = semantics.import_layer(kind, natives, attrs=attrs)
+            mapped = names.import_layer(kind, natives, attrs=attrs)
             problem = ""
         except ConversionError as e:
             mapped, problem = None, e.message
@@ -96,7 +96,7 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
                                                                               "groups": 1} if owner.config else {})
     else:
         sub = {}
-        ckpt.layers[owner.module] = LayerInfo(semantics.canonical_kind(kind),
+        ckpt.layers[owner.module] = LayerInfo(kind,
                                               _layer_attrs(kind, cls, owner.config, natives))
     if kind == "batch_norm" and not owner.config:
         report.add("warning", owner.module, "no config.json: epsilon and momentum unknown, not recorded "
@@ -108,7 +108,7 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
         layer = _join(owner.module, sublayer) if sublayer else owner.module
         name = _join(owner.module, m.name)
         src = natives.get(m.source)
-        info = TensorInfo(kind=sub.get(sublayer, semantics.canonical_kind(m.kind)), role=role, layer=layer,
+        info = TensorInfo(kind=sub.get(sublayer, m.kind), role=role, layer=layer,
                           original_name=native_names.get(m.source, ""),
                           original_dtype=(src.dtype if src is not None else m.tensor.dtype),
                           original_layout=m.layout,

@@ -23,7 +23,7 @@ from hubfmt.sdk import ConversionError, HubfmtError
 from hubfmt.sdk import Report
 from hubfmt.sdk import prefetched, write_tensor
 
-from . import keras_files, keras_plan
+from . import files, plan
 
 
 @dataclass
@@ -35,7 +35,7 @@ class _Dataset:
 
 
 def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, restore_dtype: bool = True,
-          template=None, strict: bool = True, **options) -> Report:
+          template=None, strict: bool = True) -> Report:
     """Write `ckpt` as a Keras 3 weights file that `model.load_weights(path)` accepts.
 
     `path` ending in `.keras` writes an archive (needs a config: a .keras or live-model template,
@@ -47,33 +47,29 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     >>> write(read("torch_twin.safetensors"), "m.weights.h5", template=keras_model)   # doctest: +SKIP
     """
     path = os.fspath(path)
-    if options.pop("max_shard_size", None):
-        raise HubfmtError("sharded Keras weights (.weights.json) are not written: drop --max-shard-size", path)
-    if options:
-        raise ConversionError(f"unknown write option(s) for Keras files: {', '.join(sorted(options))}")
     archive = path.endswith(".keras")
     if not (archive or path.endswith(".weights.h5")):
         raise HubfmtError("Keras 3 loads weights from *.weights.h5 or *.keras files: name the output so "
                           "(legacy Keras 2 .h5 is read, not written)", path)
     report = Report(stage="write")
-    layers = keras_plan.canonical_layers(ckpt, report, strict=strict)
+    layers = plan.canonical_layers(ckpt, report, strict=strict)
     config = metadata = None
     names: dict[str, str] = {}
     if template is not None:
-        targets, config, metadata, names = keras_plan.template_targets(template)
+        targets, config, metadata, names = plan.template_targets(template)
         separable = {t.module for t in targets if t.class_name == "SeparableConv2D"}
-        layers = keras_plan.merge_separable(layers, ckpt, separable)
-        pairs = keras_plan.match(layers, targets, report, strict=strict)
+        layers = plan.merge_separable(layers, ckpt, separable)
+        pairs = plan.match(layers, targets, report, strict=strict)
     else:
-        layers = keras_plan.merge_separable(layers, ckpt, None)
-        pairs = keras_plan.rule_targets(layers, ckpt)
+        layers = plan.merge_separable(layers, ckpt, None)
+        pairs = plan.rule_targets(layers, ckpt)
     if archive:
         config = config or ckpt.extra.get("keras_config")
         metadata = metadata or ckpt.extra.get("keras_metadata")
         if not isinstance(config, dict):
             raise HubfmtError("a .keras archive needs the model's config.json: pass --template (a .keras file or a "
                               "Keras model), or write a .weights.h5 instead", path)
-    keras_plan.attr_warnings(ckpt, pairs, report)
+    plan.attr_warnings(ckpt, pairs, report)
     datasets, parents = _datasets(ckpt, pairs, report, restore_dtype)
     parents = {**names, **parents}      # the template's layer names, then the matched layers' own
     total = 0
@@ -95,7 +91,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
 def _datasets(ckpt: Checkpoint, pairs, report: Report, restore_dtype: bool):
     datasets: list[_Dataset] = []
     parents: dict[str, str] = {}
-    for target, index, src_name, tensor, events in keras_plan.exports(ckpt, pairs):
+    for target, index, src_name, tensor, events in plan.exports(ckpt, pairs):
         h5path = f"{target.vars_path}/{index}"
         entry = ckpt.entries.get(src_name)
         want = tensor.dtype
@@ -115,7 +111,7 @@ def _datasets(ckpt: Checkpoint, pairs, report: Report, restore_dtype: bool):
 
 def _write_h5(h5_path: str, datasets: list[_Dataset], names: dict[str, str], progress) -> int:
     """Lay out the file with h5py (datasets allocated, not filled), then stream the bytes in."""
-    h5py = keras_files.h5py_module()
+    h5py = files.h5py_module()
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)     # offsets known now; bytes come later
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)        # no zeros written first
@@ -164,6 +160,6 @@ def _write_archive(tmp: str, h5_path: str, config: dict, metadata: dict | None) 
     meta.setdefault("keras_version", "3")
     meta["date_saved"] = datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr(keras_files.METADATA_MEMBER, json.dumps(meta))
-        z.writestr(keras_files.CONFIG_MEMBER, json.dumps(config))
-        z.write(h5_path, keras_files.WEIGHTS_MEMBER)
+        z.writestr(files.METADATA_MEMBER, json.dumps(meta))
+        z.writestr(files.CONFIG_MEMBER, json.dumps(config))
+        z.write(h5_path, files.WEIGHTS_MEMBER)

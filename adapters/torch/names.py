@@ -1,5 +1,6 @@
-"""Layer kinds of a torch state dict: from the module classes when the file (a pickled nn.Module)
-or the caller (from_model) tells them, otherwise from names, shapes and sibling tensors.
+"""What a torch state-dict name means: the layer kinds of a torch state dict, from the module
+classes when the file (a pickled nn.Module) or the caller (from_model) tells them, otherwise from
+names, shapes and sibling tensors. (Canonical names are torch's: no renaming.)
 
 >>> infer_kinds({"bn.weight": (4,), "bn.running_mean": (4,), "fc.weight": (3, 4)})
 {'bn': 'batch_norm', 'fc': 'linear'}

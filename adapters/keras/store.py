@@ -23,8 +23,8 @@ from hubfmt.sdk import dtypes
 from hubfmt.sdk import LazyTensor, region_tensor
 from hubfmt.sdk import FormatError
 
-from .keras_config import config_by_path
-from .keras_files import check_global_heaps, h5_reason, open_h5
+from .config import config_by_path
+from .files import check_global_heaps, h5_reason, open_h5
 
 MAX_GROUPS = 1_000_000                   # objects in one file: bounds the walk of a hostile file
 MAX_DEPTH = 100                          # nesting of objects and lists (Python's recursion is finite)
@@ -159,7 +159,7 @@ def _scan(h5, path, start, limit, config, metadata) -> Store:
         check_global_heaps(path, start, limit, _dataset_ranges(h5))
     fmt = "keras-archive" if config is not None else "keras-weights-h5"
     if "layers" not in h5 and "vars" not in h5:
-        from .keras_legacy import is_legacy, scan_legacy     # (it imports this module)
+        from .legacy import is_legacy, scan_legacy     # (it imports this module)
         if config is None and is_legacy(h5):
             groups, warnings = scan_legacy(h5, path, start, limit)
             optimizer = []

@@ -1,8 +1,10 @@
-"""A canonical Checkpoint -> TensorFlow variables (the naming half of the TF writer).
+"""A canonical Checkpoint -> a TF checkpoint bundle: `write` names the variables (below) and
+streams them into `prefix.data-00000-of-00001` (several shards with max_shard_size), then
+`prefix.index` (bundle_write.py), and points the directory's `checkpoint` file at it.
 
 Two ways to choose names:
 - by rule (`export_by_rule`): each canonical layer `a.b` becomes the scope `a/b` (or the scope of
-  the tensor's original TF name when it came from TF), its tensors the leaves semantics.export_layer
+  the tensor's original TF name when it came from TF), its tensors the leaves names.export_layer
   gives (kernel, bias, gamma, ...; TF1 slim leaves `weights`/`biases` are kept when the source
   used them). A `<x>.depthwise` + `<x>.pointwise` pair is written as one separable conv `x`.
   LSTMs become one fused TF1 cell (`kernel` [in+h,4h] + `bias`, forget_bias subtracted) when they
@@ -24,23 +26,76 @@ Two ways to choose names:
 """
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
 
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import Checkpoint, LazyTensor
-from hubfmt.sdk import ConversionError
+from hubfmt.sdk import ConversionError, OutputError
 from hubfmt.sdk import Report
 
-from . import semantics
+from . import names
 from .bundle import DT_STRING, TF_DTYPE_CODES, Bundle
 from .bundle_write import OutTensor
 from .objgraph import VALUE_SUFFIX
-from .tfimport import EMA, SLOT_RE, NativeLayer, import_variables
+from .reader import EMA, SLOT_RE, NativeLayer, import_variables
+
+
+def output_prefix(path: str) -> str:
+    """The bundle prefix a destination path designates (`x.index` or `x.data-00000-of-00001` -> `x`;
+    a directory -> `dir/model.ckpt`)."""
+    path = os.fspath(path)
+    if path.endswith(".index"):
+        return path[:-6]
+    shard = re.match(r"^(.*)\.data-\d{5}-of-\d{5}$", path)
+    if shard:
+        return shard.group(1)
+    if os.path.isdir(path):
+        return os.path.join(path, "model.ckpt")
+    return path
+
+
+def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, restore_dtype: bool = True,
+          template=None, max_shard_size: int | None = None, kinds: dict | None = None, rnn_style: str = "tf1",
+          forget_bias: float = names.TF1_FORGET_BIAS, strict: bool = True, update_state: bool = True) -> Report:
+    """Write `ckpt` as a TF checkpoint bundle at `path` (a prefix, `prefix.index` or a directory:
+    `<dir>/model.ckpt`).
+
+    template: a TF1/TF2 checkpoint of the destination model whose keys (and TF2 object graph) to
+    follow; without one, names follow export_by_rule. max_shard_size: bytes per data shard;
+    kinds: {layer: kind} overrides; rnn_style: "tf1" fused cell or "keras"; forget_bias: of the
+    destination TF1 cell; strict: a tensor without a place is an error; update_state: write the
+    directory's `checkpoint` file.
+
+    >>> write(ckpt, "export/model.ckpt", template="target/ckpt-1")   # doctest: +SKIP
+    """
+    from .bundle import open_bundle
+    from .bundle_write import update_state_file, write_bundle
+
+    path = os.fspath(path)
+    prefix = output_prefix(path)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(prefix))):
+        raise OutputError("output directory does not exist", os.path.dirname(os.path.abspath(prefix)))
+    if template is not None:
+        tb = open_bundle(os.fspath(template))
+        outs, rep = export_by_template(ckpt, tb, restore_dtype=restore_dtype, kinds=kinds, forget_bias=forget_bias,
+                                       strict=strict)
+    else:
+        outs, rep = export_by_rule(ckpt, restore_dtype=restore_dtype, rnn_style=rnn_style, kinds=kinds,
+                                   forget_bias=forget_bias, strict=strict)
+    n = write_bundle(prefix, outs, overwrite=overwrite, progress=progress, max_shard_size=max_shard_size)
+    if update_state:
+        update_state_file(prefix)
+    rep.destination = prefix
+    rep.tensors_out = len(outs)
+    rep.bytes_out = n
+    return rep
+
 
 # TF1 slim leaf names worth keeping on export (Keras 3's private `_kernel` is not a TF1 name).
-_TF1_ALIASES = {k for k in semantics.LEAF_ALIASES if not k.startswith("_")}
+_TF1_ALIASES = {k for k in names.LEAF_ALIASES if not k.startswith("_")}
 
 
 def _target_dtype(dtype: str, original: str, restore: bool, name: str, rep: Report) -> str:
@@ -78,7 +133,7 @@ def _groups(ckpt: Checkpoint, rep: Report) -> dict[str, dict[str, str]]:
 def _layer_kind(ckpt: Checkpoint, roles: dict[str, str], kinds: dict, layer: str, rnn_style: str) -> str:
     if layer in kinds:
         return kinds[layer]
-    pseudo = semantics.kind_from_roles(roles)
+    pseudo = names.kind_from_roles(roles)
     if pseudo:
         return pseudo
     infos = [ckpt.entries[n].info for n in roles.values()]
@@ -112,18 +167,18 @@ def _native_scope(ckpt: Checkpoint, layer: str, roles: dict[str, str]) -> str:
     return layer.replace(".", "/")
 
 
-def _leaf(ckpt: Checkpoint, m: semantics.Mapped, roles: dict[str, str]) -> str:
+def _leaf(ckpt: Checkpoint, m: names.Mapped, roles: dict[str, str]) -> str:
     """Keep the source's TF1 alias (weights/biases) of a leaf when it used one."""
     src = roles.get(m.source.split("+")[0])
     if src:
         orig_leaf = ckpt.entries[src].info.original_name.rpartition("/")[2]
-        if orig_leaf in _TF1_ALIASES and semantics.LEAF_ALIASES[orig_leaf] == m.name:
+        if orig_leaf in _TF1_ALIASES and names.LEAF_ALIASES[orig_leaf] == m.name:
             return orig_leaf
     return m.name
 
 
 def export_by_rule(ckpt: Checkpoint, *, restore_dtype: bool = True, kinds: dict | None = None,
-                   rnn_style: str = "tf1", forget_bias: float = semantics.TF1_FORGET_BIAS,
+                   rnn_style: str = "tf1", forget_bias: float = names.TF1_FORGET_BIAS,
                    strict: bool = True) -> tuple[list[OutTensor], Report]:
     """Canonical -> TF variable names and layouts by rule (see module docstring)."""
     rep = Report(stage="write")
@@ -166,7 +221,7 @@ def _export_group(ckpt: Checkpoint, layer: str, scope: str, roles: dict[str, str
         canon.pop("num_batches_tracked")
     _bn_warning(ckpt, layer, kind, rep)
     try:
-        mapped = semantics.export_layer(kind, canon, attrs=_attrs(ckpt, layer, forget_bias)) if kind != "tensor" else None
+        mapped = names.export_layer(kind, canon, attrs=_attrs(ckpt, layer, forget_bias)) if kind != "tensor" else None
     except ConversionError as e:
         if strict:
             raise ConversionError(f"layer {layer!r} ({kind}): {e.message}") from None
@@ -207,13 +262,13 @@ def _bn_warning(ckpt: Checkpoint, layer: str, kind: str, rep: Report) -> None:
     if kind != "batch_norm" or li is None:
         return
     eps = li.attrs.get("eps")
-    if eps is not None and abs(float(eps) - semantics.KERAS_BN_EPS) > 1e-12:
+    if eps is not None and abs(float(eps) - names.KERAS_BN_EPS) > 1e-12:
         rep.add("warning", layer, f"batch-norm eps {eps:g} is not stored in TF checkpoints: build the TF layer "
                 f"with epsilon={eps:g} (TF default 1e-3)")
 
 
 def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: bool = True,
-                       forget_bias: float = semantics.TF1_FORGET_BIAS, kinds: dict | None = None,
+                       forget_bias: float = names.TF1_FORGET_BIAS, kinds: dict | None = None,
                        strict: bool = True) -> tuple[list[OutTensor], Report]:
     """Fill a template checkpoint's keys from `ckpt` by canonical name (see module docstring)."""
     from .objgraph import OBJECT_GRAPH_KEY, variable_full_names, variable_paths
@@ -304,7 +359,7 @@ def _fill_layer(ckpt: Checkpoint, nl: NativeLayer, template: Bundle, filled: dic
     if missing:
         return
     try:
-        mapped = semantics.export_layer(nl.kind, canon, attrs={"forget_bias": forget_bias}, native_shapes=nl.shapes)
+        mapped = names.export_layer(nl.kind, canon, attrs={"forget_bias": forget_bias}, native_shapes=nl.shapes)
     except ConversionError as e:
         problems.append(f"{nl.canon_layer}: {e.message}")
         rep.add("mismatch", nl.canon_layer, e.message)

@@ -18,7 +18,11 @@ from hubfmt.sdk import Checkpoint
 from hubfmt.sdk import ConversionError, HubfmtError
 from hubfmt.sdk import Report
 
-from . import keras_classes, keras_config, keras_store, semantics
+from . import names
+from .config import snake_case
+from .names import (KERAS_BN_EPS, KERAS_BN_MOMENTUM, KERAS_CLASS_KINDS, bn_momentum_from_canonical,
+                     bn_momentum_to_canonical, export_layer)
+from .store import scan as scan_store
 
 _VAR_PATH = re.compile(r"^(?:(.*)/)?vars/(\d+)$")
 # Universal position order of Keras leaves: every known class stores a subset in this order.
@@ -70,6 +74,12 @@ def canonical_layers(ckpt: Checkpoint, report: Report, *, strict: bool) -> list[
             continue
         if info.kind == "tensor":
             m = re.match(r"^(?:(.*)\.)?vars\.(\d+)$", name)
+            if not m and e.tensor.shape == () and e.tensor.dtype.startswith(("int", "uint")):
+                # a training counter (epoch, step, global_step: MindSpore and TF checkpoints keep
+                # them as variables), not a weight: dropped, as num_batches_tracked is
+                report.add("dropped", name, "integer scalar outside any layer (a training counter): "
+                                            "a Keras weights file holds layer variables only")
+                continue
             if not m:
                 if strict:
                     raise ConversionError(f"{name}: a tensor of unknown kind with no Keras layer to hold it "
@@ -81,7 +91,7 @@ def canonical_layers(ckpt: Checkpoint, report: Report, *, strict: bool) -> list[
             continue
         module = info.layer
         role = name[len(module) + 1:] if module and name.startswith(module + ".") else info.role
-        suffix = "_reverse" if info.kind in keras_classes.RNN_KINDS and role.endswith("_reverse") else ""
+        suffix = "_reverse" if info.kind in names.RNN_KINDS and role.endswith("_reverse") else ""
         role = role[: -len(suffix)] if suffix else role
         layer = layers.setdefault(module + suffix, CanonLayer(module, info.kind, suffix=suffix))
         if layer.kind != info.kind:
@@ -123,17 +133,17 @@ def template_targets(template) -> tuple[list[Target], dict | None, dict | None, 
     a template: a path to a .keras or .weights.h5 file, or a live Keras model (saved to a
     temporary .keras archive first)."""
     if isinstance(template, (str, os.PathLike)):
-        store = keras_store.scan(os.fspath(template))
+        store = scan_store(os.fspath(template))
     elif hasattr(template, "save") and hasattr(template, "layers"):
         with tempfile.TemporaryDirectory(prefix="hubfmt-keras-") as d:
             p = os.path.join(d, "template.keras")
             template.save(p)
-            store = keras_store.scan(p)
+            store = scan_store(p)
     else:
         raise HubfmtError(f"template must be a .keras/.weights.h5 path or a Keras model, not {type(template).__name__}")
     targets = []
     for g in store.groups:
-        cls = g.class_name or keras_classes.infer_class(g)
+        cls = g.class_name or names.infer_class(g)
         parents = {}
         if g.from_cell:
             parents[g.object_path] = g.layer_name
@@ -143,8 +153,8 @@ def template_targets(template) -> tuple[list[Target], dict | None, dict | None, 
 
 
 def target_kind(t: Target) -> str:
-    if t.class_name in keras_classes.KNOWN:
-        return semantics.KERAS_CLASS_KINDS[t.class_name]
+    if t.class_name in names.KNOWN:
+        return KERAS_CLASS_KINDS[t.class_name]
     return "tensor"
 
 
@@ -245,10 +255,10 @@ def rule_targets(layers: list[CanonLayer], ckpt: Checkpoint) -> list[tuple[Canon
             out.append((layer, Target(f"{hint}/vars" if hint else "vars", layer.module, "", {},
                                       [], layer.module.rpartition(".")[2])))
             continue
-        cls = keras_classes.CLASS_OF_KIND.get(layer.kind)
+        cls = names.CLASS_OF_KIND.get(layer.kind)
         if cls is None:
             raise ConversionError(f"{layer.module}: no Keras layer class for kind {layer.kind}")
-        rnn = layer.kind in keras_classes.RNN_KINDS
+        rnn = layer.kind in names.RNN_KINDS
         half = "backward_layer" if layer.suffix else "forward_layer"
         if hint is not None:
             obj = hint[: -len("/cell")] if rnn and hint.endswith("/cell") else hint
@@ -260,7 +270,7 @@ def rule_targets(layers: list[CanonLayer], ckpt: Checkpoint) -> list[tuple[Canon
                 owner = owners.get(layer.module) or owners.setdefault(layer.module, allocate("bidirectional"))
                 obj = f"{owner}/{half}"
             else:
-                owner = obj = allocate(keras_config.snake_case(cls))
+                owner = obj = allocate(snake_case(cls))
             vars_path = f"{obj}/cell/vars" if rnn else f"{obj}/vars"
             parents = {owner: layer.module}
         name = parents.get(owner, layer.module)         # the Keras layer's name
@@ -292,10 +302,10 @@ def _object_names(obj: str, module: str) -> dict[str, str]:
 
 def positions(t: Target, leaves_present: list[str]) -> list[str]:
     """Leaf at each position of the target's vars group."""
-    if t.shapes and t.class_name in keras_classes.KNOWN:
+    if t.shapes and t.class_name in names.KNOWN:
         try:
-            return keras_classes.leaves(t.class_name, t.config, t.shapes)[1]
-        except keras_classes.LayoutError as e:
+            return names.leaves(t.class_name, t.config, t.shapes)[1]
+        except names.LayoutError as e:
             raise ConversionError(f"template layer {t.module}: {e}") from None
     return [leaf for leaf in LEAF_ORDER if leaf in leaves_present]
 
@@ -319,7 +329,7 @@ def exports(ckpt: Checkpoint, pairs: list[tuple[CanonLayer, Target]]):
             attrs = dict(ckpt.layers[f"{layer.module}.depthwise"].attrs)
         native_shapes = dict(zip(positions(target, []), target.shapes, strict=True)) if target.shapes else None
         try:
-            out = semantics.export_layer(layer.kind, canon, attrs=attrs, native_shapes=native_shapes)
+            out = export_layer(layer.kind, canon, attrs=attrs, native_shapes=native_shapes)
         except ConversionError as e:
             raise ConversionError(f"{layer.module}: {e.message}") from None
         by_leaf = {m.name: m for m in out}
@@ -350,12 +360,12 @@ def attr_warnings(ckpt: Checkpoint, pairs, report: Report) -> None:
             continue
         cfg = t.config or {}
         known = "its config" if cfg else "Keras's default"
-        dest = {"eps": float(cfg.get("epsilon", semantics.KERAS_BN_EPS)),
-                "momentum": semantics.bn_momentum_to_canonical(cfg.get("momentum", semantics.KERAS_BN_MOMENTUM))}
+        dest = {"eps": float(cfg.get("epsilon", KERAS_BN_EPS)),
+                "momentum": bn_momentum_to_canonical(cfg.get("momentum", KERAS_BN_MOMENTUM))}
         for key, keras_key in (("eps", "epsilon"), ("momentum", "momentum")):
             if key in li.attrs and abs(float(li.attrs[key]) - dest[key]) > 1e-12:
-                want = li.attrs[key] if key == "eps" else semantics.bn_momentum_from_canonical(li.attrs[key])
-                have = dest[key] if key == "eps" else semantics.bn_momentum_from_canonical(dest[key])
+                want = li.attrs[key] if key == "eps" else bn_momentum_from_canonical(li.attrs[key])
+                have = dest[key] if key == "eps" else bn_momentum_from_canonical(dest[key])
                 report.add("warning", layer.module, f"batch norm {keras_key} {want:g} in the checkpoint, {have:g} in "
                                                     f"the destination ({known}): set {keras_key}={want:g} on the "
                                                     "Keras layer to reproduce the source")

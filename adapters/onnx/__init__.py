@@ -1,0 +1,22 @@
+"""The ONNX adapter: the initializers of `.onnx` models (inline and external data), read and
+written without onnx; writing takes an existing model as template and keeps its graph.
+In memory (from_model/to_model) an `onnx.ModelProto`.
+
+>>> from hubfmt.adapters import onnx as onnxa
+>>> ckpt = onnxa.read("resnet18.onnx")                      # torch state-dict names  # doctest: +SKIP
+>>> onnxa.write(hubfmt.read("ft.pth"), "ft.onnx", template="resnet18.onnx")           # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from .formats import FORMATS
+from .memory import from_model, to_model
+from .reader import read, sniff
+from .writer import write
+
+NAME = "onnx"
+FRAMEWORK = "onnx"
+FRAMEWORK_MODULE = "onnx"
+PIP_NAME = "onnx"
+
+__all__ = ["NAME", "FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model",
+           "to_model"]
