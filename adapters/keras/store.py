@@ -154,7 +154,49 @@ def _dataset_ranges(h5) -> list[tuple[int, int]]:
     return out
 
 
+MAX_OBJECTS = 1_000_000      # HDF5 objects in one Keras file (a model of 100k layers has ~400k)
+
+
+def check_contents(h5, path: str) -> None:
+    """Every HDF5 object of the file visited once (by address: a DAG of hard links costs what it
+    holds, not its paths), and nothing that reads bytes from elsewhere: external links, external
+    raw storage and virtual datasets are refused (h5py follows them; a converter of untrusted files
+    reads only the input's own bytes)."""
+    from .files import h5py_module
+
+    h5py = h5py_module()
+    seen: set[int] = set()
+    stack = [("", h5)]
+    while stack:
+        where, group = stack.pop()
+        for key in group.keys():
+            name = f"{where}/{key}"
+            link = group.get(key, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise FormatError(f"{name}: an HDF5 external link to {link.filename}:{link.path}: refused (hubfmt "
+                                  "reads only the input's own bytes)", path)
+            if isinstance(link, h5py.SoftLink):
+                continue            # a path inside this file, reached on its own
+            obj = group[key]
+            addr = h5py.h5o.get_info(obj.id).addr
+            if addr in seen:
+                continue
+            seen.add(addr)
+            if len(seen) > MAX_OBJECTS:
+                raise FormatError(f"more than {MAX_OBJECTS:,} HDF5 objects: not a Keras weights file", path)
+            if isinstance(obj, h5py.Group):
+                stack.append((name, obj))
+            elif isinstance(obj, h5py.Dataset):
+                if obj.external:
+                    raise FormatError(f"{name}: a dataset stored in an external file ({obj.external[0][0]!r}): "
+                                      "refused (hubfmt reads only the input's own bytes)", path)
+                if obj.is_virtual:
+                    raise FormatError(f"{name}: a virtual dataset (its bytes live in other files): refused "
+                                      "(hubfmt reads only the input's own bytes)", path)
+
+
 def _scan(h5, path, start, limit, config, metadata) -> Store:
+    check_contents(h5, path)
     if start is not None:       # (a compressed archive member cannot be scanned in place)
         check_global_heaps(path, start, limit, _dataset_ranges(h5))
     fmt = "keras-archive" if config is not None else "keras-weights-h5"
@@ -182,6 +224,7 @@ class _Walker:
         self.optimizer: list[Var] = []
         self.names: dict[str, str] = {}
         self.count = 0
+        self.seen: set[int] = set()
         self.Group = type(h5["/"])
 
     def _vars(self, vg, vars_path) -> list[Var]:
@@ -198,7 +241,17 @@ class _Walker:
                               f"(found {', '.join(str(k) for k, _ in items)})", self.path)
         return [v for _, v in items]
 
-    def _enter(self, h5_path):
+    def _enter(self, h5_path, g=None):
+        if g is not None:
+            # Keras never links one group twice; a hostile DAG of hard links would make this walk,
+            # which goes by path, exponential in its depth (check_contents visits by object).
+            import h5py
+
+            addr = h5py.h5o.get_info(g.id).addr
+            if addr in self.seen:
+                raise FormatError(f"{h5_path or '/'}: an HDF5 group reached a second time (hard links): not "
+                                  "Keras weights", self.path)
+            self.seen.add(addr)
         self.count += 1
         if self.count > MAX_GROUPS:
             raise FormatError(f"more than {MAX_GROUPS} groups: not a plausible Keras weights file", self.path)
@@ -208,7 +261,7 @@ class _Walker:
     def walk_object(self, g, h5_path, module, is_root=False, cell_of: VarGroup | None = None,
                     entry: dict | None = None, suffix: str = ""):
         """An object group (has or may have `vars`); its other children are attributes or lists."""
-        self._enter(h5_path)
+        self._enter(h5_path, g)
         vg = g.get("vars")
         vars_path = f"{h5_path}/vars" if h5_path else "vars"
         name = _name_attr(vg) if isinstance(vg, self.Group) else ""
@@ -259,7 +312,7 @@ class _Walker:
 
     def walk_list(self, g, h5_path, module):
         """A list's group: items named by class (`dense`, `dense_1`) or nested lists (`container`)."""
-        self._enter(h5_path)
+        self._enter(h5_path, g)
         for key in g:
             child = g[key]
             child_path = f"{h5_path}/{key}"

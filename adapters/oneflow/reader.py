@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from hubfmt.sdk import Checkpoint, LayerInfo, TensorInfo, region_tensor
-from hubfmt.sdk import FormatError
+from hubfmt.sdk import FormatError, check_input_file
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import from_plain
 
@@ -33,6 +33,13 @@ MAX_DEPTH = 100
 MODEL_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
 
 
+def _inside(folder: str, root: str) -> None:
+    real, top = os.path.realpath(folder), os.path.realpath(root)
+    if os.path.commonpath([top, real]) != top:
+        raise FormatError(f"a tensor folder resolves to {real}, outside the input's directory {top}: refused "
+                          f"(hubfmt reads only the input's own files)", folder)
+
+
 def _read_small(path: str, limit: int, what: str) -> bytes:
     try:
         size = os.path.getsize(path)
@@ -49,10 +56,16 @@ def _read_small(path: str, limit: int, what: str) -> bytes:
         raise FormatError(f"cannot read {what}: {e.strerror}", path) from None
 
 
-def tensor_folder(folder: str):
-    """(lazy tensor over `folder/out`, dtype `folder/meta` declares); sizes checked."""
+def tensor_folder(folder: str, root: str | None = None):
+    """(lazy tensor over `folder/out`, dtype `folder/meta` declares); sizes checked. `folder`,
+    its meta and out must lie inside `root`, the directory the user named."""
     if not os.path.isdir(folder):
         raise FormatError("missing tensor folder (the pickle refers to it)", folder)
+    if root is not None:
+        _inside(folder, root)
+        for p in (os.path.join(folder, "meta"), os.path.join(folder, "out")):
+            if os.path.lexists(p):
+                check_input_file(p, "a tensor file", inside=root)
     shape, dtype = meta_codec.parse(_read_small(os.path.join(folder, "meta"), meta_codec.MAX_META_BYTES, "meta"),
                                     os.path.join(folder, "meta"))
     problem = dtypes.shape_problem(shape, dtype)
@@ -180,14 +193,14 @@ def read(path: str | os.PathLike, *, prefer_ema: bool = False) -> Checkpoint:
                 raise FormatError(f"tensor {name!r} has no folder in the pickle", pk)
             tied = seen.get(ref.folder)
             seen.setdefault(ref.folder, name)
-            tensors[name] = (*tensor_folder(os.path.join(path, ref.folder)), ref.folder, tied)
+            tensors[name] = (*tensor_folder(os.path.join(path, ref.folder), path), ref.folder, tied)
         extra.update(_sidecar_extra(path))
     else:
         tensors, extra = {}, {}
         for entry in sorted(os.listdir(path)):
             if entry == SNAPSHOT_DONE or not os.path.isdir(os.path.join(path, entry)):
                 continue
-            tensors[entry] = (*tensor_folder(os.path.join(path, entry)), entry, None)
+            tensors[entry] = (*tensor_folder(os.path.join(path, entry), path), entry, None)
     kinds = kind_from_names({n: t.shape for n, (t, *_) in tensors.items()})
     for name, (t, declared, folder, tied) in tensors.items():
         layer, _, role = name.rpartition(".")

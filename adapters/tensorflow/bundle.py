@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from hubfmt.sdk import dtypes, protowire
 from hubfmt.sdk import LazyTensor, read_region, region_tensor
-from hubfmt.sdk import FormatError
+from hubfmt.sdk import FormatError, check_input_file
 
 from . import sstable
 from .sstable import crc32c, mask, unmask
@@ -316,6 +316,8 @@ def _check_bounds(b: Bundle) -> None:
             raise FormatError(f"tensor {e.name!r} names shard {e.shard} of {b.num_shards}", b.index_path)
         if e.shard not in sizes:
             p = b.shard_path(e.shard)
+            if os.path.lexists(p):
+                check_input_file(p, "a data shard", inside=os.path.dirname(b.prefix) or ".")
             try:
                 sizes[e.shard] = os.path.getsize(p)
             except OSError:

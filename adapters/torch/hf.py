@@ -106,8 +106,8 @@ def _index(path: str) -> dict[str, str]:
     return weight_map
 
 
-def _safetensors_tensors(path: str) -> list[tuple[str, LazyTensor]]:
-    check_input_file(path, "a safetensors file")
+def _safetensors_tensors(path: str, inside: str | None = None) -> list[tuple[str, LazyTensor]]:
+    check_input_file(path, "a safetensors file" if inside is None else "a shard", inside=inside)
     header, start, _ = safetensors.read_header(path)
     header.pop("__metadata__", None)
     out = []
@@ -142,8 +142,9 @@ def _read_set(weights: str, report: Report) -> tuple[list[tuple[str, LazyTensor]
         for shard in dict.fromkeys(weight_map.values()):
             shard_path = os.path.join(folder, shard)
             if shard.endswith(".safetensors"):
-                by_file[shard] = _safetensors_tensors(shard_path)
+                by_file[shard] = _safetensors_tensors(shard_path, inside=folder or ".")
             else:
+                check_input_file(shard_path, "a shard", inside=folder or ".")
                 by_file[shard], more = _bin_tensors(shard_path, report)
                 extra.update(more)
         found = {n: (f, t) for f, ts in by_file.items() for n, t in ts}

@@ -67,8 +67,9 @@ def shards(path: str) -> tuple[list[str], dict]:
         raise FormatError(f"malformed shard index: {e}", index) from None
     base = os.path.dirname(index)
     for f in files:
-        if not isinstance(f, str) or os.path.basename(f) != f:
+        if not isinstance(f, str) or os.path.basename(f) != f or f in ("", ".", ".."):
             raise FormatError(f"shard index names a file outside its directory: {f!r}", index)
+        check_input_file(os.path.join(base, f), "a shard", inside=base or ".")
     return [os.path.join(base, f) for f in files], {k: str(v) for k, v in meta.items() if isinstance(v, str)}
 
 

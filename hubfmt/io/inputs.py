@@ -9,9 +9,21 @@ import stat
 from hubfmt.errors import FormatError
 
 
-def check_input_file(path: str, what: str) -> str:
+def check_input_file(path: str, what: str, *, inside: str | None = None) -> str:
     """`path` if it is an existing regular file (symlinks followed); else a FormatError naming it
-    and saying what it is instead. `what` names the expected file, e.g. "an MXNet .params file"."""
+    and saying what it is instead. `what` names the expected file, e.g. "an MXNet .params file".
+
+    With `inside` (the directory of the input the user named), `path` is a companion file the
+    input refers to (a shard, a tensor file): it must resolve inside that directory. A symbolic
+    link out of it is refused: a converter of untrusted files reads only the input's own files
+    (the frameworks themselves may follow such links)."""
+    if inside is not None:
+        root = os.path.realpath(inside)
+        real = os.path.realpath(path)
+        if os.path.commonpath([root, real]) != root:
+            link = " (a symbolic link)" if os.path.islink(path) else ""
+            raise FormatError(f"{what}{link} resolves to {real}, outside the input's directory {root}: refused "
+                              f"(hubfmt reads only the input's own files)", path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
