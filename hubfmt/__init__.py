@@ -15,13 +15,14 @@ from hubfmt.format.manifest import FORMAT_VERSION
 from hubfmt.format.tensor import LazyTensor
 from hubfmt.io.conformance import validate
 from hubfmt.pipeline import align, convert, read, rename, write
+from hubfmt.batch import BatchReport, convert_many
 from hubfmt.report import Report
 from hubfmt.verification import Verification, verify
 
 from hubfmt.version import __version__ as __version__
 
 __all__ = [
-    "read", "write", "convert", "align", "rename", "validate", "verify",
+    "read", "write", "convert", "convert_many", "BatchReport", "align", "rename", "validate", "verify",
     "Checkpoint", "Entry", "LayerInfo", "LazyTensor", "SourceInfo", "TensorInfo", "Report", "FORMAT_VERSION",
     "Alignment", "RuleSet", "load_rules", "Mapping", "Move", "Verification",
     "HubfmtError", "FormatError", "VersionError", "UnsafePickleError", "ConversionError", "AlignmentError",

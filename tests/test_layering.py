@@ -14,7 +14,8 @@ ALLOWED = {
     "codecs": {"format", "codecs"},
     "io": {"format", "codecs", "io"},
     "alignment": {"format", "io", "alignment"},
-    "cli": {"format", "codecs", "io", "alignment", "cli", "pipeline", "registry"},
+    "batch": {"format", "codecs", "io", "alignment", "batch", "pipeline", "registry"},
+    "cli": {"format", "codecs", "io", "alignment", "batch", "cli", "pipeline", "registry"},
 }
 BASE = {"errors", "report", "version"}
 

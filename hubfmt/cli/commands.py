@@ -78,6 +78,63 @@ def cmd_convert(a) -> int:
     return 0
 
 
+def cmd_convert_many(a) -> int:
+    """Exit status 0 when every item is done or skipped, 1 when any failed (said how many)."""
+    from hubfmt.batch import convert_many, load_manifest, mirror_tree
+    from hubfmt.errors import HubfmtError, OutputError
+    from hubfmt.io.atomic import atomic_output, check_writable
+
+    if a.ray and a.jobs:
+        raise HubfmtError("--jobs is for local worker processes; with --ray the cluster's CPUs decide")
+    wo = dict(a.write_option)
+    if a.keep_dtype:
+        wo["keep_dtype"] = True
+    if a.max_shard_size:
+        wo["max_shard_size"] = a.max_shard_size
+    if os.path.isdir(a.source):
+        if not a.dest or not a.dst_fw:
+            raise HubfmtError("a directory SOURCE needs DEST and --to FW (the tree to write and its format)", a.source)
+        items = mirror_tree(a.source, a.dest, a.dst_fw, from_=a.src_fw, read_options=dict(a.read_option),
+                            write_options=wo)
+        if not items:
+            raise HubfmtError("no checkpoint found in this directory", a.source)
+    else:
+        if a.dest or a.dst_fw or a.src_fw or a.read_option or a.write_option:
+            raise HubfmtError("a manifest says each item's destination, formats and options: DEST, --to, --from, "
+                              "-R and -W are for a directory SOURCE", a.source)
+        items = load_manifest(a.source)
+        for it in items:
+            it.write_options = {**wo, **it.write_options}
+    if a.report:
+        if os.path.realpath(a.report) in {os.path.realpath(p) for it in items for p in (it.src, it.dst)}:
+            raise OutputError("the --report file would replace an input or an output; name another file", a.report)
+        check_writable([a.report], a.overwrite)
+    executor = None
+    if a.ray:
+        from hubfmt.batch.ray_executor import RayExecutor
+
+        executor = RayExecutor(a.ray)
+    try:
+        batch = convert_many(items, executor=executor, jobs=a.jobs, retries=a.retries, ledger=a.ledger,
+                             overwrite=a.overwrite, show_progress=False if a.quiet else None)
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    if a.report:
+        with atomic_output(a.report, overwrite=a.overwrite) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(batch.to_json(), indent=2))
+    if not a.quiet:
+        print(batch.to_text())
+    failed = batch.count("failed")
+    if failed:
+        import sys
+
+        print(f"hubfmt: error: {failed} of {len(batch.items)} item(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _check_report_path(a) -> None:
     """Before converting: the report must not clobber an input, the output or (without --overwrite) a file."""
     from hubfmt.errors import OutputError

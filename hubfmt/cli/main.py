@@ -10,7 +10,7 @@ import sys
 
 from hubfmt.cli import commands
 
-COMMANDS = {"convert": commands.cmd_convert, "align": commands.cmd_align, "inspect": commands.cmd_inspect,
+COMMANDS = {"convert": commands.cmd_convert, "convert-many": commands.cmd_convert_many, "align": commands.cmd_align, "inspect": commands.cmd_inspect,
             "diff": commands.cmd_diff, "validate": commands.cmd_validate, "formats": commands.cmd_formats}
 
 

@@ -59,6 +59,18 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(text)
+
+
 def _option(text: str) -> tuple[str, object]:
     """KEY=VALUE with VALUE parsed as JSON when it is JSON (true, 3, {"a": 1}), else a string."""
     key, sep, value = text.partition("=")
@@ -99,6 +111,29 @@ def build() -> Parser:
     c.add_argument("--verbose", "-v", action="store_true", help="list every tensor in the report")
     _alignment_options(c)
     c.add_argument("--dry-run", action="store_true", help="show the rename/alignment table; write nothing")
+
+    m = sub.add_parser("convert-many", help="convert every item of a manifest, or a directory tree into another, "
+                                            "in parallel (exit 1 when any item failed)")
+    m.add_argument("source", help="a manifest (.jsonl: one JSON object per line; .csv: a header line) of src, dst "
+                                  "and optional to, from, template, rules, options; or a directory of checkpoints")
+    m.add_argument("dest", nargs="?", help="with a directory SOURCE: the directory tree to write (mirrors SOURCE)")
+    m.add_argument("--to", dest="dst_fw", metavar="FW", help=f"with a directory SOURCE: the output format: {FW_HELP}")
+    m.add_argument("--from", dest="src_fw", metavar="FW", help=f"with a directory SOURCE: every source's format: {FW_HELP}")
+    m.add_argument("--jobs", "-j", type=_positive, metavar="N", help="worker processes (default: the CPU count)")
+    m.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: an address (ray://host:10001, host:6379), "
+                                                    "auto (the one `ray start` made here) or local (start one)")
+    m.add_argument("--retries", type=_count, default=2, metavar="N", help="retry a failed item N times (default 2)")
+    m.add_argument("--ledger", metavar="FILE.json", help="the job ledger (default DEST/.hubfmt-ledger.json, DEST the "
+                                                         "directory holding every output)")
+    m.add_argument("--overwrite", action="store_true", help="replace outputs the ledger does not know (and the --report file)")
+    m.add_argument("--keep-dtype", action="store_true", help="hub output: keep fp16/bf16/fp64 instead of storing float32")
+    m.add_argument("--max-shard-size", type=_size, metavar="SIZE", help="split each output into shards of at most SIZE")
+    m.add_argument("-R", "--read-option", action="append", default=[], metavar="KEY=VALUE", type=_option,
+                   help="with a directory SOURCE: a reader option for every item; repeatable")
+    m.add_argument("-W", "--write-option", action="append", default=[], metavar="KEY=VALUE", type=_option,
+                   help="with a directory SOURCE: a writer option for every item; repeatable")
+    m.add_argument("--report", metavar="FILE.json", help="write every item's status and conversion report as JSON")
+    m.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no table")
 
     al = sub.add_parser("align", help="show (and optionally save as rules) how SRC's tensors map onto template T's names "
                                       "(exit 1 when anything is unmatched)")

@@ -171,6 +171,18 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
     >>> write(ckpt, "model.safetensors")            # doctest: +SKIP
     """
     path = os.fspath(path)
+    names, out_dtypes, meta, report = plan(ckpt, keep_dtype, path)
+    return write_safetensors(ckpt, path, names, out_dtypes, meta, report, overwrite=overwrite,
+                             max_shard_size=max_shard_size, progress=progress, shard_metadata=SHARD_METADATA)
+
+
+# What every shard of a sharded hub file carries (the manifest lives in the index).
+SHARD_METADATA = {"format": "pt", manifest.KEY_VERSION: manifest.FORMAT_VERSION}
+
+
+def plan(ckpt: Checkpoint, keep_dtype: bool = False, path: str | None = None) -> tuple[list[str], dict[str, str], dict, Report]:
+    """What a hub file of `ckpt` at `path` stores: the tensor names, each one's stored dtype, the
+    file's metadata (manifest included) and the write report's events so far (casts, ties, extras)."""
     report = Report(stage="write")
     names = ckpt.stored_names()
     out_dtypes: dict[str, str] = {}
@@ -196,10 +208,39 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
     for k in ckpt.extra:
         report.add("stored", f"extra[{k!r}]", "in the manifest (hubfmt.extra)")
     # Its layouts are torch's: loaders that check safetensors' "format" convention accept it.
-    meta = {"format": "pt", **meta}
-    return write_safetensors(ckpt, path, names, out_dtypes, meta, report, overwrite=overwrite,
-                             max_shard_size=max_shard_size, progress=progress,
-                             shard_metadata={"format": "pt", manifest.KEY_VERSION: manifest.FORMAT_VERSION})
+    return names, out_dtypes, {"format": "pt", **meta}, report
+
+
+def shard_name(path: str, i: int, n: int) -> str:
+    """The file name of shard `i` (0-based) of `n` for a sharded hub file at `path`."""
+    stem = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
+    return f"{stem}-{i + 1:05d}-of-{n:05d}.safetensors"
+
+
+def write_shard(ckpt: Checkpoint, shard_path: str, names: list[str], out_dtypes: dict[str, str], *,
+                overwrite: bool = False, progress: Progress | None = None) -> int:
+    """One shard of a sharded hub file on its own (atomically): tensors `names` of `ckpt`. Returns
+    the bytes of tensor data written. hubfmt.batch writes the shards of one file in parallel, then
+    the index (write_index) once every shard is published."""
+    with atomic_outputs([shard_path], overwrite=overwrite) as out:
+        head, _ = safetensors.header_bytes(SHARD_METADATA, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape)
+                                                            for n in names])
+        with open(out.path(shard_path), "wb") as f:
+            f.write(head)
+            stream = TensorStream(names, progress=progress, tensor=lambda n: _source(ckpt, n, out_dtypes[n], shard_path),
+                                  dtype=out_dtypes.__getitem__)
+            for _, piece in stream:
+                piece.write(f)
+    return stream.bytes
+
+
+def write_index(path: str, metadata: dict, weight_map: dict[str, str], total: int, *, overwrite: bool = False) -> str:
+    """The index `path + ".index.json"` of a sharded hub file whose shards are already published."""
+    index_path = path + INDEX_SUFFIX
+    with atomic_outputs([index_path], overwrite=overwrite) as out:
+        with open(out.path(index_path), "w") as f:
+            json.dump({"metadata": {**metadata, "total_size": str(total)}, "weight_map": weight_map}, f, indent=1)
+    return index_path
 
 
 def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes: dict[str, str], metadata: dict,
@@ -213,8 +254,7 @@ def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes:
     if len(groups) == 1:
         finals = [path]
     else:
-        stem = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
-        shard_files = [f"{stem}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+        shard_files = [shard_name(path, i, len(groups)) for i in range(len(groups))]
         finals = shard_files + [path + INDEX_SUFFIX]
     total = 0
     with atomic_outputs(finals, overwrite=overwrite) as out:
