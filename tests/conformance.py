@@ -60,7 +60,7 @@ FORMATS = [
     Format("mindspore", "x.safetensors", WITHOUT_FP8 - {"complex64"}, ties="dropped"),
     Format("oneflow", "x.oneflow", frozenset({"bool", "float16", "float32", "float64", "int8", "int32", "int64", "uint8"})),
     # ONNX writes into a model: the template is one holding the checkpoint's names, shapes, dtypes
-    Format("onnx", "x.onnx", ALL, ties="copied", template=True),
+    Format("onnx", "x.onnx", WITHOUT_FP8, ties="copied", template=True),
 ]
 
 
