@@ -190,7 +190,11 @@ def test_conversion_between_native_files_imports_no_framework(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    assert result == {"failures": [], "frameworks": []}
+    # The ONNX file here is a template with initializers and no graph, so nothing says its layers'
+    # kinds; Keras files hold layers of known kinds only, so that one pair is refused (exit 2, one
+    # line), as it must be, rather than guessed. Every other pair converts.
+    refused = [["onnx", "keras", 2]] if {"onnx", "keras"} <= set(OUTPUTS) else []
+    assert result == {"failures": refused, "frameworks": []}
 
 
 # ---- sharding -------------------------------------------------------------------------------
