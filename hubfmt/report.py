@@ -175,7 +175,7 @@ class Report:
         happened to which tensors ('matched' only with verbose; at most `limit` names per list)."""
         head = f"{self.source or '?'} -> {self.destination or '?'}: {self.tensors_out} tensors written"
         if self.bytes_out:
-            head += f" ({_human(self.bytes_out)})"
+            head += f" ({human_bytes(self.bytes_out)})"
         if self.stages and self.stages[0].tensors_out != self.tensors_out:
             head += f", from {self.stages[0].tensors_out} read"
         lines = [head]
@@ -243,7 +243,8 @@ def stage(name: str, tensors_in: int | None, tensors_out: int, label: str = "", 
     return Stage(name, tensors_in, tensors_out, label, frozenset(names_in) if names_in is not None else None)
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """A byte count for a person: `512 B`, `1.1 KiB`, `7.2 GiB` (binary units)."""
     if n < 1024:
         return f"{int(n)} B"
     for unit in ("KiB", "MiB", "GiB", "TiB"):

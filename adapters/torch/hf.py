@@ -22,6 +22,7 @@ from hubfmt.sdk import (Checkpoint, ConversionError, FormatError, LayerInfo, Laz
                         write_safetensors)
 
 from . import names
+from .writer import out_dtype
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -238,7 +239,7 @@ def _plan(ckpt: Checkpoint, restore_dtype: bool, report: Report) -> tuple[list[s
     out: dict[str, str] = {}
     for name in stored:
         e = ckpt[name]
-        want = e.info.original_dtype if restore_dtype and e.info.original_dtype in dtypes.DTYPES else e.tensor.dtype
+        want = out_dtype(e, restore_dtype)
         out[name] = want
         if want != e.tensor.dtype:
             report.add("cast", name, f"{e.tensor.dtype}->{want} (restored source dtype)")

@@ -38,7 +38,7 @@ def _archive_name(path: str) -> str:
     return stem or "archive"
 
 
-def _out_dtype(entry, restore_dtype: bool) -> str:
+def out_dtype(entry, restore_dtype: bool) -> str:
     want = entry.info.original_dtype if restore_dtype else ""
     return want if want in dtypes.DTYPES else entry.tensor.dtype
 
@@ -51,7 +51,7 @@ class _Plan:
         self.storages: list[tuple[str, str, str]] = []       # key, tensor name, dtype
         key_of: dict[str, str] = {}
         for name, entry in ckpt.entries.items():
-            dt = _out_dtype(entry, restore_dtype)
+            dt = out_dtype(entry, restore_dtype)
             if dt not in STORAGE_CLASSES and dt not in UNTYPED_DTYPES:
                 raise ConversionError(f"tensor {name!r}: torch has no dtype {dt}", None)
             shape = entry.tensor.shape

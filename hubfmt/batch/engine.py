@@ -24,7 +24,7 @@ from hubfmt.batch.items import Item, load_manifest
 from hubfmt.batch.ledger import DEFAULT_NAME, Ledger, source_files
 from hubfmt.errors import HubfmtError
 from hubfmt.io import hubfile
-from hubfmt.report import Event, Report, end_to_end, stage
+from hubfmt.report import Event, Report, end_to_end, human_bytes, stage
 
 SCHEMA = "hubfmt-batch-report/1"
 
@@ -84,19 +84,11 @@ class BatchReport:
         s = self.summary()
         rate = f"{s['bytes_per_second'] / 2**20:,.1f} MiB/s" if s["bytes_per_second"] is not None else "-"
         lines = ["", f"{'done':>6} {'skipped':>8} {'failed':>7} {'bytes':>12} {'seconds':>8} {'rate':>13}",
-                 f"{s['done']:>6} {s['skipped']:>8} {s['failed']:>7} {_human(s['bytes_out']):>12} "
+                 f"{s['done']:>6} {s['skipped']:>8} {s['failed']:>7} {human_bytes(s['bytes_out']):>12} "
                  f"{s['seconds']:>8.2f} {rate:>13}"]
         for r in self.failed:
             lines.append(f"failed after {r.attempts} attempt(s): {r.src} -> {r.dst}: {r.error}")
         return "\n".join(lines)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 @dataclass

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 
 from hubfmt.format.checkpoint import Checkpoint
+from hubfmt.report import human_bytes
 
 
 def _summary(ckpt: Checkpoint) -> dict:
@@ -72,17 +73,6 @@ def describe(ckpt: Checkpoint) -> dict:
     }
 
 
-def _human(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit}"
-
-
 def _count(n: int) -> str:
     for unit, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
         if n >= size:
@@ -104,7 +94,7 @@ def to_text(ckpt: Checkpoint, path: str = "", adapter: str = "", fmt: str = "") 
         head = f"{path or src.get('file') or 'checkpoint'}: {made}" + (f", {origin_fmt}" if origin_fmt else "")
     lines = [head]
     stored = f" ({s['stored_tensors']} stored, {s['tied']} tied)" if s["tied"] else ""
-    lines.append(f"  {s['tensors']} tensors{stored}, {_count(s['parameters'])} parameters, {_human(s['bytes'])}")
+    lines.append(f"  {s['tensors']} tensors{stored}, {_count(s['parameters'])} parameters, {human_bytes(s['bytes'])}")
     lines.append("  dtypes: " + (", ".join(f"{k} {v}" for k, v in s["dtypes"].items()) or "none"))
     if s["layer_kinds"]:
         lines.append("  layers: " + ", ".join(f"{v} {k}" for k, v in s["layer_kinds"].items()))
