@@ -93,3 +93,89 @@ def test_a_deflated_keras_archive_is_inflated_once(tmp_path, monkeypatch):
     for name in got:
         assert np.array_equal(got.array(name), want.array(name)), name
     assert sum(inflated) <= member, (sum(inflated), member)          # once, not per seek or tensor
+
+
+# ---- parts of a checksummed range (#13): a view of part of a zip member, a fused tensor cut
+# into pieces by a rule, a tensor written as MindSpore slices. Each part answers for the whole
+# range's checksum, read once, so corruption anywhere in it fails the conversion.
+
+def _views_file(tmp_path):
+    """A torch file whose two tensors are views of halves of one storage (one zip member)."""
+    import torch
+
+    base = torch.arange(64, dtype=torch.float32).reshape(16, 4)
+    src = tmp_path / "views.pth"
+    torch.save({"low.weight": base[:8], "high.weight": base[8:]}, src)
+    with zipfile.ZipFile(src) as z:
+        members = [i for i in z.infolist() if "/data/" in i.filename]
+    assert len(members) == 1                                    # both views share one member
+    info = members[0]
+    raw = src.read_bytes()
+    n, extra = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    return src, info.header_offset + 30 + n + extra
+
+
+@pytest.mark.parametrize("out", OUTPUTS)
+def test_a_view_of_part_of_a_corrupt_member_fails_every_writer(tmp_path, out):
+    src, data = _views_file(tmp_path)
+    (tmp_path / "ok").mkdir()
+    assert run_cli("convert", src, tmp_path / "ok" / out, "-q").returncode == 0     # intact: converts
+    __import__("shutil").rmtree(tmp_path / "ok")
+    _flip(src, data + 40 * 4)        # inside the `high` half only: `low` must fail too (same member)
+    _fails_cleanly(run_cli("convert", src, tmp_path / out), tmp_path, ["views.pth"])
+
+
+def test_views_of_one_member_read_it_once(tmp_path, monkeypatch):
+    # N views of one member cost one verifying pass over it, not N.
+    import torch
+
+    from hubfmt.format import tensor as tensor_mod
+
+    base = torch.arange(4096, dtype=torch.float32)
+    src = tmp_path / "many.pth"
+    torch.save({f"v{i}": base[i * 64:(i + 1) * 64] for i in range(64)}, src)
+    passes = []
+    real = tensor_mod.EnclosingChecksum.verify
+
+    def counting(self):
+        if not self._ok:
+            passes.append(self.span.nbytes)
+        real(self)
+
+    monkeypatch.setattr(tensor_mod.EnclosingChecksum, "verify", counting)
+    ckpt = hubfmt.read(src)
+    for i in range(64):
+        assert ckpt.array(f"v{i}")[0] == i * 64
+    assert passes == [4096 * 4]
+
+
+def test_a_piece_of_a_corrupt_fused_tensor_fails(tmp_path):
+    # A rule cuts a CRC-checked TF tensor into row pieces that are copied file to file: the pieces
+    # must not escape the whole tensor's CRC-32C.
+    import numpy as np
+
+    from hubfmt import Checkpoint, LazyTensor, TensorInfo
+
+    ckpt = Checkpoint()
+    ckpt.add("blk.qkv.bias", LazyTensor.from_array(np.arange(12, dtype=np.float32)), TensorInfo(kind="tensor"))
+    hubfile.write(ckpt, tmp_path / "m.safetensors")
+    assert run_cli("convert", tmp_path / "m.safetensors", tmp_path / "tf", "--to", "tensorflow", "-q").returncode == 0
+    span = hubfmt.read(tmp_path / "tf")["blk.qkv.bias"].tensor.span
+    _flip(tmp_path / "tf.data-00000-of-00001", span.offset + 11 * 4)       # in the `v` part only
+    rules = tmp_path / "split.toml"
+    rules.write_text("[[rule]]\npattern = '(.*)\\.qkv\\.(weight|bias)'\nreplace = '\\1.{part}.\\2'\n"
+                     "split = { axis = 0, parts = ['q', 'k', 'v'] }\n")
+    r = run_cli("convert", tmp_path / "tf", tmp_path / "out.safetensors", "--rules", rules)
+    assert r.returncode == 2 and "checksum mismatch" in r.stderr, r.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_mindspore_slices_of_a_corrupt_tensor_fail(corrupt_tf, tmp_path):
+    # A tensor written as several MindSpore slices is copied slice by slice: still checked.
+    import shutil
+
+    for p in corrupt_tf.iterdir():
+        shutil.copy(p, tmp_path / p.name)
+    before = [p.name for p in tmp_path.iterdir()]
+    r = run_cli("convert", tmp_path / "tf", tmp_path / "x.ckpt", "-W", "max_slice_bytes=8")
+    _fails_cleanly(r, tmp_path, before)

@@ -1,6 +1,6 @@
 """Where a storage's bytes lie (`Blob`s) and how a pickled tensor becomes a hubfmt LazyTensor.
 
-A contiguous tensor whose bytes lie raw and little-endian in the file becomes a region_tensor, so
+A contiguous tensor whose bytes lie raw and little-endian in the file becomes a span_tensor, so
 writers copy it file-to-file; anything else (non-contiguous views, compressed zip members,
 big-endian files, storages embedded in the pickle) gets a loader that reads just the bytes the
 view spans and slices them with its strides.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from hubfmt.sdk import dtypes
-from hubfmt.sdk import LazyTensor, read_region, region_tensor
+from hubfmt.sdk import FileSpan, LazyTensor, part_of, read_region, span_tensor
 from hubfmt.sdk import Checksum, FormatError
 
 from .vocabulary import Storage, TensorRef
@@ -24,10 +24,19 @@ class FileBlob:
 
     def __init__(self, path: str, offset: int, nbytes: int, little_endian: bool = True, crc32: int | None = None):
         self.path, self.offset, self.nbytes, self.little_endian = path, offset, nbytes, little_endian
-        self.crc32 = crc32          # the zip member's CRC-32 (of all nbytes), None for legacy files
+        # The whole member, with its CRC-32 (None for legacy files): a view of all of it is checked
+        # against it directly, a view of part of it through part_of (the member read once).
+        self.span = FileSpan(path, offset, nbytes, None if crc32 is None else Checksum("crc32", crc32))
+
+    def part(self, start: int, n: int) -> FileSpan:
+        return part_of(self.span, start, n)
 
     def read(self, start: int, n: int) -> np.ndarray:
-        return read_region(self.path, self.offset + start, "uint8", (n,))
+        part = self.part(start, n)
+        part.guard()
+        raw = read_region(self.path, self.offset + start, "uint8", (n,))
+        part.verify(raw)
+        return raw
 
 
 class BytesBlob:
@@ -189,11 +198,10 @@ def to_lazy(t: TensorRef, name: str, path: str) -> LazyTensor:
         raise FormatError(f"tensor {name!r} repeats its {count} stored bytes into {logical} (stride 0 "
                           f"expansion); refusing to materialise it", path)
     if contiguous and isinstance(blob, FileBlob) and blob.little_endian:
-        # A tensor over its whole member carries the member's CRC-32, verified whether its bytes
-        # are loaded or copied in the kernel (views of part of a member are checked by nothing).
-        whole = start == 0 and count == blob.nbytes and blob.crc32 is not None
-        return region_tensor(blob.path, blob.offset + start, dtype, shape,
-                             Checksum("crc32", blob.crc32) if whole else None)
+        # The member's CRC-32 travels with the bytes, verified whether they are loaded or copied
+        # in the kernel: on the bytes themselves for a view of the whole member, by one pass over
+        # the member (shared by all its views) for a view of part of it.
+        return span_tensor(blob.part(start, count), dtype, shape)
     stride = t.stride
 
     def load() -> np.ndarray:

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hubfmt.format.checkpoint import Checkpoint, TensorInfo
-from hubfmt.format.tensor import FileSpan, LazyTensor
-from hubfmt.format.tensor import read_region
+from hubfmt.format.tensor import LazyTensor, part_of, span_tensor
 from hubfmt.errors import ConversionError
 from hubfmt.io.norm_attrs import equivalent, norm_attr_mismatches
 from hubfmt.report import Report
@@ -106,8 +105,8 @@ def _piece(t: LazyTensor, axis: int, start: int, size: int) -> LazyTensor:
     if axis == 0 and t.span is not None:
         # Rows of a C-ordered tensor are contiguous: the piece is a byte range of the same file.
         row = t.nbytes // t.shape[0] if t.shape[0] else 0
-        span = FileSpan(t.span.path, t.span.offset + start * row, size * row)
-        return LazyTensor(shape, t.dtype, lambda: read_region(span.path, span.offset, t.dtype, shape), span)
+        # The piece keeps the duty to verify the whole tensor's checksum (a fused qkv from TF).
+        return span_tensor(part_of(t.span, start * row, size * row), t.dtype, shape)
     index = tuple(slice(start, start + size) if i == axis else slice(None) for i in range(len(shape)))
     return LazyTensor(shape, t.dtype, lambda: t.load()[index])
 

@@ -5,13 +5,16 @@ resident memory, and a streaming converter must not grow with the model)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+import weakref
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from hubfmt.errors import FormatError
 from hubfmt.format import dtypes
+from hubfmt.format.checksums import ALGORITHMS as _ALGORITHMS
 from hubfmt.format.checksums import Checksum, compute
 
 
@@ -21,17 +24,84 @@ class FileSpan:
     C order, `dtype` of the LazyTensor). Lets writers copy file-to-file without a Python buffer.
 
     `checksum`, when the format stores one for exactly these bytes, is verified whichever way the
-    bytes leave the file: on load (region_tensor) and after a kernel copy (hubfmt.io.stream)."""
+    bytes leave the file: on load (region_tensor) and after a kernel copy (hubfmt.io.stream).
+    `enclosing`, when these bytes are only part of a checksummed range (`part_of`), is verified
+    before they are used either way."""
 
     path: str
     offset: int
     nbytes: int
     checksum: Checksum | None = None
+    enclosing: "EnclosingChecksum | None" = field(default=None, compare=False)
+
+    def guard(self) -> None:
+        """Raise FormatError when the checksummed range these bytes are part of is corrupt."""
+        if self.enclosing is not None:
+            self.enclosing.verify()
 
     def verify(self, data) -> None:
         """Raise FormatError when `data` (these bytes, read or copied) does not match the checksum."""
+        self.guard()
         if self.checksum is not None and compute(self.checksum.algorithm, data) != self.checksum.value:
             raise corrupt(self)
+
+
+class EnclosingChecksum:
+    """A checksum a format stores for a byte range that tensors are only parts of: a zip member
+    holding several views of one storage, a checksummed tensor cut into rows (a fused qkv split)
+    or written in slices. A part's own bytes cannot be checked against it, so the whole range is
+    read once (the first time any part is used, loaded or copied) and the result kept: a part of a
+    corrupt range fails like the whole would, and N parts cost one pass, not N."""
+
+    __slots__ = ("span", "_ok", "_lock", "__weakref__")
+
+    def __init__(self, span: FileSpan):
+        self.span, self._ok, self._lock = span, False, threading.Lock()
+
+    def verify(self) -> None:
+        if self._ok:
+            return
+        with self._lock:                # prefetching threads may reach the same range at once
+            if self._ok:
+                return
+            span = self.span
+            assert span.checksum is not None
+            update = _ALGORITHMS[span.checksum.algorithm]
+            value, done = 0, 0
+            buf = memoryview(bytearray(min(4 << 20, span.nbytes)))
+            fd = os.open(span.path, os.O_RDONLY)
+            try:
+                while done < span.nbytes:
+                    want = min(len(buf), span.nbytes - done)
+                    pread_into(fd, buf[:want], span.offset + done, span.path)
+                    value = update(buf[:want], value)
+                    done += want
+            finally:
+                os.close(fd)
+            if value != span.checksum.value:
+                raise corrupt(span)
+            self._ok = True
+
+
+# One EnclosingChecksum per checksummed range, shared by all its parts (so it is read once).
+_ENCLOSING: "weakref.WeakValueDictionary[FileSpan, EnclosingChecksum]" = weakref.WeakValueDictionary()
+_ENCLOSING_LOCK = threading.Lock()
+
+
+def part_of(span: FileSpan, start: int, nbytes: int) -> FileSpan:
+    """Bytes [start, start + nbytes) of `span`, carrying the duty to verify `span`'s checksum (or
+    the range `span` is itself a part of) before they are used."""
+    if not 0 <= start <= start + nbytes <= span.nbytes:
+        raise ValueError(f"part [{start}, {start + nbytes}) outside a span of {span.nbytes} bytes")
+    if start == 0 and nbytes == span.nbytes:
+        return span
+    enclosing = span.enclosing
+    if enclosing is None and span.checksum is not None:
+        with _ENCLOSING_LOCK:
+            enclosing = _ENCLOSING.get(span)
+            if enclosing is None:
+                enclosing = _ENCLOSING[span] = EnclosingChecksum(span)
+    return FileSpan(span.path, span.offset + start, nbytes, None, enclosing)
 
 
 def corrupt(span: FileSpan) -> FormatError:
@@ -133,10 +203,15 @@ def pread_into(fd: int, buf: memoryview, offset: int, path: str) -> None:
 def region_tensor(path: str | os.PathLike, offset: int, dtype: str, shape, checksum: Checksum | None = None) -> LazyTensor:
     """A LazyTensor for `shape` elements of `dtype` stored little-endian at `offset` in `path`;
     with `checksum` (of exactly those bytes) every load verifies it."""
-    span = file_span(path, offset, dtype, shape, checksum)
+    return span_tensor(file_span(path, offset, dtype, shape, checksum), dtype, shape)
 
+
+def span_tensor(span: FileSpan, dtype: str, shape) -> LazyTensor:
+    """A LazyTensor over the bytes of `span` (`shape` elements of `dtype`, little-endian, C order):
+    every load verifies what the span carries (its checksum, the range it is part of)."""
     def load() -> np.ndarray:
-        arr = read_region(span.path, offset, dtype, shape)
+        span.guard()                    # before reading: a part of a corrupt range is not used
+        arr = read_region(span.path, span.offset, dtype, shape)
         span.verify(arr)
         return arr
     return LazyTensor(shape, dtype, load, span)

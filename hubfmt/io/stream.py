@@ -137,6 +137,7 @@ def write_tensor(out: BinaryIO, tensor: LazyTensor, dtype: str | None = None) ->
     span = tensor.span
     start = out.tell()              # files only: every writer streams into a seekable file
     if span is not None and kernel_copyable(tensor, dtype):
+        span.guard()                # part of a checksummed range: that range is verified first
         _kernel_copy(span.path, span.offset, span.nbytes, out)
         n = span.nbytes
         if span.checksum is not None:
