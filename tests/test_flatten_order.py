@@ -242,3 +242,31 @@ def test_vgg16_keras_applications_and_torchvision_both_ways(keras, torch, tmp_pa
     hubfmt.convert(tmp_path / "t.pth", tmp_path / "back.weights.h5", template=tmp_path / "vgg.keras")
     k.load_weights(str(tmp_path / "back.weights.h5"))
     assert_same_outputs(k.predict(x, verbose=0), torch_out(torch, t, x))
+
+
+def test_a_one_channel_map_has_one_flatten_order(keras, torch, tmp_path):
+    # With one channel, H,W,C and C,H,W order are the same order: nothing to decide, so a bare
+    # .weights.h5 converts without flatten=..., and the outputs agree (found by hypothesis:
+    # tests/test_keras_format.py generated a Dense(2) after a 1-channel conv and was refused).
+    L = keras.layers
+    k = keras.Sequential([keras.Input((H, W, CIN)), L.Conv2D(1, 3, name="conv"), L.Flatten(),
+                          L.Dense(3, name="fc")])
+    _randomize(k, 3)
+    src = tmp_path / "one.weights.h5"
+    k.save_weights(src)
+    r = run_cli("convert", src, tmp_path / "one.pth", "-q")
+    assert r.returncode == 0, r.stderr
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(CIN, 1, 3)
+            self.fc = nn.Linear(4 * 3, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    net = load_pth(torch, Net().eval(), tmp_path / "one.pth")
+    want = np.asarray(k(X))
+    assert rel_diff(torch_out(torch, net, X), want) <= 1e-5

@@ -179,3 +179,21 @@ def test_mindspore_slices_of_a_corrupt_tensor_fail(corrupt_tf, tmp_path):
     before = [p.name for p in tmp_path.iterdir()]
     r = run_cli("convert", tmp_path / "tf", tmp_path / "x.ckpt", "-W", "max_slice_bytes=8")
     _fails_cleanly(r, tmp_path, before)
+
+
+@pytest.mark.parametrize("out", OUTPUTS)
+def test_a_corrupt_stored_keras_member_fails_every_writer(tmp_path, out):
+    # A .keras archive stores model.weights.h5 uncompressed, with the member's CRC-32; tensors are
+    # read (or copied) in place, as parts of that member, so a flipped bit anywhere in it fails.
+    from conftest import require
+
+    keras = require("keras")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(4)])
+    src = tmp_path / "m.keras"
+    model.save(src)
+    (tmp_path / "ok").mkdir()
+    assert run_cli("convert", src, tmp_path / "ok" / out, "-q").returncode == 0     # intact: converts
+    __import__("shutil").rmtree(tmp_path / "ok")
+    offset = next(e.tensor.span.offset for e in hubfmt.read(src).entries.values() if e.tensor.span)  # a bias
+    _flip(src, offset + 4)
+    _fails_cleanly(run_cli("convert", src, tmp_path / out), tmp_path, ["m.keras"])

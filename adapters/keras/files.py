@@ -15,7 +15,7 @@ import zipfile
 import zlib
 from contextlib import contextmanager
 
-from hubfmt.sdk import FormatError, MissingFrameworkError
+from hubfmt.sdk import Checksum, FileSpan, FormatError, MissingFrameworkError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 WEIGHTS_MEMBER = "model.weights.h5"     # Keras 3's name for the weights inside a .keras archive
@@ -131,7 +131,10 @@ def _read_json(path: str, z: zipfile.ZipFile, member: str) -> dict | None:
 @contextmanager
 def open_h5(path: str):
     """(h5py.File, absolute offset of the h5 bytes in `path` (None when compressed), their size,
-    config, metadata) for a .weights.h5 file or a .keras archive; FormatError for anything else."""
+    config, metadata, member) for a .weights.h5 file or a .keras archive; FormatError for anything
+    else. `member` is the stored archive member's byte range with its zip CRC-32 (None for a bare
+    file or a compressed member, which zipfile checks as it inflates): every tensor read in place
+    is part of it, and answers for it (hubfmt.sdk.part_of)."""
     h5py = h5py_module()
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -146,7 +149,7 @@ def open_h5(path: str):
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
             raise FormatError(f"not a readable HDF5 file ({h5_reason(e)})", path) from None
         try:
-            yield h5, 0, size, None, None
+            yield h5, 0, size, None, None, None
         finally:
             h5.close()
         return
@@ -167,9 +170,11 @@ def open_h5(path: str):
         metadata = _read_json(path, z, METADATA_MEMBER)
         _check_compression(path, info)
         try:
+            member = None
             if info.compress_type == zipfile.ZIP_STORED:
                 start = _member_data_offset(path, raw, info, size)
                 fobj = _Window(raw, start, info.file_size)
+                member = FileSpan(path, start, info.file_size, Checksum("crc32", info.CRC))
             else:   # compressed: inflated once per process, no in-place byte ranges
                 start = None
                 fobj = _inflated(path, z, info)
@@ -177,7 +182,7 @@ def open_h5(path: str):
         except (OSError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError, zlib.error) as e:
             raise FormatError(f"{WEIGHTS_MEMBER} in the archive is not a readable HDF5 file ({h5_reason(e)})", path) from None
         try:
-            yield h5, start, info.file_size, config, metadata
+            yield h5, start, info.file_size, config, metadata, member
         finally:
             h5.close()
             if start is None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hubfmt.sdk import dtypes
-from hubfmt.sdk import LazyTensor, region_tensor
+from hubfmt.sdk import FileSpan, LazyTensor, file_span, part_of, span_tensor
 from hubfmt.sdk import FormatError
 
 from .config import config_by_path
@@ -77,6 +77,7 @@ class Store:
     optimizer: list = field(default_factory=list)           # optimizer variables (dropped)
     warnings: list[str] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)     # vars group -> its `name` attribute
+    member: FileSpan | None = None      # a .keras archive's stored weights member, with its CRC-32
 
 
 def _dtype_of(ds, path: str, where: str) -> str:
@@ -136,9 +137,11 @@ def scan(path: str) -> Store:
     ['conv', 'bn', 'lstm', 'head.d1']
     """
     path = os.fspath(path)
-    with open_h5(path) as (h5, start, limit, config, metadata):
+    with open_h5(path) as (h5, start, limit, config, metadata, member):
         try:
-            return _scan(h5, path, start, limit, config, metadata)
+            store = _scan(h5, path, start, limit, config, metadata)
+            store.member = member
+            return store
         except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
             # h5py reports damaged metadata (bad heaps, B-trees, datatypes) with these types.
             raise FormatError(f"damaged HDF5 structure ({h5_reason(e)})", path) from None
@@ -418,7 +421,10 @@ def _pair_bidirectional(out: list[VarGroup]) -> list[VarGroup]:
 def lazy(store: Store, var: Var) -> LazyTensor:
     """A LazyTensor for one variable: a byte range of the file when raw, else read through h5py."""
     if var.offset is not None:
-        return region_tensor(store.path, var.offset, var.dtype, var.shape)
+        span = file_span(store.path, var.offset, var.dtype, var.shape)
+        if store.member is not None:    # in a .keras archive: answers for the member's CRC-32
+            span = part_of(store.member, var.offset - store.member.offset, span.nbytes)
+        return span_tensor(span, var.dtype, var.shape)
     path, where, dt = store.path, var.path, var.dtype
 
     def load():

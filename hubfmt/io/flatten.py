@@ -80,8 +80,9 @@ def chw_to_hwc(w: LazyTensor, chw: tuple[int, int, int], what: str = "flatten") 
 
 def conv_fed_linears(ckpt: Checkpoint) -> list[tuple[str, int, int]]:
     """(layer, channels C, in_features) of each linear layer that comes first after a conv-shaped
-    layer in checkpoint order and takes in_features = C*H*W inputs with H*W > 1: a Dense after a
-    Flatten of conv features, as far as tensors alone can tell (in_features = C is a pooled map)."""
+    layer in checkpoint order and takes in_features = C*H*W inputs with H*W > 1 and C > 1: a Dense
+    after a Flatten of conv features, as far as tensors alone can tell (in_features = C is a pooled
+    map; with one channel H,W,C and C,H,W order are the same order, so there is nothing to decide)."""
     out = []
     channels = None
     seen = set()
@@ -95,7 +96,7 @@ def conv_fed_linears(ckpt: Checkpoint) -> list[tuple[str, int, int]]:
         elif info.kind == "linear" and info.role == "weight" and len(e.tensor.shape) == 2:
             seen.add(info.layer)
             n = int(e.tensor.shape[1])
-            if channels and n % channels == 0 and n // channels > 1:
+            if channels and channels > 1 and n % channels == 0 and n // channels > 1:
                 out.append((info.layer, channels, n))
             channels = None
     return out
