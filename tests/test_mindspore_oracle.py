@@ -395,3 +395,45 @@ def test_hubfmt_writes_the_crc_num_mindspore_checks(tmp_path):
     assert list(short) == ["a.weight"]
     assert any("no crc_num" in w.detail for w in short.report.of("warning"))
     assert list(ms.load_checkpoint(str(cut), crc_check=True)) == ["a.weight"]
+
+
+def test_hubfmt_writes_the_safetensors_crc_num_mindspore_checks(tmp_path):
+    """MindSpore safetensors files hubfmt writes carry the metadata crc_num that
+    save_checkpoint(format="safetensors", crc_check=True) writes: the value MindSpore computes
+    (equal to its own file's), accepted by load_checkpoint(crc_check=True), verified by hubfmt; a
+    flipped byte fails MindSpore's check and hubfmt's."""
+    import json
+    import struct
+
+    ms = _ms()
+    rng = np.random.default_rng(8)
+    # names out of sorted order, so the sorted-order CRC is really exercised
+    arrays = {"z.weight": rng.normal(size=(6, 5)).astype(np.float32), "a.bias": rng.normal(size=(4,)).astype(np.float16),
+              "m.w": rng.normal(size=(3, 3)).astype(np.float32)}
+    ckpt = Checkpoint()
+    for n, a in arrays.items():
+        ckpt.add(n, LazyTensor.from_array(a))
+    path = tmp_path / "crc.safetensors"
+    adapter.write(ckpt, path, write_extra=False)
+    theirs = tmp_path / "theirs.safetensors"
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(a)} for n, a in arrays.items()], str(theirs),
+                       format="safetensors", crc_check=True)
+
+    def meta(p):
+        raw = p.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        return json.loads(raw[8:8 + n])["__metadata__"]
+
+    assert meta(path)["crc_num"] == meta(theirs)["crc_num"]
+    loaded = ms.load_checkpoint(str(path), crc_check=True, format="safetensors")
+    assert all(np.array_equal(loaded[n].asnumpy(), a) for n, a in arrays.items())
+    back = adapter.read(path, verify_checksums=True)
+    assert not back.report.of("warning")
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x10                                       # inside the last tensor's bytes
+    flipped = tmp_path / "flipped.safetensors"
+    flipped.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="crc_num does not match"):
+        adapter.read(flipped)
+    with pytest.raises(ValueError, match="crc check has failed"):
+        ms.load_checkpoint(str(flipped), crc_check=True, format="safetensors")

@@ -162,20 +162,35 @@ def _write_ckpt(f, items: list[Item], extras, progress, max_slice: int) -> int:
 
 
 def _write_safetensors(f, items: list[Item], extras, progress) -> int:
-    header: dict = {"__metadata__": {"format": "ms"}}   # what mindspore.save_checkpoint writes
-    pos = 0
-    tensors = [(it.name, it.tensor, it.dtype) for it in items] + [(k, v, v.dtype) for k, v in extras]
-    for name, t, dt in tensors:
-        n = _nbytes(t.shape, dt)
-        header[name] = {"dtype": dtypes.to_safetensors(dt), "shape": list(t.shape), "data_offsets": [pos, pos + n]}
-        pos += n
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    f.write(struct.pack("<Q", len(raw)) + raw)
-    total = 0
-    for (_, _, dt), t in zip(tensors, prefetched((t, dt) for _, t, dt in tensors), strict=True):
+    # The crc_num save_checkpoint(format="safetensors", crc_check=True) stores in the metadata and
+    # load_checkpoint checks: CRC-32 over (name, tensor bytes) in sorted name order. Tensors are
+    # written in that order so the CRC folds over each one as it is written (read back while in
+    # the page cache); the header, written first with room for any 32-bit value, is then patched.
+    tensors = sorted([(it.name, it.tensor, it.dtype) for it in items] + [(k, v, v.dtype) for k, v in extras],
+                     key=lambda x: x[0])
+
+    def header_bytes(crc: int, size: int = 0) -> bytes:
+        header: dict = {"__metadata__": {"format": "ms", "crc_num": str(crc)}}   # what mindspore writes
+        pos = 0
+        for name, t, dt in tensors:
+            n = _nbytes(t.shape, dt)
+            header[name] = {"dtype": dtypes.to_safetensors(dt), "shape": list(t.shape), "data_offsets": [pos, pos + n]}
+            pos += n
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        return raw + b" " * ((size - len(raw)) if size else -len(raw) % 8)
+
+    placeholder = header_bytes(2**32 - 1)          # the widest crc_num: the real one fits its room
+    f.write(struct.pack("<Q", len(placeholder)) + placeholder)
+    total, crc = 0, 0
+    for (name, _, dt), t in zip(tensors, prefetched((t, dt) for _, t, dt in tensors), strict=True):
+        start = f.tell()
         n = write_tensor(f, t, dt)
+        f.flush()
+        crc = fold_region(f.fileno(), start, n, zlib.crc32, zlib.crc32(name.encode("utf-8"), crc))
         total += n
         if progress:
             progress.update(n)
+    final = header_bytes(crc, len(placeholder))
+    assert len(final) == len(placeholder)
+    os.pwrite(f.fileno(), final, 8)
     return total
