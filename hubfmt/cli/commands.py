@@ -59,20 +59,16 @@ def cmd_convert(a) -> int:
     if a.max_shard_size:
         wo["max_shard_size"] = a.max_shard_size
     if a.report:
-        _check_report_path(a)
+        _check_report_path(a.report, (a.src, a.dst, a.template, a.rules), a.overwrite)
     report = convert(a.src, a.dst, src_framework=a.src_fw, dst_framework=a.dst_fw, overwrite=a.overwrite,
                      show_progress=show, read_options=ro, write_options=wo, rules=a.rules, template=a.template,
                      template_framework=a.template_fw, allow_missing=a.allow_missing,
                      allow_unexpected=a.allow_unexpected)
     if a.report:
-        from hubfmt.io.atomic import atomic_output
-
         from hubfmt.pipeline import add_output_checksums
 
         add_output_checksums(report, a.dst, a.dst_fw)
-        with atomic_output(a.report, overwrite=a.overwrite) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(report.dumps())
+        _write_report(a.report, report.dumps(), a.overwrite)
     if not a.quiet:
         print(report.to_text(verbose=a.verbose))
     return 0
@@ -81,8 +77,7 @@ def cmd_convert(a) -> int:
 def cmd_convert_many(a) -> int:
     """Exit status 0 when every item is done or skipped, 1 when any failed (said how many)."""
     from hubfmt.batch import convert_many, load_manifest, mirror_tree
-    from hubfmt.errors import HubfmtError, OutputError
-    from hubfmt.io.atomic import atomic_output, check_writable
+    from hubfmt.errors import HubfmtError
 
     if a.ray and a.jobs:
         raise HubfmtError("--jobs is for local worker processes; with --ray the cluster's CPUs decide")
@@ -106,9 +101,7 @@ def cmd_convert_many(a) -> int:
         for it in items:
             it.write_options = {**wo, **it.write_options}
     if a.report:
-        if os.path.realpath(a.report) in {os.path.realpath(p) for it in items for p in (it.src, it.dst)}:
-            raise OutputError("the --report file would replace an input or an output; name another file", a.report)
-        check_writable([a.report], a.overwrite)
+        _check_report_path(a.report, [p for it in items for p in (it.src, it.dst)], a.overwrite)
     executor = None
     if a.ray:
         from hubfmt.batch.ray_executor import RayExecutor
@@ -121,9 +114,7 @@ def cmd_convert_many(a) -> int:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
     if a.report:
-        with atomic_output(a.report, overwrite=a.overwrite) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(json.dumps(batch.to_json(), indent=2))
+        _write_report(a.report, json.dumps(batch.to_json(), indent=2), a.overwrite)
     if not a.quiet:
         print(batch.to_text())
     failed = batch.count("failed")
@@ -135,16 +126,25 @@ def cmd_convert_many(a) -> int:
     return 0
 
 
-def _check_report_path(a) -> None:
-    """Before converting: the report must not clobber an input, the output or (without --overwrite) a file."""
+def _check_report_path(path: str, others, overwrite: bool) -> None:
+    """Before converting: the --report file must not clobber an input or an output (`others`), nor
+    (without --overwrite) any existing file."""
     from hubfmt.errors import OutputError
     from hubfmt.io.atomic import check_writable
 
-    report = os.path.realpath(a.report)
-    for other in (a.src, a.dst, a.template, a.rules):
-        if other and os.path.realpath(other) == report:
-            raise OutputError("the --report file would replace an input or the output; name another file", a.report)
-    check_writable([a.report], a.overwrite)
+    report = os.path.realpath(path)
+    if any(other and os.path.realpath(other) == report for other in others):
+        raise OutputError("the --report file would replace an input or an output; name another file", path)
+    check_writable([path], overwrite)
+
+
+def _write_report(path: str, text: str, overwrite: bool) -> None:
+    """The report appears whole or not at all, like every output."""
+    from hubfmt.io.atomic import atomic_output
+
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 def cmd_inspect(a) -> int:
