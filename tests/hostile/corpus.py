@@ -80,6 +80,14 @@ def code_execution(canary: str) -> dict[str, bytes]:
     out["importlib-import-module"] = _wrap(
         _global("builtins", "getattr", 2) + b"(" + _call("importlib", "import_module", "os") + _str("system")
         + b"tR(" + _str(touch) + b"tR")
+    # STACK_GLOBAL whose module and name strings come back from the memo (a static scanner that
+    # reads only the strings next to the opcode misses it; picklescan issue 22's CTF sample).
+    out["stack-global-from-memo"] = (b"\x80\x04" + b"\x8c\x02os\x94" + b"0" + b"\x8c\x06system\x94" + b"0"
+                                     + b"h\x00h\x01\x93(" + _str(touch) + b"tR.")
+    # Slaviero's "sour pickles" (BlackHat 2011): globals(), compile(), eval() and getattr chained.
+    out["sour-pickles-compile-eval"] = (
+        b"c__builtin__\nglobals\n(tRp100\n0c__builtin__\ncompile\n(S'" + py.replace("'", '"').encode()
+        + b"'\nS''\nS'exec'\ntRp101\n0c__builtin__\neval\n(g101\ng100\ntRp102\n0g102\n.")
     out["operator-attrgetter"] = _wrap(_call("operator", "attrgetter", "system"))
     out["operator-methodcaller"] = _wrap(_call("operator", "methodcaller", "system", touch))
     out["functools-partial-system"] = _wrap(
