@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 
 from hubfmt.format.checkpoint import Checkpoint
 from hubfmt.errors import AlignmentError
+from hubfmt.alignment import fusion
 from hubfmt.alignment.grouping import OPTIONAL_ROLES, Layer, group_layers, transform_between
 from hubfmt.alignment.matching import align_rounds, anchor_conflict, anchors, group_of, match_in_modules, module_pairs, relaxed_pairs, signature
 from hubfmt.alignment.table import Mapping, Move, apply_mapping
@@ -157,13 +158,18 @@ class Alignment:
 
     def layer_map(self) -> dict[str, str]:
         """source layer path -> template layer path (to pair named intermediate outputs in hubfmt.verify)."""
-        return {m.source: m.target for m in self.matches}
+        return {m.source: m.target for m in self.matches if m.op not in ("split", "merge")}   # not a fused layer's parts
 
     def to_rules(self) -> RuleSet:
         """The matches as an editable rules file: one glob rule per renamed layer where the whole
         layer moves role for role, else one exact rule per tensor (`hubfmt align --save-rules`)."""
         rules = []
+        for mv in self.mapping.moves:
+            if mv.op in ("split", "merge"):
+                rules.extend(_fused_rule(mv))
         for m in self.matches:
+            if m.op in ("split", "merge"):
+                continue
             pairs = [(s, t) for s, t in m.tensors if s != t]
             if not pairs:
                 continue
@@ -172,7 +178,7 @@ class Alignment:
                      and all(s.startswith(m.source + ".") and t.startswith(m.target + ".")
                              and s[len(m.source) + 1:] == t[len(m.target) + 1:] and "." not in s[len(m.source) + 1:]
                              for s, t in m.tensors))
-            reshape = {"reshape": "conv1x1"} if m.op else {}
+            reshape = {"reshape": "conv1x1"} if m.op == "conv1x1" else {}
             if whole:
                 rules.append(make_rule({"glob": f"{m.source}.*", "replace": f"{m.target}.\\1", **reshape}))
                 continue
@@ -197,9 +203,12 @@ class Alignment:
     def to_text(self, *, problems_only: bool = False) -> str:
         """The proposed table (unless `problems_only`), then every problem (the mismatch table among them)."""
         renamed = sum(1 for m in self.matches if m.source != m.target)
+        fused = Counter(mv.op for mv in self.mapping.moves if mv.op in ("split", "merge"))
         lines = [f"alignment of {self.source_label or 'source'} to {self.template_label or 'template'}: "
                  f"{len(self.matches)} layers matched ({renamed} renamed, "
-                 f"{sum(1 for m in self.matches if m.op)} reshaped)"]
+                 f"{sum(1 for m in self.matches if m.op == 'conv1x1')} reshaped"
+                 + "".join(f", {n} tensors {'split' if op == 'split' else 'concatenated'}" for op, n in sorted(fused.items()))
+                 + ")"]
         if not problems_only:
             lines.append(self.mapping.to_text(self.source_names))
         for action in PROBLEMS:
@@ -211,6 +220,32 @@ class Alignment:
         if not self.report.problems:
             lines.append("no problems")
         return "\n".join(lines)
+
+
+def _fused_rule(mv: Move) -> list:
+    """The rules-file form of a split/merge row: the parts' names differ in one place, `{part}`
+    (`attention.{part}_proj.weight`); none when they do not (the table is then the only record)."""
+    parts = mv.targets if mv.op == "split" else mv.sources
+    head = len(_common_prefix(parts))
+    tail = len(_common_prefix([p[head:][::-1] for p in parts]))
+    middles = [p[head:len(p) - tail] for p in parts]
+    if not all(middles) or len(set(middles)) != len(middles) or any("{" in p or "}" in p for p in parts):
+        return []
+    pre, post = parts[0][:head], parts[0][len(parts[0]) - tail:]
+    spec = {"axis": mv.axis, "parts": middles}
+    if mv.op == "split":
+        return [make_rule({"pattern": re.escape(mv.sources[0]),
+                           "replace": (pre + "{part}" + post).replace("\\", "\\\\"), "split": spec})]
+    return [make_rule({"pattern": re.escape(pre) + "{part}" + re.escape(post),
+                       "replace": mv.targets[0].replace("\\", "\\\\"), "merge": spec})]
+
+
+def _common_prefix(names) -> str:
+    first, last = min(names), max(names)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]
 
 
 def _layer_of(name: str, layers: set[str]) -> str:
@@ -235,7 +270,8 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
     >>> a.check(); print(a.to_text()); ckpt = a.apply(source)                            # doctest: +SKIP
     """
     template_label = template_label or tmpl.source.file or "(in-memory template)"
-    S, T = group_layers(source), group_layers(tmpl)
+    # A fused q/k/v projection facing three separate ones is aligned as its three parts.
+    S, T, fusions = fusion.split_fused(group_layers(source), group_layers(tmpl))
     report = _staged(Report())
     decided: dict[int, tuple[int, str, float, str]] = {}    # source index -> (target index, op, confidence, evidence)
     taken: set[int] = set()
@@ -298,6 +334,10 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
     unsettled = _unsettle_shifted_norms(S, T, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t)
 
     mapping, matches = _build(S, T, decided)
+    mapping = Mapping(fusion.collapse(mapping.moves, fusions, report))
+    for m in matches:
+        if m.source in fusions.parts or m.target in fusions.parts:
+            m.op = "split" if m.source in fusions.parts else "merge"
     for si, (ti, *_rest) in sorted(decided.items()):
         if S[si].family != T[ti].family and S[si].kind_known and T[ti].kind_known:
             report.add("warning", S[si].path, f"kinds differ: source {S[si].kind}, template {T[ti].kind}; the "

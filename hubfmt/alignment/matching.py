@@ -177,11 +177,17 @@ def match_in_modules(S, T, pairs, decided, taken, anchor_s=None, anchor_t=None) 
 
 
 def anchors(layers: list[Layer]) -> dict[int, int]:
-    """norm layer index -> the conv/linear registered right before it whose output it normalises."""
+    """norm layer index -> the conv/linear registered right before it whose output it normalises
+    (a layer norm after a linear layer excepted)."""
     out = {}
     for a, b in itertools.pairwise(layers):
         w = a.shapes.get("weight")
         channels = b.shapes.get("weight") or b.shapes.get("running_mean")
+        if b.kind == "layer_norm" and w and len(w) == 2:
+            # A transformer block registers its norms beside its linears in module order (HF ViT:
+            # attention, then layernorm_before, which normalises the block's input, not the
+            # attention's output): names and order say more than that adjacency.
+            continue
         if a.family == "affine" and b.family == "norm" and w and channels and channels[:1] == w[:1]:
             out[b.index] = a.index
     return out
