@@ -110,6 +110,8 @@ def test_hf_vit_to_timm_vit_concatenates_q_k_v(tmp_path):
     assert rows["blocks.0.norm1.weight"] == "layers.0.layernorm_before.weight"
     assert rows["blocks.1.norm2.bias"] == "layers.1.layernorm_after.bias"
     assert rows["norm.weight"] == "layernorm.weight"
+    aligned = a.apply(hubfmt.read(str(tmp_path / "hf.pth")))
+    assert aligned.layers["blocks.1.attn.qkv"].attrs == {"fused": ["q", "k", "v"]}      # spec 3.6
     proc = _convert(tmp_path / "hf.pth", tmp_path / "out.pth", tmp_path / "timm.pth")
     assert "12 concatenated" in proc.stdout     # q, k, v weight and bias of two blocks, into 4 tensors
     timm_model.load_state_dict(torch.load(tmp_path / "out.pth"), strict=True)
@@ -144,6 +146,26 @@ def test_norms_pair_by_role_names_against_registration_order(tmp_path):
     x = _pixels()
     with torch.no_grad():
         assert_same_outputs(hf(pixel_values=x).last_hidden_state, timm_model.forward_features(x))
+
+
+def test_norms_whose_names_say_nothing_are_refused_naming_the_candidates(tmp_path):
+    """HF ViT registers both norms after the attention, timm one before it: with names that carry
+    no role (`ln_x`, `ln_y`) order is no evidence, and the conversion stops naming both candidates
+    of each norm instead of guessing."""
+    torch = require("torch")
+    sd = _hf_vit(1).state_dict()
+    anon = collections.OrderedDict((k.replace("layernorm_before", "ln_x").replace("layernorm_after", "ln_y"), v)
+                                   for k, v in sd.items())
+    torch.save(anon, tmp_path / "hf_anon.pth")
+    torch.save(_timm_vit(0).state_dict(), tmp_path / "timm.pth")
+    proc = run_cli("convert", tmp_path / "timm.pth", tmp_path / "out.pth", "--template", tmp_path / "hf_anon.pth")
+    assert proc.returncode != 0 and not (tmp_path / "out.pth").exists()
+    out = proc.stdout + proc.stderr
+    assert "4 ambiguous" in out
+    for block in (0, 1):
+        for norm in ("norm1", "norm2"):
+            assert f"blocks.{block}.{norm}  layer_norm weight [64], bias [64]: candidates layers.{block}.ln_x, " \
+                   f"layers.{block}.ln_y" in out
 
 
 def test_a_vit_of_another_image_size_is_refused_naming_the_position_embedding(tmp_path):

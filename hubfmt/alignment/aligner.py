@@ -55,7 +55,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hubfmt.format.checkpoint import Checkpoint
+from hubfmt.format.checkpoint import Checkpoint, LayerInfo
 from hubfmt.errors import AlignmentError
 from hubfmt.alignment import fusion
 from hubfmt.alignment.grouping import OPTIONAL_ROLES, Layer, group_layers, transform_between
@@ -90,6 +90,8 @@ class Alignment:
     # canonical source name -> its name in the source file, where they differ: the table shows
     # what the user's file calls a tensor, not what the adapter renamed it to.
     source_names: dict[str, str] = field(default_factory=dict, repr=False)
+    # template tensor of a fused q/k/v layer that a merge fills -> that layer's path
+    fused: dict[str, str] = field(default_factory=dict, repr=False)
 
     def problems(self, *, allow_missing: bool = False, allow_unexpected: bool = False) -> list[Event]:
         allowed = {a for a, ok in (("missing", allow_missing), ("unexpected", allow_unexpected)) if ok}
@@ -152,6 +154,9 @@ class Alignment:
         with the template's tensor infos; its report holds the renames and the allowed problems."""
         report = _staged(Report())
         out = apply_mapping(source, self.mapping, template=self.template, keep_unmapped=False, report=report)
+        for name, path in self.fused.items():
+            if name in out:     # spec 3.6: a fused projection records its parts in row order
+                out.layers.setdefault(path, LayerInfo("linear")).attrs[fusion.ATTR] = list(fusion.PARTS)
         report.extend(self.report)
         out.report = report
         return out
@@ -298,7 +303,8 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
 
     # Structure beats order: inside blocks that pair up, registration orders may cross.
     pairs = module_pairs(S, T)
-    match_in_modules(S, T, pairs, decided, taken, anchor_s, anchor_t)
+    held = match_in_modules(S, T, pairs, decided, taken, anchor_s, anchor_t)
+    held_t = {j for js in held.values() for j in js}
     # A pair the sequence alignment proposes must not cross paired modules; and a norm layer
     # registered right after the conv whose output it normalises (its anchor) pairs only with a
     # norm anchored on that conv's match: order alone would pair a shortcut's batch norm with the
@@ -314,7 +320,7 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
     use_anchors = True
 
     def context(s: Layer, t: Layer) -> float | None:
-        if mod_s.get(s.index, set()) != mod_t.get(t.index, set()):
+        if mod_s.get(s.index, set()) != mod_t.get(t.index, set()) or s.index in held or t.index in held_t:
             return None
         ps, pt = anchor_s.get(s.index), anchor_t.get(t.index)
         if use_anchors and ps in decided and pt in taken and decided[ps][0] != pt:
@@ -332,6 +338,8 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
                           "" if use_anchors else " (second pass, conv-norm adjacency ignored)")
         by_pass.append(set(decided) - before)
     unsettled = _unsettle_shifted_norms(S, T, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t)
+    ambiguous.update(held)
+    involved.update(held_t)
 
     mapping, matches = _build(S, T, decided)
     mapping = Mapping(fusion.collapse(mapping.moves, fusions, report))
@@ -347,9 +355,14 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
                                               f"check the pairing")
     for si, tis in sorted(ambiguous.items()):
         s = S[si]
-        why = ("norms registered before their convs on one side, after them on the other (pre-activation?); "
-               "a state dict cannot say which conv each one works on") if si in unsettled else (
-               "same roles and shapes; order and names cannot settle it")
+        if si in unsettled:
+            why = ("norms registered before their convs on one side, after them on the other (pre-activation?); "
+                   "a state dict cannot say which conv each one works on")
+        elif si in held:
+            why = ("norms registered in different places of their module on the two sides, and their names do not "
+                   "say which is which (names alike, e.g. before/after ~ norm1/norm2, decide; or a --rules file)")
+        else:
+            why = "same roles and shapes; order and names cannot settle it"
         report.add("ambiguous", s.path, f"{s.describe()}: candidates {', '.join(T[t].path for t in tis)} ({why})")
 
     left_s = [s for s in S if s.index not in decided and s.index not in ambiguous]
@@ -357,8 +370,10 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
     _report_leftovers(left_s, left_t, report)
     names = {n: source[n].info.original_name for n in source
              if source[n].info.original_name and source[n].info.original_name != n}
+    merged = {t for mv in mapping.moves if mv.op == "merge" for t in mv.targets}
     return Alignment(tmpl, mapping, matches, report, source_label, template_label,
-                     {s.path: len(s.required) for s in S}, names)
+                     {s.path: len(s.required) for s in S}, names,
+                     {t: p for t, p in fusions.fused_targets().items() if t in merged})
 
 
 def _unsettle_shifted_norms(S, T, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t) -> set[int]:

@@ -56,6 +56,14 @@ class Fusions:
     def __bool__(self) -> bool:
         return bool(self.parts)
 
+    def fused_targets(self) -> dict[str, str]:
+        """Template tensor of a fused layer -> that layer's path (what a merge writes)."""
+        return {name: layer.path for side, layer, _ in self.parts.values() if side == "template"
+                for name in layer.tensors.values()}
+
+
+ATTR = "fused"      # layer attribute of a fused projection: its parts in row order (spec 3.6)
+
 
 def _to_split(A: list[Layer], B: list[Layer]) -> list[Layer]:
     """The fused layers of side A to see as three parts (see the module docstring)."""
