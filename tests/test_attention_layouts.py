@@ -349,3 +349,26 @@ def test_saved_rules_split_the_fused_qkv_as_the_alignment_does(tmp_path):
     a, b = torch.load(tmp_path / "by_rules.pth"), torch.load(tmp_path / "by_template.pth")
     assert set(a) == set(b)          # the rules keep the source order, the template its own
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bert_encoder_onto_torch_transformer_encoder_merges_q_k_v_and_refuses_the_post_norms(tmp_path):
+    """HF BERT's encoder against torch nn.TransformerEncoder (both post-norm): query/key/value
+    concatenate into `self_attn.in_proj_weight` by template alone, but BERT registers each
+    LayerNorm after the linear it follows and torch both norms after linear2, and neither
+    `attention.output.LayerNorm` nor `norm1` says which is which: refused, naming the candidates
+    (a --rules file decides), never paired by registration order."""
+    torch = require("torch")
+    bert = zoo.tiny_bert()
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 48, dropout=0.0, activation="gelu", batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    torch.save(bert.encoder.state_dict(), tmp_path / "bert.pth")
+    torch.save(encoder.state_dict(), tmp_path / "encoder.pth")
+    proc = run_cli("align", tmp_path / "bert.pth", tmp_path / "encoder.pth")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "layers.1.self_attn.in_proj_weight   merge" in out
+    assert "ambiguous (4):" in out
+    for block in (0, 1):
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            assert f"layer.{block}.{norm}" in out
+        assert f"candidates layers.{block}.norm1, layers.{block}.norm2" in out
