@@ -372,3 +372,33 @@ def test_bert_encoder_onto_torch_transformer_encoder_merges_q_k_v_and_refuses_th
         for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
             assert f"layer.{block}.{norm}" in out
         assert f"candidates layers.{block}.norm1, layers.{block}.norm2" in out
+
+
+@pytest.mark.parametrize("direction", ["torchvision->hf", "hf->torchvision"])
+def test_torchvision_vit_and_hf_vit_for_image_classification(tmp_path, direction):
+    """torchvision's VisionTransformer keeps nn.MultiheadAttention (`self_attention.in_proj_weight`)
+    and ln_1/ln_2; HF ViTForImageClassification separate q/k/v and layernorm_before/after. The
+    logits (head on the class token after the final norm, in both) agree both ways."""
+    torch = require("torch")
+    tv = zoo.import_torchvision()
+    tf = zoo.transformers()
+    torch.manual_seed(0)
+    tv_model = _randomized(tv.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=HEADS,
+                                                       hidden_dim=D, mlp_dim=4 * D, num_classes=10).eval(), 14)
+    cfg = tf.ViTConfig(hidden_size=D, num_hidden_layers=2, num_attention_heads=HEADS, intermediate_size=4 * D,
+                       image_size=32, patch_size=16, layer_norm_eps=1e-6, qkv_bias=True, num_labels=10)
+    hf = tf.ViTForImageClassification(cfg).eval()
+    if direction == "hf->torchvision":
+        hf, tv_model = _randomized(hf, 15), tv.models.VisionTransformer(
+            image_size=32, patch_size=16, num_layers=2, num_heads=HEADS, hidden_dim=D, mlp_dim=4 * D, num_classes=10).eval()
+        src, dst = hf, tv_model
+    else:
+        src, dst = tv_model, hf
+    torch.save(src.state_dict(), tmp_path / "src.pth")
+    torch.save(dst.state_dict(), tmp_path / "template.pth")
+    proc = _convert(tmp_path / "src.pth", tmp_path / "out.pth", tmp_path / "template.pth")
+    assert ("4 split" if direction == "torchvision->hf" else "12 concatenated") in proc.stdout
+    dst.load_state_dict(torch.load(tmp_path / "out.pth"), strict=True)
+    x = _pixels()
+    with torch.no_grad():
+        assert_same_outputs(hf(pixel_values=x).logits, tv_model(x))
