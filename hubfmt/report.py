@@ -149,8 +149,9 @@ class Report:
 
     def stage_counts(self, s: Stage) -> dict[str, int]:
         """How a stage's tensors split: kept + renamed + dropped = tensors_in, kept + renamed +
-        created = tensors_out (each tensor counted once, whatever else happened to it); the layout
-        and dtype changes (transposed, reshaped, cast) and non-tensor entries counted beside."""
+        created = tensors_out (each tensor counted once, whatever else happened to it; a tensor split
+        into parts or parts concatenated into one change the count out); the layout and dtype
+        changes (split, concatenated, transposed, reshaped, cast) and non-tensor entries counted beside."""
         evs = self.in_stage(s.name)
         distinct = {a: {e.name for e in evs if e.action == a} for a in ACTIONS}
         names_in = s.names_in
@@ -166,6 +167,9 @@ class Report:
         counts["kept"] = base - len(renamed) - len(dropped)
         for a in ("transposed", "permuted", "reshaped", "cast", "tied"):
             counts[a] = len(distinct[a])
+        # Fused tensors (q,k,v): one split into several, several concatenated into one.
+        for key, word in (("split", "split along"), ("concatenated", "merged along")):
+            counts[key] = len({e.name for e in evs if e.action == "renamed" and e.detail.startswith(word)})
         counts["non_tensor_dropped"] = len(other_dropped)
         counts["non_tensor_stored"] = len(distinct["stored"])
         return counts
@@ -227,7 +231,8 @@ class Report:
             text = f"{s.name:<6}{where}: {s.tensors_in} -> {s.tensors_out} tensors"
         parts = [f"{c[k]} {k}" for k in ("kept", "renamed", "dropped", "created") if c[k]]
         text += " = " + " + ".join(parts) if parts else ""
-        extra = [f"{c[k]} {k}" for k in ("transposed", "permuted", "reshaped", "cast", "tied") if c[k]]
+        extra = [f"{c[k]} {k}" for k in ("split", "concatenated", "transposed", "permuted", "reshaped", "cast", "tied")
+                 if c[k]]
         for key, verb in (("non_tensor_stored", "stored"), ("non_tensor_dropped", "dropped")):
             n = c[key]
             if n:

@@ -43,10 +43,11 @@ from hubfmt.format.checksums import Checksum
 from hubfmt.format.checkpoint import Checkpoint, Entry, LayerInfo, SourceInfo, TensorInfo
 from hubfmt.format.extra import from_plain, to_plain
 from hubfmt.format.tensor import FileSpan, LazyTensor
-from hubfmt.io import flatten, layer_rules
+from hubfmt.io import attention, flatten, layer_rules
 from hubfmt.io.atomic import atomic_output, atomic_outputs
 from hubfmt.io.hubfile import write_safetensors
 from hubfmt.io.inputs import check_input_file
+from hubfmt.io.attention import Heads
 from hubfmt.io.layer_rules import LayerRules, Leaf, Mapped, Stacked, Summed
 from hubfmt.io.norm_attrs import norm_attr_mismatches
 from hubfmt.io.progress import Progress
@@ -73,7 +74,7 @@ __all__ = [
     "atomic_output", "atomic_outputs", "check_input_file", "write_safetensors",
     # layouts, and a layer's native tensors <-> canonical ones as a declarative table (names.py)
     "convert_layout", "depthwise_to_hwcm", "reorder_gates", "permute",
-    "flatten", "norm_attr_mismatches", "layer_rules", "LayerRules", "Leaf", "Summed", "Stacked", "Mapped",
+    "attention", "Heads", "flatten", "norm_attr_mismatches", "layer_rules", "LayerRules", "Leaf", "Summed", "Stacked", "Mapped",
     # codecs
     "RestrictedUnpickler", "restricted_loads", "unwrap", "OpaqueObject", "PickleEmitter", "protowire", "safetensors",
     "ziparchive", "FileCursor",

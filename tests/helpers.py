@@ -45,3 +45,38 @@ def flatten_example():
     ckpt.add("fc.bias", LazyTensor.from_array(np.zeros(5, np.float32)), TensorInfo(kind="linear"))
     ckpt.layers["fc"] = LayerInfo("linear", {flatten.ATTR: [4, 4, 3], flatten.ATTR_SOURCE: "HWC"})
     return ckpt, kernel
+
+
+def attention_example():
+    """spec/examples/attention.safetensors (spec 3.6): a Keras MultiHeadAttention (2 heads of 4 on
+    width 8) imported, its per-head kernels as linear layers, and a fused q/k/v projection as an
+    alignment writes it (rows q, k, v; layer attribute `fused`). Returns (checkpoint, {native
+    name: array}) with the Keras query kernel [8, 2, 4], output kernel [2, 4, 8] and the q, k, v
+    weights [8, 8] the fused one stacks."""
+    import numpy as np
+
+    from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
+    from hubfmt.format.tensor import LazyTensor
+    from hubfmt.io import attention
+
+    ckpt = Checkpoint()
+    ckpt.source.framework = "tensorflow"
+    ckpt.source.format = "keras-archive"
+    query = np.arange(8 * 2 * 4, dtype=np.float32).reshape(8, 2, 4) / 64
+    query_bias = np.arange(8, dtype=np.float32).reshape(2, 4) / 8
+    output = np.arange(2 * 4 * 8, dtype=np.float32).reshape(2, 4, 8) / 64 - 0.5
+    natives = {"mha.query_dense": query, "mha.query_dense.bias": query_bias, "mha.output_dense": output}
+    for name, a, layout in (("mha.query_dense.weight", query, "IHD"), ("mha.query_dense.bias", query_bias, "HD"),
+                            ("mha.output_dense.weight", output, "HDO")):
+        ckpt.add(name, LazyTensor.from_array(attention.to_linear(a, layout)),
+                 TensorInfo(kind="linear", original_layout=layout, original_shape=a.shape))
+    ckpt.add("mha.output_dense.bias", LazyTensor.from_array(np.zeros(8, np.float32)), TensorInfo(kind="linear"))
+    for layer in ("mha.query_dense", "mha.output_dense"):
+        ckpt.layers[layer] = LayerInfo("linear", {attention.ATTR_HEADS: 2})
+    parts = [np.full((8, 8), i, np.float32) + np.eye(8, dtype=np.float32) for i in range(3)]
+    natives.update(zip("qkv", parts, strict=True))
+    ckpt.add("attn.qkv.weight", LazyTensor.from_array(np.concatenate(parts)), TensorInfo(kind="linear"))
+    ckpt.add("attn.qkv.bias", LazyTensor.from_array(np.repeat(np.arange(3, dtype=np.float32), 8)),
+             TensorInfo(kind="linear"))
+    ckpt.layers["attn.qkv"] = LayerInfo("linear", {"fused": ["q", "k", "v"]})
+    return ckpt, natives

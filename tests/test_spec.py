@@ -14,7 +14,7 @@ from hubfmt.format import manifest
 from hubfmt.errors import VersionError
 
 from conftest import REPO
-from helpers import flatten_example, small_cnn
+from helpers import attention_example, flatten_example, small_cnn
 
 SPEC = REPO / "spec"
 EXAMPLES = SPEC / "examples"
@@ -36,7 +36,8 @@ def test_spec_version_matches_the_library():
     assert re.search(rf"^- {re.escape(manifest.FORMAT_VERSION)} \(", text, re.M), "changelog line for this version"
 
 
-@pytest.mark.parametrize("name", ["small-cnn.safetensors", "tied.safetensors", "flatten-dense.safetensors"])
+@pytest.mark.parametrize("name", ["small-cnn.safetensors", "tied.safetensors", "flatten-dense.safetensors",
+                                  "attention.safetensors"])
 def test_examples_conform(name):
     assert hubfmt.validate(EXAMPLES / name) == []
 
@@ -77,3 +78,30 @@ def test_flatten_example_is_channels_first(tmp_path):
         for h in range(H):
             for x in range(W):
                 assert np.array_equal(w[:, c * H * W + h * W + x], kernel[(h * W + x) * C + c])
+
+
+def test_attention_example_is_head_major_and_q_k_v(tmp_path):
+    """spec 3.6: a per-head query kernel [d, H, hd] is weight [H*hd, d] whose row h*hd + j is head
+    h's feature j; the output kernel [H, hd, d] is weight [d, H*hd]; a fused projection's rows are
+    q, then k, then v. The example file is what the writer writes today."""
+    ckpt, natives = attention_example()
+    out = tmp_path / "a.safetensors"
+    hubfile.write(ckpt, out)
+    assert out.read_bytes() == (EXAMPLES / "attention.safetensors").read_bytes()
+    back = hubfile.read(EXAMPLES / "attention.safetensors")
+    q, o = back.array("mha.query_dense.weight"), back.array("mha.output_dense.weight")
+    kq, ko = natives["mha.query_dense"], natives["mha.output_dense"]
+    heads, hd = kq.shape[1], kq.shape[2]
+    for h in range(heads):
+        for j in range(hd):
+            assert np.array_equal(q[h * hd + j], kq[:, h, j])
+            assert np.array_equal(o[:, h * hd + j], ko[h, j, :])
+    assert np.array_equal(back.array("mha.query_dense.bias"), natives["mha.query_dense.bias"].reshape(-1))
+    assert back["mha.query_dense.weight"].info.original_layout == "IHD"
+    assert back.layers["mha.output_dense"].attrs == {"heads": 2}
+    assert back.layers["attn.qkv"].attrs == {"fused": ["q", "k", "v"]}
+    d = q.shape[1]
+    fused = back.array("attn.qkv.weight")
+    for i, part in enumerate("qkv"):
+        assert np.array_equal(fused[i * d:(i + 1) * d], natives[part])
+

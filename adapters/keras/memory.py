@@ -19,7 +19,7 @@ from . import plan
 from .config import flatten_inputs
 from .reader import canonical_flatten_order
 from .formats import FRAMEWORK, PIP_NAME
-from .names import KNOWN
+from .names import KNOWN, MHA_SUBLAYERS
 from .owners import Owner, add_owner
 
 
@@ -80,7 +80,15 @@ def walk(model) -> list[tuple[str, object, str, list, str]]:
             if layer.weights:
                 out.append((module, layer, cls, list(layer.weights), suffix))
             return
-        if any(c.__name__ == "Bidirectional" for c in type(layer).__mro__):
+        if any(c.__name__ == "MultiHeadAttention" for c in type(layer).__mro__):
+            # Its projections by the names Keras saves them under (`_query_dense` -> query_dense),
+            # as the file reader names them; anything else it owns (a gate) is walked as usual.
+            for item, cls_name in MHA_SUBLAYERS.items():
+                sub = getattr(layer, "_" + item, None)
+                if sub is not None and sub.weights:
+                    seen.add(id(sub))
+                    out.append((_join(module, item), sub, cls_name, list(sub.weights), ""))
+        elif any(c.__name__ == "Bidirectional" for c in type(layer).__mro__):
             visit(layer.forward_layer, module)
             visit(layer.backward_layer, module, "_reverse")
             return

@@ -34,6 +34,9 @@ Native leaves -> canonical roles (RULES; hubfmt.sdk's layer rules read it both w
                        bias [2,3h]; gates z,r,h                     bias_ih_l0, bias_hh_l0; gates r,z,n
     rnn (SimpleRNN)    kernel [in,h], recurrent_kernel [h,h], bias  weight_ih_l0, weight_hh_l0, bias_ih_l0,
                                                                     bias_hh_l0 (zeros, created)
+    linear (a MultiHeadAttention's query_dense/key_dense/value_dense)
+                       kernel [d,H,hd] ("IHD"), bias [H,hd]         weight [H*hd,d], bias [H*hd]
+    linear (its output_dense)  kernel [H,hd,d] ("HDO"), bias [d]    weight [d,H*hd], bias [d]
 
 These rows are also the tensorflow adapter's (TF2 checkpoints and tf.compat.v1.layers save Keras
 layers; adapters/tensorflow/names.py adds TF1's fused LSTM cell and slim leaf names). An adapter
@@ -46,7 +49,7 @@ from __future__ import annotations
 
 import re
 
-from hubfmt.sdk import LayerRules, LazyTensor, Leaf, Mapped, Stacked, Summed, layer_rules
+from hubfmt.sdk import Heads, LayerRules, LazyTensor, Leaf, Mapped, Stacked, Summed, attention, layer_rules
 
 from .config import snake_case
 from .store import VarGroup
@@ -66,6 +69,14 @@ KERAS_CLASS_KINDS = {
     "LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn",
     "LSTMCell": "lstm", "GRUCell": "gru", "SimpleRNNCell": "rnn",
 }
+# MultiHeadAttention's projections: EinsumDense sublayers whose kernels keep the heads as an axis
+# (hubfmt.io.attention). Canonically linear layers under the attention layer's path, named as Keras
+# saves them (`mha.query_dense`); the rules differ from a Dense's, so each has a pseudo class.
+MHA_INPUT, MHA_OUTPUT = "MultiHeadAttention.projection", "MultiHeadAttention.output"
+MHA_SUBLAYERS = {"query_dense": MHA_INPUT, "key_dense": MHA_INPUT, "value_dense": MHA_INPUT,
+                 "output_dense": MHA_OUTPUT}
+KERAS_CLASS_KINDS.update({MHA_INPUT: "linear", MHA_OUTPUT: "linear"})
+_RULES_KEY = {MHA_INPUT: "heads_input", MHA_OUTPUT: "heads_output"}
 # Native layout of each kind's kernel (spatial axes first, then in/out).
 NATIVE_LAYOUTS = {
     "linear": "IO",
@@ -110,18 +121,42 @@ RULES: dict[str, LayerRules] = {
     "gru": _rnn("gru", "zrn"),
     "rnn": _rnn("rnn", ""),
 }
+# MultiHeadAttention's projections (hubfmt.io.attention): Keras files and models only; the
+# tensorflow adapter, which shares RULES, does not read them from TF checkpoints.
+_MHA_RULES: dict[str, LayerRules] = {
+    "heads_input": LayerRules((Heads("kernel", "weight", "IHD", required=True), Heads("bias", "bias", "HD"))),
+    "heads_output": LayerRules((Heads("kernel", "weight", "HDO", required=True), Leaf("bias", "bias", kind="linear"))),
+}
+_ALL_RULES = {**RULES, **_MHA_RULES}
+
+
+def rules_key(class_name: str, kind: str) -> str:
+    """The RULES entry for a layer of this class and canonical kind (a per-head projection's own)."""
+    return _RULES_KEY.get(class_name, kind)
+
+
+def heads_attrs(class_name: str, kernel_shape: tuple) -> dict:
+    """The `heads` attribute of a MultiHeadAttention projection (from its kernel's shape)."""
+    layout = "IHD" if class_name == MHA_INPUT else "HDO"
+    return {attention.ATTR_HEADS: attention.heads_of(tuple(kernel_shape), layout)} if len(kernel_shape) == 3 else {}
+
+
+def mha_class_of(vars_path: str) -> str:
+    """The pseudo class of a MultiHeadAttention projection's vars group, from its h5 path
+    (`layers/multi_head_attention/query_dense`), '' for any other."""
+    return MHA_SUBLAYERS.get(vars_path.rstrip("/").removesuffix("/vars").rpartition("/")[2], "")
 
 
 def import_layer(kind: str, natives: dict[str, LazyTensor], *, attrs: dict | None = None) -> list[Mapped]:
     """One Keras layer's variables by leaf -> canonical tensors (lazy), by RULES."""
-    return layer_rules.import_layer(RULES, kind, natives, attrs=attrs, owner="Keras")
+    return layer_rules.import_layer(_ALL_RULES, kind, natives, attrs=attrs, owner="Keras")
 
 
 def export_layer(kind: str, canon: dict[str, LazyTensor], *, attrs: dict | None = None,
                  native_shapes: dict[str, tuple] | None = None) -> list[Mapped]:
     """Canonical tensors of one layer -> Keras variables by leaf (lazy), by RULES; `native_shapes`:
     the destination layer's shapes by leaf (settles a depthwise kernel's channel count)."""
-    return layer_rules.export_layer(RULES, kind, canon, attrs=attrs, native_shapes=native_shapes, owner="Keras")
+    return layer_rules.export_layer(_ALL_RULES, kind, canon, attrs=attrs, native_shapes=native_shapes, owner="Keras")
 
 
 def bn_momentum_to_canonical(keras_momentum: float) -> float:
@@ -142,9 +177,10 @@ def bn_attrs(eps: float = KERAS_BN_EPS, keras_momentum: float = KERAS_BN_MOMENTU
 # Classes this module knows the variable order of (a subset of KERAS_CLASS_KINDS).
 _CONV = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
 _RNN = ("LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell")
-KNOWN = (*_CONV, "Dense", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
-         "LayerNormalization", "GroupNormalization", "Embedding", *_RNN)
-_BY_SNAKE = {snake_case(c): c for c in KNOWN}
+_NAMED = (*_CONV, "Dense", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
+          "LayerNormalization", "GroupNormalization", "Embedding", *_RNN)
+KNOWN = (*_NAMED, MHA_INPUT, MHA_OUTPUT)
+_BY_SNAKE = {snake_case(c): c for c in _NAMED}
 # The Keras class that writes each canonical kind (exporting by rule, without a template).
 CLASS_OF_KIND = {"linear": "Dense", "conv1d": "Conv1D", "conv2d": "Conv2D", "conv3d": "Conv3D",
                  "conv_transpose1d": "Conv1DTranspose", "conv_transpose2d": "Conv2DTranspose",
@@ -184,6 +220,14 @@ def leaves(class_name: str, config: dict, shapes: list[tuple]) -> tuple[str, lis
     """
     kind = KERAS_CLASS_KINDS[class_name]
     n = len(shapes)
+    if class_name in (MHA_INPUT, MHA_OUTPUT):
+        # The sublayer's config (EinsumDense) does not say use_bias; the attention layer's does: by count.
+        names = _by_count(class_name, n, ["kernel"], ["bias"], None)
+        ranks = {"kernel": 3, "bias": 2 if class_name == MHA_INPUT else 1}
+        for leaf, shape in zip(names, shapes, strict=True):
+            if len(shape) != ranks[leaf]:
+                raise LayoutError(f"{class_name} {leaf} must have rank {ranks[leaf]}, found shape {list(shape)}")
+        return kind, names
     if class_name in ("Dense", *_CONV, "DepthwiseConv2D", "Embedding", "SeparableConv2D"):
         first = {"DepthwiseConv2D": ["depthwise_kernel"], "Embedding": ["embeddings"],
                  "SeparableConv2D": ["depthwise_kernel", "pointwise_kernel"]}.get(class_name, ["kernel"])
@@ -257,6 +301,11 @@ def infer_class(group: VarGroup) -> str:
     """The layer class of a group without config: from its list-item name, an RNN cell's parent,
     or shapes that fit exactly one class; '' when unknown or ambiguous."""
     item = group.object_path.rsplit("/", 1)[-1]
+    ranks = [len(v.shape) for v in group.vars]
+    if item in MHA_SUBLAYERS and ranks[:1] == [3]:
+        # a MultiHeadAttention's attribute (Keras saves `_query_dense` as `query_dense`); its
+        # output kernel [H, hd, d] is no Conv1D's
+        return MHA_SUBLAYERS[item]
     by_name = class_from_item_name(item)
     if by_name:
         return by_name

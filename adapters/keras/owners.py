@@ -29,6 +29,8 @@ class Owner:
 def _layer_attrs(kind: str, cls: str, config: dict, natives: dict) -> dict:
     """Attributes that change outputs, canonically (spec: Layer attributes), from config.json;
     a depthwise layer's groups (its input channels) come from the kernel shape even without it."""
+    if cls in (names.MHA_INPUT, names.MHA_OUTPUT):
+        return names.heads_attrs(cls, natives["kernel"].shape)
     if not config:
         return {"groups": int(natives["depthwise_kernel"].shape[2])} if kind == "depthwise_conv2d" else {}
     if kind.startswith("conv") or kind == "depthwise_conv2d":
@@ -78,7 +80,7 @@ def add_owner(ckpt: Checkpoint, owner: Owner, *, strict: bool, path: str | None)
         problem = "GRU with reset_after=False has no canonical (torch) equivalent"
     else:
         try:
-            mapped = names.import_layer(kind, natives, attrs=attrs)
+            mapped = names.import_layer(names.rules_key(cls, kind), natives, attrs=attrs)
             problem = ""
         except ConversionError as e:
             mapped, problem = None, e.message

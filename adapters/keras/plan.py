@@ -255,7 +255,8 @@ def rule_targets(layers: list[CanonLayer], ckpt: Checkpoint) -> list[tuple[Canon
             out.append((layer, Target(f"{hint}/vars" if hint else "vars", layer.module, "", {},
                                       [], layer.module.rpartition(".")[2])))
             continue
-        cls = names.CLASS_OF_KIND.get(layer.kind)
+        # A MultiHeadAttention projection read from a Keras file goes back as one.
+        cls = (names.mha_class_of(hint) if hint and layer.kind == "linear" else "") or names.CLASS_OF_KIND.get(layer.kind)
         if cls is None:
             raise ConversionError(f"{layer.module}: no Keras layer class for kind {layer.kind}")
         rnn = layer.kind in names.RNN_KINDS
@@ -382,7 +383,8 @@ def exports(ckpt: Checkpoint, pairs: list[tuple[CanonLayer, Target]], rows: dict
             attrs = dict(ckpt.layers[f"{layer.module}.depthwise"].attrs)
         native_shapes = dict(zip(positions(target, []), target.shapes, strict=True)) if target.shapes else None
         try:
-            out = export_layer(layer.kind, canon, attrs=attrs, native_shapes=native_shapes)
+            out = export_layer(names.rules_key(target.class_name, layer.kind), canon, attrs=attrs,
+                               native_shapes=native_shapes)
         except ConversionError as e:
             raise ConversionError(f"{layer.module}: {e.message}") from None
         by_leaf = {m.name: m for m in out}

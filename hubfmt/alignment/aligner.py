@@ -55,8 +55,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hubfmt.format.checkpoint import Checkpoint
+from hubfmt.format.checkpoint import Checkpoint, LayerInfo
 from hubfmt.errors import AlignmentError
+from hubfmt.alignment import fusion
 from hubfmt.alignment.grouping import OPTIONAL_ROLES, Layer, group_layers, transform_between
 from hubfmt.alignment.matching import align_rounds, anchor_conflict, anchors, group_of, match_in_modules, module_pairs, relaxed_pairs, signature
 from hubfmt.alignment.table import Mapping, Move, apply_mapping
@@ -89,6 +90,8 @@ class Alignment:
     # canonical source name -> its name in the source file, where they differ: the table shows
     # what the user's file calls a tensor, not what the adapter renamed it to.
     source_names: dict[str, str] = field(default_factory=dict, repr=False)
+    # template tensor of a fused q/k/v layer that a merge fills -> that layer's path
+    fused: dict[str, str] = field(default_factory=dict, repr=False)
 
     def problems(self, *, allow_missing: bool = False, allow_unexpected: bool = False) -> list[Event]:
         allowed = {a for a, ok in (("missing", allow_missing), ("unexpected", allow_unexpected)) if ok}
@@ -151,19 +154,27 @@ class Alignment:
         with the template's tensor infos; its report holds the renames and the allowed problems."""
         report = _staged(Report())
         out = apply_mapping(source, self.mapping, template=self.template, keep_unmapped=False, report=report)
+        for name, path in self.fused.items():
+            if name in out:     # spec 3.6: a fused projection records its parts in row order
+                out.layers.setdefault(path, LayerInfo("linear")).attrs[fusion.ATTR] = list(fusion.PARTS)
         report.extend(self.report)
         out.report = report
         return out
 
     def layer_map(self) -> dict[str, str]:
         """source layer path -> template layer path (to pair named intermediate outputs in hubfmt.verify)."""
-        return {m.source: m.target for m in self.matches}
+        return {m.source: m.target for m in self.matches if m.op not in ("split", "merge")}   # not a fused layer's parts
 
     def to_rules(self) -> RuleSet:
         """The matches as an editable rules file: one glob rule per renamed layer where the whole
         layer moves role for role, else one exact rule per tensor (`hubfmt align --save-rules`)."""
         rules = []
+        for mv in self.mapping.moves:
+            if mv.op in ("split", "merge"):
+                rules.extend(_fused_rule(mv))
         for m in self.matches:
+            if m.op in ("split", "merge"):
+                continue
             pairs = [(s, t) for s, t in m.tensors if s != t]
             if not pairs:
                 continue
@@ -172,7 +183,7 @@ class Alignment:
                      and all(s.startswith(m.source + ".") and t.startswith(m.target + ".")
                              and s[len(m.source) + 1:] == t[len(m.target) + 1:] and "." not in s[len(m.source) + 1:]
                              for s, t in m.tensors))
-            reshape = {"reshape": "conv1x1"} if m.op else {}
+            reshape = {"reshape": "conv1x1"} if m.op == "conv1x1" else {}
             if whole:
                 rules.append(make_rule({"glob": f"{m.source}.*", "replace": f"{m.target}.\\1", **reshape}))
                 continue
@@ -197,9 +208,12 @@ class Alignment:
     def to_text(self, *, problems_only: bool = False) -> str:
         """The proposed table (unless `problems_only`), then every problem (the mismatch table among them)."""
         renamed = sum(1 for m in self.matches if m.source != m.target)
+        fused = Counter(mv.op for mv in self.mapping.moves if mv.op in ("split", "merge"))
         lines = [f"alignment of {self.source_label or 'source'} to {self.template_label or 'template'}: "
                  f"{len(self.matches)} layers matched ({renamed} renamed, "
-                 f"{sum(1 for m in self.matches if m.op)} reshaped)"]
+                 f"{sum(1 for m in self.matches if m.op == 'conv1x1')} reshaped"
+                 + "".join(f", {n} tensors {'split' if op == 'split' else 'concatenated'}" for op, n in sorted(fused.items()))
+                 + ")"]
         if not problems_only:
             lines.append(self.mapping.to_text(self.source_names))
         for action in PROBLEMS:
@@ -211,6 +225,32 @@ class Alignment:
         if not self.report.problems:
             lines.append("no problems")
         return "\n".join(lines)
+
+
+def _fused_rule(mv: Move) -> list:
+    """The rules-file form of a split/merge row: the parts' names differ in one place, `{part}`
+    (`attention.{part}_proj.weight`); none when they do not (the table is then the only record)."""
+    parts = mv.targets if mv.op == "split" else mv.sources
+    head = len(_common_prefix(parts))
+    tail = len(_common_prefix([p[head:][::-1] for p in parts]))
+    middles = [p[head:len(p) - tail] for p in parts]
+    if not all(middles) or len(set(middles)) != len(middles) or any("{" in p or "}" in p for p in parts):
+        return []
+    pre, post = parts[0][:head], parts[0][len(parts[0]) - tail:]
+    spec = {"axis": mv.axis, "parts": middles}
+    if mv.op == "split":
+        return [make_rule({"pattern": re.escape(mv.sources[0]),
+                           "replace": (pre + "{part}" + post).replace("\\", "\\\\"), "split": spec})]
+    return [make_rule({"pattern": re.escape(pre) + "{part}" + re.escape(post),
+                       "replace": mv.targets[0].replace("\\", "\\\\"), "merge": spec})]
+
+
+def _common_prefix(names) -> str:
+    first, last = min(names), max(names)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]
 
 
 def _layer_of(name: str, layers: set[str]) -> str:
@@ -235,7 +275,8 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
     >>> a.check(); print(a.to_text()); ckpt = a.apply(source)                            # doctest: +SKIP
     """
     template_label = template_label or tmpl.source.file or "(in-memory template)"
-    S, T = group_layers(source), group_layers(tmpl)
+    # A fused q/k/v projection facing three separate ones is aligned as its three parts.
+    S, T, fusions = fusion.split_fused(group_layers(source), group_layers(tmpl))
     report = _staged(Report())
     decided: dict[int, tuple[int, str, float, str]] = {}    # source index -> (target index, op, confidence, evidence)
     taken: set[int] = set()
@@ -262,7 +303,8 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
 
     # Structure beats order: inside blocks that pair up, registration orders may cross.
     pairs = module_pairs(S, T)
-    match_in_modules(S, T, pairs, decided, taken, anchor_s, anchor_t)
+    held = match_in_modules(S, T, pairs, decided, taken, anchor_s, anchor_t)
+    held_t = {j for js in held.values() for j in js}
     # A pair the sequence alignment proposes must not cross paired modules; and a norm layer
     # registered right after the conv whose output it normalises (its anchor) pairs only with a
     # norm anchored on that conv's match: order alone would pair a shortcut's batch norm with the
@@ -278,7 +320,7 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
     use_anchors = True
 
     def context(s: Layer, t: Layer) -> float | None:
-        if mod_s.get(s.index, set()) != mod_t.get(t.index, set()):
+        if mod_s.get(s.index, set()) != mod_t.get(t.index, set()) or s.index in held or t.index in held_t:
             return None
         ps, pt = anchor_s.get(s.index), anchor_t.get(t.index)
         if use_anchors and ps in decided and pt in taken and decided[ps][0] != pt:
@@ -296,8 +338,14 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
                           "" if use_anchors else " (second pass, conv-norm adjacency ignored)")
         by_pass.append(set(decided) - before)
     unsettled = _unsettle_shifted_norms(S, T, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t)
+    ambiguous.update(held)
+    involved.update(held_t)
 
     mapping, matches = _build(S, T, decided)
+    mapping = Mapping(fusion.collapse(mapping.moves, fusions, report))
+    for m in matches:
+        if m.source in fusions.parts or m.target in fusions.parts:
+            m.op = "split" if m.source in fusions.parts else "merge"
     for si, (ti, *_rest) in sorted(decided.items()):
         if S[si].family != T[ti].family and S[si].kind_known and T[ti].kind_known:
             report.add("warning", S[si].path, f"kinds differ: source {S[si].kind}, template {T[ti].kind}; the "
@@ -307,9 +355,14 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
                                               f"check the pairing")
     for si, tis in sorted(ambiguous.items()):
         s = S[si]
-        why = ("norms registered before their convs on one side, after them on the other (pre-activation?); "
-               "a state dict cannot say which conv each one works on") if si in unsettled else (
-               "same roles and shapes; order and names cannot settle it")
+        if si in unsettled:
+            why = ("norms registered before their convs on one side, after them on the other (pre-activation?); "
+                   "a state dict cannot say which conv each one works on")
+        elif si in held:
+            why = ("norms registered in different places of their module on the two sides, and their names do not "
+                   "say which is which (names alike, e.g. before/after ~ norm1/norm2, decide; or a --rules file)")
+        else:
+            why = "same roles and shapes; order and names cannot settle it"
         report.add("ambiguous", s.path, f"{s.describe()}: candidates {', '.join(T[t].path for t in tis)} ({why})")
 
     left_s = [s for s in S if s.index not in decided and s.index not in ambiguous]
@@ -317,8 +370,10 @@ def align_checkpoints(source: Checkpoint, tmpl: Checkpoint, *, source_label: str
     _report_leftovers(left_s, left_t, report)
     names = {n: source[n].info.original_name for n in source
              if source[n].info.original_name and source[n].info.original_name != n}
+    merged = {t for mv in mapping.moves if mv.op == "merge" for t in mv.targets}
     return Alignment(tmpl, mapping, matches, report, source_label, template_label,
-                     {s.path: len(s.required) for s in S}, names)
+                     {s.path: len(s.required) for s in S}, names,
+                     {t: p for t, p in fusions.fused_targets().items() if t in merged})
 
 
 def _unsettle_shifted_norms(S, T, decided, taken, ambiguous, involved, by_pass, anchor_s, anchor_t) -> set[int]:

@@ -44,6 +44,13 @@ TOKEN_SYNONYMS = {
     "block": "block", "blocks": "block", "layer": "block", "layers": "block", "stage": "block", "stages": "block",
     "module": "", "model": "", "net": "", "backbone": "", "features": "", "feature": "", "body": "", "bias": "",
     "weight": "", "weights": "", "kernel": "", "gamma": "", "beta": "",
+    # Attention projections and the roles of a block's norms: HF `query`/`q_proj`, timm's fused
+    # `qkv[q]` (hubfmt.alignment.fusion), Keras `query_dense`; the output projection is `proj`
+    # (timm), `o_proj`, `out_proj`, `output_dense` (Keras) or `attention.output.dense` (BERT).
+    # "proj" says nothing (every one of them is a projection). A pre-norm block's first norm is
+    # timm's norm1, HF ViT's layernorm_before; its second norm2, layernorm_after.
+    "query": "q", "key": "k", "value": "v", "proj": "", "projection": "", "out": "o", "output": "o",
+    "attention": "attn", "self": "", "before": "1", "pre": "1", "after": "2", "post": "2",
 }
 
 
@@ -70,6 +77,18 @@ class Layer:
     def describe(self) -> str:
         shapes = ", ".join(f"{r} {list(self.shapes[r])}" for r in self.tensors if r not in OPTIONAL_ROLES)
         return f"{self.kind} {shapes}"
+
+
+# torch nn.MultiheadAttention keeps its fused input projection as two bare parameters.
+_BARE_LINEAR = re.compile(r"^(in_proj)_(weight|bias)$")
+
+
+def _bare_linear(name: str) -> tuple[str, str] | None:
+    """(layer path, role) of a linear layer's parameter stored without a module of its own:
+    `attn.in_proj_weight` -> ("attn.in_proj", "weight"); None for any other name."""
+    parent, _, last = name.rpartition(".")
+    m = _BARE_LINEAR.match(last)
+    return (f"{parent}.{m.group(1)}" if parent else m.group(1), m.group(2)) if m else None
 
 
 def _role_of(name: str, info_role: str) -> str:
@@ -101,10 +120,14 @@ def group_layers(ckpt: Checkpoint) -> list[Layer]:
     for name, e in ckpt.entries.items():
         role = _role_of(name, e.info.role)
         path = (e.info.layer or name.rpartition(".")[0]) if role else name
+        bare = None if role else _bare_linear(name)
+        if bare is not None:
+            path, role = bare
         role = role or "tensor"
         layer = layers.get(path)
         if layer is None:
-            layer = layers[path] = Layer(path, e.info.kind, e.info.kind not in ("", "tensor"), len(layers),
+            kind = "linear" if bare is not None else e.info.kind
+            layer = layers[path] = Layer(path, kind, kind not in ("", "tensor"), len(layers),
                                          tokens=name_tokens(path))
         if role in layer.tensors:   # two tensors claim one role: keep them apart, by full name
             layer = layers[name] = Layer(name, e.info.kind, True, len(layers), tokens=name_tokens(name))

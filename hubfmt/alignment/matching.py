@@ -121,28 +121,51 @@ def _order_or_names(a: list[tuple], b: list[tuple]) -> list[tuple[int, int]]:
         return sum(sim[i][j] for i, j in pairs)
 
     def unique_best(i: int, j: int) -> bool:
-        return all(sim[i][k] < sim[i][j] for k in range(len(b)) if k != j) and all(
-            sim[k][j] < sim[i][j] for k in range(len(a)) if k != i)
+        return _unique_best(sim, i, j)
 
     if (score(by_names) - score(by_order)) * NAME_WEIGHT < TIE:
         return by_order
     return sorted(by_names) if all(unique_best(i, j) for i, j in by_names if i != j) else by_order
 
 
-def match_in_modules(S, T, pairs, decided, taken, anchor_s=None, anchor_t=None) -> None:
+def _unique_best(sim: list[list[float]], i: int, j: int) -> bool:
+    return all(sim[i][k] < sim[i][j] for k in range(len(sim[i])) if k != j) and all(
+        sim[k][j] < sim[i][j] for k in range(len(sim)) if k != i)
+
+
+def names_decide(a: list[tuple], b: list[tuple], pairs: list[tuple[int, int]]) -> bool:
+    """Do the names alone give these pairs: each pair is both names' unique best match?"""
+    sim = [[name_similarity(x, y) for y in b] for x in a]
+    return all(_unique_best(sim, i, j) for i, j in pairs)
+
+
+def _placement(layers: list[Layer], module: frozenset, members: list[Layer]) -> list[int]:
+    """For each member, how many of the module's other layers are registered before it."""
+    others = sorted(i for i in module if i not in {m.index for m in members})
+    return [sum(1 for i in others if i < m.index) for m in members]
+
+
+def match_in_modules(S, T, pairs, decided, taken, anchor_s=None, anchor_t=None) -> dict[int, list[int]]:
     """Inside paired modules (innermost first), pair layers by signature: alone in its module ->
     decided; several of one signature -> by order within the module, or by names (relative to
     the module) when they clearly disagree with order. Several norms are paired only in a way
     the conv-norm adjacency (`anchors`) does not contradict: by names, else by order, else they
-    are left to the sequence alignment."""
+    are left to the sequence alignment. Several layer norms that the conv-norm adjacency does not
+    place on both sides and that the two sides register in different places among the module's other layers (timm: norm1,
+    attention, norm2, MLP; HF ViT: attention, layernorm_before, layernorm_after, MLP) pair only by
+    names (before ~ 1, after ~ 2): registration order is no evidence there. When the names do not
+    decide either, they are held: returned as source index -> candidate template indices, to be
+    reported ambiguous, never paired."""
     anchor_s, anchor_t = anchor_s or {}, anchor_t or {}
+    held: dict[int, list[int]] = {}
     for ps, a, pt, b, module_by_names in pairs:
         by_sig: dict[tuple, tuple[list[Layer], list[Layer]]] = {}
+        held_t = {j for js in held.values() for j in js}
         for i in sorted(a):
-            if i not in decided:
+            if i not in decided and i not in held:
                 by_sig.setdefault(signature(S[i]), ([], []))[0].append(S[i])
         for j in sorted(b):
-            if j not in taken:
+            if j not in taken and j not in held_t:
                 by_sig.setdefault(signature(T[j]), ([], []))[1].append(T[j])
         # Norms last: their anchors (the convs of the module) must be decided first.
         for ss, tt in sorted(by_sig.values(), key=lambda st: (st[0] or st[1])[0].family == "norm"):
@@ -151,6 +174,13 @@ def match_in_modules(S, T, pairs, decided, taken, anchor_s=None, anchor_t=None) 
             rel_s = [name_tokens(x.path[len(ps) + 1:]) for x in ss]
             rel_t = [name_tokens(x.path[len(pt) + 1:]) for x in tt]
             chosen = _order_or_names(rel_s, rel_t)
+            named = len(ss) > 1 and names_decide(rel_s, rel_t, chosen)
+            if (len(ss) > 1 and ss[0].kind == "layer_norm" and not named
+                    and not (any(x.index in anchor_s for x in ss) and any(x.index in anchor_t for x in tt))
+                    and _placement(S, a, ss) != _placement(T, b, tt)):
+                for x in ss:
+                    held[x.index] = sorted(y.index for y in tt)
+                continue
             if len(ss) > 1 and ss[0].family == "norm":
                 # Pre-activation blocks: one implementation may name its norms after the conv
                 # they follow (Keras: `1_conv`, `1_bn`, then `2_conv`), the other after the conv
@@ -166,7 +196,8 @@ def match_in_modules(S, T, pairs, decided, taken, anchor_s=None, anchor_t=None) 
                     continue
                 chosen = fits[0]
             ev = "module + shape" if len(ss) == 1 else (
-                "module + names" if chosen != [(k, k) for k in range(len(ss))] else "module + order")
+                "module + names" if chosen != [(k, k) for k in range(len(ss))] else
+                "module + order + names" if named else "module + order")
             if module_by_names:
                 ev = ev.replace("module", "module (by names)", 1)
             for i, j in chosen:
@@ -174,14 +205,21 @@ def match_in_modules(S, T, pairs, decided, taken, anchor_s=None, anchor_t=None) 
                 conf = 0.95 if len(ss) == 1 else 0.75 + 0.2 * sim
                 decided[ss[i].index] = (tt[j].index, "", conf - (0.05 if module_by_names else 0.0), ev)
                 taken.add(tt[j].index)
+    return held
 
 
 def anchors(layers: list[Layer]) -> dict[int, int]:
-    """norm layer index -> the conv/linear registered right before it whose output it normalises."""
+    """norm layer index -> the conv/linear registered right before it whose output it normalises
+    (a layer norm after a linear layer excepted)."""
     out = {}
     for a, b in itertools.pairwise(layers):
         w = a.shapes.get("weight")
         channels = b.shapes.get("weight") or b.shapes.get("running_mean")
+        if b.kind == "layer_norm" and w and len(w) == 2:
+            # A transformer block registers its norms beside its linears in module order (HF ViT:
+            # attention, then layernorm_before, which normalises the block's input, not the
+            # attention's output): names and order say more than that adjacency.
+            continue
         if a.family == "affine" and b.family == "norm" and w and channels and channels[:1] == w[:1]:
             out[b.index] = a.index
     return out

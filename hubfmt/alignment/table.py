@@ -187,7 +187,9 @@ def _event(report: Report, m: Move, tensors: list[LazyTensor], src: Checkpoint) 
             report.renamed(m.sources[0], t, f"split along axis {m.axis} {list(lt.shape)}")
         return
     if m.op == "merge":
-        report.renamed(" + ".join(m.sources), m.targets[0], f"merged along axis {m.axis}")
+        # One event per part, so that each source tensor is accounted for (renamed, not kept).
+        for i, name in enumerate(m.sources):
+            report.renamed(name, m.targets[0], f"merged along axis {m.axis} (part {i + 1} of {len(m.sources)})")
         return
     s, t = m.sources[0], m.targets[0]
     why = ", ".join(x for x in (f"confidence {m.confidence:.2f}" if m.confidence is not None else "", m.note) if x)
