@@ -227,6 +227,7 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
                 _keep_counter(ckpt, var, numeric[var][1])
                 rep.add("dropped", numeric.pop(var)[0], why)
     _apply_ema(numeric, prefer_ema, rep)
+    numeric = _tables_as_layers(numeric)
 
     groups: dict[str, dict[str, tuple[str, LazyTensor]]] = {}
     for var in (numeric if tf2 else sorted(numeric, key=natural_key)):
@@ -243,6 +244,35 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
         rep.add("warning", "*", "batch-norm eps/momentum are not stored in TF checkpoints: recorded the "
                 "tf.compat.v1.layers/Keras defaults eps=1e-3, momentum=0.99 (canonical 0.01)")
     return ckpt
+
+
+# A variable that is a whole embedding table, Google BERT style (`bert/embeddings/word_embeddings`).
+_TABLE_LEAF = re.compile(r"^\w+_embeddings?$")
+
+
+def _tables_as_layers(numeric: dict) -> dict:
+    """Google's TF1 BERT (and ALBERT, ELECTRA, ...) creates each embedding table as a bare variable
+    `<scope>/<name>_embeddings` [num, dim], not as a layer with an `embeddings` leaf (Keras). Such a
+    variable is its own embedding layer: `<scope>/<name>_embeddings` + leaf `embeddings`, so it reads
+    as kind embedding (`bert.embeddings.word_embeddings.weight`, torch's name) and keeps its key.
+    A name that is also a scope of other variables is left alone."""
+    scopes = {v.rpartition("/")[0] for v in numeric}
+    out = {}
+    for var, value in numeric.items():
+        leaf = var.rpartition("/")[2]
+        if (_TABLE_LEAF.match(leaf) and leaf != "embeddings" and var not in scopes
+                and len(value[1].shape) == 2 and f"{var}/embeddings" not in numeric):
+            var = f"{var}/embeddings"
+        out[var] = value
+    return out
+
+
+def from_listing(variables: Iterable[tuple[str, LazyTensor]]) -> Checkpoint:
+    """A names+shapes listing of TF variable names (tensors without data) named as `read` names a
+    checkpoint of those variables: the alignment target of `--template LISTING --template-from
+    tensorflow`. Training counters are left out (their values would be read); a layer that does
+    not map stays plain tensors (reported)."""
+    return import_variables([(n, t) for n, t in variables if n.removesuffix(":0") not in _COUNTERS], strict=False)
 
 
 def _by_full_names(numeric: dict, full_names: dict[str, str]) -> dict:

@@ -265,8 +265,10 @@ def _export_group(ckpt: Checkpoint, layer: str, scope: str, roles: dict[str, str
             rep.renamed(name, native)
         return outs
     for m in mapped:
-        native = f"{scope}/{_leaf(ckpt, m, roles)}" if scope else m.name
         info = ckpt.entries[roles[m.source.split("+")[0]]].info
+        native = f"{scope}/{_leaf(ckpt, m, roles)}" if scope else m.name
+        if kind == "embedding" and scope and info.original_name.removesuffix(":0") == scope:
+            native = scope      # a Google-style table: the variable is the layer (reader._tables_as_layers)
         outs.append(OutTensor(native, m.tensor, _target_dtype(m.tensor.dtype, info.original_dtype,
                                                               restore_dtype, native, rep)))
         rep.renamed("+".join(roles[s] for s in m.source.split("+")), native)
