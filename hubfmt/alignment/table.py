@@ -10,6 +10,8 @@ Operations (`Move.op`):
     "merge"    several tensors -> one, concatenated along `axis` (the inverse of split)
     "create"   a tensor the destination expects and the source cannot have (num_batches_tracked)
     "drop"     a source tensor the destination has no place for (num_batches_tracked)
+    "flatten"  rename a linear weight fed by a Flatten and decide its input-row order (`permute`:
+               a rules-file flatten op, hubfmt.io.flatten.rule_op); its layer's attributes record it
 """
 from __future__ import annotations
 
@@ -18,14 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hubfmt.format.checkpoint import Checkpoint, TensorInfo
+from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
 from hubfmt.format.tensor import FileSpan, LazyTensor
 from hubfmt.format.tensor import read_region
 from hubfmt.errors import ConversionError
+from hubfmt.io import flatten
 from hubfmt.io.norm_attrs import equivalent, norm_attr_mismatches
 from hubfmt.report import Report
 
-OPS = ("", "conv1x1", "split", "merge", "create", "drop")
+OPS = ("", "conv1x1", "split", "merge", "create", "drop", "flatten")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Move:
     sizes: tuple[int, ...] = ()
     confidence: float | None = None   # alignment's confidence; None for rules
     note: str = ""                    # the rule or the evidence that produced the row
+    permute: str = ""                 # op "flatten": the rules file's flatten op ("flatten:HWC->CHW:7x7")
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -129,6 +133,8 @@ def _tensors(src: Checkpoint, m: Move) -> list[LazyTensor]:
     ts = [src[n].tensor for n in m.sources]
     if m.op == "":
         return ts
+    if m.op == "flatten":
+        return [flatten.decide_by_rule(ts[0], {}, flatten.rule_op(m.permute), m.sources[0])[0]]
     if m.op == "conv1x1":
         shape = conv1x1_shape(ts[0].shape)
         if shape is None:
@@ -220,6 +226,7 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
         raise ConversionError(f"the table names tensors the source does not have: {', '.join(missing[:5])}")
     renamed: dict[str, str] = {}
     layer_of: dict[str, str] = {}
+    decided: dict[str, LayerInfo] = {}     # layers whose flatten order a rules-file op decided
     for m in mapping.moves:
         if m.op == "drop":
             _event(report, m, [], src)
@@ -234,6 +241,12 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
         for s in m.sources:
             layer_of.setdefault(src[s].info.layer, out[m.targets[0]].info.layer)
         _event(report, m, tensors, src)
+        if m.op == "flatten":
+            li = src.layers.get(src[m.sources[0]].info.layer)
+            _, attrs, what = flatten.decide_by_rule(src[m.sources[0]].tensor, li.attrs if li else {},
+                                                    flatten.rule_op(m.permute), m.sources[0])
+            decided[out[m.targets[0]].info.layer] = LayerInfo(li.kind if li else "linear", attrs)
+            report.add("permuted" if "HWC->CHW" in what else "warning", m.targets[0], what)
     if keep_unmapped:
         for name, e in src.entries.items():
             if name not in mentioned:
@@ -247,6 +260,7 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
         e.info.tied_to = renamed.get(e.info.tied_to, e.info.tied_to if e.info.tied_to in out else None)
     for path, li in src.layers.items():
         out.layers.setdefault(layer_of.get(path, path), li)
+    out.layers.update(decided)
     if template is not None:
         for path, li in template.layers.items():
             if path not in out.layers:
