@@ -267,3 +267,91 @@ def test_oneflow_to_model_refuses(keras, tmp_path):
                           timeout=600, env=CLEAN_ENV)
     assert proc.returncode == 0 and "REFUSED" in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
+
+# ---- the map's shape from an MXNet symbol --------------------------------------------------------
+
+def _mxnet_symbol_checkpoint(mx, tmp_path, data_shape=True, seed=0):
+    """The Keras net as an MXNet symbol (Module checkpoint prefix-0000.params + prefix-symbol.json);
+    the data variable carries its shape (1, 3, H, W) when `data_shape`."""
+    from test_flatten_order import CIN, H, W
+    data = mx.sym.var("data", shape=(1, CIN, H, W)) if data_shape else mx.sym.var("data")
+    y = mx.sym.Activation(mx.sym.Convolution(data, num_filter=4, kernel=(3, 3), name="conv"), act_type="relu")
+    y = mx.sym.FullyConnected(mx.sym.Flatten(y), num_hidden=5, name="fc")
+    sym = mx.sym.FullyConnected(mx.sym.Activation(y, act_type="relu"), num_hidden=3, name="out")
+    rng = np.random.default_rng(seed)
+    shapes = dict(zip(sym.list_arguments(), sym.infer_shape(data=(1, CIN, H, W))[0], strict=True))
+    args = {n: mx.nd.array(rng.normal(0, 0.5, s).astype(np.float32)) for n, s in shapes.items() if n != "data"}
+    prefix = str(tmp_path / ("sym" if data_shape else "bare"))
+    mx.model.save_checkpoint(prefix, 0, sym, args, {})
+    return sym, args, prefix
+
+
+def _mxnet_forward(mx, sym, args, x):
+    exe = sym.bind(mx.cpu(), {"data": mx.nd.array(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), **args})
+    return exe.forward(is_train=False)[0].asnumpy()
+
+
+def test_mxnet_symbol_gives_the_map_both_ways(keras, tmp_path):
+    mx = require("mxnet")
+    sym, args, prefix = _mxnet_symbol_checkpoint(mx, tmp_path)
+    want = _mxnet_forward(mx, sym, args, X)
+    assert hubfmt.read(f"{prefix}-0000.params").layers["fc"].attrs["flatten"] == [4, 4, 3]
+    # MXNet -> a bare Keras .weights.h5 (no config anywhere): the symbol's shapes decide
+    keras_net(keras, seed=5).save_weights(str(tmp_path / "tmpl.weights.h5"))
+    report = hubfmt.convert(f"{prefix}-0000.params", tmp_path / "o.weights.h5", template=tmp_path / "tmpl.weights.h5")
+    assert report.counts()["permuted"] == 1
+    k = keras_net(keras, seed=9)
+    k.load_weights(str(tmp_path / "o.weights.h5"))
+    assert_same_outputs(k.predict(X, verbose=0), want)
+    # a bare Keras .weights.h5 -> MXNet with the symbol checkpoint as template: permuted onto it
+    k = keras_net(keras, seed=3)
+    k.save_weights(str(tmp_path / "k.weights.h5"))
+    report = hubfmt.convert(tmp_path / "k.weights.h5", tmp_path / "back-0000.params", template=f"{prefix}-0000.params")
+    assert [e.name for e in report.events if e.action == "permuted"] == ["fc.weight"]
+    back = {k2.split(":", 1)[1]: v for k2, v in mx.nd.load(str(tmp_path / "back-0000.params")).items()}
+    assert_same_outputs(_mxnet_forward(mx, sym, back, X), k.predict(X, verbose=0))
+
+
+def test_mxnet_symbol_without_a_data_shape_is_refused_naming_the_layer(keras, tmp_path):
+    mx = require("mxnet")
+    _, _, prefix = _mxnet_symbol_checkpoint(mx, tmp_path, data_shape=False)
+    assert not isinstance(hubfmt.read(f"{prefix}-0000.params").layers["fc"].attrs.get("flatten"), list)
+    r = run_cli("convert", f"{prefix}-0000.params", tmp_path / "o.weights.h5")
+    assert r.returncode == 2 and "fc" in r.stderr and "-W flatten=" in r.stderr, r.stderr
+    assert not (tmp_path / "o.weights.h5").exists()
+
+
+# ---- the map's shape from a torch pickled module (torchvision VGG16 <-> keras.applications) ------
+
+def _vgg(keras, torch):
+    from zoo import import_torchvision
+    tv = import_torchvision()
+    k = keras.applications.VGG16(weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None)
+    t = tv.models.vgg16(num_classes=10)
+    t.avgpool = torch.nn.AdaptiveAvgPool2d((2, 2))     # 64x64 in: a 2x2x512 map, a known output size
+    t.classifier[0] = torch.nn.Linear(512 * 2 * 2, 4096)
+    return k, t.eval()
+
+
+def test_torch_pickled_vgg16_gives_the_map_both_ways(keras, torch, tmp_path):
+    k, t = _vgg(keras, torch)
+    x = np.random.default_rng(2).normal(0, 1, (2, 64, 64, 3)).astype(np.float32)
+    torch.save(t, tmp_path / "vgg_module.pt")                      # the whole module, pickled
+    assert hubfmt.read(tmp_path / "vgg_module.pt").layers["classifier.0"].attrs["flatten"] == [512, 2, 2]
+    # torch -> bare Keras .weights.h5 (its template has no config): the pickled module decides
+    k.save_weights(str(tmp_path / "tmpl.weights.h5"))
+    report = hubfmt.convert(tmp_path / "vgg_module.pt", tmp_path / "vgg.weights.h5", template=tmp_path / "tmpl.weights.h5")
+    assert report.counts()["permuted"] == 1
+    k.load_weights(str(tmp_path / "vgg.weights.h5"))
+    assert_same_outputs(k.predict(x, verbose=0), torch_out(torch, t, x))
+    # bare Keras .weights.h5 -> torch with the pickled module as template
+    with torch.no_grad():
+        for p in t.parameters():
+            p.mul_(1.1)
+    torch.save(t, tmp_path / "tmpl_module.pt")
+    k2, _ = _vgg(keras, torch)
+    k2.save_weights(str(tmp_path / "k2.weights.h5"))
+    report = hubfmt.convert(tmp_path / "k2.weights.h5", tmp_path / "t2.pth", template=tmp_path / "tmpl_module.pt")
+    assert [e.name for e in report.events if e.action == "permuted"] == ["classifier.0.weight"]
+    t.load_state_dict(torch.load(tmp_path / "t2.pth", weights_only=True), strict=True)
+    assert_same_outputs(torch_out(torch, t, x), k2.predict(x, verbose=0))

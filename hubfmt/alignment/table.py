@@ -181,6 +181,29 @@ def _info(src: Checkpoint, m: Move, name: str, tensor: LazyTensor, template: Che
                                original_shape=first.original_shape if m.op == "" else None)
 
 
+def _flatten_from_template(src: Checkpoint, m: Move, tensors: list[LazyTensor], template: Checkpoint,
+                           decided: dict, report: Report) -> list[LazyTensor]:
+    """A linear weight whose reader could not tell its row order (a channels-last source without
+    the map's shape, flatten.mark_undecided) gets it from the template's record of that layer's
+    map (an MXNet symbol, a torch pickled module, a .keras config: layer attribute `flatten`)."""
+    e = src[m.sources[0]]
+    li = src.layers.get(e.info.layer)
+    if li is None or li.attrs.get(flatten.ATTR_SOURCE) != flatten.UNDECIDED or e.info.role != "weight":
+        return tensors
+    target = m.targets[0]
+    layer = template[target].info.layer if target in template else ""
+    tl = template.layers.get(layer)
+    rec = tl.attrs.get(flatten.ATTR) if tl is not None else None
+    if not (isinstance(rec, list) and len(rec) == 3 and len(tensors[0].shape) == 2):
+        return tensors
+    c, h, w = (int(x) for x in rec)
+    permuted = flatten.hwc_to_chw(tensors[0], (h, w, c), target)
+    attrs = {k: v for k, v in li.attrs.items() if k not in (flatten.ATTR, flatten.ATTR_SOURCE, "flatten_undecided")}
+    decided[layer] = LayerInfo(li.kind, {**attrs, flatten.ATTR: [c, h, w], flatten.ATTR_SOURCE: "HWC"})
+    report.add("permuted", target, f"input rows HWC->CHW ({h}x{w}x{c} map, as the template records this layer's input)")
+    return [permuted]
+
+
 def _event(report: Report, m: Move, tensors: list[LazyTensor], src: Checkpoint) -> None:
     if m.op == "create":
         for t in m.targets:
@@ -232,6 +255,8 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
             _event(report, m, [], src)
             continue
         tensors = _tensors(src, m)
+        if template is not None and m.op == "" and len(m.sources) == 1:
+            tensors = _flatten_from_template(src, m, tensors, template, decided, report)
         for name, t in zip(m.targets, tensors, strict=True):
             if name in out:
                 raise ConversionError(f"two source tensors map to {name}")
@@ -270,6 +295,8 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
             for text in norm:
                 report.add("warning", path, f"{out.layers[path].kind} {text.replace('in the destination', 'in the template')}")
             for k, v in li.attrs.items():
+                if k in (flatten.ATTR, flatten.ATTR_SOURCE) and not (isinstance(v, list) and isinstance(mine.get(k), list)):
+                    continue    # MXNet's FullyConnected `flatten` flag, or orders that say nothing of the map
                 if k in mine and not equivalent(k, mine[k], v) and not (norm and k in ("eps", "momentum")):
                     report.add("warning", path, f"{k}: source {mine[k]!r}, template {v!r} (the source's value is kept)")
     return out
