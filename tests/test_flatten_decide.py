@@ -211,6 +211,13 @@ def test_rules_op_shape_must_divide_the_inputs(keras, tmp_path):
         hubfmt.convert(tmp_path / "k.weights.h5", tmp_path / "t.pth", rules=rules)
 
 
+def test_rules_op_never_permutes_twice(keras, tmp_path):
+    keras_net(keras).save(str(tmp_path / "k.keras"))        # its config gives the map: already permuted
+    with pytest.raises(ConversionError, match="permute them twice"):
+        hubfmt.convert(tmp_path / "k.keras", tmp_path / "t.pth", rules=_rules(tmp_path, RULE_READ))
+    assert not (tmp_path / "t.pth").exists()
+
+
 # ---- in-memory destinations refuse an undecided checkpoint ---------------------------------------
 
 def test_mxnet_and_mindspore_to_model_refuse_then_decide(keras, tmp_path):
@@ -224,9 +231,12 @@ def test_mxnet_and_mindspore_to_model_refuse_then_decide(keras, tmp_path):
 
     mx = require("mxnet")
     from hubfmt.adapters import mxnet as mxa
-    gnet = mx.gluon.nn.HybridSequential()
-    gnet.add(mx.gluon.nn.Conv2D(4, 3, in_channels=3, activation="relu"), mx.gluon.nn.Flatten(),
-             mx.gluon.nn.Dense(5, in_units=48, activation="relu"), mx.gluon.nn.Dense(3, in_units=5))
+    # An explicit prefix and children made in its scope: Gluon's global name counters stay untouched
+    # (other tests' parameter names depend on them).
+    gnet = mx.gluon.nn.HybridSequential(prefix="flatdecide_")
+    with gnet.name_scope():
+        gnet.add(mx.gluon.nn.Conv2D(4, 3, in_channels=3, activation="relu"), mx.gluon.nn.Flatten(),
+                 mx.gluon.nn.Dense(5, in_units=48, activation="relu"), mx.gluon.nn.Dense(3, in_units=5))
     gnet.initialize()
     with pytest.raises(ConversionError, match="fc.*-R flatten="):
         mxa.to_model(undecided, gnet)
@@ -275,9 +285,11 @@ def _mxnet_symbol_checkpoint(mx, tmp_path, data_shape=True, seed=0):
     the data variable carries its shape (1, 3, H, W) when `data_shape`."""
     from test_flatten_order import CIN, H, W
     data = mx.sym.var("data", shape=(1, CIN, H, W)) if data_shape else mx.sym.var("data")
-    y = mx.sym.Activation(mx.sym.Convolution(data, num_filter=4, kernel=(3, 3), name="conv"), act_type="relu")
-    y = mx.sym.FullyConnected(mx.sym.Flatten(y), num_hidden=5, name="fc")
-    sym = mx.sym.FullyConnected(mx.sym.Activation(y, act_type="relu"), num_hidden=3, name="out")
+    # every operator named: MXNet's global name counters stay untouched (other tests depend on them)
+    y = mx.sym.Activation(mx.sym.Convolution(data, num_filter=4, kernel=(3, 3), name="conv"), act_type="relu",
+                          name="relu1")
+    y = mx.sym.FullyConnected(mx.sym.Flatten(y, name="flat"), num_hidden=5, name="fc")
+    sym = mx.sym.FullyConnected(mx.sym.Activation(y, act_type="relu", name="relu2"), num_hidden=3, name="out")
     rng = np.random.default_rng(seed)
     shapes = dict(zip(sym.list_arguments(), sym.infer_shape(data=(1, CIN, H, W))[0], strict=True))
     args = {n: mx.nd.array(rng.normal(0, 0.5, s).astype(np.float32)) for n, s in shapes.items() if n != "data"}

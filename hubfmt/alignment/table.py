@@ -268,6 +268,9 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
         _event(report, m, tensors, src)
         if m.op == "flatten":
             li = src.layers.get(src[m.sources[0]].info.layer)
+            if li is not None and li.attrs.get(flatten.ATTR_SOURCE) == "HWC" and "HWC->CHW" in m.permute.upper():
+                raise ConversionError(f"{m.sources[0]}: its reader already permuted the rows HWC->CHW (it knew the "
+                                      f"map, {li.attrs.get(flatten.ATTR)}); the rule would permute them twice")
             _, attrs, what = flatten.decide_by_rule(src[m.sources[0]].tensor, li.attrs if li else {},
                                                     flatten.rule_op(m.permute), m.sources[0])
             decided[out[m.targets[0]].info.layer] = LayerInfo(li.kind if li else "linear", attrs)
