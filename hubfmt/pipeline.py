@@ -15,6 +15,7 @@ import os
 
 from hubfmt import registry
 from hubfmt.alignment import Alignment, RuleSet, align_checkpoints, load_rules, load_target
+from hubfmt.alignment.target import is_listing
 from hubfmt.errors import ConversionError, HubfmtError, OutputError
 from hubfmt.format.checkpoint import Checkpoint
 from hubfmt.io import flatten, hubfile
@@ -80,7 +81,7 @@ def align(source, template, *, framework: str | None = None, template_framework:
     if not isinstance(source, Checkpoint):
         source_label = source_label or os.fspath(source)
         source = read(source, framework=framework)
-    target, label = load_target(template, framework=template_framework, read=read)
+    target, label = load_target(template, framework=template_framework, read=read, native_listing=native_listing)
     with Busy(f"aligning {len(source)} tensors onto {len(target)}"):
         return align_checkpoints(source, target, source_label=source_label, template_label=label)
 
@@ -230,11 +231,29 @@ def add_output_checksums(report: Report, dst: str | os.PathLike, framework: str 
         row["canonical_crc32c"] = f"{compute('crc32c', data.reshape(-1).view(np.uint8)):08x}"
 
 
+def native_listing(listing: Checkpoint, framework: str) -> Checkpoint:
+    """A names+shapes listing of `framework`'s own names as the canonical Checkpoint its reader
+    would make of the same variables (the first adapter of `framework` that declares
+    `from_listing`: TF names -> kinds, canonical names and shapes). An adapter without it names
+    its tensors canonically already (torch, OneFlow): the listing is kept as it is."""
+    for name in registry.select(framework):
+        if name == registry.HUB:
+            break
+        from_listing = getattr(registry.adapter(name), "from_listing", None)
+        if from_listing is not None:
+            out = from_listing([(n, listing[n].tensor) for n in listing])
+            out.source.file, out.source.format = listing.source.file, "listing"
+            return out
+    return listing
+
+
 def native_template(template, template_framework: str | None, dst_name: str, dst_fmt: registry.NativeFormat) -> bool:
     """Whether `template` is a file in the destination's own format that the destination writer
     takes as its native template (the writer declares a `template` option)."""
     if not isinstance(template, (str, os.PathLike)) or "template" not in dst_fmt.options_for(WRITE):
         return False
+    if is_listing(os.fspath(template)):
+        return False     # names+shapes only, even with --template-from naming the destination's framework
     try:
         t_name, _ = registry.detect_input(os.fspath(template), template_framework)
     except HubfmtError:

@@ -62,6 +62,23 @@ def run_oneflow(script: str, *args: str, timeout: int = 600) -> subprocess.Compl
     return proc
 
 
+def run_transformers4(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `script` in a child process with transformers 4.x first on its path (scripts/setup
+    installs it beside the main environment: requirements/transformers4.txt); torch and
+    TensorFlow are the main environment's. Fails the test with the child's output on error."""
+    t4 = Path(sys.prefix) / "transformers4"
+    if not t4.is_dir():
+        if STRICT:
+            pytest.fail(f"transformers 4.x oracle missing: {t4} (run scripts/setup)")
+        pytest.skip("transformers 4.x oracle not installed")
+    env = dict(CLEAN_ENV, PYTHONPATH=os.pathsep.join([str(t4), str(REPO / "tests")]))
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+    if proc.returncode != 0:
+        pytest.fail(f"transformers 4.x subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
 def run_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     """Run the `hubfmt` command line in a child process (how users run it)."""
     return subprocess.run([sys.executable, "-m", "hubfmt", *map(str, args)], capture_output=True, text=True,

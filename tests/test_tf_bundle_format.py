@@ -296,8 +296,16 @@ def test_dense_after_flatten_is_flagged(tmp_path):
     outs = [bundle_write.OutTensor(n, LazyTensor.from_array(rng.standard_normal(s).astype(np.float32))) for n, s in
             [("conv/kernel", (3, 3, 3, 8)), ("fc/kernel", (8 * 4 * 4, 10)), ("pooled_fc/kernel", (8, 10))]]
     bundle_write.write_bundle(str(tmp_path / "m"), outs)
-    warned = tfa.read(tmp_path / "m").report.names("warning")
-    assert "fc.weight" in warned and "pooled_fc.weight" not in warned
+    ckpt = tfa.read(tmp_path / "m")
+    warned = ckpt.report.names("warning")
+    assert "fc" in warned and "pooled_fc" not in warned     # 8 inputs after 8 channels: a pooled map
+    with pytest.raises(ConversionError, match="fc.*128 inputs.*-R flatten=4x4"):     # undecided: refused
+        hubfmt.write(ckpt, tmp_path / "h.safetensors")
+    assert not (tmp_path / "h.safetensors").exists()
+    decided = tfa.read(tmp_path / "m", flatten="4x4")
+    assert decided.layers["fc"].attrs["flatten"] == [8, 4, 4] and "flatten" not in decided.layers["pooled_fc"].attrs
+    hwc = tfa.read(tmp_path / "m", flatten="as-is").array("fc.weight").reshape(10, 4, 4, 8)
+    assert np.array_equal(decided.array("fc.weight"), hwc.transpose(0, 3, 1, 2).reshape(10, 128))
 
 
 def test_tf1_to_hub_to_tf1_keeps_names_and_values(tmp_path):

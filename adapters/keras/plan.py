@@ -347,7 +347,8 @@ def flatten_rows(ckpt: Checkpoint, pairs: list[tuple[CanonLayer, Target]], confi
         suspects = [s for s in flatten.conv_fed_linears(ckpt) if s[0] in linear and s[0] not in out and s[0] not in kept]
         if suspects and decided is None:
             raise flatten.undecided(suspects, f"the destination {where} has no config (no .keras template) that shows a "
-                                              "Flatten or its shape", "-W")
+                                              "Flatten or its shape", "-W",
+                                    "or give the destination model's .keras archive as --template")
         for module, c, n in suspects:
             if decided == flatten.AS_IS:
                 report.add("warning", module, "input rows kept in their order (flatten=as-is)")

@@ -86,7 +86,6 @@ def canonical_flatten_order(ckpt: Checkpoint, inputs: dict | None, dense_names: 
     """Permute the input rows of each Dense fed by a channels-last Flatten to the canonical C,H,W
     order, recorded in its layer attributes and reported (`inputs`: Keras layer name -> (H, W, C),
     from a config; None without one: then the `flatten` option, or an error, decides)."""
-    decided = flatten.parse(option)
     if inputs is not None:
         for module, name in dense_names.items():
             if name not in inputs or f"{module}.weight" not in ckpt.entries:
@@ -96,29 +95,8 @@ def canonical_flatten_order(ckpt: Checkpoint, inputs: dict | None, dense_names: 
                 ckpt.report.add("warning", module, "Dense after Flatten, the config does not give the map's shape: "
                                                    "its input rows stay in Keras's H,W,C order")
                 continue
-            _permute(ckpt, module, hwc, "the config's Flatten")
+            flatten.permute_to_canonical(ckpt, module, hwc, "the config's Flatten")
         return
-    suspects = flatten.conv_fed_linears(ckpt)
-    if not suspects:
-        return
-    if decided is None:
-        flatten.mark_undecided(ckpt, suspects, f"{where} has no config that shows a Flatten or its shape", "-R")
-        return
-    for module, c, n in suspects:
-        if decided == flatten.AS_IS:
-            ckpt.layers[module].attrs[flatten.ATTR_SOURCE] = flatten.AS_IS
-            ckpt.report.add("warning", module, "input rows kept in their order (flatten=as-is)")
-            continue
-        c, hw = flatten.shape_from_option(decided, n, module, "flatten")
-        _permute(ckpt, module, (decided[0], decided[1], c), "flatten=" + "x".join(map(str, decided)))
-
-
-def _permute(ckpt: Checkpoint, module: str, hwc: tuple[int, int, int], why: str) -> None:
-    name = f"{module}.weight"
-    e = ckpt.entries[name]
-    h, w, c = hwc
-    e.tensor = flatten.hwc_to_chw(e.tensor, hwc, name)
-    li = ckpt.layers[module]
-    li.attrs[flatten.ATTR] = [c, h, w]
-    li.attrs[flatten.ATTR_SOURCE] = "HWC"
-    ckpt.report.add("permuted", name, f"input rows HWC->CHW ({h}x{w}x{c} map, {why})")
+    flatten.decide_read(ckpt, option, f"{where} has no config that shows a Flatten or its shape", "-R",
+                        "or give the model's .keras archive (-R template=MODEL.keras, or convert the .keras file "
+                        "itself)")

@@ -11,7 +11,7 @@ import numpy as np
 
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import Checkpoint, LazyTensor
-from hubfmt.sdk import ConversionError, MissingFrameworkError
+from hubfmt.sdk import ConversionError, MissingFrameworkError, flatten
 
 from . import names
 from .reader import to_canonical
@@ -126,6 +126,7 @@ def to_model(ckpt: Checkpoint, cell, *, strict: bool = True):
     >>> report = to_model(hubfmt.read("effnet_torch.safetensors"), net)   # doctest: +SKIP
     """
     ms = _import()
+    flatten.check_decided(ckpt)     # a Dense's row order after a Flatten its reader could not tell
     items, report = plan(ckpt, cell, strict=strict)
     params = {}
     for it in items:

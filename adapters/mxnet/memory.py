@@ -5,7 +5,7 @@ import numpy as np
 
 from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, SourceInfo, TensorInfo
 from hubfmt.sdk import ConversionError, MissingFrameworkError
-from hubfmt.sdk import Report
+from hubfmt.sdk import Report, flatten
 
 from . import names, symbol
 
@@ -98,6 +98,7 @@ def to_model(ckpt: Checkpoint, block, *, strict: bool = True) -> Report:
     >>> to_model(hubfmt.read("resnet.safetensors"), net)          # doctest: +SKIP
     """
     mx = import_mxnet()
+    flatten.check_decided(ckpt)     # a Dense's row order after a Flatten its reader could not tell
     report = Report(stage="write")
     params = block._collect_params_with_prefix()
     usable = [n for n in ckpt.entries if ckpt[n].info.role != "num_batches_tracked"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from hubfmt.sdk import FormatError
 
 from . import names
+from .shapes import flattened_maps
 
 MAX_SYMBOL = 256 * 2**20
 
@@ -231,6 +232,12 @@ def parse(raw: bytes | str, path: str) -> Graph:
             uses[src] = ParamUse(target["name"], role, op, node["name"], kind, attrs,
                                  aux=(op in _BN_OPS and slot in (3, 4)) or names.is_aux(target["name"]),
                                  shape=shape_hint(op, role, raw, node_attrs(target)))
+    # A FullyConnected fed by a flattened map the graph can size (a data `__shape__`): its rows are
+    # C,H,W of that map, recorded so that a channels-last writer permutes them (spec 3.5).
+    maps = flattened_maps(nodes, node_attrs)
+    for use in uses.values():
+        if use.op == "FullyConnected" and use.node in maps:
+            use.attrs.update({"flatten": list(maps[use.node]), "flatten_source": "CHW"})
     version = ""
     mv = (doc.get("attrs") or {}).get("mxnet_version") if isinstance(doc.get("attrs"), dict) else None
     if isinstance(mv, list) and len(mv) == 2 and isinstance(mv[1], int):

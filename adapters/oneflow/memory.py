@@ -5,7 +5,7 @@ from __future__ import annotations
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, TensorInfo
 from hubfmt.sdk import ConversionError, MissingFrameworkError
-from hubfmt.sdk import Report
+from hubfmt.sdk import Report, flatten
 
 from .names import kind_from_names, kind_of_module, layer_attrs
 
@@ -84,6 +84,7 @@ def to_model(ckpt: Checkpoint, module, *, strict: bool = True) -> Report:
     >>> print(report.to_text())                                        # doctest: +SKIP
     """
     flow = _flow("loading into a OneFlow model")
+    flatten.check_decided(ckpt)     # a Dense's row order after a Flatten its reader could not tell
     report = Report(stage="write", destination=type(module).__name__)
     target = module.state_dict()
     new = {}

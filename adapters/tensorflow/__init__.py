@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from .formats import FORMATS, FRAMEWORK, FRAMEWORK_MODULE, NAME, PIP_NAME, sniff
 from .memory import from_model, to_model
-from .reader import read
+from .reader import from_listing, read
 from .writer import write
 
 __all__ = ["NAME", "FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model",
-           "to_model"]
+           "to_model", "from_listing"]

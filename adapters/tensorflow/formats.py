@@ -23,13 +23,18 @@ RNN_STYLE = Option("rnn_style", "str", "tf1", "tf1: fused LSTMCell kernels; kera
                    choices=("tf1", "keras"))
 UPDATE_STATE = Option("update_state", "bool", True, "point the directory's `checkpoint` state file at the output",
                       WRITE)
+FLATTEN_DOC = ("a Dense after a Flatten of conv features (a checkpoint does not record the map's shape): HxW (its "
+               "height and width; the input rows are permuted between TF's H,W,C and the canonical C,H,W order) or "
+               "as-is (rows kept as they are)")
+FLATTEN_READ = Option("flatten", "str", None, FLATTEN_DOC, READ)
+FLATTEN_WRITE = Option("flatten", "str", None, FLATTEN_DOC, WRITE)
 BUNDLE = NativeFormat(
     "tf-checkpoint", (".index",),
     "TensorFlow checkpoint bundle, TF1 name-based or TF2 object-based (prefix.index + prefix.data-*)",
     layout="prefix",
-    options=(PREFER_EMA, KINDS_READ, FORGET_BIAS_READ, STRICT_READ, VERIFY_CHECKSUMS,
+    options=(PREFER_EMA, KINDS_READ, FORGET_BIAS_READ, STRICT_READ, VERIFY_CHECKSUMS, FLATTEN_READ,
              RESTORE_DTYPE, TEMPLATE, MAX_SHARD_SIZE, KINDS_WRITE, RNN_STYLE, FORGET_BIAS_WRITE, STRICT_WRITE,
-             UPDATE_STATE),
+             UPDATE_STATE, FLATTEN_WRITE),
     cannot_hold=("num_batches_tracked",))
 FORMATS = (BUNDLE,)
 

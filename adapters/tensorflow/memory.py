@@ -4,10 +4,11 @@ Keras models are the keras adapter's (hubfmt.adapters.keras.from_model / to_mode
 from __future__ import annotations
 
 from hubfmt.sdk import Checkpoint, ConversionError, LazyTensor, MissingFrameworkError, Report, SourceInfo, dtypes
+from hubfmt.sdk import flatten as flatten_order
 
 from .formats import FRAMEWORK, PIP_NAME
-from .reader import import_variables
-from .writer import export_by_rule
+from .reader import decide_flatten_rows, import_variables
+from .writer import export_by_rule, flatten_rows
 
 
 def _refuse_keras(model) -> None:
@@ -45,7 +46,7 @@ def _require_tf():
 
 def from_model(model, **options) -> Checkpoint:
     """Canonical Checkpoint of in-memory TF variables (options: those of read_variables:
-    prefer_ema, kinds, forget_bias, strict).
+    prefer_ema, kinds, forget_bias, strict; and flatten, as `read` takes it).
 
     >>> ckpt = from_model({"dense/kernel": tf.Variable(np.ones((3, 4)))})   # doctest: +SKIP
     """
@@ -58,19 +59,27 @@ def from_model(model, **options) -> Checkpoint:
     for name, v in _variables(model).items():
         arr = v.numpy()
         variables.append((name, LazyTensor.from_array(arr) if arr.dtype.kind in "fiucb" else None))
-    return import_variables(variables, ckpt=ckpt, **options)
+    flatten = options.pop("flatten", None)
+    import_variables(variables, ckpt=ckpt, **options)
+    decide_flatten_rows(ckpt, flatten, "TF variables")
+    return ckpt
 
 
-def to_model(ckpt: Checkpoint, model, *, strict: bool = True) -> Report:
+def to_model(ckpt: Checkpoint, model, *, strict: bool = True, flatten: str | None = None) -> Report:
     """Assign `ckpt` to in-memory TF variables (names by the export rules, dtypes of the variables).
-    strict: every variable must be filled and every tensor used, else ConversionError.
+    strict: every variable must be filled and every tensor used, else ConversionError. flatten:
+    "HxW" or "as-is" for a linear layer that looks fed by flattened conv features (variables do
+    not show the map's shape; writer.flatten_rows).
 
     >>> to_model(ckpt, {"dense/kernel": var_k, "dense/bias": var_b})    # doctest: +SKIP
     """
     tf = _require_tf()
     _refuse_keras(model)
     variables = _variables(model)
-    outs, rep = export_by_rule(ckpt, restore_dtype=False, strict=strict)
+    flatten_order.check_decided(ckpt)     # a Dense's row order after a Flatten its reader could not tell
+    rows = flatten_rows(ckpt, flatten, "TF variables")
+    outs, rep = export_by_rule(ckpt, restore_dtype=False, strict=strict, rows=rows)
+    rep.events[:0] = rows.report.events
     by_name = {o.name: o for o in outs}
     problems = []
     for name, v in variables.items():

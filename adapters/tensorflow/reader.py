@@ -31,6 +31,7 @@ from typing import Iterable
 from hubfmt.sdk import layouts
 from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, TensorInfo
 from hubfmt.sdk import ConversionError, FormatError, SourceInfo, protowire
+from hubfmt.sdk import flatten as flatten_order
 
 from . import names
 from .formats import FRAMEWORK
@@ -39,12 +40,15 @@ from .objgraph import OBJECT_GRAPH_KEY, VALUE_SUFFIX
 
 def read(path, *, prefer_ema: bool = False, kinds: dict | None = None,
          forget_bias: float = names.TF1_FORGET_BIAS, strict: bool = True,
-         verify_checksums: bool = True) -> Checkpoint:
+         verify_checksums: bool = True, flatten: str | None = None) -> Checkpoint:
     """A TF checkpoint bundle as a canonical, lazy Checkpoint.
 
     prefer_ema: take ExponentialMovingAverage shadows; kinds: {layer: kind} overrides of the
     inferred kinds; forget_bias: of TF1 LSTM cells; strict: unmappable layers raise;
-    verify_checksums: check each tensor's CRC-32C on load.
+    verify_checksums: check each tensor's CRC-32C on load; flatten: a Dense after a Flatten of
+    conv features, whose H,W,C rows a checkpoint cannot show: "HxW" permutes them to the
+    canonical C,H,W order, "as-is" keeps them; without it such a layer makes every write refuse
+    (hubfmt.sdk.flatten).
 
     >>> ckpt = read("train/model.ckpt-1000", prefer_ema=True)          # doctest: +SKIP
     """
@@ -71,8 +75,17 @@ def read(path, *, prefer_ema: bool = False, kinds: dict | None = None,
             raise FormatError(f"bad TF2 object graph: {e}", bundle.index_path) from None
     variables = [(n, bundle.tensor(n) if e.dtype is not None else e.dtype_name)
                  for n, e in bundle.entries.items()]
-    return import_variables(variables, paths=paths, full_names=full_names, ckpt=ckpt, prefer_ema=prefer_ema,
-                            kinds=kinds, forget_bias=forget_bias, strict=strict)
+    import_variables(variables, paths=paths, full_names=full_names, ckpt=ckpt, prefer_ema=prefer_ema,
+                     kinds=kinds, forget_bias=forget_bias, strict=strict)
+    decide_flatten_rows(ckpt, flatten, f"{os.path.basename(bundle.prefix)} (a TF checkpoint)")
+    return ckpt
+
+
+def decide_flatten_rows(ckpt: Checkpoint, option, where: str) -> None:
+    """A Dense after a Flatten of NHWC conv features takes its inputs in H,W,C order, a NCHW model
+    in C,H,W; a checkpoint records neither the Flatten nor the map's shape, so `option` decides
+    (hubfmt.sdk.flatten.decide_read), or every write refuses."""
+    flatten_order.decide_read(ckpt, option, f"{where} records no Flatten or its shape", "-R")
 
 
 SLOT_RE = re.compile(r"^(Adam|Adam_1|Momentum|RMSProp|RMSProp_1|Adagrad|AdagradDA|AdagradDA_1|Adadelta|Adadelta_1|"
@@ -227,6 +240,7 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
                 _keep_counter(ckpt, var, numeric[var][1])
                 rep.add("dropped", numeric.pop(var)[0], why)
     _apply_ema(numeric, prefer_ema, rep)
+    numeric = _tables_as_layers(numeric)
 
     groups: dict[str, dict[str, tuple[str, LazyTensor]]] = {}
     for var in (numeric if tf2 else sorted(numeric, key=natural_key)):
@@ -238,11 +252,39 @@ def import_variables(variables: Iterable[tuple[str, LazyTensor | None]], *, pref
         m = _STACK_CELL.match(layer)
         stack = (m.group(1), int(m.group(2))) if m else None
         saw_bn |= _import_group(ckpt, layer, members, kinds, forget_bias, strict, layers_out, stack)
-    _warn_flatten_order(ckpt)
     if saw_bn:
         rep.add("warning", "*", "batch-norm eps/momentum are not stored in TF checkpoints: recorded the "
                 "tf.compat.v1.layers/Keras defaults eps=1e-3, momentum=0.99 (canonical 0.01)")
     return ckpt
+
+
+# A variable that is a whole embedding table, Google BERT style (`bert/embeddings/word_embeddings`).
+_TABLE_LEAF = re.compile(r"^\w+_embeddings?$")
+
+
+def _tables_as_layers(numeric: dict) -> dict:
+    """Google's TF1 BERT (and ALBERT, ELECTRA, ...) creates each embedding table as a bare variable
+    `<scope>/<name>_embeddings` [num, dim], not as a layer with an `embeddings` leaf (Keras). Such a
+    variable is its own embedding layer: `<scope>/<name>_embeddings` + leaf `embeddings`, so it reads
+    as kind embedding (`bert.embeddings.word_embeddings.weight`, torch's name) and keeps its key.
+    A name that is also a scope of other variables is left alone."""
+    scopes = {v.rpartition("/")[0] for v in numeric}
+    out = {}
+    for var, value in numeric.items():
+        leaf = var.rpartition("/")[2]
+        if (_TABLE_LEAF.match(leaf) and leaf != "embeddings" and var not in scopes
+                and len(value[1].shape) == 2 and f"{var}/embeddings" not in numeric):
+            var = f"{var}/embeddings"
+        out[var] = value
+    return out
+
+
+def from_listing(variables: Iterable[tuple[str, LazyTensor]]) -> Checkpoint:
+    """A names+shapes listing of TF variable names (tensors without data) named as `read` names a
+    checkpoint of those variables: the alignment target of `--template LISTING --template-from
+    tensorflow`. Training counters are left out (their values would be read); a layer that does
+    not map stays plain tensors (reported)."""
+    return import_variables([(n, t) for n, t in variables if n.removesuffix(":0") not in _COUNTERS], strict=False)
 
 
 def _by_full_names(numeric: dict, full_names: dict[str, str]) -> dict:
@@ -268,19 +310,6 @@ def _cells_into_layers(groups: dict) -> dict:
             layer = parent
         out[layer] = members
     return out
-
-
-def _warn_flatten_order(ckpt: Checkpoint) -> None:
-    """A Dense after Flatten of NHWC conv features expects its inputs in H,W,C order; a NCHW model
-    flattens C,H,W. The checkpoint cannot say which layer feeds which, so flag the candidates."""
-    channels = {e.tensor.shape[0] for e in ckpt.entries.values()
-                if e.info.kind.startswith("conv") and e.info.role == "weight" and len(e.tensor.shape) >= 3}
-    for name, e in ckpt.entries.items():
-        if e.info.kind == "linear" and e.info.role == "weight" and len(e.tensor.shape) == 2:
-            n = e.tensor.shape[1]
-            if any(c and n % c == 0 and n // c > 1 for c in channels):
-                ckpt.report.add("warning", name, f"{n} inputs: if this layer follows a Flatten of NHWC conv "
-                                "features, a NCHW model flattens them in C,H,W order and needs these columns permuted")
 
 
 def _tf2_variable_path(key: str, paths: dict | None) -> str:

@@ -35,6 +35,7 @@ from hubfmt.sdk import dtypes
 from hubfmt.sdk import Checkpoint, LazyTensor
 from hubfmt.sdk import ConversionError, FormatError, OutputError
 from hubfmt.sdk import Report
+from hubfmt.sdk import flatten as flatten_order
 
 from . import names
 from .bundle import DT_STRING, TF_DTYPE_CODES, Bundle
@@ -72,7 +73,8 @@ def output_prefix(path: str) -> str:
 
 def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, restore_dtype: bool = True,
           template=None, max_shard_size: int | None = None, kinds: dict | None = None, rnn_style: str = "tf1",
-          forget_bias: float = names.TF1_FORGET_BIAS, strict: bool = True, update_state: bool = True) -> Report:
+          forget_bias: float = names.TF1_FORGET_BIAS, strict: bool = True, update_state: bool = True,
+          flatten: str | None = None) -> Report:
     """Write `ckpt` as a TF checkpoint bundle at `path` (a prefix, `prefix.index` or a directory:
     `<dir>/model.ckpt`).
 
@@ -80,7 +82,8 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     follow; without one, names follow export_by_rule. max_shard_size: bytes per data shard;
     kinds: {layer: kind} overrides; rnn_style: "tf1" fused cell or "keras"; forget_bias: of the
     destination TF1 cell; strict: a tensor without a place is an error; update_state: write the
-    directory's `checkpoint` file.
+    directory's `checkpoint` file; flatten: "HxW" or "as-is" for a linear layer that looks fed by
+    flattened conv features when the checkpoint does not record its map (flatten_rows).
 
     >>> write(ckpt, "export/model.ckpt", template="target/ckpt-1")   # doctest: +SKIP
     """
@@ -91,13 +94,15 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
     prefix = output_prefix(path)
     if not os.path.isdir(os.path.dirname(os.path.abspath(prefix))):
         raise OutputError("output directory does not exist", os.path.dirname(os.path.abspath(prefix)))
+    rows = flatten_rows(ckpt, flatten, "a TF checkpoint")
     if template is not None:
         tb = open_bundle(os.fspath(template))
         outs, rep = export_by_template(ckpt, tb, restore_dtype=restore_dtype, kinds=kinds, forget_bias=forget_bias,
-                                       strict=strict)
+                                       strict=strict, rows=rows)
     else:
         outs, rep = export_by_rule(ckpt, restore_dtype=restore_dtype, rnn_style=rnn_style, kinds=kinds,
-                                   forget_bias=forget_bias, strict=strict)
+                                   forget_bias=forget_bias, strict=strict, rows=rows)
+    rep.events[:0] = rows.report.events
     if update_state:
         # Checked before anything is written: the state file is the one file beside the output
         # that hubfmt rewrites, so it must be a TF state file (or absent), never something else.
@@ -204,17 +209,45 @@ def _leaf(ckpt: Checkpoint, m: names.Mapped, roles: dict[str, str]) -> str:
     return m.name
 
 
+class FlattenRows(dict):
+    """Linear layer -> (C, H, W) of the map whose C,H,W-ordered input rows are written in TF's
+    H,W,C order; `report` says what was decided."""
+
+    def __init__(self, rows: dict, report: Report):
+        super().__init__(rows)
+        self.report = report
+
+    def apply(self, layer: str, canon: dict, rep: Report, name: str) -> None:
+        if layer in self and "weight" in canon:
+            c, h, w = self[layer]
+            canon["weight"] = flatten_order.chw_to_hwc(canon["weight"], (c, h, w), name)
+            rep.add("permuted", name, f"input rows CHW->HWC ({h}x{w}x{c} map, the order TF's Flatten of NHWC "
+                                      "features gives)")
+
+
+def flatten_rows(ckpt: Checkpoint, option, where: str) -> FlattenRows:
+    """The linear layers whose rows go C,H,W -> H,W,C (a Dense after a Flatten in the channels-last
+    destination): recorded by the checkpoint's reader (a .keras config, a permute rule), or
+    decided by `option`; a layer that looks fed by flattened conv features and is neither is an
+    error (hubfmt.sdk.flatten.channels_last_rows)."""
+    rep = Report(stage="write")
+    rows = flatten_order.channels_last_rows(ckpt, option, f"the destination ({where}) records no Flatten or its "
+                                                          "shape", rep, "-W")
+    return FlattenRows(rows, rep)
+
+
 def export_by_rule(ckpt: Checkpoint, *, restore_dtype: bool = True, kinds: dict | None = None,
                    rnn_style: str = "tf1", forget_bias: float = names.TF1_FORGET_BIAS,
-                   strict: bool = True) -> tuple[list[OutTensor], Report]:
-    """Canonical -> TF variable names and layouts by rule (see module docstring)."""
+                   strict: bool = True, rows: FlattenRows | None = None) -> tuple[list[OutTensor], Report]:
+    """Canonical -> TF variable names and layouts by rule (see module docstring); `rows`: linear
+    layers whose input rows are permuted C,H,W -> H,W,C (flatten_rows; default: none)."""
     rep = Report(stage="write")
     kinds = kinds or {}
     outs: list[OutTensor] = []
     for layer, roles in _groups(ckpt, rep).items():
         kind = _layer_kind(ckpt, roles, kinds, layer, rnn_style)
         for scope, part in _cells(ckpt, layer, roles, kind):
-            outs += _export_group(ckpt, layer, scope, part, kind, rep, restore_dtype, forget_bias, strict)
+            outs += _export_group(ckpt, layer, scope, part, kind, rep, restore_dtype, forget_bias, strict, rows)
     return outs, rep
 
 
@@ -240,9 +273,11 @@ def _cells(ckpt: Checkpoint, layer: str, roles: dict[str, str], kind: str):
 
 
 def _export_group(ckpt: Checkpoint, layer: str, scope: str, roles: dict[str, str], kind: str, rep: Report,
-                  restore_dtype: bool, forget_bias: float, strict: bool) -> list[OutTensor]:
+                  restore_dtype: bool, forget_bias: float, strict: bool, rows: FlattenRows | None) -> list[OutTensor]:
     outs = []
     canon = {r: ckpt.entries[n].tensor for r, n in roles.items()}
+    if rows:
+        rows.apply(layer, canon, rep, roles.get("weight", layer))
     if "num_batches_tracked" in canon:
         rep.add("dropped", roles["num_batches_tracked"], "torch-only batch counter")
         canon.pop("num_batches_tracked")
@@ -265,8 +300,10 @@ def _export_group(ckpt: Checkpoint, layer: str, scope: str, roles: dict[str, str
             rep.renamed(name, native)
         return outs
     for m in mapped:
-        native = f"{scope}/{_leaf(ckpt, m, roles)}" if scope else m.name
         info = ckpt.entries[roles[m.source.split("+")[0]]].info
+        native = f"{scope}/{_leaf(ckpt, m, roles)}" if scope else m.name
+        if kind == "embedding" and scope and info.original_name.removesuffix(":0") == scope:
+            native = scope      # a Google-style table: the variable is the layer (reader._tables_as_layers)
         outs.append(OutTensor(native, m.tensor, _target_dtype(m.tensor.dtype, info.original_dtype,
                                                               restore_dtype, native, rep)))
         rep.renamed("+".join(roles[s] for s in m.source.split("+")), native)
@@ -296,8 +333,9 @@ def _bn_warning(ckpt: Checkpoint, layer: str, kind: str, rep: Report) -> None:
 
 def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: bool = True,
                        forget_bias: float = names.TF1_FORGET_BIAS, kinds: dict | None = None,
-                       strict: bool = True) -> tuple[list[OutTensor], Report]:
-    """Fill a template checkpoint's keys from `ckpt` by canonical name (see module docstring)."""
+                       strict: bool = True, rows: FlattenRows | None = None) -> tuple[list[OutTensor], Report]:
+    """Fill a template checkpoint's keys from `ckpt` by canonical name (see module docstring);
+    `rows` as for export_by_rule."""
     from .objgraph import OBJECT_GRAPH_KEY, variable_full_names, variable_paths
 
     rep = Report(stage="write")
@@ -315,7 +353,7 @@ def export_by_template(ckpt: Checkpoint, template: Bundle, *, restore_dtype: boo
     filled: dict[str, OutTensor] = {}
     problems = []
     for nl in layers:
-        _fill_layer(ckpt, nl, template, filled, used, rep, problems, restore_dtype, forget_bias)
+        _fill_layer(ckpt, nl, template, filled, used, rep, problems, restore_dtype, forget_bias, rows)
     for key, e in template.entries.items():
         if key in filled:
             continue
@@ -367,7 +405,7 @@ def _derived_from(key: str, filled: dict) -> tuple[str, str] | None:
 
 
 def _fill_layer(ckpt: Checkpoint, nl: NativeLayer, template: Bundle, filled: dict, used: set, rep: Report,
-                problems: list, restore_dtype: bool, forget_bias: float) -> None:
+                problems: list, restore_dtype: bool, forget_bias: float, rows: FlattenRows | None = None) -> None:
     def full(role):
         if nl.layer_index:
             role = role.replace("_l0", f"_l{nl.layer_index}")
@@ -385,6 +423,8 @@ def _fill_layer(ckpt: Checkpoint, nl: NativeLayer, template: Bundle, filled: dic
         problems.append(f"{m}: missing")
     if missing:
         return
+    if rows:
+        rows.apply(nl.canon_layer, canon, rep, full("weight"))
     try:
         mapped = names.export_layer(nl.kind, canon, attrs={"forget_bias": forget_bias}, native_shapes=nl.shapes)
     except ConversionError as e:

@@ -110,6 +110,40 @@ def _kind(layer: str, roles: dict[str, tuple]) -> str:
     return "tensor"
 
 
+_ADAPTIVE_POOLS = ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
+
+
+def flatten_maps(shapes: Mapping[str, tuple], classes: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str, list[int]]:
+    """Linear layer -> [C, H, W] of the map it flattens, where the modules say so cheaply: the first
+    Linear registered after an AdaptiveAvgPool2d/AdaptiveMaxPool2d((H, W)) that follows a conv of C
+    channels, with in_features = C*H*W and H*W > 1 (torchvision's VGG and AlexNet: avgpool 7x7 /
+    6x6, then classifier[0]). Module order is registration order, which torchvision follows in
+    forward; an nn.Flatten alone tells no H, W (spec 3.5: then a channels-last writer refuses).
+
+    >>> flatten_maps({"c.weight": (8, 3, 3, 3), "fc.weight": (10, 8 * 7 * 7)},
+    ...              {"c": ("Conv2d", {}), "pool": ("AdaptiveAvgPool2d", {"output_size": (7, 7)}), "fc": ("Linear", {})})
+    {'fc': [8, 7, 7]}
+    """
+    out: dict[str, list[int]] = {}
+    channels = hw = None
+    for path, (cls, attrs) in classes.items():
+        kind = MODULE_KINDS.get(cls, "")
+        if kind.startswith("conv"):
+            w = shapes.get(f"{path}.weight")
+            channels, hw = (int(w[0]) if w else None), None
+        elif cls in _ADAPTIVE_POOLS and channels:
+            size = attrs.get("output_size")
+            size = (size, size) if isinstance(size, int) else size
+            hw = tuple(size) if isinstance(size, (tuple, list)) and len(size) == 2 and all(
+                isinstance(v, int) and v > 0 for v in size) else None
+        elif kind == "linear":
+            w = shapes.get(f"{path}.weight")
+            if channels and hw and w and len(w) == 2 and w[1] == channels * hw[0] * hw[1] and hw[0] * hw[1] > 1:
+                out[path] = [channels, hw[0], hw[1]]
+            channels = hw = None
+    return out
+
+
 def classify(shapes: Mapping[str, tuple], classes: Mapping[str, tuple[str, Mapping[str, Any]]]) -> tuple[dict[str, str], dict]:
     """(layer -> kind, layer -> LayerInfo) for a state dict with tensor `shapes`, using module
     `classes` (layer path -> (class name, instance attributes)) where known, names/shapes elsewhere."""
@@ -129,4 +163,7 @@ def classify(shapes: Mapping[str, tuple], classes: Mapping[str, tuple[str, Mappi
         if kind != "tensor":
             layers[layer] = LayerInfo(kind, attrs)
         layer_kinds[layer] = kind
+    for layer, chw in flatten_maps(shapes, classes).items():
+        if layer in layers:    # canonical rows already (torch flattens C,H,W): recorded for channels-last writers
+            layers[layer].attrs.update({"flatten": chw, "flatten_source": "CHW"})
     return layer_kinds, layers

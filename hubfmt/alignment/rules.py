@@ -22,6 +22,14 @@ matches the whole name applies, names no rule matches are kept:
     replace = '\1.qkv.\2'
     merge = { axis = 0, parts = ["q", "k", "v"] }
 
+    [[rule]]                                  # a Dense after a Flatten: decide its row order
+    glob = "fc1.weight"                       # (spec 3.5; 1-D tensors untouched)
+    replace = "fc1.weight"
+    permute = "flatten:HWC->CHW:7x7"          # rows of a channels-last source -> canonical;
+                                              # "flatten:CHW->HWC:7x7": rows of a channels-first
+                                              # source, a channels-last writer permutes them;
+                                              # "flatten:as-is": keep them
+
 Invertibility: a rules file is invertible rule by rule (`RuleSet.inverse()`) when every rule is a
 glob whose replacement uses each capture exactly once; regex rules are not (a regex has no unique inverse). The inverse rules undo
 the names the forward rules produced; names the forward rules did not touch may match them too.
@@ -35,6 +43,7 @@ from dataclasses import dataclass, field
 from hubfmt.format.checkpoint import Checkpoint
 from hubfmt.errors import ConversionError, HubfmtError
 from hubfmt.alignment.table import Mapping, Move, apply_mapping, conv1x1_shape, split_sizes
+from hubfmt.io import flatten
 from hubfmt.report import Report
 
 PART = "{part}"
@@ -69,6 +78,7 @@ class Rule:
     reshape: str = ""                 # "" or "conv1x1"
     split: dict = field(default_factory=dict)     # {"axis": int, "parts": [str], "sizes": [int]}
     merge: dict = field(default_factory=dict)     # {"axis": int, "parts": [str]}
+    permute: str = ""                 # "" or a flatten op (hubfmt.io.flatten.rule_op)
 
     @property
     def parts(self) -> list[str]:
@@ -104,13 +114,14 @@ class Rule:
         slot = {r: i + 1 for i, r in enumerate(refs)}
         pieces = re.split(r"\*\*|\*", self.glob)
         inv_replace = pieces[0] + "".join(f"\\{slot[k + 1]}" + piece for k, piece in enumerate(pieces[1:]))
-        return make_rule({"glob": inv_glob, "replace": inv_replace, "reshape": self.reshape,
+        permute = {"permute": _inverse_permute(self.permute)} if self.permute else {}
+        return make_rule({"glob": inv_glob, "replace": inv_replace, "reshape": self.reshape, **permute,
                           **({"merge": self.split} if self.split else {}), **({"split": self.merge} if self.merge else {})})
 
 
 def make_rule(d: dict, where: str = "rule") -> Rule:
     """A Rule from one `[[rule]]` table (validated: one clear error per problem)."""
-    known = {"pattern", "glob", "replace", "reshape", "split", "merge"}
+    known = {"pattern", "glob", "replace", "reshape", "split", "merge", "permute"}
     unknown = set(d) - known
     if unknown:
         raise ConversionError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
@@ -141,7 +152,14 @@ def make_rule(d: dict, where: str = "rule") -> Rule:
             raise ConversionError(f"{where}: {key}.sizes must give one positive size per part")
     if PART in pattern and not merge:
         raise ConversionError(f"{where}: {PART} in the pattern only makes sense in a merge rule")
-    rule = Rule(pattern, d["replace"], glob, reshape, split, merge)
+    permute = d.get("permute", "")
+    if permute:
+        if not isinstance(permute, str):
+            raise ConversionError(f"{where}: permute must be a string such as \"flatten:HWC->CHW:7x7\"")
+        if split or merge or reshape:
+            raise ConversionError(f"{where}: a permute rule neither reshapes, splits nor merges")
+        flatten.rule_op(permute, f"{where}: permute")
+    rule = Rule(pattern, d["replace"], glob, reshape, split, merge, permute)
     try:
         rule.matchers()   # compiles every pattern
     except re.error as e:
@@ -211,6 +229,14 @@ class RuleSet:
                     merge_slot[key] = len(moves)
                     moves.append(None)  # type: ignore[arg-type]  # placeholder: the merged tensor sits where its first part was
                 merges[key][part] = name
+            elif rule.permute and len(shape) != 1:
+                if len(shape) != 2:
+                    raise ConversionError(f"{name}: a flatten op applies to a linear weight [out, C*H*W], not "
+                                          f"{list(shape)} ({note})")
+                hw = flatten.rule_op(rule.permute)[1]
+                if hw is not None:
+                    flatten.shape_from_option(hw, shape[1], name, "permute")
+                moves.append(Move((name,), (target,), "flatten", note=note, permute=rule.permute))
             else:
                 op = ""
                 if rule.reshape == "conv1x1" and len(shape) != 1:
@@ -246,6 +272,8 @@ class RuleSet:
             out.append(f"replace = {_toml_str(r.replace)}")
             if r.reshape:
                 out.append(f"reshape = {_toml_str(r.reshape)}")
+            if r.permute:
+                out.append(f"permute = {_toml_str(r.permute)}")
             for key, spec in (("split", r.split), ("merge", r.merge)):
                 if spec:
                     items = ", ".join(f"{k} = {json.dumps(v)}" for k, v in spec.items())
@@ -260,6 +288,13 @@ class RuleSet:
                 if m:
                     return rule, i, part, m
         return None, -1, "", None
+
+
+def _inverse_permute(spec: str) -> str:
+    order, hw = flatten.rule_op(spec)
+    if hw is None:
+        return spec
+    return f"flatten:{'CHW->HWC' if order == 'HWC' else 'HWC->CHW'}:{hw[0]}x{hw[1]}"
 
 
 def _check_collisions(ckpt: Checkpoint, mapping: Mapping) -> None:

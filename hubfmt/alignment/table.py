@@ -10,6 +10,8 @@ Operations (`Move.op`):
     "merge"    several tensors -> one, concatenated along `axis` (the inverse of split)
     "create"   a tensor the destination expects and the source cannot have (num_batches_tracked)
     "drop"     a source tensor the destination has no place for (num_batches_tracked)
+    "flatten"  rename a linear weight fed by a Flatten and decide its input-row order (`permute`:
+               a rules-file flatten op, hubfmt.io.flatten.rule_op); its layer's attributes record it
 """
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hubfmt.format.checkpoint import Checkpoint, TensorInfo
+from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
 from hubfmt.format.tensor import LazyTensor, part_of, span_tensor
 from hubfmt.errors import ConversionError
+from hubfmt.io import flatten
 from hubfmt.io.norm_attrs import equivalent, norm_attr_mismatches
 from hubfmt.report import Report
 
-OPS = ("", "conv1x1", "split", "merge", "create", "drop")
+OPS = ("", "conv1x1", "split", "merge", "create", "drop", "flatten")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Move:
     sizes: tuple[int, ...] = ()
     confidence: float | None = None   # alignment's confidence; None for rules
     note: str = ""                    # the rule or the evidence that produced the row
+    permute: str = ""                 # op "flatten": the rules file's flatten op ("flatten:HWC->CHW:7x7")
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -128,6 +132,8 @@ def _tensors(src: Checkpoint, m: Move) -> list[LazyTensor]:
     ts = [src[n].tensor for n in m.sources]
     if m.op == "":
         return ts
+    if m.op == "flatten":
+        return [flatten.decide_by_rule(ts[0], {}, flatten.rule_op(m.permute), m.sources[0])[0]]
     if m.op == "conv1x1":
         shape = conv1x1_shape(ts[0].shape)
         if shape is None:
@@ -172,6 +178,29 @@ def _info(src: Checkpoint, m: Move, name: str, tensor: LazyTensor, template: Che
         kind = "conv2d" if len(tensor.shape) == 4 else "linear"
     return dataclasses.replace(first, layer=layer, role=role, kind=kind, tied_to=first.tied_to if m.op == "" else None,
                                original_shape=first.original_shape if m.op == "" else None)
+
+
+def _flatten_from_template(src: Checkpoint, m: Move, tensors: list[LazyTensor], template: Checkpoint,
+                           decided: dict, report: Report) -> list[LazyTensor]:
+    """A linear weight whose reader could not tell its row order (a channels-last source without
+    the map's shape, flatten.mark_undecided) gets it from the template's record of that layer's
+    map (an MXNet symbol, a torch pickled module, a .keras config: layer attribute `flatten`)."""
+    e = src[m.sources[0]]
+    li = src.layers.get(e.info.layer)
+    if li is None or li.attrs.get(flatten.ATTR_SOURCE) != flatten.UNDECIDED or e.info.role != "weight":
+        return tensors
+    target = m.targets[0]
+    layer = template[target].info.layer if target in template else ""
+    tl = template.layers.get(layer)
+    rec = tl.attrs.get(flatten.ATTR) if tl is not None else None
+    if not (isinstance(rec, list) and len(rec) == 3 and len(tensors[0].shape) == 2):
+        return tensors
+    c, h, w = (int(x) for x in rec)
+    permuted = flatten.hwc_to_chw(tensors[0], (h, w, c), target)
+    attrs = {k: v for k, v in li.attrs.items() if k not in (flatten.ATTR, flatten.ATTR_SOURCE, "flatten_undecided")}
+    decided[layer] = LayerInfo(li.kind, {**attrs, flatten.ATTR: [c, h, w], flatten.ATTR_SOURCE: "HWC"})
+    report.add("permuted", target, f"input rows HWC->CHW ({h}x{w}x{c} map, as the template records this layer's input)")
+    return [permuted]
 
 
 def _event(report: Report, m: Move, tensors: list[LazyTensor], src: Checkpoint) -> None:
@@ -221,11 +250,14 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
         raise ConversionError(f"the table names tensors the source does not have: {', '.join(missing[:5])}")
     renamed: dict[str, str] = {}
     layer_of: dict[str, str] = {}
+    decided: dict[str, LayerInfo] = {}     # layers whose flatten order a rules-file op decided
     for m in mapping.moves:
         if m.op == "drop":
             _event(report, m, [], src)
             continue
         tensors = _tensors(src, m)
+        if template is not None and m.op == "" and len(m.sources) == 1:
+            tensors = _flatten_from_template(src, m, tensors, template, decided, report)
         for name, t in zip(m.targets, tensors, strict=True):
             if name in out:
                 raise ConversionError(f"two source tensors map to {name}")
@@ -235,6 +267,15 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
         for s in m.sources:
             layer_of.setdefault(src[s].info.layer, out[m.targets[0]].info.layer)
         _event(report, m, tensors, src)
+        if m.op == "flatten":
+            li = src.layers.get(src[m.sources[0]].info.layer)
+            if li is not None and li.attrs.get(flatten.ATTR_SOURCE) == "HWC" and "HWC->CHW" in m.permute.upper():
+                raise ConversionError(f"{m.sources[0]}: its reader already permuted the rows HWC->CHW (it knew the "
+                                      f"map, {li.attrs.get(flatten.ATTR)}); the rule would permute them twice")
+            _, attrs, what = flatten.decide_by_rule(src[m.sources[0]].tensor, li.attrs if li else {},
+                                                    flatten.rule_op(m.permute), m.sources[0])
+            decided[out[m.targets[0]].info.layer] = LayerInfo(li.kind if li else "linear", attrs)
+            report.add("permuted" if "HWC->CHW" in what else "warning", m.targets[0], what)
     if keep_unmapped:
         for name, e in src.entries.items():
             if name not in mentioned:
@@ -248,6 +289,7 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
         e.info.tied_to = renamed.get(e.info.tied_to, e.info.tied_to if e.info.tied_to in out else None)
     for path, li in src.layers.items():
         out.layers.setdefault(layer_of.get(path, path), li)
+    out.layers.update(decided)
     if template is not None:
         for path, li in template.layers.items():
             if path not in out.layers:
@@ -257,6 +299,8 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
             for text in norm:
                 report.add("warning", path, f"{out.layers[path].kind} {text.replace('in the destination', 'in the template')}")
             for k, v in li.attrs.items():
+                if k in (flatten.ATTR, flatten.ATTR_SOURCE) and not (isinstance(v, list) and isinstance(mine.get(k), list)):
+                    continue    # MXNet's FullyConnected `flatten` flag, or orders that say nothing of the map
                 if k in mine and not equivalent(k, mine[k], v) and not (norm and k in ("eps", "momentum")):
                     report.add("warning", path, f"{k}: source {mine[k]!r}, template {v!r} (the source's value is kept)")
     return out

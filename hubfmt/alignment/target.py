@@ -9,7 +9,12 @@ A template is one of
   as `64x3x3x3`, `[64, 3, 3, 3]` or `(64,3,3,3)`, a 0-d tensor as `scalar`, `[]` or nothing (what
   `hubfmt inspect` prints); `#` starts a comment.
 
-A listing's tensors carry no data (loading one is an error); kinds are inferred from shapes.
+A listing's tensors carry no data (loading one is an error); kinds are inferred from shapes. Its
+names are canonical (torch-style) unless the template's framework is given: then the names are
+that framework's own (TF `bert/encoder/layer_0/attention/self/query/kernel` [in, out]) and the
+framework's adapter names them, as its reader would name the same variables (kinds, layouts,
+canonical shapes); `load_target`'s `native_listing` does that without this package importing an
+adapter.
 """
 from __future__ import annotations
 
@@ -109,20 +114,30 @@ def parse_listing(text: str, path: str = "<listing>") -> Checkpoint:
     return listing_checkpoint(rows, path)
 
 
-def load_target(template, *, framework: str | None = None, read=None) -> tuple[Checkpoint, str]:
+def is_listing(path: str) -> bool:
+    """Whether a template path is a names+shapes listing (by its suffix), not a checkpoint."""
+    return path.endswith(LISTING_SUFFIXES) and not path.endswith(".safetensors.index.json") and os.path.isfile(path)
+
+
+def load_target(template, *, framework: str | None = None, read=None,
+                native_listing=None) -> tuple[Checkpoint, str]:
     """(alignment target as a Checkpoint, a label for reports) from a Checkpoint, a listing file,
     or a checkpoint file of any format (read with `read`, the pipeline's reader: this package
-    never imports the pipeline)."""
+    never imports the pipeline). A listing with a `framework` goes through
+    `native_listing(listing, framework)`, which names its native names canonically."""
     if isinstance(template, Checkpoint):
         return template, template.source.file or "(in-memory template)"
     path = os.fspath(template)
-    if path.endswith(LISTING_SUFFIXES) and not path.endswith(".safetensors.index.json") and os.path.isfile(path):
+    if is_listing(path):
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise FormatError(f"cannot read the listing: {e}", path) from None
-        return parse_listing(text, path), path
+        listing = parse_listing(text, path)
+        if framework is not None and native_listing is not None:
+            listing = native_listing(listing, framework)
+        return listing, path
     if read is None:
         raise ConversionError("a checkpoint file as a template needs a reader (use hubfmt.align)", path)
     return read(path, framework=framework), path

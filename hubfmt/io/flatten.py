@@ -7,9 +7,10 @@ permuted, not transposed: no tensor layout says so. The canonical order is chann
 whose rows were permuted records `flatten` ([C, H, W]) and `flatten_source` (the source's order)
 in its layer attributes.
 
-When the spatial shape cannot be known (a bare weights file, a bare state dict), a linear layer
-whose inputs look like a flattened conv output (in_features = C*H*W, H*W > 1) is undecided: the
-conversion stops and says how to decide (`flatten=HxW`, or `flatten=as-is`).
+When the spatial shape cannot be known (a bare weights file, a TF checkpoint, a bare state dict),
+a linear layer whose inputs look like a flattened conv output (in_features = C*H*W, H*W > 1) is
+undecided: the conversion stops and says how to decide (`flatten=HxW`, `flatten=as-is`, or a
+rules-file op `permute = "flatten:HWC->CHW:HxW"`, see `rule_op`).
 
     >>> w = LazyTensor.from_array(np.arange(12, dtype=np.float32).reshape(1, 12))
     >>> hwc_to_chw(w, (2, 2, 3)).load().tolist()
@@ -30,6 +31,7 @@ AS_IS = "as-is"
 ATTR = "flatten"                # [C, H, W]: the rows are a channels-first flatten of this map
 ATTR_SOURCE = "flatten_source"  # the source's order ("HWC"), "as-is" (the user's word), or "undecided"
 UNDECIDED = "undecided"         # a reader could not tell: every write refuses the checkpoint (check_decided)
+_PENDING = "flatten_undecided"  # with UNDECIDED, in memory only: what the refusal says
 _CONV_KINDS = ("conv2d", "depthwise_conv2d", "separable_conv2d")
 
 
@@ -110,7 +112,8 @@ def shape_from_option(hw: tuple[int, int], in_features: int, layer: str, flag: s
     return in_features // (h * w), h * w
 
 
-def mark_undecided(ckpt: Checkpoint, layers: list[tuple[str, int, int]], why: str, flag: str) -> None:
+def mark_undecided(ckpt: Checkpoint, layers: list[tuple[str, int, int]], why: str, flag: str,
+                   config_hint: str = "") -> None:
     """Record that these linear layers' row order is not known (reported as a warning); writing
     the checkpoint anywhere is then refused by check_decided with `why` and `flag`'s options."""
     for layer, c, n in layers:
@@ -118,34 +121,150 @@ def mark_undecided(ckpt: Checkpoint, layers: list[tuple[str, int, int]], why: st
         if li is None:
             continue
         li.attrs[ATTR_SOURCE] = UNDECIDED
-        li.attrs["flatten_undecided"] = {"channels": c, "in_features": n, "why": why, "flag": flag}
-        ckpt.report.add("warning", layer, str(undecided([(layer, c, n)], why, flag)))
+        li.attrs[_PENDING] = {"channels": c, "in_features": n, "why": why, "flag": flag, "config": config_hint}
+        ckpt.report.add("warning", layer, str(undecided([(layer, c, n)], why, flag, config_hint)))
+
+
+def permute_to_canonical(ckpt: Checkpoint, module: str, hwc: tuple[int, int, int], why: str) -> None:
+    """Permute a linear layer's input rows from a channels-last flatten of an [H, W, C] map to the
+    canonical C,H,W order (lazy), record it in the layer's attributes and report it."""
+    name = f"{module}.weight"
+    e = ckpt.entries[name]
+    h, w, c = hwc
+    e.tensor = hwc_to_chw(e.tensor, hwc, name)
+    li = ckpt.layers[module]
+    li.attrs.pop(_PENDING, None)
+    li.attrs[ATTR] = [c, h, w]
+    li.attrs[ATTR_SOURCE] = "HWC"
+    ckpt.report.add("permuted", name, f"input rows HWC->CHW ({h}x{w}x{c} map, {why})")
+
+
+def decide_read(ckpt: Checkpoint, option, why: str, flag: str = "-R", config_hint: str = "") -> None:
+    """What a channels-last reader that cannot see the map's shape does with the linear layers that
+    look fed by a flattened conv map: `option` HxW permutes them, as-is keeps them (reported),
+    none marks them undecided (every write then refuses, saying `why`)."""
+    suspects = conv_fed_linears(ckpt)
+    if not suspects:
+        return
+    decided = parse(option)
+    if decided is None:
+        mark_undecided(ckpt, suspects, why, flag, config_hint)
+        return
+    for module, c, n in suspects:
+        if decided == AS_IS:
+            ckpt.layers[module].attrs[ATTR_SOURCE] = AS_IS
+            ckpt.report.add("warning", module, "input rows kept in their order (flatten=as-is)")
+            continue
+        assert isinstance(decided, tuple)
+        c, _ = shape_from_option(decided, n, module, "flatten")
+        permute_to_canonical(ckpt, module, (decided[0], decided[1], c), "flatten=" + "x".join(map(str, decided)))
+
+
+def channels_last_rows(ckpt: Checkpoint, option, why: str, report, flag: str = "-W",
+                       layers=None) -> dict[str, tuple[int, int, int]]:
+    """Linear layers (of `layers`, default all) whose canonical C,H,W rows a channels-last writer
+    that cannot see the map's shape must write in H,W,C order -> (C, H, W): those whose record
+    says so (attribute `flatten`), else those that look fed by a flattened conv map, decided by
+    `option` (HxW, or as-is: kept, reported); undecided ones are an error saying `why`."""
+    decided = parse(option)
+    out: dict[str, tuple[int, int, int]] = {}
+    kept = set()
+    for path, li in ckpt.layers.items():
+        if li.kind != "linear" or (layers is not None and path not in layers):
+            continue
+        if li.attrs.get(ATTR_SOURCE) == AS_IS:
+            kept.add(path)
+            report.add("warning", path, "input rows kept in their order (flatten=as-is when read)")
+            continue
+        rec = li.attrs.get(ATTR)
+        if isinstance(rec, list) and len(rec) == 3:
+            out[path] = (int(rec[0]), int(rec[1]), int(rec[2]))
+    suspects = [s for s in conv_fed_linears(ckpt)
+                if s[0] not in out and s[0] not in kept and (layers is None or s[0] in layers)]
+    if suspects and decided is None:
+        raise undecided(suspects, why, flag)
+    for module, c, n in suspects:
+        if decided == AS_IS:
+            report.add("warning", module, "input rows kept in their order (flatten=as-is)")
+            continue
+        assert isinstance(decided, tuple)
+        c, _ = shape_from_option(decided, n, module, "flatten")
+        out[module] = (c, decided[0], decided[1])
+    return out
+
+
+RULE_OP = re.compile(r"flatten:(?:(HWC|CHW)->(HWC|CHW):(\d+)\s*x\s*(\d+)|(as-is))", re.I)
+
+
+def rule_op(spec: str, where: str = "permute") -> tuple[str, tuple[int, int] | None]:
+    """A rules-file `permute` value: ("HWC", (H, W)) for "flatten:HWC->CHW:HxW" (the source's rows are a
+    channels-last flatten: permute them to the canonical order), ("CHW", (H, W)) for
+    "flatten:CHW->HWC:HxW" (the rows are channels-first already; a channels-last destination
+    permutes them), ("as-is", None) for "flatten:as-is".
+
+    >>> rule_op("flatten:HWC->CHW:7x7"), rule_op("flatten:as-is")
+    (('HWC', (7, 7)), ('as-is', None))
+    """
+    m = RULE_OP.fullmatch(str(spec).strip())
+    if not m or (m.group(1) and m.group(1).upper() == m.group(2).upper()) or (m.group(3) and not (
+            int(m.group(3)) and int(m.group(4)))):
+        raise ConversionError(f"{where}: {spec!r} is not a flatten order: give \"flatten:HWC->CHW:HxW\" (rows of a "
+                              "channels-last source), \"flatten:CHW->HWC:HxW\" (rows of a channels-first source, for a "
+                              "channels-last destination) or \"flatten:as-is\"")
+    if m.group(5):
+        return AS_IS, None
+    return m.group(1).upper(), (int(m.group(3)), int(m.group(4)))
+
+
+def decide_by_rule(w: LazyTensor, attrs: dict, op: tuple[str, tuple[int, int] | None], name: str) -> tuple[LazyTensor, dict, str]:
+    """A linear weight and its layer's attributes after a rules-file flatten op (rule_op): (weight,
+    new attrs, what was done). Canonical rows either way: "HWC" permutes them to C,H,W; "CHW"
+    records the map so that a channels-last writer permutes them; as-is records the user's word."""
+    order, hw = op
+    attrs = {k: v for k, v in attrs.items() if k not in (ATTR, ATTR_SOURCE, _PENDING)}
+    if order == AS_IS:
+        return w, {**attrs, ATTR_SOURCE: AS_IS}, "input rows kept in their order (flatten:as-is)"
+    assert hw is not None
+    h, wd = hw
+    if len(w.shape) != 2:
+        raise ConversionError(f"{name}: a flatten op applies to a linear weight [out, C*H*W], not {list(w.shape)}")
+    c, _ = shape_from_option(hw, int(w.shape[1]), name, "flatten")
+    if order == "HWC":
+        return (hwc_to_chw(w, (h, wd, c), name), {**attrs, ATTR: [c, h, wd], ATTR_SOURCE: "HWC"},
+                f"input rows HWC->CHW ({h}x{wd}x{c} map, rules-file flatten op)")
+    return w, {**attrs, ATTR: [c, h, wd], ATTR_SOURCE: "CHW"}, (
+        f"input rows are C,H,W of a {c}x{h}x{wd} map (rules-file flatten op): a channels-last writer permutes them")
 
 
 def check_decided(ckpt: Checkpoint) -> None:
     """Refuse a checkpoint whose reader could not tell a Dense's row order (mark_undecided)."""
-    found = [(path, li.attrs["flatten_undecided"]) for path, li in ckpt.layers.items()
-             if li.attrs.get(ATTR_SOURCE) == UNDECIDED and isinstance(li.attrs.get("flatten_undecided"), dict)]
+    found = [(path, li.attrs[_PENDING]) for path, li in ckpt.layers.items()
+             if li.attrs.get(ATTR_SOURCE) == UNDECIDED and isinstance(li.attrs.get(_PENDING), dict)]
     if found:
         d = found[0][1]
-        raise undecided([(p, int(x["channels"]), int(x["in_features"])) for p, x in found], str(d["why"]), str(d["flag"]))
+        raise undecided([(p, int(x["channels"]), int(x["in_features"])) for p, x in found], str(d["why"]),
+                        str(d["flag"]), str(d.get("config", "")))
 
 
-def undecided(layers: list[tuple[str, int, int]], why: str, flag: str) -> ConversionError:
-    """The error for linear layers whose row order cannot be known: why, and how to decide."""
+def undecided(layers: list[tuple[str, int, int]], why: str, flag: str, config_hint: str = "") -> ConversionError:
+    """The error for linear layers whose row order cannot be known: why, and how to decide
+    (`flag` -R: a channels-last source's rows; -W: a channels-last destination's)."""
     layer, c, n = layers[0]
     more = f" (and {len(layers) - 1} more)" if len(layers) > 1 else ""
     hw = n // c
     side_hint = int(round(hw ** 0.5))
     example = f"{side_hint}x{side_hint}" if side_hint * side_hint == hw else "HxW"
+    op = "HWC->CHW" if flag == "-R" else "CHW->HWC"
     return ConversionError(
         f"{layer}{more}: a linear layer with {n} inputs after a conv layer of {c} channels looks like a Dense after "
         f"a Flatten of a {c}-channel map of {hw} positions; {why}, so the order of its input rows (H,W,C for Keras/"
         f"TensorFlow, C,H,W for torch/MXNet/MindSpore/OneFlow) cannot be known and a wrong guess converts "
         f"silently wrong. Decide: {flag} flatten={example} (the feature map's height and width) permutes the rows; "
         f"{flag} flatten=as-is keeps them as they are (the layer is not fed by a Flatten, or the model permutes "
-        f"before flattening); or give the Keras model's config (a .keras archive, as source or --template)")
+        f"before flattening); or a rules file (--rules) with a rule for {layer}.weight that says "
+        f"permute = \"flatten:{op}:{example}\"" + (f"; {config_hint}" if config_hint else ""))
 
 
 __all__ = ["CANONICAL", "AS_IS", "ATTR", "ATTR_SOURCE", "parse", "hwc_to_chw", "chw_to_hwc", "conv_fed_linears",
-           "shape_from_option", "undecided", "mark_undecided", "check_decided", "UNDECIDED"]
+           "shape_from_option", "undecided", "mark_undecided", "check_decided", "UNDECIDED", "permute_to_canonical",
+           "decide_read", "channels_last_rows", "rule_op", "decide_by_rule"]
