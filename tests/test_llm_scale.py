@@ -160,3 +160,14 @@ def test_llm_bench_quick_runs(tmp_path):
                 "| keras -> hub", "| tf (", "| safetensors load_file + save_file", "machine: "):
         assert row in r.stdout, row
     assert "FAIL" not in r.stdout
+
+
+def test_split_works_in_a_forked_child():
+    """The helper threads do not survive fork: a child starts its own instead of waiting forever."""
+    x = np.random.default_rng(5).integers(0, 60000, size=(4096, 2304)).astype(np.uint16)
+    assert np.array_equal(permute(x, (1, 0)), x.T)          # the parent's helpers are running
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if np.array_equal(permute(x, (1, 0)), x.T) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -58,6 +58,16 @@ def _helper_pool() -> ThreadPoolExecutor | None:
         return _helpers
 
 
+def _forget_helpers() -> None:
+    # A forked child has the pool object but none of its threads: it starts its own.
+    global _helpers, _helpers_lock
+    _helpers, _helpers_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers)
+
+
 def split(job, n: int, *, step: int = 1, min_part: int = 1) -> None:
     """`job(lo, hi)` over [0, n) in one part per core (parts at least `min_part` long, bounds
     multiples of `step`), the first in this thread, the others on helper threads at once. The
