@@ -50,9 +50,10 @@ from hubfmt.io.inputs import check_input_file
 from hubfmt.io.attention import Heads
 from hubfmt.io.layer_rules import LayerRules, Leaf, Mapped, Stacked, Summed
 from hubfmt.io.norm_attrs import norm_attr_mismatches
+from hubfmt.io.parallel import BehindWriter, fold_file
 from hubfmt.io.progress import Progress
 from hubfmt.format.tensor import file_span, part_of, pread_into, read_region, region_tensor, span_tensor
-from hubfmt.io.stream import Piece, TensorStream, fold_region, prefetched, write_tensor
+from hubfmt.io.stream import Piece, TensorStream, fold_region, kernel_copyable, prefetched, write_tensor
 from hubfmt.io.transforms import convert_layout, depthwise_to_hwcm, permute, reorder_gates
 from hubfmt.registry import (KEEP_DTYPE, MAX_SHARD_SIZE, PREFER_EMA, READ, RESTORE_DTYPE, STRICT_READ, STRICT_WRITE,
                              TEMPLATE, VERIFY_CHECKSUMS, WRITE, NativeFormat, Option, parse_size)
@@ -69,8 +70,9 @@ __all__ = [
     "PREFER_EMA", "KEEP_DTYPE", "MAX_SHARD_SIZE", "RESTORE_DTYPE", "TEMPLATE", "STRICT_READ", "STRICT_WRITE",
     "VERIFY_CHECKSUMS",
     # reading and writing bytes
-    "region_tensor", "span_tensor", "part_of", "file_span", "read_region", "pread_into", "fold_region", "prefetched", "write_tensor", "Progress",
-    "TensorStream", "Piece", "Checksum", "checksums",
+    "region_tensor", "span_tensor", "part_of", "file_span", "read_region", "pread_into", "fold_region", "prefetched",
+    "write_tensor", "kernel_copyable", "Progress",
+    "TensorStream", "Piece", "Checksum", "checksums", "fold_file", "BehindWriter",
     "atomic_output", "atomic_outputs", "check_input_file", "write_safetensors",
     # layouts, and a layer's native tensors <-> canonical ones as a declarative table (names.py)
     "convert_layout", "depthwise_to_hwcm", "reorder_gates", "permute",

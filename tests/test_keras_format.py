@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import zipfile
 
 import h5py
@@ -412,7 +413,8 @@ def test_layer_rules_round_trip_every_keras_kind():
         "separable_conv2d": {"depthwise_kernel": t(3, 3, 4, 2), "pointwise_kernel": t(1, 1, 8, 6), "bias": t(6)},
         "batch_norm": {"gamma": t(4), "beta": t(4), "moving_mean": t(4), "moving_variance": t(4)},
         "layer_norm": {"gamma": t(4), "beta": t(4)}, "group_norm": {"gamma": t(4), "beta": t(4)},
-        "instance_norm": {"gamma": t(4), "beta": t(4)}, "embedding": {"embeddings": t(10, 4)},
+        "instance_norm": {"gamma": t(4), "beta": t(4)}, "rms_norm": {"scale": t(4)},
+        "embedding": {"embeddings": t(10, 4)},
         "lstm": {"kernel": t(3, 8), "recurrent_kernel": t(2, 8), "bias": t(8)},
         "gru": {"kernel": t(3, 6), "recurrent_kernel": t(2, 6), "bias": t(2, 6)},
         "rnn": {"kernel": t(3, 2), "recurrent_kernel": t(2, 2), "bias": t(2)},
@@ -443,3 +445,22 @@ def test_training_counters_are_dropped_and_other_loose_tensors_refused(tmp_path)
     with pytest.raises(ConversionError, match="no Keras layer"):
         keras_adapter.write(ckpt, str(tmp_path / "n.weights.h5"))
     assert "scale" in keras_adapter.write(ckpt, str(tmp_path / "n.weights.h5"), strict=False).names("dropped")
+
+
+def test_a_global_heap_collection_full_to_its_last_8_bytes_is_whole(tmp_path):
+    """Hundreds of layer names fill HDF5 global heap collections; one filled to within 16 bytes of
+    its end has no free-space object (HDF5 writes none: its header would not fit). That collection
+    is whole, not damaged: a Llama-shaped checkpoint of 183 layers was refused before. One with
+    room for the free-space object and none there is still refused."""
+    from hubfmt.adapters.keras import files
+
+    def collection(data_bytes: int) -> bytes:
+        body = struct.pack("<HHIQ", 1, 1, 0, data_bytes) + b"n" * data_bytes
+        return b"GCOL\x01\x00\x00\x00" + struct.pack("<Q", 4096) + body + bytes(4096 - 16 - len(body))
+    full = tmp_path / "full.bin"
+    full.write_bytes(b"\x00" * 64 + collection(4096 - 16 - 16 - 8))
+    files.check_global_heaps(str(full), 0, full.stat().st_size, [])
+    torn = tmp_path / "torn.bin"
+    torn.write_bytes(b"\x00" * 64 + collection(4096 - 16 - 16 - 64))
+    with pytest.raises(FormatError, match="global heap"):
+        files.check_global_heaps(str(torn), 0, torn.stat().st_size, [])

@@ -581,3 +581,22 @@ def test_tensorflow_names_keras_models_and_files_through_the_keras_adapter(keras
     assert_same_outputs(dest.predict(X_SEQ, verbose=0), m.predict(X_SEQ, verbose=0), tol=0)
     hubfmt.write(ckpt, str(tmp_path / "w.weights.h5"), framework="tensorflow")
     assert kh5.sniff(str(tmp_path / "w.weights.h5")) == "keras-weights-h5"
+
+def test_rms_norm_through_the_hub_loads_in_keras(keras, kh5, tmp_path):
+    """Keras 3 RMSNormalization (one variable, `scale`) is an rms_norm layer both ways: a Llama's
+    norms have a Keras home (issue 18), and Keras loads what hubfmt wrote from the hub file."""
+    L = keras.layers
+
+    def build():
+        return keras.Sequential([keras.Input((5,)), L.Dense(8), L.RMSNormalization(), L.Dense(3)])
+    m = build()
+    _randomize(m)
+    m.save_weights(str(tmp_path / "m.weights.h5"))
+    ckpt = kh5.read(str(tmp_path / "m.weights.h5"))
+    assert sorted(li.kind for li in ckpt.layers.values()) == ["linear", "linear", "rms_norm"]
+    hubfile.write(ckpt, str(tmp_path / "m.safetensors"))
+    kh5.write(hubfile.read(str(tmp_path / "m.safetensors")), str(tmp_path / "back.weights.h5"))
+    back = build()
+    back.load_weights(str(tmp_path / "back.weights.h5"))
+    x = np.random.default_rng(4).normal(size=(4, 5)).astype(np.float32)
+    assert_same_outputs(back.predict(x, verbose=0), m.predict(x, verbose=0), tol=0)

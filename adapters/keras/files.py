@@ -251,8 +251,8 @@ def _check_collection(f, at: int, limit: int, path: str, where: int) -> None:
             raise FormatError(f"damaged HDF5 global heap at byte {where}: object {index} of {obj} bytes "
                               "runs past the collection", path)
         pos += step
-    if pos != size:
-        raise FormatError(f"damaged HDF5 global heap at byte {where}: objects do not fill the collection", path)
+    # Out of the loop with fewer than 16 bytes left: free space too small for an object header,
+    # which HDF5 leaves unrepresented (a full collection: Keras files of a few hundred layers).
 
 
 def check_global_heaps(path: str, start: int, size: int, skip: list[tuple[int, int]]) -> None:

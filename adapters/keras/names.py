@@ -27,6 +27,7 @@ Native leaves -> canonical roles (RULES; hubfmt.sdk's layer rules read it both w
                        [1,1,C*m,out], bias                          pointwise.bias (two sublayers)
     batch_norm         gamma, beta, moving_mean, moving_variance    weight, bias, running_mean, running_var
     layer_norm/group_norm  gamma, beta                              weight, bias
+    rms_norm           scale (RMSNormalization)                     weight
     embedding          embeddings [num,dim]                         weight [num,dim]
     lstm               kernel [in,4h], recurrent_kernel [h,4h],     weight_ih_l0 [4h,in], weight_hh_l0 [4h,h],
                        bias [4h]; gates i,f,c,o                     bias_ih_l0, bias_hh_l0 (zeros, created)
@@ -65,7 +66,7 @@ KERAS_CLASS_KINDS = {
     "Conv3DTranspose": "conv_transpose3d",
     "DepthwiseConv2D": "depthwise_conv2d", "SeparableConv2D": "separable_conv2d",
     "BatchNormalization": "batch_norm", "LayerNormalization": "layer_norm",
-    "GroupNormalization": "group_norm", "Embedding": "embedding",
+    "GroupNormalization": "group_norm", "RMSNormalization": "rms_norm", "Embedding": "embedding",
     "LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn",
     "LSTMCell": "lstm", "GRUCell": "gru", "SimpleRNNCell": "rnn",
 }
@@ -116,6 +117,7 @@ RULES: dict[str, LayerRules] = {
         Leaf("pointwise_kernel", "pointwise.weight", "HWIO", required=True, kind="conv2d"),
         Leaf("bias", "pointwise.bias", kind="conv2d"))),
     **{kind: _norm(kind) for kind in ("batch_norm", "layer_norm", "group_norm", "instance_norm")},
+    "rms_norm": LayerRules((Leaf("scale", "weight", required=True),)),
     "embedding": LayerRules((Leaf("embeddings", "weight", required=True),)),
     "lstm": _rnn("lstm", "ifgo"),
     "gru": _rnn("gru", "zrn"),
@@ -178,7 +180,7 @@ def bn_attrs(eps: float = KERAS_BN_EPS, keras_momentum: float = KERAS_BN_MOMENTU
 _CONV = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
 _RNN = ("LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell")
 _NAMED = (*_CONV, "Dense", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization",
-          "LayerNormalization", "GroupNormalization", "Embedding", *_RNN)
+          "LayerNormalization", "GroupNormalization", "RMSNormalization", "Embedding", *_RNN)
 KNOWN = (*_NAMED, MHA_INPUT, MHA_OUTPUT)
 _BY_SNAKE = {snake_case(c): c for c in _NAMED}
 # The Keras class that writes each canonical kind (exporting by rule, without a template).
@@ -187,7 +189,7 @@ CLASS_OF_KIND = {"linear": "Dense", "conv1d": "Conv1D", "conv2d": "Conv2D", "con
                  "conv_transpose3d": "Conv3DTranspose", "depthwise_conv2d": "DepthwiseConv2D",
                  "separable_conv2d": "SeparableConv2D", "batch_norm": "BatchNormalization",
                  "layer_norm": "LayerNormalization", "group_norm": "GroupNormalization",
-                 "embedding": "Embedding", "lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
+                 "rms_norm": "RMSNormalization", "embedding": "Embedding", "lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
 RNN_KINDS = ("lstm", "gru", "rnn")
 
 
@@ -265,6 +267,10 @@ def leaves(class_name: str, config: dict, shapes: list[tuple]) -> tuple[str, lis
         _count(class_name, n, len(names))
         _ranks(class_name, names, shapes, 1)
         return kind, names
+    if class_name == "RMSNormalization":
+        _count(class_name, n, 1)
+        _ranks(class_name, ["scale"], shapes, 1)
+        return kind, ["scale"]
     if class_name in _RNN:
         names = _by_count(class_name, n, ["kernel", "recurrent_kernel"], ["bias"], _flag(config, "use_bias"))
         for leaf, shape in zip(names, shapes, strict=True):

@@ -27,7 +27,7 @@ from .store import scan as scan_store
 _VAR_PATH = re.compile(r"^(?:(.*)/)?vars/(\d+)$")
 # Universal position order of Keras leaves: every known class stores a subset in this order.
 LEAF_ORDER = ("kernel", "depthwise_kernel", "pointwise_kernel", "recurrent_kernel", "embeddings", "bias",
-              "gamma", "beta", "moving_mean", "moving_variance")
+              "gamma", "beta", "moving_mean", "moving_variance", "scale")
 
 
 @dataclass

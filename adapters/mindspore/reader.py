@@ -14,7 +14,7 @@ import numpy as np
 from hubfmt.sdk import dtypes, safetensors
 from hubfmt.sdk import Checkpoint, LayerInfo, LazyTensor, TensorInfo, pread_into, read_region, region_tensor
 from hubfmt.sdk import FormatError, check_input_file
-from hubfmt.sdk import fold_region
+from hubfmt.sdk import fold_file
 
 from . import names, proto
 from .formats import CKPT, SAFETENSORS
@@ -102,7 +102,8 @@ def _crc_ok(path: str, fmt: str, items, meta: dict) -> bool:
     if fmt == CKPT:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            crc = fold_region(f.fileno(), 0, max(size - proto.CRC_TRAILER_SIZE, 0), zlib.crc32)
+            # one pass over the whole file, CPU bound: split over the cores (hubfmt.sdk.fold_file)
+            crc = fold_file(f.fileno(), 0, max(size - proto.CRC_TRAILER_SIZE, 0), "crc32")
             f.seek(size - proto.CRC_TRAILER_SIZE + len(proto.CRC_TRAILER))
             return crc == int.from_bytes(f.read(10), "big")
     for name, t in sorted(items, key=lambda kv: kv[0]):

@@ -21,7 +21,7 @@ from hubfmt.sdk import dtypes
 from hubfmt.sdk import atomic_output
 from hubfmt.sdk import Checkpoint, LazyTensor, part_of, span_tensor
 from hubfmt.sdk import ConversionError, Report
-from hubfmt.sdk import Progress, fold_region, prefetched, write_tensor
+from hubfmt.sdk import BehindWriter, Progress, fold_region, prefetched, write_tensor
 
 from . import names, proto
 from .formats import SLICE_BYTES
@@ -109,26 +109,38 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
 
 class _Crc:
     """MindSpore's crc_num: CRC-32 of every byte before the trailer. Folded over what was just
-    written (read back while it is in the page cache: kernel copies never pass through Python)."""
+    written (read back while it is in the page cache: kernel copies never pass through Python),
+    on a second thread while the next tensor is written (hubfmt.sdk.BehindWriter)."""
 
     def __init__(self, f):
-        self.f, self.value, self.done = f, 0, 0
+        self.f = f
+        self.fold = BehindWriter(f.fileno(), "crc32")
 
     def update(self) -> None:
         self.f.flush()
-        end = self.f.tell()
-        self.value = fold_region(self.f.fileno(), self.done, end - self.done, zlib.crc32, self.value)
-        self.done = end
+        self.fold.advance(self.f.tell())
 
     def trailer(self) -> bytes:
         self.update()
-        return proto.CRC_TRAILER + self.value.to_bytes(10, "big")
+        value = self.fold.value()
+        self.fold.close()
+        return proto.CRC_TRAILER + value.to_bytes(10, "big")
+
+    def close(self) -> None:
+        self.fold.close()
 
 
 def _write_ckpt(f, items: list[Item], extras, progress, max_slice: int) -> int:
     # The crc_num trailer save_checkpoint(crc_check=True) writes and load_checkpoint checks: a
     # file truncated on a record boundary would otherwise read as a smaller, valid model.
     crc = _Crc(f)
+    try:
+        return _write_records(f, crc, items, extras, progress, max_slice)
+    finally:
+        crc.close()
+
+
+def _write_records(f, crc: _Crc, items: list[Item], extras, progress, max_slice: int) -> int:
     total = 0
     # Sliced tensors load piece by piece: not prefetched whole.
     whole = prefetched((it.tensor if _nbytes(it.tensor.shape, it.dtype) <= max_slice else None, it.dtype) for it in items)

@@ -15,7 +15,7 @@ from hubfmt.sdk import protowire
 from hubfmt.sdk import atomic_output, atomic_outputs
 from hubfmt.sdk import LazyTensor
 from hubfmt.sdk import FormatError
-from hubfmt.sdk import fold_region, prefetched, write_tensor
+from hubfmt.sdk import dtypes, fold_region, kernel_copyable, prefetched, write_tensor
 
 from . import sstable
 from .bundle import _EXPECTED_CRC, BUNDLE_VERSION, DT_STRING, TF_DTYPE_CODES, _strings_crc, shard_path
@@ -54,6 +54,23 @@ def _check_copied(t: OutTensor, crc: int) -> None:
         raise FormatError(f"checksum mismatch in the tensor at offset {span.offset}: corrupt data", span.path)
 
 
+def _with_crc(t: OutTensor, j: int, crcs: dict[int, int]) -> LazyTensor:
+    """t's tensor, or, when it is loaded rather than copied in the kernel, the same converted to
+    its output dtype with its CRC-32C folded over the array on load: in the prefetch thread,
+    while the tensor before is written, and without reading the written bytes back."""
+    tensor = t.tensor
+    assert tensor is not None
+    dtype = t.dtype or tensor.dtype
+    if kernel_copyable(tensor, dtype):
+        return tensor
+
+    def load():
+        arr = dtypes.convert(tensor.load(), tensor.dtype, dtype)
+        crcs[j] = crc32c(arr) if arr.size else 0
+        return arr
+    return LazyTensor(tensor.shape, dtype, load)
+
+
 def bundle_files(prefix: str, num_shards: int) -> list[str]:
     """Output files of a bundle, in publishing order (data shards first, the index last)."""
     return [shard_path(prefix, i, num_shards) for i in range(num_shards)] + [prefix + ".index"]
@@ -71,8 +88,10 @@ def write_bundle(prefix: str, tensors: list[OutTensor], *, overwrite: bool = Fal
         for i, group in enumerate(shards):
             tmp = out.path(finals[i])
             with open(tmp, "w+b") as f:       # read back: the CRC of kernel-copied bytes
-                loaded = prefetched((None if t.strings is not None else t.tensor, t.dtype) for t in group)
-                for t, tensor in zip(group, loaded, strict=True):
+                crcs: dict[int, int] = {}
+                loaded = prefetched((None if t.strings is not None else _with_crc(t, j, crcs), t.dtype)
+                                    for j, t in enumerate(group))
+                for j, (t, tensor) in enumerate(zip(group, loaded, strict=True)):
                     offset = f.tell()
                     if t.strings is not None:
                         data, crc = _strings_crc(t.strings)
@@ -80,9 +99,12 @@ def write_bundle(prefix: str, tensors: list[OutTensor], *, overwrite: bool = Fal
                         n, code, shape = len(data), DT_STRING, t.shape
                     else:
                         n = write_tensor(f, tensor, t.dtype)
-                        f.flush()
-                        crc = fold_region(f.fileno(), offset, n, crc32c)
-                        _check_copied(t, crc)
+                        if j in crcs:             # loaded: its CRC was taken from the bytes written
+                            crc = crcs.pop(j)
+                        else:                     # copied in the kernel: read back
+                            f.flush()
+                            crc = fold_region(f.fileno(), offset, n, crc32c)
+                            _check_copied(t, crc)
                         code, shape = TF_DTYPE_CODES[t.dtype or t.tensor.dtype], t.tensor.shape
                     records.append((t.name.encode("utf-8"), _encode_entry(code, shape, i, offset, n, crc)))
                     total += n

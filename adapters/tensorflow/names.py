@@ -21,6 +21,7 @@ Native leaves (the last component of a variable name / Keras variable path) by k
                                                                     pointwise.bias
     batch_norm         gamma, beta, moving_mean, moving_variance    weight, bias, running_mean, running_var
     layer_norm/group_norm  gamma, beta                              weight, bias
+    rms_norm           scale (Keras 3 RMSNormalization)             weight
     embedding          embeddings [num,dim]                         weight [num,dim]
     lstm (Keras)       kernel [in,4h], recurrent_kernel [h,4h],     weight_ih_l0 [4h,in], weight_hh_l0 [4h,h],
                        bias [4h]; gates i,f,c,o                     bias_ih_l0, bias_hh_l0 (zeros, created)
@@ -182,6 +183,7 @@ RULES: dict[str, LayerRules] = {
         Leaf("pointwise_kernel", "pointwise.weight", "HWIO", required=True, kind="conv2d"),
         Leaf("bias", "pointwise.bias", kind="conv2d"))),
     **{kind: _norm(kind) for kind in ("batch_norm", "layer_norm", "group_norm", "instance_norm")},
+    "rms_norm": LayerRules((Leaf("scale", "weight", required=True),)),
     "embedding": LayerRules((Leaf("embeddings", "weight", required=True),)),
     "lstm": _keras_rnn("lstm", "ifgo"),
     "gru": _keras_rnn("gru", "zrn"),

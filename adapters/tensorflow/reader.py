@@ -107,6 +107,7 @@ _KIND_LEAVES = {
     "depthwise_conv2d": {"depthwise_kernel", "kernel", "bias"},
     "batch_norm": {"gamma", "beta", "moving_mean", "moving_variance"},
     "layer_norm": {"gamma", "beta"},
+    "rms_norm": {"scale"},
     "embedding": {"embeddings"},
     "lstm": {"kernel", "recurrent_kernel", "bias"}, "gru": {"kernel", "recurrent_kernel", "bias"},
     "rnn": {"kernel", "recurrent_kernel", "bias"},
@@ -148,6 +149,8 @@ def _infer_kind(layer: str, leaves: dict[str, LazyTensor]) -> tuple[str, str]:
         return "batch_norm", ""
     if ls & {"gamma", "beta"}:
         return "layer_norm", ""
+    if ls == {"scale"} and len(leaves["scale"].shape) == 1:     # Keras 3 RMSNormalization
+        return "rms_norm", ""
     if "recurrent_kernel" in ls and "kernel" in ls:
         k, r = leaves["kernel"].shape, leaves["recurrent_kernel"].shape
         if len(k) == 2 and len(r) == 2 and r[0] and r[1] % r[0] == 0:

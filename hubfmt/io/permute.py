@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hubfmt.io import parallel
+
 _SMALL = 1 << 20          # bytes: below this numpy's own copy is as fast
 _TILE = 256               # tile side of large 2-D transposes
 _ALIASING = 1024          # source rows this many bytes apart (or a multiple) share cache sets...
@@ -23,6 +25,7 @@ _STRIP = 1 << 15          # elements per strip when one side of a 2-D transpose 
 # Reading runs this short (OIHW -> HWIO: runs of kh*kw), numpy's own copy beats two tiled steps
 # (2.2 against 1.9 GB/s measured on 32 MiB); longer ones (HWIO -> OIHW) it reads with a stride.
 _SHORT_RUNS = 16
+_SPLIT = 8 << 20          # bytes of source per band at least, before a transpose is split over cores
 
 
 def permute(a: np.ndarray, axes) -> np.ndarray:
@@ -73,18 +76,29 @@ def _merged(shape: tuple, axes: tuple) -> tuple[tuple, tuple]:
 
 
 def _transpose_2d(src: np.ndarray, dst: np.ndarray) -> None:
-    """dst[...] = src.T, tile by tile (src C-contiguous [R, C], dst C-contiguous [C, R])."""
+    """dst[...] = src.T, tile by tile (src C-contiguous [R, C], dst C-contiguous [C, R]); a large
+    one in bands of source rows on every core at once (numpy releases the GIL while it copies
+    a tile, and bands write disjoint columns of dst)."""
     rows, cols = src.shape
     if min(rows, cols) >= _TILE:
         th, tw = _ALIAS_TILE if (cols * src.itemsize) % _ALIASING == 0 else (_TILE, _TILE)
-        for j in range(0, rows, th):
-            for i in range(0, cols, tw):
-                dst[i:i + tw, j:j + th] = src[j:j + th, i:i + tw].T
+
+        def band(lo: int, hi: int) -> None:
+            for j in range(lo, hi, th):
+                for i in range(0, cols, tw):
+                    dst[i:i + tw, j:j + th] = src[j:j + th, i:i + tw].T
+        parallel.split(band, rows, step=th, min_part=max(_SPLIT // max(cols * src.itemsize, 1), th))
     elif rows >= cols:                        # narrow: strips along the long side
         step = max(_STRIP // max(cols, 1), 64)
-        for j in range(0, rows, step):
-            dst[:, j:j + step] = src[j:j + step].T
+
+        def strips(lo: int, hi: int) -> None:
+            for j in range(lo, hi, step):
+                dst[:, j:j + step] = src[j:j + step].T
+        parallel.split(strips, rows, step=step, min_part=max(_SPLIT // max(cols * src.itemsize, 1), step))
     else:
         step = max(_STRIP // max(rows, 1), 64)
-        for i in range(0, cols, step):
-            dst[i:i + step] = src[:, i:i + step].T
+
+        def strips_t(lo: int, hi: int) -> None:
+            for i in range(lo, hi, step):
+                dst[i:i + step] = src[:, i:i + step].T
+        parallel.split(strips_t, cols, step=step, min_part=max(_SPLIT // max(rows * src.itemsize, 1), step))
