@@ -144,7 +144,28 @@ class Alignment:
                            and not any(b.startswith(o + ".") for o in blocks if o != b and blocks[o] <= left))
             if whole:
                 out.append(f"whole blocks {action}: {', '.join(whole[:4])}{' ...' if len(whole) > 4 else ''}")
+            inside = self._inside_matched(action, left)
+            if inside:
+                out.append(f"{len(inside)} {'source' if action == 'unexpected' else 'template'} layers {action} between "
+                           f"matched ones ({', '.join(inside[:3])}{' ...' if len(inside) > 3 else ''}): not a head "
+                           "or a tail the other side lacks")
         return out
+
+    def _inside_matched(self, action: str, left: set[str]) -> list[str]:
+        """The unmatched layers of one side that lie between two matched layers in that side's
+        order. A missing head (a backbone checkpoint) is at one end; a layer inside the network
+        (Gluon's extra expansion conv, biased 1x1 convs) means the two are other networks, and
+        --allow-missing would leave it with the template's values."""
+        if action == "missing":
+            order = list(dict.fromkeys(e.info.layer or n.rpartition(".")[0] for n, e in self.template.entries.items()))
+            matched = {m.target for m in self.matches}
+        else:
+            order = list(self.source_layer_sizes)
+            matched = {m.source for m in self.matches}
+        at = [i for i, path in enumerate(order) if path in matched]
+        if not at:
+            return []
+        return [path for i, path in enumerate(order) if at[0] < i < at[-1] and path in left]
 
     def apply(self, source: Checkpoint) -> Checkpoint:
         """The aligned checkpoint: source tensors under the template's names (lazy, no data read),

@@ -247,14 +247,32 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
     for path, li in src.layers.items():
         out.layers.setdefault(layer_of.get(path, path), li)
     if template is not None:
-        for path, li in template.layers.items():
-            if path not in out.layers:
-                continue
-            mine = out.layers[path].attrs
-            norm = norm_attr_mismatches(out.layers[path].kind, mine, li.attrs)
-            for text in norm:
-                report.add("warning", path, f"{out.layers[path].kind} {text.replace('in the destination', 'in the template')}")
-            for k, v in li.attrs.items():
-                if k in mine and not equivalent(k, mine[k], v) and not (norm and k in ("eps", "momentum")):
-                    report.add("warning", path, f"{k}: source {mine[k]!r}, template {v!r} (the source's value is kept)")
+        _compare_attrs(out, template, report)
     return out
+
+
+def _compare_attrs(out: Checkpoint, template: Checkpoint, report: Report) -> None:
+    """Warn where a layer's recorded attributes differ from the template's (eps: other outputs
+    from the same weights); refuse where a conv's stride or dilation differ: the same weights in
+    another network (a ResNet with the stride on the 1x1 conv instead of the 3x3), never a
+    conversion the user wants."""
+    wrong = []
+    for path, li in template.layers.items():
+        if path not in out.layers:
+            continue
+        mine = out.layers[path].attrs
+        kind = out.layers[path].kind
+        norm = norm_attr_mismatches(kind, mine, li.attrs)
+        for text in norm:
+            report.add("warning", path, f"{kind} {text.replace('in the destination', 'in the template')}")
+        for k, v in li.attrs.items():
+            if k not in mine or equivalent(k, mine[k], v) or (norm and k in ("eps", "momentum")):
+                continue
+            if "conv" in kind and k in ("stride", "dilation"):
+                wrong.append(f"{path}: {k} {mine[k]!r} in the source, {v!r} in the template")
+            else:
+                report.add("warning", path, f"{k}: source {mine[k]!r}, template {v!r} (the source's value is kept)")
+    if wrong:
+        raise ConversionError(f"the template is another architecture: {len(wrong)} conv layer(s) with other strides "
+                              f"or dilations than the source's ({'; '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}); "
+                              "the same weights would compute something else")
