@@ -361,3 +361,32 @@ def test_flowvision_resnet18_and_torchvision_both_ways(torch, tv, tmp_path):
     got = np.load(tmp_path / "load-out.npy")
     assert rel_diff(got, np.load(tmp_path / "tmpl-out.npy")) > 1e-2      # the weights did change
     assert_same_outputs(got, torch_out(torch, src, X64))
+
+
+def test_keras_and_torch_strides_that_disagree_are_refused_both_ways(torch, tmp_path):
+    # The ResNet v1 question between frameworks: Keras with the stride on the 1x1 conv, torch on
+    # the 3x3, shapes equal. A .keras file and a pickled module both record strides.
+    require("tensorflow")
+    keras = require("keras")
+    L = keras.layers
+    k = keras.Sequential([keras.Input((16, 16, 3)), L.Conv2D(8, 1, strides=2, use_bias=False, name="reduce"),
+                          L.BatchNormalization(epsilon=1e-5, name="bn"),
+                          L.Conv2D(8, 3, padding="same", use_bias=False, name="conv")])
+    k.save(str(tmp_path / "k.keras"))
+    nn = torch.nn
+    t = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False))
+    torch.save(t, tmp_path / "t.pth")
+    first = assert_refused(convert(tmp_path / "t.pth", tmp_path / "o.keras", tmp_path / "k.keras"), "stride [1, 1]",
+                           "[2, 2]")
+    assert "another architecture" in first and "stride" in first
+    first = assert_refused(convert(tmp_path / "k.keras", tmp_path / "o.pth", tmp_path / "t.pth"), "0: stride [2, 2]",
+                           "2: stride [1, 1]")
+    assert not (tmp_path / "o.keras").exists() and not (tmp_path / "o.pth").exists()
+    # The same strides on both sides: converted, and Keras computes what torch does.
+    t[0].stride, t[2].stride = (2, 2), (1, 1)
+    randomize(torch, t, 1)
+    torch.save(t, tmp_path / "t.pth")
+    assert_converted(convert(tmp_path / "t.pth", tmp_path / "o.keras", tmp_path / "k.keras"))
+    x = np.random.default_rng(3).normal(0, 1, (2, 16, 16, 3)).astype(np.float32)
+    got = keras.saving.load_model(str(tmp_path / "o.keras")).predict(x, verbose=0)
+    assert_same_outputs(got.transpose(0, 3, 1, 2), torch_out(torch, t, np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
