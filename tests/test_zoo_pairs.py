@@ -6,9 +6,8 @@ layer where the two zoos' models are different architectures. Random init, no do
 The pairs and why each is (or is not) the same architecture:
 - torchvision <-> timm resnet18, efficientnet_b0, mobilenet_v2 (timm mobilenetv2_100), densenet121:
   the same networks written twice; exact.
-- torchvision vgg11_bn <-> timm vgg11_bn: timm's head is a 7x7 conv (ConvMlp) where torchvision has
-  a Linear over the flattened 7x7 map: refused, naming the layer (a [4096, 25088] weight is not a
-  [4096, 512, 7, 7] one for hubfmt; only 1x1 convs are reshaped to Linear).
+- torchvision vgg11_bn <-> timm vgg11_bn: timm's head is a 7x7 conv (ConvMlp) on the 7x7 map where
+  torchvision has a Linear over the flattened map: the same computation, exact by reshape.
 - torchvision efficientnet_b0 <-> timm tf_efficientnet_b0: another model (TF 'same' padding at run
   time in Conv2dSame, BatchNorm eps 1e-3). Two state dicts cannot show it; whole pickled modules
   do, and the conversion warns naming both values.
@@ -130,14 +129,24 @@ def test_torchvision_and_timm_same_architecture(torch, tv, timm, tmp_path, tv_na
     assert_same_outputs(torch_out(torch, dst, X64), torch_out(torch, src, X64))
 
 
-def test_torchvision_vgg11_bn_and_timm_vgg11_bn_are_refused(torch, tv, timm, tmp_path):
-    torch.save(tv.vgg11_bn(num_classes=10).state_dict(), tmp_path / "tv.pth")
-    torch.save(timm.create_model("vgg11_bn", num_classes=10).state_dict(), tmp_path / "timm.pth")
-    r = convert(tmp_path / "tv.pth", tmp_path / "o.pth", tmp_path / "timm.pth")
-    assert_refused(r, "classifier.0.weight", "pre_logits.fc1.weight", "[4096, 25088]", "[4096, 512, 7, 7]")
-    r = convert(tmp_path / "timm.pth", tmp_path / "o.pth", tmp_path / "tv.pth")
-    assert_refused(r, "pre_logits.fc1.weight", "classifier.0.weight")
-    assert not (tmp_path / "o.pth").exists()
+@pytest.mark.parametrize("direction", ["torchvision->timm", "timm->torchvision"])
+def test_torchvision_vgg11_bn_and_timm_vgg11_bn_linear_is_the_7x7_conv(torch, tv, timm, tmp_path, direction):
+    # timm's head (ConvMlp) is a 7x7 conv on the 7x7 map where torchvision flattens it into a
+    # Linear: [4096, 25088] rows in channels-first order are the conv's [4096, 512, 7, 7].
+    def make(zoo, seed):
+        m = tv.vgg11_bn(num_classes=10) if zoo == "torchvision" else timm.create_model("vgg11_bn", num_classes=10)
+        return randomize(torch, m, seed)
+
+    src_zoo, dst_zoo = direction.split("->")
+    src = make(src_zoo, 1)
+    torch.save(src.state_dict(), tmp_path / "src.pth")
+    torch.save(make(dst_zoo, 2).state_dict(), tmp_path / "tmpl.pth")
+    r = run_cli("convert", tmp_path / "src.pth", tmp_path / "out.pth", "--template", tmp_path / "tmpl.pth")
+    assert_converted(r)
+    assert "[4096, 25088] -> [4096, 512, 7, 7]" in r.stdout or "[4096, 512, 7, 7] -> [4096, 25088]" in r.stdout, r.stdout
+    dst = load_torch(torch, make(dst_zoo, 3), tmp_path / "out.pth")
+    x = X64[:1]
+    assert_same_outputs(torch_out(torch, dst, x), torch_out(torch, src, x))
 
 
 def test_tf_efficientnet_is_another_model_and_whole_modules_say_so(torch, tv, timm, tmp_path):

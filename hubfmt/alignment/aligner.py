@@ -56,7 +56,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from hubfmt.format.checkpoint import Checkpoint
-from hubfmt.errors import AlignmentError
+from hubfmt.errors import AlignmentError, ConversionError
 from hubfmt.alignment.grouping import OPTIONAL_ROLES, Layer, group_layers, transform_between
 from hubfmt.alignment.matching import align_rounds, anchor_conflict, anchors, group_of, match_in_modules, module_pairs, relaxed_pairs, signature
 from hubfmt.alignment.table import Mapping, Move, apply_mapping
@@ -69,7 +69,7 @@ from hubfmt.alignment.rules import RuleSet, make_rule
 class LayerMatch:
     source: str
     target: str
-    op: str            # "" or "conv1x1"
+    op: str            # "", "conv1x1" or "conv_fc"
     confidence: float
     evidence: str
     tensors: list[tuple[str, str]] = field(default_factory=list)   # (source tensor, template tensor)
@@ -193,6 +193,9 @@ class Alignment:
                      and all(s.startswith(m.source + ".") and t.startswith(m.target + ".")
                              and s[len(m.source) + 1:] == t[len(m.target) + 1:] and "." not in s[len(m.source) + 1:]
                              for s, t in m.tensors))
+            if m.op == "conv_fc":
+                raise ConversionError(f"{m.source} -> {m.target}: a Linear <-> {m.op} reshape has no rules-file form "
+                                      "yet; convert with --template instead of a saved rules file")
             reshape = {"reshape": "conv1x1"} if m.op else {}
             if whole:
                 rules.append(make_rule({"glob": f"{m.source}.*", "replace": f"{m.target}.\\1", **reshape}))
@@ -440,7 +443,8 @@ def _build(S, T, decided) -> tuple[Mapping, list[LayerMatch]]:
         for role, tname in t.tensors.items():
             if role in s.tensors:
                 mv_op = op if role == "weight" else ""
-                moves.append(Move((s.tensors[role],), (tname,), mv_op, confidence=conf, note=ev))
+                shape = tuple(t.shapes["weight"]) if mv_op == "conv_fc" else ()
+                moves.append(Move((s.tensors[role],), (tname,), mv_op, shape=shape, confidence=conf, note=ev))
                 match.tensors.append((s.tensors[role], tname))
             elif role in OPTIONAL_ROLES:
                 moves.append(Move((), (tname,), "create", note="expected by the template, absent from the source (0)"))
