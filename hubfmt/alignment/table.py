@@ -151,6 +151,12 @@ def _tensors(src: Checkpoint, m: Move) -> list[LazyTensor]:
     if m.op == "conv_fc":
         if not conv_fc_fits(ts[0].shape, m.shape):
             raise ConversionError(f"{m.sources[0]}: shape {list(ts[0].shape)} is not a Linear of the conv {list(m.shape)}")
+        layer = src.layers.get(src[m.sources[0]].info.layer)
+        flat = layer.attrs.get("flatten") if layer is not None else None
+        if flat is not None and len(ts[0].shape) == 2 and list(flat) != list(m.shape[1:]):
+            # The source says which map its rows flatten: another one is another network.
+            raise ConversionError(f"{m.sources[0]}: a Linear over a {'x'.join(map(str, flat))} map is not the "
+                                  f"{m.shape[2]}x{m.shape[3]} conv {list(m.shape)} of the template")
         return [_reshaped(ts[0], tuple(m.shape))]
     if m.op == "split":
         t = ts[0]
