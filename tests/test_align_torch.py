@@ -134,3 +134,42 @@ def test_fused_attention_split_by_rules_then_aligned():
     renamed, _ = rename(checkpoint_of(split), template=rules.apply(checkpoint_of(other)))
     load_into(other, rules.inverse().apply(renamed))
     assert_same_outputs(as_numpy(other, x), as_numpy(fused, x))
+
+
+class _FlattenHead(torch.nn.Module):
+    """conv -> flatten a 4x3x3 map -> Linear: torchvision's VGG head."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Conv2d(3, 4, 3, stride=5)     # 16x16 -> 3x3
+        self.fc = torch.nn.Linear(4 * 3 * 3, 6)
+
+    def forward(self, x):
+        return self.fc(self.features(x).relu().flatten(1))
+
+
+class _ConvHead(torch.nn.Module):
+    """conv -> a valid 3x3 conv on the 3x3 map -> flatten: timm's ConvMlp VGG head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3, stride=5)
+        self.head = torch.nn.Conv2d(4, 6, 3)
+
+    def forward(self, x):
+        return self.head(self.stem(x).relu()).flatten(1)
+
+
+@pytest.mark.parametrize("src_cls, dst_cls", [(_FlattenHead, _ConvHead), (_ConvHead, _FlattenHead)])
+def test_a_linear_over_a_flattened_map_is_the_valid_conv_on_it(src_cls, dst_cls, tmp_path):
+    torch.manual_seed(0)
+    src_model, dst_model = randomize(src_cls(), 1), randomize(dst_cls(), 2)
+    ckpt, table = convert_in_memory(src_model, dst_model)
+    assert "no problems" in table and "conv_fc" in table
+    assert_same_outputs(as_numpy(dst_model, X), as_numpy(src_model, X))
+    assert [e.name for e in ckpt.report.of("reshaped")] == ["head.weight" if dst_cls is _ConvHead else "fc.weight"]
+    # A rules file has no form for the reshape yet: saving one says so instead of writing a wrong rule.
+    torch.save(src_model.state_dict(), tmp_path / "s.pth")
+    torch.save(dst_model.state_dict(), tmp_path / "t.pth")
+    r = run_cli("align", tmp_path / "s.pth", tmp_path / "t.pth", "--save-rules", tmp_path / "r.toml")
+    assert r.returncode != 0 and "no rules-file form" in r.stderr and not (tmp_path / "r.toml").exists(), r.stderr

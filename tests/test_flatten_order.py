@@ -270,3 +270,27 @@ def test_a_one_channel_map_has_one_flatten_order(keras, torch, tmp_path):
     net = load_pth(torch, Net().eval(), tmp_path / "one.pth")
     want = np.asarray(k(X))
     assert rel_diff(torch_out(torch, net, X), want) <= 1e-5
+
+
+def test_keras_dense_after_flatten_into_a_torch_conv_head(keras, torch, tmp_path):
+    # The Dense's rows, permuted to channels-first (C,H,W) from the .keras config, are the weights
+    # of the valid 4x3 conv on the 4x3 map (timm's ConvMlp head): reshaped, exact.
+    nn = torch.nn
+
+    class ConvHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(CIN, 4, 3)
+            self.fc = nn.Conv2d(4, 5, (4, 3))
+            self.out = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.out(self.fc(self.conv(x).relu()).flatten(1).relu())
+
+    k = keras_net(keras)
+    k.save(str(tmp_path / "k.keras"))
+    torch.save(ConvHead().state_dict(), tmp_path / "tmpl.pth")
+    r = run_cli("convert", tmp_path / "k.keras", tmp_path / "t.pth", "--template", tmp_path / "tmpl.pth")
+    assert r.returncode == 0 and "[5, 48] -> [5, 4, 4, 3]" in r.stdout, r.stdout + r.stderr
+    net = load_pth(torch, ConvHead().eval(), tmp_path / "t.pth")
+    assert_same_outputs(torch_out(torch, net, X), k.predict(X, verbose=0))

@@ -66,6 +66,18 @@ def layer_attrs(kind: str, attrs: Mapping[str, Any], weight_shape: tuple | None)
     return kind, out
 
 
+# The instance attributes every module of a kind has (torch's _ConvNd, _NormBase, LayerNorm).
+_BASE_ATTRS = {"conv": ("in_channels", "out_channels", "kernel_size", "stride", "padding"),
+               "batch_norm": ("num_features", "eps", "momentum"), "layer_norm": ("normalized_shape", "eps")}
+
+
+def _subclass_of(kind: str, attrs: Mapping[str, Any]) -> bool:
+    """Whether a module of an unknown class whose tensors say `kind` is a subclass of torch's
+    layer of that kind: it has all the base class's instance attributes."""
+    keys = _BASE_ATTRS.get("conv" if kind.startswith("conv") else kind)
+    return keys is not None and all(k in attrs for k in keys)
+
+
 def infer_kinds(shapes: Mapping[str, tuple]) -> dict[str, str]:
     """layer path -> kind for tensor names `<layer>.<role>` with the given shapes, where no
     module class is known. Layers that match nothing are left out (kind 'tensor')."""
@@ -158,6 +170,11 @@ def classify(shapes: Mapping[str, tuple], classes: Mapping[str, tuple[str, Mappi
         attrs: dict = {}
         if kind is None:
             kind = inferred.get(layer, "tensor")
+            if cls and _subclass_of(kind, cls[1]):
+                # A zoo's subclass of a torch layer (timm's Conv2dSame, BatchNormAct2d): its
+                # instance keeps the base class's attributes, and a mismatch in them (eps 1e-3,
+                # padding) is what makes two zoos' models differ.
+                kind, attrs = layer_attrs(kind, cls[1], shapes.get(f"{layer}.weight"))
         else:
             kind, attrs = layer_attrs(kind, cls[1], shapes.get(f"{layer}.weight"))
         if kind != "tensor":

@@ -56,7 +56,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from hubfmt.format.checkpoint import Checkpoint, LayerInfo
-from hubfmt.errors import AlignmentError
+from hubfmt.errors import AlignmentError, ConversionError
 from hubfmt.alignment import fusion
 from hubfmt.alignment.grouping import OPTIONAL_ROLES, Layer, group_layers, transform_between
 from hubfmt.alignment.matching import align_rounds, anchor_conflict, anchors, group_of, match_in_modules, module_pairs, relaxed_pairs, signature
@@ -70,7 +70,7 @@ from hubfmt.alignment.rules import RuleSet, make_rule
 class LayerMatch:
     source: str
     target: str
-    op: str            # "" or "conv1x1"
+    op: str            # "", "conv1x1" or "conv_fc"
     confidence: float
     evidence: str
     tensors: list[tuple[str, str]] = field(default_factory=list)   # (source tensor, template tensor)
@@ -147,7 +147,28 @@ class Alignment:
                            and not any(b.startswith(o + ".") for o in blocks if o != b and blocks[o] <= left))
             if whole:
                 out.append(f"whole blocks {action}: {', '.join(whole[:4])}{' ...' if len(whole) > 4 else ''}")
+            inside = self._inside_matched(action, left)
+            if inside:
+                out.append(f"{len(inside)} {'source' if action == 'unexpected' else 'template'} layers {action} between "
+                           f"matched ones ({', '.join(inside[:3])}{' ...' if len(inside) > 3 else ''}): not a head "
+                           "or a tail the other side lacks")
         return out
+
+    def _inside_matched(self, action: str, left: set[str]) -> list[str]:
+        """The unmatched layers of one side that lie between two matched layers in that side's
+        order. A missing head (a backbone checkpoint) is at one end; a layer inside the network
+        (Gluon's extra expansion conv, biased 1x1 convs) means the two are other networks, and
+        --allow-missing would leave it with the template's values."""
+        if action == "missing":
+            order = list(dict.fromkeys(e.info.layer or n.rpartition(".")[0] for n, e in self.template.entries.items()))
+            matched = {m.target for m in self.matches}
+        else:
+            order = list(self.source_layer_sizes)
+            matched = {m.source for m in self.matches}
+        at = [i for i, path in enumerate(order) if path in matched]
+        if not at:
+            return []
+        return [path for i, path in enumerate(order) if at[0] < i < at[-1] and path in left]
 
     def apply(self, source: Checkpoint) -> Checkpoint:
         """The aligned checkpoint: source tensors under the template's names (lazy, no data read),
@@ -183,6 +204,9 @@ class Alignment:
                      and all(s.startswith(m.source + ".") and t.startswith(m.target + ".")
                              and s[len(m.source) + 1:] == t[len(m.target) + 1:] and "." not in s[len(m.source) + 1:]
                              for s, t in m.tensors))
+            if m.op == "conv_fc":
+                raise ConversionError(f"{m.source} -> {m.target}: a Linear <-> {m.op} reshape has no rules-file form "
+                                      "yet; convert with --template instead of a saved rules file")
             reshape = {"reshape": "conv1x1"} if m.op == "conv1x1" else {}
             if whole:
                 rules.append(make_rule({"glob": f"{m.source}.*", "replace": f"{m.target}.\\1", **reshape}))
@@ -474,7 +498,8 @@ def _build(S, T, decided) -> tuple[Mapping, list[LayerMatch]]:
         for role, tname in t.tensors.items():
             if role in s.tensors:
                 mv_op = op if role == "weight" else ""
-                moves.append(Move((s.tensors[role],), (tname,), mv_op, confidence=conf, note=ev))
+                shape = tuple(t.shapes["weight"]) if mv_op == "conv_fc" else ()
+                moves.append(Move((s.tensors[role],), (tname,), mv_op, shape=shape, confidence=conf, note=ev))
                 match.tensors.append((s.tensors[role], tname))
             elif role in OPTIONAL_ROLES:
                 moves.append(Move((), (tname,), "create", note="expected by the template, absent from the source (0)"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from hubfmt.format.checkpoint import Checkpoint
 from hubfmt.format.layouts import RNN_ROLE_PREFIXES
-from hubfmt.alignment.table import conv1x1_shape
+from hubfmt.alignment.table import conv1x1_shape, conv_fc_fits
 
 # Role names other conventions use for the canonical ones (a listing may carry native names).
 ROLE_SYNONYMS = {
@@ -149,7 +149,7 @@ def families_compatible(a: Layer, b: Layer) -> bool:
 
 def transform_between(src: Layer, dst: Layer, *, same_name: bool = False) -> str | None:
     """"" when `src`'s tensors fit `dst` as they are, "conv1x1" when they fit after
-    [out,in] <-> [out,in,1,1], None when they cannot hold the same weights. Layers of the same
+    [out,in] <-> [out,in,1,1], "conv_fc" after [out,c*kh*kw] <-> [out,c,kh,kw], None when they cannot hold the same weights. Layers of the same
     name need not agree on their kind (a rules file may have fused per-gate linears into an LSTM)."""
     if src.required != dst.required:
         return None
@@ -166,6 +166,9 @@ def transform_between(src: Layer, dst: Layer, *, same_name: bool = False) -> str
         if conv1x1_shape(src.shapes["weight"]) == dst.shapes["weight"] and all(
                 src.shapes[r] == dst.shapes[r] for r in src.required if r != "weight"):
             return "conv1x1"
+        if conv_fc_fits(src.shapes["weight"], dst.shapes["weight"]) and all(
+                src.shapes[r] == dst.shapes[r] for r in src.required if r != "weight"):
+            return "conv_fc"
     return None
 
 

@@ -6,6 +6,9 @@ Rename rules (hubfmt.rules) and template alignment (hubfmt.align) both produce a
 Operations (`Move.op`):
     ""         rename (or keep) one tensor
     "conv1x1"  rename and reshape [out,in] <-> [out,in,1,1] (a conv used as a classifier)
+    "conv_fc"  rename and reshape [out,c*kh*kw] <-> [out,c,kh,kw] to `shape`: a Linear over a
+               flattened c x kh x kw map (channels first, the hub's flatten order) is the valid
+               kh x kw conv on that map (timm's VGG head against torchvision's)
     "split"    one fused tensor -> several, cut along `axis` (qkv, LSTM gates); `sizes` per part
     "merge"    several tensors -> one, concatenated along `axis` (the inverse of split)
     "create"   a tensor the destination expects and the source cannot have (num_batches_tracked)
@@ -27,7 +30,8 @@ from hubfmt.io import flatten
 from hubfmt.io.norm_attrs import equivalent, norm_attr_mismatches
 from hubfmt.report import Report
 
-OPS = ("", "conv1x1", "split", "merge", "create", "drop", "flatten")
+OPS = ("", "conv1x1", "conv_fc", "split", "merge", "create", "drop", "flatten")
+RESHAPES = ("conv1x1", "conv_fc")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Move:
     op: str = ""
     axis: int = 0
     sizes: tuple[int, ...] = ()
+    shape: tuple[int, ...] = ()       # conv_fc: the target's shape
     confidence: float | None = None   # alignment's confidence; None for rules
     note: str = ""                    # the rule or the evidence that produced the row
     permute: str = ""                 # op "flatten": the rules file's flatten op ("flatten:HWC->CHW:7x7")
@@ -90,6 +95,16 @@ def conv1x1_shape(shape: tuple) -> tuple | None:
     return None
 
 
+def conv_fc_fits(a: tuple, b: tuple) -> bool:
+    """Whether [out, c*kh*kw] and [out, c, kh, kw] (either way round) hold one kh x kw conv's
+    weights, kh*kw > 1 (1x1 is conv1x1)."""
+    a, b = tuple(a), tuple(b)
+    if len(a) == 4 and len(b) == 2:
+        a, b = b, a
+    return (len(a) == 2 and len(b) == 4 and a[0] == b[0] and b[2] * b[3] > 1
+            and a[1] == b[1] * b[2] * b[3])
+
+
 def split_sizes(length: int, parts: int, sizes: tuple[int, ...] = ()) -> tuple[int, ...] | None:
     """Sizes of the pieces of an axis of `length` cut into `parts` (equal unless `sizes`); None if impossible."""
     if sizes:
@@ -139,6 +154,16 @@ def _tensors(src: Checkpoint, m: Move) -> list[LazyTensor]:
         if shape is None:
             raise ConversionError(f"{m.sources[0]}: shape {list(ts[0].shape)} is neither [out,in] nor [out,in,1,1]")
         return [_reshaped(ts[0], shape)]
+    if m.op == "conv_fc":
+        if not conv_fc_fits(ts[0].shape, m.shape):
+            raise ConversionError(f"{m.sources[0]}: shape {list(ts[0].shape)} is not a Linear of the conv {list(m.shape)}")
+        layer = src.layers.get(src[m.sources[0]].info.layer)
+        flat = layer.attrs.get("flatten") if layer is not None else None
+        if flat is not None and len(ts[0].shape) == 2 and list(flat) != list(m.shape[1:]):
+            # The source says which map its rows flatten: another one is another network.
+            raise ConversionError(f"{m.sources[0]}: a Linear over a {'x'.join(map(str, flat))} map is not the "
+                                  f"{m.shape[2]}x{m.shape[3]} conv {list(m.shape)} of the template")
+        return [_reshaped(ts[0], tuple(m.shape))]
     if m.op == "split":
         t = ts[0]
         if not 0 <= m.axis < len(t.shape):
@@ -167,14 +192,14 @@ def _info(src: Checkpoint, m: Move, name: str, tensor: LazyTensor, template: Che
         kind = base.kind
         if kind in ("", "tensor") and first is not None:
             # A names+shapes listing knows no kinds; the source does (adjusted for a reshape).
-            kind = {2: "linear", 4: "conv2d"}.get(len(tensor.shape), first.kind) if m.op == "conv1x1" else first.kind
+            kind = {2: "linear", 4: "conv2d"}.get(len(tensor.shape), first.kind) if m.op in RESHAPES else first.kind
         return dataclasses.replace(base, kind=kind, original_dtype=(first.original_dtype if first else "") or tensor.dtype,
                                    tied_to=None)
     layer, _, role = name.rpartition(".")
     if first is None:
         return TensorInfo(kind="batch_norm", role=role, layer=layer, original_dtype=tensor.dtype)
     kind = first.kind
-    if m.op == "conv1x1":
+    if m.op in RESHAPES:
         kind = "conv2d" if len(tensor.shape) == 4 else "linear"
     return dataclasses.replace(first, layer=layer, role=role, kind=kind, tied_to=first.tied_to if m.op == "" else None,
                                original_shape=first.original_shape if m.op == "" else None)
@@ -226,7 +251,7 @@ def _event(report: Report, m: Move, tensors: list[LazyTensor], src: Checkpoint) 
         report.add("matched", s, why, confidence=m.confidence)
     else:
         report.renamed(s, t, why, confidence=m.confidence)
-    if m.op == "conv1x1":
+    if m.op in RESHAPES:
         report.add("reshaped", t, f"{list(src[s].tensor.shape)} -> {list(tensors[0].shape)}")
 
 
@@ -291,16 +316,34 @@ def apply_mapping(src: Checkpoint, mapping: Mapping, *, template: Checkpoint | N
         out.layers.setdefault(layer_of.get(path, path), li)
     out.layers.update(decided)
     if template is not None:
-        for path, li in template.layers.items():
-            if path not in out.layers:
-                continue
-            mine = out.layers[path].attrs
-            norm = norm_attr_mismatches(out.layers[path].kind, mine, li.attrs)
-            for text in norm:
-                report.add("warning", path, f"{out.layers[path].kind} {text.replace('in the destination', 'in the template')}")
-            for k, v in li.attrs.items():
-                if k in (flatten.ATTR, flatten.ATTR_SOURCE) and not (isinstance(v, list) and isinstance(mine.get(k), list)):
-                    continue    # MXNet's FullyConnected `flatten` flag, or orders that say nothing of the map
-                if k in mine and not equivalent(k, mine[k], v) and not (norm and k in ("eps", "momentum")):
-                    report.add("warning", path, f"{k}: source {mine[k]!r}, template {v!r} (the source's value is kept)")
+        _compare_attrs(out, template, report)
     return out
+
+
+def _compare_attrs(out: Checkpoint, template: Checkpoint, report: Report) -> None:
+    """Warn where a layer's recorded attributes differ from the template's (eps: other outputs
+    from the same weights); refuse where a conv's stride or dilation differ: the same weights in
+    another network (a ResNet with the stride on the 1x1 conv instead of the 3x3), never a
+    conversion the user wants."""
+    wrong = []
+    for path, li in template.layers.items():
+        if path not in out.layers:
+            continue
+        mine = out.layers[path].attrs
+        kind = out.layers[path].kind
+        norm = norm_attr_mismatches(kind, mine, li.attrs)
+        for text in norm:
+            report.add("warning", path, f"{kind} {text.replace('in the destination', 'in the template')}")
+        for k, v in li.attrs.items():
+            if k in (flatten.ATTR, flatten.ATTR_SOURCE) and not (isinstance(v, list) and isinstance(mine.get(k), list)):
+                continue    # MXNet's FullyConnected `flatten` flag, or orders that say nothing of the map
+            if k not in mine or equivalent(k, mine[k], v) or (norm and k in ("eps", "momentum")):
+                continue
+            if "conv" in kind and k in ("stride", "dilation"):
+                wrong.append(f"{path}: {k} {mine[k]!r} in the source, {v!r} in the template")
+            else:
+                report.add("warning", path, f"{k}: source {mine[k]!r}, template {v!r} (the source's value is kept)")
+    if wrong:
+        raise ConversionError(f"the template is another architecture: {len(wrong)} conv layer(s) with other strides "
+                              f"or dilations than the source's ({'; '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}); "
+                              "the same weights would compute something else")
