@@ -51,6 +51,7 @@ from hubfmt.io.attention import Heads
 from hubfmt.io.layer_rules import LayerRules, Leaf, Mapped, Stacked, Summed
 from hubfmt.io.norm_attrs import norm_attr_mismatches
 from hubfmt.io.parallel import BehindWriter, fold_file
+from hubfmt.io.parallel import combine as combine_checksums
 from hubfmt.io.progress import Progress
 from hubfmt.format.tensor import file_span, part_of, pread_into, read_region, region_tensor, span_tensor
 from hubfmt.io.stream import Piece, TensorStream, fold_region, kernel_copyable, prefetched, write_tensor
@@ -72,7 +73,7 @@ __all__ = [
     # reading and writing bytes
     "region_tensor", "span_tensor", "part_of", "file_span", "read_region", "pread_into", "fold_region", "prefetched",
     "write_tensor", "kernel_copyable", "Progress",
-    "TensorStream", "Piece", "Checksum", "checksums", "fold_file", "BehindWriter",
+    "TensorStream", "Piece", "Checksum", "checksums", "fold_file", "BehindWriter", "combine_checksums",
     "atomic_output", "atomic_outputs", "check_input_file", "write_safetensors",
     # layouts, and a layer's native tensors <-> canonical ones as a declarative table (names.py)
     "convert_layout", "depthwise_to_hwcm", "reorder_gates", "permute",

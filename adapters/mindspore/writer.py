@@ -21,7 +21,7 @@ from hubfmt.sdk import dtypes
 from hubfmt.sdk import atomic_output
 from hubfmt.sdk import Checkpoint, LazyTensor, part_of, span_tensor
 from hubfmt.sdk import ConversionError, Report
-from hubfmt.sdk import BehindWriter, Progress, fold_region, prefetched, write_tensor
+from hubfmt.sdk import BehindWriter, Progress, combine_checksums, fold_region, prefetched, write_tensor
 
 from . import names, proto
 from .formats import SLICE_BYTES
@@ -175,11 +175,12 @@ def _write_records(f, crc: _Crc, items: list[Item], extras, progress, max_slice:
 
 def _write_safetensors(f, items: list[Item], extras, progress) -> int:
     # The crc_num save_checkpoint(format="safetensors", crc_check=True) stores in the metadata and
-    # load_checkpoint checks: CRC-32 over (name, tensor bytes) in sorted name order. Tensors are
-    # written in that order so the CRC folds over each one as it is written (read back while in
-    # the page cache); the header, written first with room for any 32-bit value, is then patched.
-    tensors = sorted([(it.name, it.tensor, it.dtype) for it in items] + [(k, v, v.dtype) for k, v in extras],
-                     key=lambda x: x[0])
+    # load_checkpoint checks: CRC-32 over (name, tensor bytes) in sorted name order. Tensors keep
+    # their order in the file (it is evidence for a later alignment); each one's CRC is folded as
+    # it is written (read back while in the page cache) and the sorted-order value joined from
+    # them by CRC combination. The header, written first with room for any 32-bit value, is then
+    # patched.
+    tensors = [(it.name, it.tensor, it.dtype) for it in items] + [(k, v, v.dtype) for k, v in extras]
 
     def header_bytes(crc: int, size: int = 0) -> bytes:
         header: dict = {"__metadata__": {"format": "ms", "crc_num": str(crc)}}   # what mindspore writes
@@ -193,15 +194,20 @@ def _write_safetensors(f, items: list[Item], extras, progress) -> int:
 
     placeholder = header_bytes(2**32 - 1)          # the widest crc_num: the real one fits its room
     f.write(struct.pack("<Q", len(placeholder)) + placeholder)
-    total, crc = 0, 0
+    total = 0
+    parts: list[tuple[str, int, int]] = []         # name, CRC-32 of name + bytes, their length
     for (name, _, dt), t in zip(tensors, prefetched((t, dt) for _, t, dt in tensors), strict=True):
         start = f.tell()
         n = write_tensor(f, t, dt)
         f.flush()
-        crc = fold_region(f.fileno(), start, n, zlib.crc32, zlib.crc32(name.encode("utf-8"), crc))
+        key = name.encode("utf-8")
+        parts.append((name, fold_region(f.fileno(), start, n, zlib.crc32, zlib.crc32(key)), len(key) + n))
         total += n
         if progress:
             progress.update(n)
+    crc = 0
+    for _, value, length in sorted(parts):
+        crc = combine_checksums("crc32", crc, value, length)
     final = header_bytes(crc, len(placeholder))
     assert len(final) == len(placeholder)
     os.pwrite(f.fileno(), final, 8)
