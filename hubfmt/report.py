@@ -99,7 +99,8 @@ class Report:
         if stage is None:
             self.events.extend(other.events)
         else:
-            self.events.extend(dataclasses.replace(e, stage=stage) for e in other.events)
+            # Event(...) directly: dataclasses.replace re-inspects the fields for every event.
+            self.events.extend(Event(e.action, e.name, e.detail, stage, e.to, e.confidence) for e in other.events)
 
     def in_stage(self, stage: str) -> list[Event]:
         return [e for e in self.events if e.stage == stage]
@@ -286,7 +287,7 @@ def end_to_end(report: Report, written: list[str], source_names: dict[str, str])
         names = {"read": {original, before_align}, "align": {before_align, canonical},
                  "write": {canonical, destination or canonical}}
         transforms = [f"{stage}: {c}" for stage in STAGES for n in sorted(names[stage])
-                      for c in changes.get((stage, n), [])]
+                      for c in changes.get((stage, n), [])] if changes else []
         row = {"source": original, "canonical": canonical, "destination": destination,
                "transforms": transforms, "confidence": confidence.get(canonical)}
         if destination is None:
