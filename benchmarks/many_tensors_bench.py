@@ -81,7 +81,8 @@ def many_tensors(count: int, tensor_bytes: int, dtype: str = "float32", prefix: 
         def gen(i=i, shape=shape):
             return np.full(shape, i % 251, dtype=dtype)
         role = "bias" if i % 2 or not shape else "weight"
-        ckpt.add(f"{prefix}.{i // 128}.e{i // 2 % 64}.{role}", LazyTensor(shape, dtype, gen), TensorInfo(kind="linear"))
+        j = i if not shape else i // 2                    # the expert's number
+        ckpt.add(f"{prefix}.{j // 64}.e{j % 64}.{role}", LazyTensor(shape, dtype, gen), TensorInfo(kind="linear"))
     return ckpt
 
 

@@ -18,6 +18,7 @@ from hubfmt.alignment import Alignment, RuleSet, align_checkpoints, load_rules, 
 from hubfmt.errors import ConversionError, HubfmtError, OutputError
 from hubfmt.format.checkpoint import Checkpoint
 from hubfmt.io import flatten, hubfile
+from hubfmt.io.collect import fewer_collections
 from hubfmt.io.progress import Busy, Progress
 from hubfmt.registry import READ, WRITE
 from hubfmt.report import Report, end_to_end, stage
@@ -151,6 +152,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
     >>> report = hubfmt.convert("dpn-0000.params", "dpn.pth", template="dpn_init.pth")   # doctest: +SKIP
     >>> print(report.to_text())                                     # doctest: +SKIP
     """
+    with fewer_collections():
+        return _convert(src, dst, src_framework=src_framework, dst_framework=dst_framework, overwrite=overwrite,
+                        show_progress=show_progress, read_options=read_options, write_options=write_options,
+                        rules=rules, template=template, template_framework=template_framework,
+                        allow_missing=allow_missing, allow_unexpected=allow_unexpected)
+
+
+def _convert(src, dst, *, src_framework, dst_framework, overwrite, show_progress, read_options, write_options, rules,
+             template, template_framework, allow_missing, allow_unexpected) -> Report:
     src, dst = os.fspath(src), os.fspath(dst)
     if _same_file(src, dst) or os.path.abspath(src) == os.path.abspath(dst):
         raise OutputError("destination is the source; write to another path", dst)

@@ -3,7 +3,6 @@ and created. Never silent: every importer, aligner and exporter writes here, and
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 
