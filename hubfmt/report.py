@@ -31,7 +31,7 @@ STAGES = ("read", "align", "write")
 SCHEMA = "hubfmt-report/1"
 
 
-@dataclass
+@dataclass(slots=True)                   # slots: a "matched" event per tensor
 class Event:
     """One thing a stage did to one tensor (or non-tensor entry). `name` is the name the entry
     had when the stage met it; for "renamed", `to` is the name it left with (old -> new, always)."""

@@ -55,6 +55,8 @@ class ZipWriter:
 
     def begin(self, name: str, size: int) -> None:
         """Start member `name` of `size` bytes; its data is then written to the file directly."""
+        if size > _SMALL_MEMBER:
+            self._checksum_small()      # a batch is read back in one piece: it spans small members only
         offset = self.f.tell()
         self.f.write(self._local_header(name.encode(), offset, size, 0))
         self._open = (name, offset, self.f.tell(), size)

@@ -346,7 +346,9 @@ class RestrictedUnpickler(pickle._Unpickler):
     def __init__(self, file, *, allowed: Mapping[tuple[str, str], Callable] | None = None,
                  persistent_load: Callable[[Any], Any] | None = None, opaque: bool = False,
                  source: str = "pickle"):
-        super().__init__(_BoundedReader(file), encoding="latin1")
+        # A pickle already in memory cannot make read(n) allocate more than it holds: read it
+        # straight from the BytesIO (C methods; the wrapper cost a Python call per opcode, #18).
+        super().__init__(file if isinstance(file, io.BytesIO) else _BoundedReader(file), encoding="latin1")
         self._allowed = {**COMMON_ALLOWED, **(allowed or {})}
         self._persistent = persistent_load
         self._opaque = opaque

@@ -8,6 +8,7 @@ conversion stream a model without holding it in memory.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -17,7 +18,7 @@ from ..report import Report
 from .tensor import LazyTensor
 
 
-@dataclass
+@dataclass(slots=True)                   # slots: one per tensor, a million in some checkpoints
 class TensorInfo:
     """What a tensor is (one manifest entry, spec section 'Manifest')."""
 
@@ -40,7 +41,9 @@ class TensorInfo:
 
     @classmethod
     def from_json(cls, d: dict) -> "TensorInfo":
-        kw = {k: v for k, v in d.items() if k in _INFO_FIELD_SET}
+        # Kinds, roles, dtypes and layer paths repeat across tensors: one string object each.
+        kw: dict[str, Any] = {k: sys.intern(v) if type(v) is str and k != "original_name" else v
+                              for k, v in d.items() if k in _INFO_FIELD_SET}
         if kw.get("original_shape") is not None:
             kw["original_shape"] = tuple(kw["original_shape"])
         return cls(**kw)
@@ -50,7 +53,7 @@ _INFO_FIELDS = tuple(f.name for f in dataclasses.fields(TensorInfo))
 _INFO_FIELD_SET = frozenset(_INFO_FIELDS)
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One named tensor of a checkpoint: its data and what it is."""
 
@@ -95,9 +98,11 @@ class Checkpoint:
         info = info or TensorInfo()
         if not (info.role and info.layer):
             layer, _, role = name.rpartition(".")
-            info.layer = info.layer or layer
-            info.role = info.role or role
-        info.original_name = info.original_name or name
+            # interned: a layer's tensors share its path, and every bias one "bias"
+            info.layer = info.layer or sys.intern(layer)
+            info.role = info.role or sys.intern(role)
+        if not info.original_name or info.original_name == name:
+            info.original_name = name          # the key's own string object, not an equal copy
         info.original_dtype = info.original_dtype or tensor.dtype
         entry = Entry(tensor, info)
         self.entries[name] = entry

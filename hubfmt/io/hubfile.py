@@ -265,9 +265,11 @@ def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes:
             shard_meta = metadata if len(groups) == 1 else dict(shard_metadata or {})
             head, _ = safetensors.header_bytes(shard_meta, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape) for n in group])
             if len(head) - 8 > safetensors.MAX_HEADER:
+                hint = ("; --max-shard-size puts the manifest in the shard index and fewer tensors in each "
+                        "shard's header" if len(groups) == 1 and len(group) > 1 else "")
                 raise ConversionError(f"the safetensors header would be {len(head) - 8} bytes, more than the "
                                       f"{safetensors.MAX_HEADER} readers accept (a source header this large, or "
-                                      "names this long, cannot be written as a hub file)", path)
+                                      f"names this long, cannot be written as a hub file{hint})", path)
             with open(out.path(shard_path), "wb") as f:
                 f.write(head)
                 stream = TensorStream(group, progress=progress, tensor=lambda n: _source(ckpt, n, out_dtypes[n], path),

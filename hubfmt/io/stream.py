@@ -2,8 +2,9 @@
 
 `write_tensor` is the one place every writer sends data through: when the source bytes already
 lie in a file exactly as needed (LazyTensor.span), it copies file-to-file in the kernel
-(copy_file_range, then sendfile); otherwise it loads the tensor, converts its dtype, and writes it.
-Either way at most one tensor is in memory.
+(copy_file_range, then sendfile), or, for small tensors in a write loop, slices them from one block
+read of the source (a system call per MiB, not three per tensor); otherwise it loads the tensor,
+converts its dtype, and writes it. Either way at most one tensor is in memory.
 
 While writing, it paces the output's writeback to disk (hubfmt.writeback).
 """
@@ -71,8 +72,15 @@ class _SourceBlocks:
 _local = threading.local()       # .sources: the _SourceBlocks of the write loop running in this thread
 
 
-def _kernel_copy(src_path: str, offset: int, nbytes: int, out: BinaryIO) -> None:
-    """Append src_path[offset:offset+nbytes] to `out` without passing through Python buffers."""
+def _kernel_copy(src_path: str, offset: int, nbytes: int, out: BinaryIO) -> memoryview | None:
+    """Append src_path[offset:offset+nbytes] to `out` file to file, never loading a tensor: in the
+    kernel, or, for a small range inside a write loop (`prefetched`), sliced from the loop's block
+    of that source (returned then, for checking) and written buffered."""
+    sources = getattr(_local, "sources", None)
+    if nbytes <= _SMALL and sources is not None and sources.open:
+        data = sources.read(src_path, offset, nbytes)
+        out.write(data)
+        return data
     out.flush()
     dst_fd = out.fileno()
     src_fd = os.open(src_path, os.O_RDONLY)
@@ -98,6 +106,7 @@ def _kernel_copy(src_path: str, offset: int, nbytes: int, out: BinaryIO) -> None
         os.close(src_fd)
     # The kernel advanced the descriptor's offset; bring the Python file object in step.
     out.seek(0, os.SEEK_END)
+    return None
 
 
 def fold_region(fd: int, offset: int, nbytes: int, update, value: int = 0) -> int:
@@ -196,16 +205,12 @@ def write_tensor(out: BinaryIO, tensor: LazyTensor, dtype: str | None = None) ->
     dtype = dtype or tensor.dtype
     span = tensor.span
     start = out.tell()              # files only: every writer streams into a seekable file
-    sources = getattr(_local, "sources", None)
-    if span is not None and sources is not None and sources.open and span.nbytes <= _SMALL and kernel_copyable(tensor, dtype):
-        data = sources.read(span.path, span.offset, span.nbytes)
-        span.verify(data)               # the bytes pass through here: check them as a load would
-        out.write(data)
+    if span is not None and kernel_copyable(tensor, dtype):
+        passed = _kernel_copy(span.path, span.offset, span.nbytes, out)
         n = span.nbytes
-    elif span is not None and kernel_copyable(tensor, dtype):
-        _kernel_copy(span.path, span.offset, span.nbytes, out)
-        n = span.nbytes
-        if span.checksum is not None:
+        if passed is not None:
+            span.verify(passed)         # the bytes came through Python: check them as a load would
+        elif span.checksum is not None:
             # The bytes never passed through Python: read the copy back (from the page cache) and
             # check it, so a corrupt source fails here as it would on load.
             update = checksums.updater(span.checksum.algorithm)
