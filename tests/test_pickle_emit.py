@@ -100,13 +100,3 @@ def test_framed_and_unframed_pickles_load_in_memory_as_pickle_loads_them(v, prot
     data = pickle.dumps(v, protocol=protocol)
     assert restricted_loads(data) == pickle.loads(data)
 
-
-def test_memoized_globals_load_as_torch_save_writes_them():
-    class Memo(PickleEmitter):
-        MEMO_GLOBALS = True
-    e = Memo()
-    e.value([collections.OrderedDict(a=1), collections.OrderedDict(b=2)])
-    data = e.finish()
-    ops = [op.name for op, _, _ in pickletools.genops(data)]
-    assert ops.count("GLOBAL") == 1 and "BINGET" in ops
-    assert pickle.loads(data) == restricted_loads(data) == [collections.OrderedDict(a=1), collections.OrderedDict(b=2)]

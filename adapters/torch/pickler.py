@@ -34,11 +34,7 @@ class TensorRecord:
 
 
 class _Emitter(PickleEmitter):
-    """Protocol 2, plain values as hubfmt.pickle_emit writes them, and torch's tensor rebuilds.
-    Globals are memoized, as torch.save's pickler does: three per tensor were 90 bytes and three
-    module lookups on every load (#18)."""
-
-    MEMO_GLOBALS = True
+    """Protocol 2, plain values as hubfmt.pickle_emit writes them, and torch's tensor rebuilds."""
 
     def extension(self, v, depth: int) -> None:
         if not isinstance(v, TensorRecord):

@@ -40,11 +40,8 @@ class PickleEmitter:
     MARK_EMPTY = False
     MAX_DEPTH = 100
 
-    MEMO_GLOBALS = False          # True: each GLOBAL once, then fetched from the memo (BINGET)
-
     def __init__(self):
         self.out = bytearray(b"\x80" + bytes([self.PROTOCOL]))      # PROTO
-        self._memo: dict[tuple[str, str], int] = {}
 
     def finish(self) -> bytes:
         """The pickle: everything emitted, then STOP."""
@@ -57,16 +54,7 @@ class PickleEmitter:
         >>> e = PickleEmitter(); e.global_("collections", "OrderedDict"); bytes(e.out[2:])
         b'ccollections\\nOrderedDict\\n'
         """
-        if not self.MEMO_GLOBALS:
-            self.out += b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-            return
-        i = self._memo.get((module, name))
-        if i is None:
-            i = self._memo[(module, name)] = len(self._memo)
-            self.out += b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-            self.out += b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i)       # BINPUT
-        else:
-            self.out += b"h" + bytes([i]) if i < 256 else b"j" + struct.pack("<I", i)       # BINGET
+        self.out += b"c" + module.encode() + b"\n" + name.encode() + b"\n"
 
     def value(self, v, depth: int = 0) -> None:
         """Emit `v`; `depth` is how deep it sits in the object being written."""
