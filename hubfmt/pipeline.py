@@ -19,6 +19,7 @@ from hubfmt.alignment.target import is_listing
 from hubfmt.errors import ConversionError, HubfmtError, OutputError
 from hubfmt.format.checkpoint import Checkpoint
 from hubfmt.io import flatten, hubfile
+from hubfmt.io.collect import fewer_collections
 from hubfmt.io.progress import Busy, Progress
 from hubfmt.registry import READ, WRITE
 from hubfmt.report import Report, end_to_end, stage
@@ -97,11 +98,10 @@ def _refuse_source_files(ckpt: Checkpoint, src: str, dst: str) -> None:
     """A destination that is one of the files the source's tensors live in (a hub shard, a TF
     data shard, a OneFlow tensor file), or a directory holding one, is refused even with
     --overwrite: replacing it would destroy the input while it is being read."""
-    inputs = {os.path.realpath(src)}
-    for e in ckpt.entries.values():
-        span = e.tensor.span
-        if span is not None:
-            inputs.add(os.path.realpath(span.path))
+    # The distinct paths first: a checkpoint of 20,000 tensors lives in one file or a few, and
+    # realpath walks every component of its argument.
+    paths = {span.path for e in ckpt.entries.values() if (span := e.tensor.span) is not None}
+    inputs = {os.path.realpath(src)} | {os.path.realpath(p) for p in paths}
     real_dst = os.path.realpath(dst)
     for p in sorted(inputs):
         if p == real_dst or _same_file(p, dst) or p.startswith(real_dst.rstrip(os.sep) + os.sep):
@@ -153,6 +153,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_framework: st
     >>> report = hubfmt.convert("dpn-0000.params", "dpn.pth", template="dpn_init.pth")   # doctest: +SKIP
     >>> print(report.to_text())                                     # doctest: +SKIP
     """
+    with fewer_collections():
+        return _convert(src, dst, src_framework=src_framework, dst_framework=dst_framework, overwrite=overwrite,
+                        show_progress=show_progress, read_options=read_options, write_options=write_options,
+                        rules=rules, template=template, template_framework=template_framework,
+                        allow_missing=allow_missing, allow_unexpected=allow_unexpected)
+
+
+def _convert(src, dst, *, src_framework, dst_framework, overwrite, show_progress, read_options, write_options, rules,
+             template, template_framework, allow_missing, allow_unexpected) -> Report:
     src, dst = os.fspath(src), os.fspath(dst)
     if _same_file(src, dst) or os.path.abspath(src) == os.path.abspath(dst):
         raise OutputError("destination is the source; write to another path", dst)

@@ -3,7 +3,6 @@ and created. Never silent: every importer, aligner and exporter writes here, and
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -32,7 +31,7 @@ STAGES = ("read", "align", "write")
 SCHEMA = "hubfmt-report/1"
 
 
-@dataclass
+@dataclass(slots=True)                   # slots: a "matched" event per tensor
 class Event:
     """One thing a stage did to one tensor (or non-tensor entry). `name` is the name the entry
     had when the stage met it; for "renamed", `to` is the name it left with (old -> new, always)."""
@@ -99,7 +98,8 @@ class Report:
         if stage is None:
             self.events.extend(other.events)
         else:
-            self.events.extend(dataclasses.replace(e, stage=stage) for e in other.events)
+            # Event(...) directly: dataclasses.replace re-inspects the fields for every event.
+            self.events.extend(Event(e.action, e.name, e.detail, stage, e.to, e.confidence) for e in other.events)
 
     def in_stage(self, stage: str) -> list[Event]:
         return [e for e in self.events if e.stage == stage]
@@ -291,7 +291,7 @@ def end_to_end(report: Report, written: list[str], source_names: dict[str, str])
         names = {"read": {original, before_align}, "align": {before_align, canonical},
                  "write": {canonical, destination or canonical}}
         transforms = [f"{stage}: {c}" for stage in STAGES for n in sorted(names[stage])
-                      for c in changes.get((stage, n), [])]
+                      for c in changes.get((stage, n), [])] if changes else []
         row = {"source": original, "canonical": canonical, "destination": destination,
                "transforms": transforms, "confidence": confidence.get(canonical)}
         if destination is None:

@@ -90,3 +90,13 @@ def test_extension_receives_what_plain_data_does_not_cover():
 
     got = restricted_loads(emitted(Marked, {"w": object()}))
     assert got == {"w": collections.OrderedDict()}
+
+
+@settings(max_examples=60, deadline=None)
+@given(v=plain, protocol=st.integers(3, 5))      # 0-2 pickle bytes by a builtin, refused
+def test_framed_and_unframed_pickles_load_in_memory_as_pickle_loads_them(v, protocol):
+    # restricted_loads reads a pickle in memory without pickle's _Unframer (#18): FRAME opcodes
+    # (protocol 4+) are skipped, their opcodes read inline; the result is what pickle.loads gives.
+    data = pickle.dumps(v, protocol=protocol)
+    assert restricted_loads(data) == pickle.loads(data)
+

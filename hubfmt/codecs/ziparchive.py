@@ -63,6 +63,65 @@ def is_archive_with(path: str, accept) -> bool:
         return False
 
 
+_EOCD = struct.Struct("<4s4H2LH")            # end of central directory, 22 bytes
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")       # 20 bytes, just before the EOCD
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")      # 56 bytes
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")     # one central directory entry, 46 bytes
+
+
+def first_name_where(path: str, accept, block: int = 1 << 20) -> str | None:
+    """The first member name in the central directory of the zip archive at `path` for which
+    `accept(name)` holds, or None (none, or not a readable archive; never raises). Stops there:
+    for sniffing, where zipfile would build a ZipInfo for each of a million members first. The
+    reader opens the archive fully and checks everything."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            tail_len = min(size, _EOCD.size + 0xFFFF)
+            f.seek(size - tail_len)
+            tail = f.read(tail_len)
+            at = tail.rfind(b"PK\x05\x06")
+            if at < 0 or at + _EOCD.size > len(tail):
+                return None
+            _, _, _, _, count, cd_size, cd_start, _ = _EOCD.unpack_from(tail, at)
+            if (count == 0xFFFF or cd_size == 0xFFFFFFFF or cd_start == 0xFFFFFFFF) and at >= _ZIP64_LOCATOR.size:
+                magic, _, z64_at, _ = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)
+                if magic != b"PK\x06\x07":
+                    return None
+                f.seek(z64_at)
+                rec = f.read(_ZIP64_EOCD.size)
+                if len(rec) < _ZIP64_EOCD.size or rec[:4] != b"PK\x06\x06":
+                    return None
+                count, cd_size, cd_start = _ZIP64_EOCD.unpack(rec)[7:10]
+            f.seek(cd_start)
+            buf, pos = b"", 0
+            for _ in range(count):
+                if pos + _CENTRAL.size > len(buf):
+                    buf = buf[pos:] + f.read(block)
+                    pos = 0
+                    if _CENTRAL.size > len(buf):
+                        return None
+                fields = _CENTRAL.unpack_from(buf, pos)
+                if fields[0] != b"PK\x01\x02":
+                    return None
+                name_len, extra_len, comment_len = fields[12], fields[13], fields[14]
+                end = pos + _CENTRAL.size + name_len
+                while end > len(buf):
+                    more = f.read(block)
+                    if not more:
+                        return None
+                    buf += more
+                name = buf[pos + _CENTRAL.size:end].decode("utf-8", "replace")
+                if accept(name):
+                    return name
+                pos = end + extra_len + comment_len
+        return None
+    except MemoryError:
+        raise
+    except Exception:           # any damage: no such member
+        return None
+
+
 def check_member(info: zipfile.ZipInfo, file_size: int, path: str, writer: str) -> None:
     """Refuse a member no `writer` (torch, Keras) writes: compression other than stored/deflate,
     or sizes the file cannot hold."""

@@ -171,9 +171,23 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
     >>> write(ckpt, "model.safetensors")            # doctest: +SKIP
     """
     path = os.fspath(path)
+    if not max_shard_size:
+        _refuse_a_header_too_large(ckpt, path)
     names, out_dtypes, meta, report = plan(ckpt, keep_dtype, path)
     return write_safetensors(ckpt, path, names, out_dtypes, meta, report, overwrite=overwrite,
                              max_shard_size=max_shard_size, progress=progress, shard_metadata=SHARD_METADATA)
+
+
+def _refuse_a_header_too_large(ckpt: Checkpoint, path: str) -> None:
+    """Refuse, before the manifest of a million tensors is built, a hub file whose header cannot
+    fit the read limit: each tensor's header entry is at least its name and 45 bytes, each
+    manifest entry (escaped inside a JSON string) at least its name twice (key, original_name)
+    and 40 bytes. write_safetensors checks the exact size once the header is built."""
+    at_least = sum(2 * len(n) + 40 for n in ckpt.entries) + sum(len(n) + 45 for n in ckpt.stored_names())
+    if at_least > safetensors.MAX_HEADER:
+        raise ConversionError(f"the safetensors header would be at least {at_least} bytes for {len(ckpt)} tensors, "
+                              f"more than the {safetensors.MAX_HEADER} readers accept; --max-shard-size puts the "
+                              "manifest in the shard index and fewer tensors in each shard's header", path)
 
 
 # What every shard of a sharded hub file carries (the manifest lives in the index).
@@ -265,9 +279,11 @@ def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes:
             shard_meta = metadata if len(groups) == 1 else dict(shard_metadata or {})
             head, _ = safetensors.header_bytes(shard_meta, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape) for n in group])
             if len(head) - 8 > safetensors.MAX_HEADER:
+                hint = ("; --max-shard-size puts the manifest in the shard index and fewer tensors in each "
+                        "shard's header" if len(groups) == 1 and len(group) > 1 else "")
                 raise ConversionError(f"the safetensors header would be {len(head) - 8} bytes, more than the "
                                       f"{safetensors.MAX_HEADER} readers accept (a source header this large, or "
-                                      "names this long, cannot be written as a hub file)", path)
+                                      f"names this long, cannot be written as a hub file{hint})", path)
             with open(out.path(shard_path), "wb") as f:
                 f.write(head)
                 stream = TensorStream(group, progress=progress, tensor=lambda n: _source(ckpt, n, out_dtypes[n], path),
