@@ -149,7 +149,9 @@ def _rm(path: str) -> None:
     else:
         d, base = os.path.split(path)
         for f in os.listdir(d):
-            if f == base or (f.startswith(base.rsplit(".", 1)[0] + ".") and base.endswith(".index")):
+            # the file, a TF prefix's shards, an ONNX model's external data (`x.onnx.data`)
+            if (f == base or f == base + ".data"
+                    or (f.startswith(base.rsplit(".", 1)[0] + ".") and base.endswith(".index"))):
                 os.unlink(os.path.join(d, f))
 
 
