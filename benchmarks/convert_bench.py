@@ -95,6 +95,36 @@ def native_targets() -> dict[str, str]:
     return out
 
 
+def build_sources(ckpt: Checkpoint, hub: str, work: str, *, first: str | None = None, only: set[str] | None = None,
+                  skip_failures: bool = False) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Write `ckpt` (already at `hub`) in every native format this installation writes, with
+    hubfmt's own writers: (framework -> file, including "hub"; framework -> the convert arguments a
+    destination needs). `first` is built first and kept even outside `only`; with
+    `skip_failures` a format that cannot hold these tensors is reported and left out."""
+    files = {"hub": hub}
+    templates: dict[str, list[str]] = {}
+    for fw, name in sorted(native_targets().items(), key=lambda kv: kv[0] != first):
+        if only and fw not in only and fw != first:
+            continue
+        files[fw] = os.path.join(work, name)
+        opts = {}
+        if fw == "onnx":
+            # ONNX is written into an existing model: a template holding the same initializers
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+            from onnx_template import bare_model
+            tpl = bare_model(ckpt, os.path.join(work, "template.onnx"))
+            templates[fw] = ["--template", tpl]
+            opts = {"write_options": {"template": tpl}}
+        try:
+            convert(hub, files[fw], dst_framework=fw, show_progress=False, **opts)
+        except Exception as e:
+            if not skip_failures:
+                raise
+            print(f"  ! cannot build the {fw} file: {type(e).__name__}: {e}", file=sys.stderr)
+            del files[fw]
+    return files, templates
+
+
 def checkpoint_files(path: str) -> list[str]:
     """The files of a checkpoint: a file, a directory's files, or a TF bundle (`x.index` or the
     prefix `x`) with its data shards."""
@@ -208,22 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ckpt = synthetic_checkpoint(a.size)
         largest = max(e.tensor.nbytes for e in ckpt.entries.values())
-        files = {"hub": os.path.join(work, "model.safetensors")}
+        hub = os.path.join(work, "model.safetensors")
         print(f"building {ckpt.total_bytes() / MiB:,.0f} MiB checkpoint: {len(ckpt)} float32 tensors, "
               f"largest {largest / MiB:.1f} MiB, in {work}", flush=True)
-        hubfile.write(ckpt, files["hub"])
-        templates: dict[str, list[str]] = {}
-        for fw, name in native_targets().items():
-            files[fw] = os.path.join(work, name)
-            opts = {}
-            if fw == "onnx":
-                # ONNX is written into an existing model: a template holding the same initializers
-                sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-                from onnx_template import bare_model
-                tpl = bare_model(ckpt, os.path.join(work, "template.onnx"))
-                templates[fw] = ["--template", tpl]
-                opts = {"write_options": {"template": tpl}}
-            convert(files["hub"], files[fw], dst_framework=fw, show_progress=False, **opts)
+        hubfile.write(ckpt, hub)
+        files, templates = build_sources(ckpt, hub, work)
 
         wanted = None
         if a.pairs:

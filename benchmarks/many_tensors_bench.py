@@ -32,12 +32,11 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from convert_bench import _installed, _rm, measure, native_targets, warm  # noqa: E402  (the measuring helpers)
+from convert_bench import _installed, _rm, build_sources, measure, warm  # noqa: E402  (the measuring helpers)
 
 from hubfmt import Checkpoint, LazyTensor, TensorInfo  # noqa: E402
 from hubfmt.cli.parser import _size  # noqa: E402
 from hubfmt.io import hubfile  # noqa: E402
-from hubfmt.pipeline import convert  # noqa: E402
 
 MiB = 2**20
 
@@ -129,25 +128,8 @@ def pairs_table(a, work: str, env: dict, py: str) -> int:
     print(f"building {a.count:,} float32 tensors of {a.tensor_bytes:,} bytes ({ckpt.total_bytes() / MiB:,.1f} MiB) "
           f"in {work}", flush=True)
     hubfile.write(ckpt, files["hub"])
-    templates: dict[str, list[str]] = {}
-    targets = native_targets()
     wanted = set(a.formats.split(",")) if a.formats else None
-    for fw, name in sorted(targets.items(), key=lambda kv: kv[0] != "torch"):
-        if wanted and fw not in wanted and fw != "torch":
-            continue
-        files[fw] = os.path.join(work, name)
-        opts = {}
-        if fw == "onnx":
-            sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-            from onnx_template import bare_model
-            tpl = bare_model(ckpt, os.path.join(work, "template.onnx"))
-            templates[fw] = ["--template", tpl]
-            opts = {"write_options": {"template": tpl}}
-        try:
-            convert(files["hub"], files[fw], dst_framework=fw, show_progress=False, **opts)
-        except Exception as e:                       # a format that cannot hold these: say so, go on
-            print(f"  ! cannot build the {fw} file: {type(e).__name__}: {e}", file=sys.stderr)
-            del files[fw]
+    files, templates = build_sources(ckpt, files["hub"], work, first="torch", only=wanted, skip_failures=True)
 
     rows = []
     st_start, _, _ = _best([py, "-c", _ST_IMPORT], env, a.repeat)
