@@ -33,14 +33,20 @@ _SAME = {"Activation", "relu", "sigmoid", "tanh", "LeakyReLU", "BatchNorm", "Bat
          "identity", "_copy", "BlockGrad", "softmax", "SoftmaxActivation"}
 
 
-def _tuple(text):
+def attr_tuple(text, default=None, limit: int = 1000):
+    """A symbol attribute such as "(3, 3)" or "64" as a tuple of ints; `default` when it is absent
+    or unreadable (at most `limit` characters are parsed: the file is untrusted)."""
     if text is None:
-        return None
+        return default
     try:
-        v = ast.literal_eval(str(text)[:200])
+        v = ast.literal_eval(str(text)[:limit])
         return tuple(int(x) for x in (v if isinstance(v, (tuple, list)) else (v,)))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
+        return default      # an attribute we cannot read is treated as absent
+
+
+def _tuple(text):
+    return attr_tuple(text, None, 200)
 
 
 def _spatial(a: dict, hw: tuple[int, int], pool: bool) -> tuple[int, int] | None:

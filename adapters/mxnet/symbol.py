@@ -9,7 +9,6 @@ fix_gamma True are the SYMBOL defaults (Gluon writes its own 1e-5 / False explic
 """
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from hubfmt.sdk import FormatError
 
 from . import names
-from .shapes import flattened_maps
+from .shapes import attr_tuple as _tuple, flattened_maps
 
 MAX_SYMBOL = 256 * 2**20
 
@@ -68,14 +67,6 @@ def symbol_path_for(params_path: str) -> str:
     return stem + "-symbol.json"
 
 
-def _tuple(text, default):
-    if text is None:
-        return default
-    try:
-        v = ast.literal_eval(str(text)[:1000])
-        return tuple(int(x) for x in (v if isinstance(v, (tuple, list)) else (v,)))
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return default      # an attribute we cannot read is treated as absent
 
 
 def _int(text):
