@@ -18,7 +18,7 @@ from hubfmt.alignment import Alignment, RuleSet, align_checkpoints, load_rules, 
 from hubfmt.alignment.target import is_listing
 from hubfmt.errors import ConversionError, HubfmtError, OutputError
 from hubfmt.format.checkpoint import Checkpoint
-from hubfmt.io import flatten, hubfile
+from hubfmt.io import flatten, hubfile, malloc
 from hubfmt.io.collect import fewer_collections
 from hubfmt.io.progress import Busy, Progress
 from hubfmt.registry import READ, WRITE
@@ -179,7 +179,9 @@ def _convert(src, dst, *, src_framework, dst_framework, overwrite, show_progress
     report = Report(source=f"{src} ({src_name})", destination=f"{dst} ({dst_name})")
     report.extend(ckpt.report, stage="read")
     tensors_in = len(ckpt)
-    source_names = {n: ckpt[n].info.original_name for n in ckpt}     # alignment replaces the infos
+    # Alignment replaces the infos: the source names kept now, where they are not the canonical
+    # name (end_to_end takes a missing one as the name itself; a million equal names, #13).
+    source_names = {n: o for n, e in ckpt.entries.items() if (o := e.info.original_name) and o != n}
     report.stages.append(stage("read", None, tensors_in, os.path.basename(src)))
     if rules is not None or template is not None:
         names_before = list(ckpt)
@@ -191,6 +193,7 @@ def _convert(src, dst, *, src_framework, dst_framework, overwrite, show_progress
     if "template" not in write_options and native_template(template, template_framework, dst_name, dst_fmt):
         write_options["template"] = os.fspath(template)
     progress = Progress(ckpt.total_bytes(), len(ckpt.stored_names()), enabled=show_progress)
+    malloc.for_tensors(max((e.tensor.nbytes for e in ckpt.entries.values()), default=0))
     try:
         # The format detect_output chose (a --to FORMAT name stays that format).
         out = write(ckpt, dst, framework=dst_framework or dst_name, overwrite=overwrite, progress=progress,

@@ -4,6 +4,7 @@ and created. Never silent: every importer, aligner and exporter writes here, and
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # The actions, in the order the text report lists them.
@@ -79,7 +80,7 @@ class Report:
     bytes_out: int = 0
     stage: str = ""
     stages: list[Stage] = field(default_factory=list)
-    mapping: list[dict] = field(default_factory=list)
+    mapping: Sequence[dict] = field(default_factory=list)   # a list, or end_to_end's MappingRows
     files: list[str] = field(default_factory=list)   # what the writer published, when it says
 
     def add(self, action: str, name: str, detail: str = "", *, to: str = "", confidence: float | None = None) -> None:
@@ -135,7 +136,7 @@ class Report:
             "files": self.files,
             "stages": [self._stage_json(s) for s in self.stages],
             "counts": self.counts(),
-            "mapping": self.mapping,
+            "mapping": list(self.mapping),
             "events": [e.to_json() for e in self.events],
         }
 
@@ -259,12 +260,53 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} {unit}"
 
 
-def end_to_end(report: Report, written: list[str], source_names: dict[str, str]) -> list[dict]:
+class MappingRows(Sequence):
+    """`Report.mapping` as end_to_end makes it: the rows are computed when first read (a report
+    printed or saved), not when the conversion ends: a million rows are ~250 MB, and most
+    conversions of that size are run with -q (#13). Read once, they are kept (and may be updated
+    in place, as add_output_checksums does)."""
+
+    __slots__ = ("_args", "_rows")
+
+    def __init__(self, report: Report, written: list[str], source_names: dict[str, str]):
+        self._args: tuple | None = (report, written, source_names)
+        self._rows: list[dict] | None = None
+
+    def rows(self) -> list[dict]:
+        if self._rows is None:
+            assert self._args is not None
+            self._rows, self._args = _end_to_end_rows(*self._args), None
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self.rows())
+
+    def __getitem__(self, i):
+        return self.rows()[i]
+
+    def __iter__(self):
+        return iter(self.rows())
+
+    def __eq__(self, other) -> bool:
+        return self.rows() == (other.rows() if isinstance(other, MappingRows) else other)
+
+    __hash__ = None     # type: ignore[assignment]   # mutable, like the list it stands for
+
+    def __repr__(self) -> str:
+        return repr(self.rows())
+
+
+def end_to_end(report: Report, written: list[str], source_names: dict[str, str]) -> MappingRows:
     """The mapping a user asked for, one row per tensor handed to the writer (`written`, canonical
     names): its name in the source file, its canonical name, its name in the destination (None,
     with "dropped": why, when the writer could not hold it), the layout/dtype changes made to it on
     the way (stage: detail) and the alignment's confidence. `source_names` maps each tensor's
-    canonical name as read (before any alignment) to its name in the source file."""
+    canonical name as read (before any alignment) to its name in the source file. The rows are
+    made when first read (MappingRows)."""
+    return MappingRows(report, written, source_names)
+
+
+def _end_to_end_rows(report: Report, written: list[str], source_names: dict[str, str]) -> list[dict]:
     by_stage: dict[str, list[Event]] = {s: report.in_stage(s) for s in STAGES}
     read_from = {e.to: e.name for e in by_stage["read"] if e.action == "renamed"}
     aligned_from = {e.to: e.name for e in by_stage["align"] if e.action == "renamed"}
@@ -288,10 +330,13 @@ def end_to_end(report: Report, written: list[str], source_names: dict[str, str])
         destination: str | None = written_as.get(canonical, canonical)
         if canonical in dropped_at_write:
             destination = None
-        names = {"read": {original, before_align}, "align": {before_align, canonical},
-                 "write": {canonical, destination or canonical}}
-        transforms = [f"{stage}: {c}" for stage in STAGES for n in sorted(names[stage])
-                      for c in changes.get((stage, n), [])] if changes else []
+        if changes:
+            names = {"read": {original, before_align}, "align": {before_align, canonical},
+                     "write": {canonical, destination or canonical}}
+            transforms = [f"{stage}: {c}" for stage in STAGES for n in sorted(names[stage])
+                          for c in changes.get((stage, n), [])]
+        else:
+            transforms = []
         row = {"source": original, "canonical": canonical, "destination": destination,
                "transforms": transforms, "confidence": confidence.get(canonical)}
         if destination is None:

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    from hubfmt.io.malloc import reuse_freed_memory
-    reuse_freed_memory()
+    from hubfmt.io.malloc import allow_reuse
+    allow_reuse()
     from hubfmt.cli.parser import build
 
     args = build().parse_args(argv)

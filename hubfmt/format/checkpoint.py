@@ -42,13 +42,17 @@ class TensorInfo:
     @classmethod
     def from_json(cls, d: dict) -> "TensorInfo":
         # Kinds, roles, dtypes and layer paths repeat across tensors: one string object each.
-        kw: dict[str, Any] = {k: sys.intern(v) if type(v) is str and k != "original_name" else v
-                              for k, v in d.items() if k in _INFO_FIELD_SET}
-        if kw.get("original_shape") is not None:
-            kw["original_shape"] = tuple(kw["original_shape"])
-        return cls(**kw)
+        # Field by field, not a dict comprehension: a manifest may list a million tensors (#13).
+        get = d.get
+        kind, role, layer = get("kind", "tensor"), get("role", ""), get("layer", "")
+        dtype, layout, shape = get("original_dtype", ""), get("original_layout", ""), get("original_shape")
+        return cls(_intern(kind) if type(kind) is str else kind, _intern(role) if type(role) is str else role,
+                   _intern(layer) if type(layer) is str else layer, get("original_name", ""),
+                   _intern(dtype) if type(dtype) is str else dtype, _intern(layout) if type(layout) is str else layout,
+                   tuple(shape) if shape is not None else None, get("tied_to"))
 
 
+_intern = sys.intern
 _INFO_FIELDS = tuple(f.name for f in dataclasses.fields(TensorInfo))
 _INFO_FIELD_SET = frozenset(_INFO_FIELDS)
 

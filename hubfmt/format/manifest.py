@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+from typing import Iterator
 
+from hubfmt.codecs import jsonstream
 from hubfmt.format import extra as extra_codec
 from hubfmt.format.checkpoint import Checkpoint, LayerInfo, SourceInfo, TensorInfo
 from hubfmt.errors import FormatError, VersionError
@@ -24,20 +26,73 @@ def check_version(version: str, path: str | None) -> None:
                            "use a hubfmt release that reads it", path)
 
 
-def build(ckpt: Checkpoint) -> dict[str, str]:
-    """The `__metadata__` dict for `ckpt` (spec section 4)."""
-    tensors = {}
-    for name, e in ckpt.entries.items():
-        tensors[name] = e.info.to_json()
-    manifest = {
-        "source": {k: v for k, v in vars(ckpt.source).items() if v},
-        "tensors": tensors,
-        "layers": {path: {"kind": li.kind, "attrs": li.attrs} for path, li in ckpt.layers.items()},
-    }
-    meta = {KEY_VERSION: FORMAT_VERSION, KEY_MANIFEST: json.dumps(manifest, separators=(",", ":"), sort_keys=False)}
+def build(ckpt: Checkpoint, *, deferred: bool = False) -> dict:
+    """The `__metadata__` dict for `ckpt` (spec section 4). With `deferred`, the manifest is a
+    ManifestText that a writer turns into text when (and where) it writes it."""
+    text = ManifestText(ckpt)
+    meta: dict = {KEY_VERSION: FORMAT_VERSION, KEY_MANIFEST: text if deferred else str(text)}
     if ckpt.extra:
         meta[KEY_EXTRA] = extra_codec.encode(ckpt.extra)
     return meta
+
+
+_enc = json.encoder.encode_basestring_ascii      # what json.dumps uses for a str (C)
+_TEXT_FIELDS = ("kind", "role", "layer", "original_name", "original_dtype", "original_layout")
+
+
+class ManifestText:
+    """The manifest of `ckpt` as compact JSON: exactly json.dumps({"source", "tensors", "layers"},
+    separators=(",", ":")) of the dicts TensorInfo.to_json gives, made entry by entry (the dicts of
+    a million tensors are never built, #13). `pieces()` yields it a few thousand entries at a
+    time, for a writer that streams it (a shard index: the manifest of a million tensors is
+    ~150 MB, never one string then); str() joins them."""
+
+    __slots__ = ("ckpt",)
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt = ckpt
+
+    def pieces(self) -> Iterator[str]:
+        ckpt = self.ckpt
+        source = json.dumps({k: v for k, v in vars(ckpt.source).items() if v}, separators=(",", ":"))
+        yield '{"source":' + source + ',"tensors":{'
+        part: list[str] = []
+        first = True
+        for name, e in ckpt.entries.items():
+            part.append(_enc(name) + ":" + _info_text(e.info))
+            if len(part) == 4096:
+                yield ("" if first else ",") + ",".join(part)
+                part, first = [], False
+        if part:
+            yield ("" if first else ",") + ",".join(part)
+        yield '},"layers":' + json.dumps({path: {"kind": li.kind, "attrs": li.attrs} for path, li in ckpt.layers.items()},
+                                         separators=(",", ":")) + "}"
+
+    def __str__(self) -> str:
+        return "".join(self.pieces())
+
+
+def resolved(meta: dict) -> dict[str, str]:
+    """`meta` with a deferred manifest made text (for a header, which needs its size up front)."""
+    return {k: str(v) if isinstance(v, ManifestText) else v for k, v in meta.items()}
+
+
+def _info_text(info: TensorInfo) -> str:
+    """json.dumps(info.to_json(), separators=(",", ":")), without the dict."""
+    fields = []
+    for k in _TEXT_FIELDS:
+        v = getattr(info, k)
+        if v == "" or v is None:
+            continue
+        fields.append(f'"{k}":' + (_enc(v) if type(v) is str else json.dumps(v, separators=(",", ":"))))
+    shape, tied = info.original_shape, info.tied_to
+    if shape is not None:
+        fields.append('"original_shape":' + ("[" + ",".join(map(str, shape)) + "]"
+                                             if all(type(d) is int for d in shape)
+                                             else json.dumps(list(shape), separators=(",", ":"))))
+    if tied is not None and tied != "":
+        fields.append('"tied_to":' + (_enc(tied) if type(tied) is str else json.dumps(tied)))
+    return "{" + ",".join(fields) + "}"
 
 
 # Layer attributes the spec defines (section 4.3), by the values they may take: writers compute
@@ -80,8 +135,18 @@ def parse(meta: dict, path: str | None) -> tuple[dict, dict, SourceInfo, dict] |
         return None
     check_version(meta[KEY_VERSION], path)
     try:
-        m = json.loads(meta.get(KEY_MANIFEST, "{}"))
-        infos = {n: TensorInfo.from_json(d) for n, d in m.get("tensors", {}).items()}
+        infos: dict[str, TensorInfo] = {}
+
+        def tensor(name: str, d) -> None:
+            infos[name] = TensorInfo.from_json(d)      # a later duplicate wins, as in json.loads
+
+        # One entry's JSON object at a time: a million entries (~500 bytes each as parsed JSON)
+        # never exist together (#13).
+        m = jsonstream.loads(meta.get(KEY_MANIFEST, "{}"), {"tensors": tensor})
+        if not isinstance(m, dict):
+            raise ValueError("the manifest is not a JSON object")
+        if m.get("tensors") is not None:
+            raise ValueError("'tensors' is not a JSON object")
         layers = {p: LayerInfo(d["kind"], dict(d.get("attrs", {}))) for p, d in m.get("layers", {}).items()}
         for p, li in layers.items():
             check_attrs(p, li.attrs)

@@ -120,12 +120,14 @@ class LazyTensor:
 
     __slots__ = ("shape", "dtype", "_loader", "span")
 
-    def __init__(self, shape, dtype: str, loader: Callable[[], np.ndarray], span: FileSpan | None = None):
+    def __init__(self, shape, dtype: str, loader: Callable[[], np.ndarray] | None, span: FileSpan | None = None):
         if dtype not in dtypes.DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}")
-        self.shape = tuple(int(d) for d in shape)
+        if loader is None and span is None:
+            raise ValueError("a LazyTensor needs a loader or a span to read")
+        self.shape = tuple(map(int, shape))
         self.dtype = dtype
-        self._loader = loader
+        self._loader = loader      # None: read `span` (span_tensor), no loader object per tensor
         self.span = span
 
     @classmethod
@@ -143,7 +145,7 @@ class LazyTensor:
         return n
 
     def load(self) -> np.ndarray:
-        arr = self._loader()
+        arr = self._loader() if self._loader is not None else _read_span(self.span, self.dtype, self.shape)
         want = dtypes.storage_dtype(self.dtype)
         if arr.dtype != want:
             arr = arr.astype(want)
@@ -209,26 +211,13 @@ def region_tensor(path: str | os.PathLike, offset: int, dtype: str, shape, check
 def span_tensor(span: FileSpan, dtype: str, shape) -> LazyTensor:
     """A LazyTensor over the bytes of `span` (`shape` elements of `dtype`, little-endian, C order):
     every load verifies what the span carries (its checksum, the range it is part of)."""
-    tensor = LazyTensor(shape, dtype, _no_loader, span)
-    tensor._loader = _RegionLoad(span, dtype, tensor.shape)
-    return tensor
+    return LazyTensor(shape, dtype, None, span)
 
 
-def _no_loader() -> np.ndarray:
-    raise AssertionError("replaced by span_tensor")
-
-
-class _RegionLoad:
-    """The loader of a span_tensor: an object of three slots rather than a closure and its
-    cells (~250 bytes a tensor less, #18)."""
-
-    __slots__ = ("span", "dtype", "shape")
-
-    def __init__(self, span: FileSpan, dtype: str, shape: tuple):
-        self.span, self.dtype, self.shape = span, dtype, shape
-
-    def __call__(self) -> np.ndarray:
-        self.span.guard()               # before reading: a part of a corrupt range is not used
-        arr = read_region(self.span.path, self.span.offset, self.dtype, self.shape)
-        self.span.verify(arr)
-        return arr
+def _read_span(span: FileSpan | None, dtype: str, shape: tuple) -> np.ndarray:
+    """The load of a span_tensor: its bytes read, and verified against what the span carries."""
+    assert span is not None         # LazyTensor.__init__ refuses neither a loader nor a span
+    span.guard()                    # before reading: a part of a corrupt range is not used
+    arr = read_region(span.path, span.offset, dtype, shape)
+    span.verify(arr)
+    return arr

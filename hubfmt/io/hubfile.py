@@ -11,15 +11,16 @@ import json
 import os
 import re
 import struct
+from collections.abc import Mapping
 
-from hubfmt.codecs import safetensors
+from hubfmt.codecs import jsonstream, safetensors
 from hubfmt.format import dtypes
 from hubfmt.format import manifest
 from hubfmt.io.atomic import atomic_outputs
 from hubfmt.format.checkpoint import Checkpoint, Entry, SourceInfo, TensorInfo
 import numpy as np
 
-from hubfmt.format.tensor import LazyTensor, region_tensor
+from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import ConversionError, FormatError
 from hubfmt.report import Report
 from hubfmt.io.inputs import check_input_file
@@ -57,13 +58,20 @@ def shards(path: str) -> tuple[list[str], dict]:
     index = path if path.endswith(INDEX_SUFFIX) else path + INDEX_SUFFIX
     if not os.path.exists(index) or (path != index and os.path.exists(path)):
         return [path], {}
+    named: dict = {}      # the shard files, in the index's order (a dict: distinct, ordered)
     try:
         with open(index, "rb") as f:
-            doc = json.load(f)
-        weight_map = doc["weight_map"]
+            raw = f.read()
+        text = raw.decode(json.detect_encoding(raw))
+        del raw                 # the index of a million tensors is ~200 MB: one copy at a time
+        # The weight_map streamed: a million names -> shard entries are never all kept (#13).
+        doc = jsonstream.loads(text, {"weight_map": lambda _name, shard: named.setdefault(shard)})
+        del text
+        if not isinstance(doc, dict) or "weight_map" not in doc or doc["weight_map"] not in (None, {}):
+            raise ValueError("no weight_map object")
         meta = doc.get("metadata", {})
-        files = list(dict.fromkeys(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        files = list(named)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise FormatError(f"malformed shard index: {e}", index) from None
     base = os.path.dirname(index)
     for f in files:
@@ -88,40 +96,47 @@ def read(path: str | os.PathLike) -> Checkpoint:
     files, index_meta = shards(path)
     ckpt = Checkpoint()
     ckpt.report.stage = "read"
-    parsed = None
+    in_index = bool(index_meta)         # the metadata (a hub file's manifest) is the index's
+    # An index's manifest first, so its text (~150 bytes a tensor) is gone before any shard's
+    # header is parsed.
+    parsed = manifest.parse(index_meta, path) if in_index else None
+    del index_meta
     foreign_meta: dict = {}
-    layout: list[tuple[str, str, int, int, dict]] = []
+    # name -> its tensor, shard by shard in file order: each parsed header is dropped once its
+    # entries are lazy tensors (a million entries' JSON objects are not kept alive together, #13).
+    stored: dict[str, LazyTensor] = {}
     for shard in files:
-        header, data_start, _ = safetensors.read_header(shard)
-        meta = header.pop("__metadata__", {}) or {}
-        if not index_meta and manifest.KEY_VERSION in meta and manifest.KEY_MANIFEST not in meta:
+        meta, tensors = safetensors.read_tensors(shard)
+        if not in_index and manifest.KEY_VERSION in meta and manifest.KEY_MANIFEST not in meta:
             # A shard carries the version but not the manifest (spec 1.3): alone, it is part of a model.
             m = re.match(r"^(.+)-\d{5}-of-\d{5}\.safetensors$", os.path.basename(shard))
             index = os.path.join(os.path.dirname(path), f"{m.group(1)}.safetensors{INDEX_SUFFIX}") if m else "its index"
             raise FormatError(f"one shard of a sharded hub file: pass {index}, which names every shard", path)
-        if parsed is None:
-            parsed = manifest.parse(index_meta or meta, path)
+        if shard is files[0]:
+            if not in_index:
+                parsed = manifest.parse(meta, path)
             foreign_meta = {} if parsed else dict(meta)
-        for name, d in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-            layout.append((name, shard, data_start + int(d["data_offsets"][0]), 0, d))
+        for name, tensor in tensors:
+            if stored.setdefault(name, tensor) is not tensor:
+                raise FormatError(f"tensor {name!r} is stored in more than one shard", path)
+        del tensors
     infos, layers, source, extra = parsed if parsed else ({}, {}, SourceInfo(), {})
-    stored = {name: (shard, off, d) for name, shard, off, _, d in layout}
     # Manifest order is the checkpoint's order; stored tensors the manifest lacks come after.
-    order = [n for n in infos if n in stored or infos[n].tied_to] + [n for n in stored if n not in infos]
-    for name in order:
-        info = infos.get(name) or TensorInfo()
+    add = ckpt.add
+    for name, info in infos.items():
         if info.tied_to:
-            if info.tied_to not in stored:
+            tied = stored.get(info.tied_to)
+            if tied is None:
                 raise FormatError(f"tensor {name!r} is tied to {info.tied_to!r}, which the file does not store", path)
-            shard, off, d = stored[info.tied_to]
-        elif name in stored:
-            shard, off, d = stored[name]
+            add(name, _alias(tied), info)
         else:
-            raise FormatError(f"manifest lists tensor {name!r}, which the file does not store", path)
-        dt = dtypes.from_safetensors(d["dtype"])
-        assert dt is not None         # read_header refused unknown dtypes
-        tensor = region_tensor(shard, off, dt, d["shape"])
-        ckpt.add(name, tensor, info)
+            own = stored.get(name)
+            if own is None:
+                raise FormatError(f"manifest lists tensor {name!r}, which the file does not store", path)
+            add(name, own, info)
+    for name, tensor in stored.items():
+        if name not in infos:
+            add(name, tensor, TensorInfo())
     if parsed:
         ckpt.layers = layers
         ckpt.source = source
@@ -137,6 +152,31 @@ def read(path: str | os.PathLike) -> Checkpoint:
 
 
 # ---- writing ------------------------------------------------------------------------------
+
+def _alias(t: LazyTensor) -> LazyTensor:
+    """Another LazyTensor over the same stored bytes (a tied name gets its own object, as it did
+    when each name's tensor was made from the header)."""
+    return LazyTensor(t.shape, t.dtype, None, t.span)
+
+
+class StoredDtypes(Mapping):
+    """Each stored tensor's dtype in the hub file: its own, except the casts (float16 -> float32
+    ...). A mapping over the checkpoint rather than a dict of a million entries (#13)."""
+
+    __slots__ = ("ckpt", "casts")
+
+    def __init__(self, ckpt: Checkpoint, casts: dict[str, str]):
+        self.ckpt, self.casts = ckpt, casts
+
+    def __getitem__(self, name: str) -> str:
+        return self.casts.get(name) or self.ckpt.entries[name].tensor.dtype
+
+    def __iter__(self):
+        return iter(self.ckpt.stored_names())
+
+    def __len__(self) -> int:
+        return len(self.ckpt.stored_names())
+
 
 def stored_dtype(entry: Entry, keep_dtype: bool) -> str:
     """The dtype a hub file stores for `entry` (spec: dtype policy)."""
@@ -173,7 +213,9 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, keep_dtype: bool = False
     path = os.fspath(path)
     if not max_shard_size:
         _refuse_a_header_too_large(ckpt, path)
-    names, out_dtypes, meta, report = plan(ckpt, keep_dtype, path)
+    # The manifest is made text only where it is written: streamed into a shard index, or once
+    # into the header of a single file.
+    names, out_dtypes, meta, report = plan(ckpt, keep_dtype, path, deferred_manifest=True)
     return write_safetensors(ckpt, path, names, out_dtypes, meta, report, overwrite=overwrite,
                              max_shard_size=max_shard_size, progress=progress, shard_metadata=SHARD_METADATA)
 
@@ -194,22 +236,26 @@ def _refuse_a_header_too_large(ckpt: Checkpoint, path: str) -> None:
 SHARD_METADATA = {"format": "pt", manifest.KEY_VERSION: manifest.FORMAT_VERSION}
 
 
-def plan(ckpt: Checkpoint, keep_dtype: bool = False, path: str | None = None) -> tuple[list[str], dict[str, str], dict, Report]:
+def plan(ckpt: Checkpoint, keep_dtype: bool = False, path: str | None = None, *,
+         deferred_manifest: bool = False) -> tuple[list[str], Mapping[str, str], dict, Report]:
     """What a hub file of `ckpt` at `path` stores: the tensor names, each one's stored dtype, the
-    file's metadata (manifest included) and the write report's events so far (casts, ties, extras)."""
+    file's metadata (manifest included; with `deferred_manifest` a manifest.ManifestText that
+    write_safetensors makes text where it writes it) and the write report's events so far (casts,
+    ties, extras)."""
     report = Report(stage="write")
     names = ckpt.stored_names()
-    out_dtypes: dict[str, str] = {}
+    casts: dict[str, str] = {}
+    entries = ckpt.entries
     for name in names:
-        e = ckpt.entries[name]
-        out_dtypes[name] = stored_dtype(e, keep_dtype)
+        e = entries[name]
+        dt = stored_dtype(e, keep_dtype)
         src = e.tensor.dtype
-        if out_dtypes[name] != src:
-            action = "cast"
-            detail = f"{src}->{out_dtypes[name]}" + (" (narrowing: values rounded)" if src == "float64" else "")
-            report.add(action, name, detail)
+        if dt != src:
+            casts[name] = dt
+            report.add("cast", name, f"{src}->{dt}" + (" (narrowing: values rounded)" if src == "float64" else ""))
         else:
             report.add("matched", name)
+    out_dtypes = StoredDtypes(ckpt, casts)
     stored = set(names)
     for name, e in ckpt.entries.items():
         if e.info.tied_to:
@@ -218,7 +264,7 @@ def plan(ckpt: Checkpoint, keep_dtype: bool = False, path: str | None = None) ->
                 raise ConversionError(f"tensor {name!r} is tied to {e.info.tied_to!r}, which is not a stored tensor "
                                       "(a tie to itself, to another alias or to nothing)", path)
             report.add("tied", name, f"stored once, as {e.info.tied_to}")
-    meta = manifest.build(ckpt)
+    meta = manifest.build(ckpt, deferred=deferred_manifest)
     for k in ckpt.extra:
         report.add("stored", f"extra[{k!r}]", "in the manifest (hubfmt.extra)")
     # Its layouts are torch's: loaders that check safetensors' "format" convention accept it.
@@ -231,7 +277,7 @@ def shard_name(path: str, i: int, n: int) -> str:
     return f"{stem}-{i + 1:05d}-of-{n:05d}.safetensors"
 
 
-def write_shard(ckpt: Checkpoint, shard_path: str, names: list[str], out_dtypes: dict[str, str], *,
+def write_shard(ckpt: Checkpoint, shard_path: str, names: list[str], out_dtypes: Mapping[str, str], *,
                 overwrite: bool = False, progress: Progress | None = None) -> int:
     """One shard of a sharded hub file on its own (atomically): tensors `names` of `ckpt`. Returns
     the bytes of tensor data written. hubfmt.batch writes the shards of one file in parallel, then
@@ -253,11 +299,60 @@ def write_index(path: str, metadata: dict, weight_map: dict[str, str], total: in
     index_path = path + INDEX_SUFFIX
     with atomic_outputs([index_path], overwrite=overwrite) as out:
         with open(out.path(index_path), "w") as f:
-            json.dump({"metadata": {**metadata, "total_size": str(total)}, "weight_map": weight_map}, f, indent=1)
+            write_index_text(f, {**metadata, "total_size": str(total)}, weight_map)
     return index_path
 
 
-def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes: dict[str, str], metadata: dict,
+def index_text(metadata: dict, weight_map: dict[str, str]) -> str:
+    """json.dumps({"metadata": metadata, "weight_map": weight_map}, indent=1): the index's text."""
+    import io
+
+    buf = io.StringIO()
+    write_index_text(buf, metadata, weight_map)
+    return buf.getvalue()
+
+
+def write_index_text(f, metadata: dict, weight_map: dict[str, str]) -> None:
+    """Write json.dumps({"metadata": metadata, "weight_map": weight_map}, indent=1) to the text
+    file `f` piece by piece, with json's C string encoder: json.dump with indent runs the
+    pure-Python encoder (~3 us a tensor, #18), and the index of a million tensors (its manifest
+    string escaped, a line per tensor) is never one string in memory (#13)."""
+    def rows(d: dict) -> None:
+        if not d:
+            f.write("{}")
+            return
+        f.write("{\n")
+        batch: list[str] = []
+        for i, (k, v) in enumerate(d.items()):
+            lead = "  " if i == 0 else ",\n  "
+            if isinstance(v, manifest.ManifestText) or (type(v) is str and len(v) > _SLICE):
+                f.write("".join(batch) + lead + _enc(k) + ': "')
+                batch = []
+                # Escaping is per character: escaped pieces join up to the escaped whole.
+                pieces = v.pieces() if isinstance(v, manifest.ManifestText) else \
+                    (v[j:j + _SLICE] for j in range(0, len(v), _SLICE))
+                for piece in pieces:
+                    f.write(_enc(piece)[1:-1])
+                f.write('"')
+                continue
+            batch.append(lead + _enc(k) + ": " + (_enc(v) if type(v) is str else
+                                                  json.dumps(v, indent=1).replace("\n", "\n  ")))
+            if len(batch) == 4096:
+                f.write("".join(batch))
+                batch = []
+        f.write("".join(batch) + "\n }")
+    f.write('{\n "metadata": ')
+    rows(metadata)
+    f.write(',\n "weight_map": ')
+    rows(weight_map)
+    f.write("\n}")
+
+
+_SLICE = 1 << 20
+_enc = json.encoder.encode_basestring_ascii
+
+
+def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes: Mapping[str, str], metadata: dict,
                       report: Report, *, overwrite: bool = False, max_shard_size: int | None = None,
                       progress: Progress | None = None, shard_metadata: dict | None = None) -> Report:
     """Write tensors `names` of `ckpt` (each as `out_dtypes[name]`) as one safetensors file at
@@ -276,26 +371,28 @@ def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes:
         for i, group in enumerate(groups):
             shard_path = finals[i]
             # Every shard carries the version; the manifest lives in the index when sharded.
-            shard_meta = metadata if len(groups) == 1 else dict(shard_metadata or {})
-            head, _ = safetensors.header_bytes(shard_meta, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape) for n in group])
+            shard_meta = manifest.resolved(metadata) if len(groups) == 1 else dict(shard_metadata or {})
+            head = safetensors.header_bytes(
+                shard_meta, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape) for n in group])[0]
             if len(head) - 8 > safetensors.MAX_HEADER:
                 hint = ("; --max-shard-size puts the manifest in the shard index and fewer tensors in each "
                         "shard's header" if len(groups) == 1 and len(group) > 1 else "")
                 raise ConversionError(f"the safetensors header would be {len(head) - 8} bytes, more than the "
                                       f"{safetensors.MAX_HEADER} readers accept (a source header this large, or "
                                       f"names this long, cannot be written as a hub file{hint})", path)
+            shard_file = os.path.basename(shard_path)
             with open(out.path(shard_path), "wb") as f:
                 f.write(head)
+                del head                # a header of a million tensors is ~100 MB
                 stream = TensorStream(group, progress=progress, tensor=lambda n: _source(ckpt, n, out_dtypes[n], path),
                                       dtype=out_dtypes.__getitem__)
                 for name, piece in stream:
                     piece.write(f)
-                    weight_map[name] = os.path.basename(shard_path)
+                    weight_map[name] = shard_file
                 total += stream.bytes
         if len(groups) > 1:
-            index = {"metadata": {**metadata, "total_size": str(total)}, "weight_map": weight_map}
             with open(out.path(finals[-1]), "w") as f:
-                json.dump(index, f, indent=1)
+                write_index_text(f, {**metadata, "total_size": str(total)}, weight_map)
     report.tensors_in = len(ckpt)
     report.tensors_out = len(names)
     report.bytes_out = total
