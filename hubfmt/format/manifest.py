@@ -79,6 +79,25 @@ def resolved(meta: dict) -> dict[str, str]:
 
 def _info_text(info: TensorInfo) -> str:
     """json.dumps(info.to_json(), separators=(",", ":")), without the dict."""
+    kind, role, layer, name = info.kind, info.role, info.layer, info.original_name
+    dtype, layout, shape, tied = info.original_dtype, info.original_layout, info.original_shape, info.tied_to
+    if not (type(kind) is str and type(role) is str and type(layer) is str and type(name) is str
+            and type(dtype) is str and type(layout) is str and shape is None and tied is None):
+        return json.dumps(info.to_json(), separators=(",", ":"))   # the uncommon entries
+    # The common entry, field by field in to_json's order, empty fields left out.
+    return "{" + ",".join(f for f in (
+        kind and '"kind":' + _enc(kind), role and '"role":' + _enc(role), layer and '"layer":' + _enc(layer),
+        name and '"original_name":' + _enc(name), dtype and '"original_dtype":' + _enc(dtype),
+        layout and '"original_layout":' + _enc(layout)) if f) + "}"
+
+
+def resolved(meta: dict) -> dict[str, str]:
+    """`meta` with a deferred manifest made text (for a header, which needs its size up front)."""
+    return {k: str(v) if isinstance(v, ManifestText) else v for k, v in meta.items()}
+
+
+def _info_text(info: TensorInfo) -> str:
+    """json.dumps(info.to_json(), separators=(",", ":")), without the dict."""
     fields = []
     for k in _TEXT_FIELDS:
         v = getattr(info, k)

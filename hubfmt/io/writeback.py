@@ -56,7 +56,9 @@ class _Pending:
         self.fd, self.start, self.end = fd, start, end
 
 
-_unsubmitted: dict[int, tuple[int, int]] = {}   # descriptor -> (inode, start of unsubmitted bytes)
+# descriptor -> (its file object when last seen, inode, start of unsubmitted bytes); a descriptor
+# reused by another file is told by its file object, then by its inode
+_unsubmitted: dict[int, tuple[object, int, int]] = {}
 _pending: deque[_Pending] = deque()               # oldest first, across files (OneFlow: one per tensor)
 _pending_bytes = 0
 # Library users may write several outputs from several threads: the bookkeeping is shared, the
@@ -71,13 +73,20 @@ def wrote(out: BinaryIO, start: int, end: int) -> None:
         return
     try:
         fd = out.fileno()
-        ino = os.fstat(fd).st_ino
     except (AttributeError, OSError, ValueError):      # an in-memory stream: nothing to do
         return
+    known = _unsubmitted.get(fd)
+    if known is not None and known[0] is out:
+        ino = known[1]          # the same file object as last time: the same file (no fstat a tensor)
+    else:
+        try:
+            ino = os.fstat(fd).st_ino
+        except OSError:
+            return
     with _lock:
         known = _unsubmitted.get(fd)
-        first = known[1] if known is not None and known[0] == ino and known[1] <= start else start
-        _unsubmitted[fd] = (ino, first if end - first < _EVERY else end)
+        first = known[2] if known is not None and known[1] == ino and known[2] <= start else start
+        _unsubmitted[fd] = (out, ino, first if end - first < _EVERY else end)
     if end - first < _EVERY:
         return
     out.flush()
