@@ -37,7 +37,6 @@ def build(ckpt: Checkpoint, *, deferred: bool = False) -> dict:
 
 
 _enc = json.encoder.encode_basestring_ascii      # what json.dumps uses for a str (C)
-_TEXT_FIELDS = ("kind", "role", "layer", "original_name", "original_dtype", "original_layout")
 
 
 class ManifestText:
@@ -89,29 +88,6 @@ def _info_text(info: TensorInfo) -> str:
         kind and '"kind":' + _enc(kind), role and '"role":' + _enc(role), layer and '"layer":' + _enc(layer),
         name and '"original_name":' + _enc(name), dtype and '"original_dtype":' + _enc(dtype),
         layout and '"original_layout":' + _enc(layout)) if f) + "}"
-
-
-def resolved(meta: dict) -> dict[str, str]:
-    """`meta` with a deferred manifest made text (for a header, which needs its size up front)."""
-    return {k: str(v) if isinstance(v, ManifestText) else v for k, v in meta.items()}
-
-
-def _info_text(info: TensorInfo) -> str:
-    """json.dumps(info.to_json(), separators=(",", ":")), without the dict."""
-    fields = []
-    for k in _TEXT_FIELDS:
-        v = getattr(info, k)
-        if v == "" or v is None:
-            continue
-        fields.append(f'"{k}":' + (_enc(v) if type(v) is str else json.dumps(v, separators=(",", ":"))))
-    shape, tied = info.original_shape, info.tied_to
-    if shape is not None:
-        fields.append('"original_shape":' + ("[" + ",".join(map(str, shape)) + "]"
-                                             if all(type(d) is int for d in shape)
-                                             else json.dumps(list(shape), separators=(",", ":"))))
-    if tied is not None and tied != "":
-        fields.append('"tied_to":' + (_enc(tied) if type(tied) is str else json.dumps(tied)))
-    return "{" + ",".join(fields) + "}"
 
 
 # Layer attributes the spec defines (section 4.3), by the values they may take: writers compute
