@@ -205,10 +205,11 @@ def write_tensor(out: BinaryIO, tensor: LazyTensor, dtype: str | None = None) ->
     dtype = dtype or tensor.dtype
     span = tensor.span
     start = out.tell()              # files only: every writer streams into a seekable file
-    if span is not None and kernel_copyable(tensor, dtype):
-        span.guard()                # part of a checksummed range: that range is verified first
-        passed = _kernel_copy(span.path, span.offset, span.nbytes, out)
+    if span is not None and dtype == tensor.dtype and 0 < span.nbytes == tensor.nbytes:   # kernel_copyable
+        if span.enclosing is not None:
+            span.enclosing.verify()  # part of a checksummed range: that range is verified first
         n = span.nbytes
+        passed = _kernel_copy(span.path, span.offset, n, out)
         if passed is not None:
             span.verify(passed)         # the bytes came through Python: check them as a load would
         elif span.checksum is not None:
