@@ -65,7 +65,7 @@ class Stage:
     label: str = ""    # what the stage worked on: the source file, the template, the destination
     # The names of the tensors the stage took in, when known: tells a dropped tensor from a
     # dropped non-tensor entry. Not part of the JSON.
-    names_in: frozenset[str] | None = field(default=None, repr=False, compare=False)
+    names_in: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -99,8 +99,10 @@ class Report:
         if stage is None:
             self.events.extend(other.events)
         else:
-            # Event(...) directly: dataclasses.replace re-inspects the fields for every event.
-            self.events.extend(Event(e.action, e.name, e.detail, stage, e.to, e.confidence) for e in other.events)
+            # Event(...) directly: dataclasses.replace re-inspects the fields for every event. An
+            # event of that stage already is shared, not copied (a writer's million "matched").
+            self.events.extend(e if e.stage == stage else Event(e.action, e.name, e.detail, stage, e.to, e.confidence)
+                               for e in other.events)
 
     def in_stage(self, stage: str) -> list[Event]:
         return [e for e in self.events if e.stage == stage]
@@ -155,7 +157,7 @@ class Report:
         changes (split, concatenated, transposed, reshaped, cast) and non-tensor entries counted beside."""
         evs = self.in_stage(s.name)
         distinct = {a: {e.name for e in evs if e.action == a} for a in ACTIONS}
-        names_in = s.names_in
+        names_in = frozenset(s.names_in) if s.names_in is not None else None     # kept as a tuple: 8 B a name
         if names_in is not None:
             renamed = distinct["renamed"] & names_in
             dropped = distinct["dropped"] & names_in
@@ -245,8 +247,8 @@ class Report:
 
 
 def stage(name: str, tensors_in: int | None, tensors_out: int, label: str = "", names_in=None) -> Stage:
-    """A Stage; `names_in` (any iterable of the input tensors' names) is frozen."""
-    return Stage(name, tensors_in, tensors_out, label, frozenset(names_in) if names_in is not None else None)
+    """A Stage; `names_in` (any iterable of the input tensors' names) is kept as a tuple."""
+    return Stage(name, tensors_in, tensors_out, label, tuple(names_in) if names_in is not None else None)
 
 
 def human_bytes(n: float) -> str:
