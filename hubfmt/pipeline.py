@@ -60,9 +60,11 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, framework: str | None = 
 
 def _check_dtypes_held(ckpt: Checkpoint, fmt: registry.NativeFormat, path: str) -> None:
     held_not: dict[str, list[str]] = {}
-    for n in ckpt.stored_names():
-        dt = ckpt[n].tensor.dtype
-        if dt in fmt.dtypes_not_held:
+    if not fmt.dtypes_not_held:
+        return
+    for n, e in ckpt.entries.items():
+        dt = e.tensor.dtype
+        if dt in fmt.dtypes_not_held and not e.info.tied_to:
             held_not.setdefault(dt, []).append(n)
     if held_not:
         dt, names = next(iter(held_not.items()))
@@ -192,8 +194,10 @@ def _convert(src, dst, *, src_framework, dst_framework, overwrite, show_progress
         report.stages.append(stage("align", len(names_before), len(ckpt), label or "by rules", names_before))
     if "template" not in write_options and native_template(template, template_framework, dst_name, dst_fmt):
         write_options["template"] = os.fspath(template)
-    progress = Progress(ckpt.total_bytes(), len(ckpt.stored_names()), enabled=show_progress)
-    malloc.for_tensors(max((e.tensor.nbytes for e in ckpt.entries.values()), default=0))
+    sizes = [e.tensor.nbytes for e in ckpt.entries.values() if not e.info.tied_to]    # one pass (#13)
+    progress = Progress(sum(sizes), len(sizes), enabled=show_progress)
+    malloc.for_tensors(max(sizes, default=0))
+    del sizes
     try:
         # The format detect_output chose (a --to FORMAT name stays that format).
         out = write(ckpt, dst, framework=dst_framework or dst_name, overwrite=overwrite, progress=progress,
