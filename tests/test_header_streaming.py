@@ -207,3 +207,14 @@ def test_freed_memory_is_kept_only_when_allowed_and_a_tensor_needs_it():
         return subprocess.run([sys.executable, "-c", _MALLOC, mode], capture_output=True, text=True, check=True).stdout.split()
     assert run("allowed") == ["False", "True"]        # 1 MiB: glibc reuses it anyway; 64 MiB: switched
     assert run("library") == ["False", "False"]       # a library caller's process is left alone
+
+
+infos = st.builds(TensorInfo, kind=texts, role=texts, layer=texts, original_name=texts, original_dtype=texts,
+                  original_layout=texts, original_shape=st.none() | st.lists(st.integers(0, 9), max_size=3).map(tuple),
+                  tied_to=st.none() | texts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(infos)
+def test_a_manifest_entry_is_json_dumps_of_to_json(info):
+    assert manifest._info_text(info) == json.dumps(info.to_json(), separators=(",", ":"))

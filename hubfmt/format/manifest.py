@@ -81,13 +81,39 @@ def _info_text(info: TensorInfo) -> str:
     kind, role, layer, name = info.kind, info.role, info.layer, info.original_name
     dtype, layout, shape, tied = info.original_dtype, info.original_layout, info.original_shape, info.tied_to
     if not (type(kind) is str and type(role) is str and type(layer) is str and type(name) is str
-            and type(dtype) is str and type(layout) is str and shape is None and tied is None):
+            and type(dtype) is str and type(layout) is str and (tied is None or type(tied) is str)
+            and (shape is None or (type(shape) is tuple and all(type(d) is int for d in shape)))):
         return json.dumps(info.to_json(), separators=(",", ":"))   # the uncommon entries
-    # The common entry, field by field in to_json's order, empty fields left out.
-    return "{" + ",".join(f for f in (
-        kind and '"kind":' + _enc(kind), role and '"role":' + _enc(role), layer and '"layer":' + _enc(layer),
-        name and '"original_name":' + _enc(name), dtype and '"original_dtype":' + _enc(dtype),
-        layout and '"original_layout":' + _enc(layout)) if f) + "}"
+    # The common entry, in to_json's order, empty fields left out. Kinds, roles, dtypes and
+    # layouts repeat: their fragments are made once (a bounded cache); the layer path and the
+    # name are encoded for each entry.
+    head = _HEADS.get((kind, role))
+    if head is None:
+        head = ",".join(f for f in (kind and '"kind":' + _enc(kind), role and '"role":' + _enc(role)) if f)
+        if len(_HEADS) < 4096:
+            _HEADS[(kind, role)] = head
+    tail = _TAILS.get((dtype, layout))
+    if tail is None:
+        tail = ",".join(f for f in (dtype and '"original_dtype":' + _enc(dtype),
+                                    layout and '"original_layout":' + _enc(layout)) if f)
+        if len(_TAILS) < 4096:
+            _TAILS[(dtype, layout)] = tail
+    parts = [head] if head else []
+    if layer:
+        parts.append('"layer":' + _enc(layer))
+    if name:
+        parts.append('"original_name":' + _enc(name))
+    if tail:
+        parts.append(tail)
+    if shape is not None:
+        parts.append('"original_shape":[' + ",".join(map(str, shape)) + "]")
+    if tied:
+        parts.append('"tied_to":' + _enc(tied))
+    return "{" + ",".join(parts) + "}"
+
+
+_HEADS: dict[tuple, str] = {}
+_TAILS: dict[tuple, str] = {}
 
 
 # Layer attributes the spec defines (section 4.3), by the values they may take: writers compute
