@@ -252,6 +252,9 @@ def scan(path: str | os.PathLike, *, limit_records: int | None = None) -> tuple[
 
 # ---- writing ------------------------------------------------------------------------------
 
+_TYPE_FIELDS: dict[str, bytes] = {}     # tensor_type -> its whole field: a handful of strings, encoded once
+
+
 def value_header(tag: str, dims, tensor_type: str, content_bytes: int) -> bytes:
     """Every byte of one top-level Checkpoint.value field up to its tensor_content data: the
     caller writes `content_bytes` raw bytes right after it. Dims are unpacked, as MindSpore writes.
@@ -259,7 +262,15 @@ def value_header(tag: str, dims, tensor_type: str, content_bytes: int) -> bytes:
     >>> value_header("b", [2], "Float32", 8)
     b'\\n\\x1a\\n\\x01b\\x12\\x15\\x08\\x02\\x12\\x07Float32\\x1a\\x08'
     """
-    tensor_head = (b"".join(protowire.field_varint(1, int(d)) for d in dims)
-                   + protowire.field_bytes(2, tensor_type.encode("ascii")) + protowire.field_length(3, content_bytes))
-    value_head = protowire.field_bytes(1, tag.encode("utf-8")) + protowire.field_length(2, len(tensor_head) + content_bytes) + tensor_head
-    return protowire.field_length(1, len(value_head) + content_bytes) + value_head
+    # Called once per tensor: the field keys are literal bytes (0x0a: field 1, length-delimited;
+    # 0x12: field 2; 0x1a: field 3; 0x08: field 1, varint), not protowire.field_* calls (#18).
+    varint = protowire.encode_varint
+    ttype = _TYPE_FIELDS.get(tensor_type)
+    if ttype is None:
+        ttype = protowire.field_bytes(2, tensor_type.encode("ascii"))
+        if len(_TYPE_FIELDS) < 64:
+            _TYPE_FIELDS[tensor_type] = ttype
+    tensor_head = b"".join([b"\x08" + varint(int(d)) for d in dims]) + ttype + b"\x1a" + varint(content_bytes)
+    raw_tag = tag.encode("utf-8")
+    value_head = b"\n" + varint(len(raw_tag)) + raw_tag + b"\x12" + varint(len(tensor_head) + content_bytes) + tensor_head
+    return b"\n" + varint(len(value_head) + content_bytes) + value_head

@@ -107,21 +107,35 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     return report
 
 
+# Written bytes folded into the crc_num at once: a flush and a hand-off to the fold thread per
+# tiny tensor cost more than the tensor's own write (#18). A larger tensor is folded right after it.
+_FOLD_BATCH = 4 << 20
+
+
 class _Crc:
     """MindSpore's crc_num: CRC-32 of every byte before the trailer. Folded over what was just
     written (read back while it is in the page cache: kernel copies never pass through Python),
-    on a second thread while the next tensor is written (hubfmt.sdk.BehindWriter)."""
+    on a second thread while the next tensors are written (hubfmt.sdk.BehindWriter), a batch of
+    at least _FOLD_BATCH bytes at a time."""
 
     def __init__(self, f):
         self.f = f
         self.fold = BehindWriter(f.fileno(), "crc32")
+        self.done = 0
 
-    def update(self) -> None:
+    def update(self, end: int) -> None:
+        """The file now holds `end` bytes: fold them once a batch is waiting."""
+        if end - self.done >= _FOLD_BATCH:
+            self.f.flush()
+            self.fold.advance(end)
+            self.done = end
+
+    def trailer(self, end: int) -> bytes:
         self.f.flush()
-        self.fold.advance(self.f.tell())
-
-    def trailer(self) -> bytes:
-        self.update()
+        if self.f.tell() != end:         # the position kept by the writer is the file's
+            raise AssertionError(f"the checkpoint holds {self.f.tell()} bytes, {end} were written")
+        self.fold.advance(end)
+        self.done = end
         value = self.fold.value()
         self.fold.close()
         return proto.CRC_TRAILER + value.to_bytes(10, "big")
@@ -142,22 +156,31 @@ def _write_ckpt(f, items: list[Item], extras, progress, max_slice: int) -> int:
 
 def _write_records(f, crc: _Crc, items: list[Item], extras, progress, max_slice: int) -> int:
     total = 0
+    pos = 0           # bytes in the file: kept here, not asked of it (a system call per tensor)
+    sizes = [_nbytes(it.tensor.shape, it.dtype) for it in items]
     # Sliced tensors load piece by piece: not prefetched whole.
-    whole = prefetched((it.tensor if _nbytes(it.tensor.shape, it.dtype) <= max_slice else None, it.dtype) for it in items)
-    for it, tensor in zip(items, whole, strict=True):
-        nbytes = _nbytes(it.tensor.shape, it.dtype)
-        ttype = names.DTYPE_TO_TYPE[it.dtype]
+    whole = prefetched((it.tensor if n <= max_slice else None, it.dtype) for it, n in zip(items, sizes, strict=True))
+    types = names.DTYPE_TO_TYPE
+    header = proto.value_header
+    write = f.write
+    for it, nbytes, tensor in zip(items, sizes, whole, strict=True):
+        ttype = types[it.dtype]
         if nbytes <= max_slice:
-            f.write(proto.value_header(it.name, it.tensor.shape, ttype, nbytes))
+            head = header(it.name, it.tensor.shape, ttype, nbytes)
+            write(head)
             written = write_tensor(f, tensor, it.dtype)
+            pos += len(head)
         else:
             written = 0
             for piece in _slices(it, nbytes, max_slice):
-                f.write(proto.value_header(it.name, it.tensor.shape, ttype, piece.nbytes))
+                head = header(it.name, it.tensor.shape, ttype, piece.nbytes)
+                write(head)
                 written += write_tensor(f, piece)
+                pos += len(head)
         if written != nbytes:
             raise AssertionError(f"{it.name}: wrote {written} bytes, expected {nbytes}")
-        crc.update()
+        pos += written
+        crc.update(pos)
         total += written
         if progress:
             progress.update(written)
@@ -165,11 +188,14 @@ def _write_records(f, crc: _Crc, items: list[Item], extras, progress, max_slice:
         if isinstance(value, str):
             # numpy's "U" layout, which MindSpore's loader decodes: UTF-32LE, dims [0].
             raw = value.encode("utf-32-le")
-            f.write(proto.value_header(key, [0], names.STRING_TYPE, len(raw)) + raw)
+            head = proto.value_header(key, [0], names.STRING_TYPE, len(raw)) + raw
+            f.write(head)
+            pos += len(head)
         else:
-            f.write(proto.value_header(key, [], names.DTYPE_TO_TYPE[value.dtype], value.nbytes))
-            write_tensor(f, value)
-    f.write(crc.trailer())
+            head = proto.value_header(key, [], names.DTYPE_TO_TYPE[value.dtype], value.nbytes)
+            f.write(head)
+            pos += len(head) + write_tensor(f, value)
+    f.write(crc.trailer(pos))
     return total
 
 
