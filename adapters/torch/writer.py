@@ -20,7 +20,7 @@ import numpy as np
 
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import atomic_output
-from hubfmt.sdk import Checkpoint
+from hubfmt.sdk import Checkpoint, LazyTensor
 from hubfmt.sdk import ConversionError
 from hubfmt.sdk import Report
 from hubfmt.sdk import Progress, prefetched, write_tensor
@@ -43,40 +43,55 @@ def out_dtype(entry, restore_dtype: bool) -> str:
     return want if want in dtypes.DTYPES else entry.tensor.dtype
 
 
+_TORCH_DTYPES = frozenset(STORAGE_CLASSES) | frozenset(UNTYPED_DTYPES)
+_SHAPES_KEPT = 4096          # distinct shapes whose numel and strides a plan keeps
+
+
 class _Plan:
-    """Which tensors get a storage of their own, in which dtype; which are views of another."""
+    """Which tensors get a storage of their own, in which dtype; which are views of another.
+    `records` (in the checkpoint's order) is the state dict pickled; `storages` the tensors
+    written, with their records."""
 
     def __init__(self, ckpt: Checkpoint, restore_dtype: bool, report: Report):
-        self.records: dict[str, TensorRecord] = {}
-        self.storages: list[tuple[str, str, str]] = []       # key, tensor name, dtype
-        key_of: dict[str, str] = {}
+        self.records: collections.OrderedDict[str, TensorRecord] = collections.OrderedDict()
+        self.storages: list[tuple[TensorRecord, LazyTensor]] = []
+        records, storages = self.records, self.storages
+        sizes: dict[tuple, tuple[int, tuple]] = {}       # shape -> numel, strides: layers repeat shapes
+        known = dtypes.DTYPES
+        add = report.add
         for name, entry in ckpt.entries.items():
-            dt = out_dtype(entry, restore_dtype)
-            if dt not in STORAGE_CLASSES and dt not in UNTYPED_DTYPES:
+            tensor, info = entry.tensor, entry.info
+            want = info.original_dtype if restore_dtype else ""     # out_dtype, inline: once per tensor
+            dt = want if want in known else tensor.dtype
+            if dt not in _TORCH_DTYPES:
                 raise ConversionError(f"tensor {name!r}: torch has no dtype {dt}", None)
-            shape = entry.tensor.shape
-            numel = 1
-            for d in shape:                     # not np.prod: ~10 us a call, per tensor (#18)
-                numel *= int(d)
-            target = entry.info.tied_to
-            tied = bool(target) and target in self.records
+            shape = tensor.shape
+            size = sizes.get(shape)
+            if size is None:
+                numel = 1
+                for d in shape:                     # not np.prod: ~10 us a call (#18)
+                    numel *= int(d)
+                size = (numel, c_strides(shape))
+                if len(sizes) < _SHAPES_KEPT:
+                    sizes[shape] = size
+            numel, strides = size
+            target = info.tied_to
+            tied = bool(target) and target in records
             if target and not tied:
-                report.add("warning", name, f"tied to {target}, which is not stored before it: stored separately")
-            elif tied and (self.records[target].dtype != dt or self.records[target].numel != numel):
+                add("warning", name, f"tied to {target}, which is not stored before it: stored separately")
+            elif tied and (records[target].dtype != dt or records[target].numel != numel):
                 tied = False
-                report.add("warning", name, f"tied to {target} but with another dtype/size: stored separately")
+                add("warning", name, f"tied to {target} but with another dtype/size: stored separately")
             if tied:
-                key = key_of[target]
-                report.add("tied", name, f"shares {target}'s storage")
+                rec = records[name] = TensorRecord(records[target].key, dt, numel, shape, strides)
+                add("tied", name, f"shares {target}'s storage")
+                continue
+            rec = records[name] = TensorRecord(str(len(storages)), dt, numel, shape, strides)
+            storages.append((rec, tensor))
+            if dt != tensor.dtype:
+                add("cast", name, f"{tensor.dtype}->{dt}" + (" (original dtype restored)" if restore_dtype else ""))
             else:
-                key = str(len(self.storages))
-                self.storages.append((key, name, dt))
-                if dt != entry.tensor.dtype:
-                    report.add("cast", name, f"{entry.tensor.dtype}->{dt}" + (" (original dtype restored)" if restore_dtype else ""))
-                else:
-                    report.add("matched", name)
-            key_of[name] = key
-            self.records[name] = TensorRecord(key, dt, numel, shape, c_strides(shape))
+                add("matched", name)
 
 
 def _extra_value(value, name: str, report: Report, depth: int = 0):
@@ -151,7 +166,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
                                  restore_dtype=restore_dtype)
     report = Report(stage="write")
     plan = _Plan(ckpt, restore_dtype, report)
-    state = collections.OrderedDict((n, plan.records[n]) for n in ckpt.entries)
+    state = plan.records
     arrays: list = []
     if layout == "training":
         if "state_dict" in ckpt.extra:
@@ -178,11 +193,12 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
         z.add(root + ".format_version", b"1")
         z.add(root + ".storage_alignment", str(64).encode())
         z.add(root + "byteorder", b"little")
-        tensors = prefetched((ckpt.entries[name].tensor, dt) for _, name, dt in plan.storages)
-        for (key, _, dt), tensor in zip(plan.storages, tensors, strict=True):
-            z.begin(f"{root}data/{key}", tensor.nbytes // dtypes.itemsize(tensor.dtype) * dtypes.itemsize(dt))
-            write_tensor(f, tensor, dt)
-            n = z.end()
+        tensors = prefetched([(tensor, rec.dtype) for rec, tensor in plan.storages])
+        itemsize = dtypes.itemsize
+        data = root + "data/"
+        for (rec, _), tensor in zip(plan.storages, tensors, strict=True):
+            z.begin(data + rec.key, rec.numel * itemsize(rec.dtype))
+            n = z.end(write_tensor(f, tensor, rec.dtype))
             total += n
             if progress:
                 progress.update(n)
