@@ -67,16 +67,31 @@ _CPU = b"X\x03\x00\x00\x00cpu"
 _SIZES_KEPT = 4096                # distinct (numel, shape, stride) encodings an emitter keeps
 
 
+class Pickled:
+    """One value's opcodes, already encoded (a StateDict's): emit_parts passes them through as
+    they are, without copying them into the rest of the pickle."""
+
+    __slots__ = ("opcodes",)
+
+    def __init__(self, opcodes: bytearray):
+        self.opcodes = opcodes
+
+
 class _Emitter(PickleEmitter):
     """Protocol 2, plain values as hubfmt.pickle_emit writes them, and torch's tensor rebuilds."""
 
     def __init__(self):
         super().__init__()
         self._sizes: dict[tuple, bytes] = {}     # (numel, shape, stride) -> their opcodes
+        self.parts: list[bytes | bytearray] = []     # what came before the current `out`
 
     def value(self, v, depth: int = 0) -> None:
-        if type(v) is TensorRecord and depth <= self.MAX_DEPTH:     # most values of a state dict
+        kind = type(v)
+        if kind is TensorRecord and depth <= self.MAX_DEPTH:     # most values of a state dict
             self.tensor(v)
+        elif kind is Pickled:
+            self.parts += (self.out, v.opcodes)
+            self.out = bytearray()
         else:
             super().value(v, depth)
 
@@ -86,21 +101,25 @@ class _Emitter(PickleEmitter):
         self.tensor(v)
 
     def tensor(self, t: TensorRecord) -> None:
+        self.tensor_of(t.key, t.dtype, t.numel, t.shape, t.stride)
+
+    def tensor_of(self, key: str, dtype: str, numel: int, shape: tuple, stride: tuple) -> None:
         """_rebuild_tensor_v2(persistent id ('storage', storage class, key, 'cpu', numel), offset 0,
         shape, stride, requires_grad False, OrderedDict()) -- v3 with the dtype for UntypedStorage,
         numel then counting bytes. Constant parts come from _PARTS, sizes from a small cache:
         layers repeat shapes."""
-        parts = _PARTS.get(t.dtype)
+        parts = _PARTS.get(dtype)
         if parts is None:
-            raise TypeError(f"torch has no storage for dtype {t.dtype}")
-        numel = t.numel * dtypes.itemsize(t.dtype) if t.dtype in UNTYPED_DTYPES else t.numel
-        key = (numel, t.shape, t.stride)
-        sizes = self._sizes.get(key)
+            raise TypeError(f"torch has no storage for dtype {dtype}")
+        if dtype in UNTYPED_DTYPES:
+            numel *= dtypes.itemsize(dtype)
+        sized = (numel, shape, stride)
+        sizes = self._sizes.get(sized)
         if sizes is None:
-            sizes = self._encode_sizes(*key)
+            sizes = self._encode_sizes(numel, shape, stride)
             if len(self._sizes) < _SIZES_KEPT:
-                self._sizes[key] = sizes
-        raw = t.key.encode("utf-8", "surrogatepass")
+                self._sizes[sized] = sizes
+        raw = key.encode("utf-8", "surrogatepass")
         self.out += parts[0] + b"X" + _U32(len(raw)) + raw + _CPU + sizes + parts[1]
 
     def _encode_sizes(self, numel: int, shape: tuple, stride: tuple) -> bytes:
@@ -116,9 +135,52 @@ class _Emitter(PickleEmitter):
             self.out = out
 
 
-def emit(obj) -> bytes:
-    """The pickle of `obj`: plain values, dicts (OrderedDict kept), lists, tuples, bytes and
-    TensorRecords. Anything else is a TypeError."""
+class StateDict:
+    """A state dict (an OrderedDict of tensors) pickled a tensor at a time: the opcodes emit()
+    writes for an OrderedDict of TensorRecords, without a record object per tensor (#18).
+
+    >>> import collections
+    >>> sd = StateDict(); sd.add("w", "0", "float32", 2, (2,), (1,))
+    >>> emit(sd.pickled()) == emit(collections.OrderedDict(w=TensorRecord("0", "float32", 2, (2,), (1,))))
+    True
+    """
+
+    def __init__(self):
+        self._e = _Emitter()
+        self._e.out.clear()
+        self._e.global_("collections", "OrderedDict")
+        self._e.out += b")R"
+        self.count = 0
+        self._done: Pickled | None = None
+
+    def add(self, name: str, key: str, dtype: str, numel: int, shape: tuple, stride: tuple) -> None:
+        """Tensor `name`: a view of storage `key` (see TensorRecord)."""
+        assert self._done is None, "add() after pickled()"
+        e = self._e
+        if not self.count:
+            e.out += b"("                # MARK: items follow (an empty dict has none)
+        self.count += 1
+        e.value(name, 1)
+        e.tensor_of(key, dtype, numel, shape, stride)
+
+    def pickled(self) -> Pickled:
+        if self._done is None:
+            if self.count:
+                self._e.out += b"u"      # SETITEMS
+            self._done = Pickled(self._e.out)
+        return self._done
+
+
+def emit_parts(obj) -> list[bytes | bytearray]:
+    """The pickle of `obj` in pieces, to be written one after the other: a Pickled value's
+    opcodes are one of them, not copied (a million tensors' state dict is ~140 MB)."""
     e = _Emitter()
     e.value(obj)
-    return e.finish()
+    e.out += b"."                        # STOP
+    return [p for p in (*e.parts, e.out) if p]
+
+
+def emit(obj) -> bytes:
+    """The pickle of `obj`: plain values, dicts (OrderedDict kept), lists, tuples, bytes,
+    TensorRecords and Pickled values. Anything else is a TypeError."""
+    return b"".join(emit_parts(obj))

@@ -11,7 +11,6 @@ one), version. Published atomically.
 """
 from __future__ import annotations
 
-import collections
 import os
 import re
 import uuid
@@ -25,7 +24,7 @@ from hubfmt.sdk import ConversionError
 from hubfmt.sdk import Report
 from hubfmt.sdk import Progress, prefetched, write_tensor
 
-from .pickler import STORAGE_CLASSES, UNTYPED_DTYPES, TensorRecord, emit
+from .pickler import STORAGE_CLASSES, UNTYPED_DTYPES, StateDict, TensorRecord, emit_parts
 from .tensors import c_strides
 from .zipwriter import ZipWriter
 
@@ -49,15 +48,20 @@ _SHAPES_KEPT = 4096          # distinct shapes whose numel and strides a plan ke
 
 class _Plan:
     """Which tensors get a storage of their own, in which dtype; which are views of another.
-    `records` (in the checkpoint's order) is the state dict pickled; `storages` the tensors
-    written, with their records."""
+    `state` is the state dict, pickled as it is planned (a record object per tensor cost a
+    million-tensor checkpoint ~250 MB); `storages` the tensors written: storage i is member
+    data/i, (tensor, dtype, bytes)."""
 
     def __init__(self, ckpt: Checkpoint, restore_dtype: bool, report: Report):
-        self.records: collections.OrderedDict[str, TensorRecord] = collections.OrderedDict()
-        self.storages: list[tuple[TensorRecord, LazyTensor]] = []
-        records, storages = self.records, self.storages
+        state = self.state = StateDict()
+        storages: list[tuple[LazyTensor, str, int]] = []
+        self.storages = storages
+        # Only tensors others are tied to are looked up again: their storage key, dtype and numel.
+        targets = {e.info.tied_to for e in ckpt.entries.values() if e.info.tied_to}
+        stored: dict[str, tuple[str, str, int]] = {}
         sizes: dict[tuple, tuple[int, tuple]] = {}       # shape -> numel, strides: layers repeat shapes
         known = dtypes.DTYPES
+        itemsize = dtypes.itemsize
         add = report.add
         for name, entry in ckpt.entries.items():
             tensor, info = entry.tensor, entry.info
@@ -76,18 +80,25 @@ class _Plan:
                     sizes[shape] = size
             numel, strides = size
             target = info.tied_to
-            tied = bool(target) and target in records
-            if target and not tied:
-                add("warning", name, f"tied to {target}, which is not stored before it: stored separately")
-            elif tied and (records[target].dtype != dt or records[target].numel != numel):
-                tied = False
-                add("warning", name, f"tied to {target} but with another dtype/size: stored separately")
-            if tied:
-                rec = records[name] = TensorRecord(records[target].key, dt, numel, shape, strides)
-                add("tied", name, f"shares {target}'s storage")
-                continue
-            rec = records[name] = TensorRecord(str(len(storages)), dt, numel, shape, strides)
-            storages.append((rec, tensor))
+            if target:
+                tie = stored.get(target)
+                if tie is None:
+                    add("warning", name, f"tied to {target}, which is not stored before it: stored separately")
+                elif tie[1] != dt or tie[2] != numel:
+                    tie = None
+                    add("warning", name, f"tied to {target} but with another dtype/size: stored separately")
+                if tie is not None:
+                    key = tie[0]
+                    add("tied", name, f"shares {target}'s storage")
+                    state.add(name, key, dt, numel, shape, strides)
+                    if name in targets:
+                        stored[name] = (key, dt, numel)
+                    continue
+            key = str(len(storages))
+            storages.append((tensor, dt, numel * itemsize(dt)))
+            state.add(name, key, dt, numel, shape, strides)
+            if name in targets:
+                stored[name] = (key, dt, numel)
             if dt != tensor.dtype:
                 add("cast", name, f"{tensor.dtype}->{dt}" + (" (original dtype restored)" if restore_dtype else ""))
             else:
@@ -166,7 +177,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
                                  restore_dtype=restore_dtype)
     report = Report(stage="write")
     plan = _Plan(ckpt, restore_dtype, report)
-    state = plan.records
+    state = plan.state.pickled()
     arrays: list = []
     if layout == "training":
         if "state_dict" in ckpt.extra:
@@ -182,23 +193,24 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     if any(li.attrs for li in ckpt.layers.values()):
         report.add("warning", path, "layer attributes (eps, momentum, stride...) are not part of a torch state dict")
     try:
-        pickle_bytes = emit(obj)
+        pickle_parts = emit_parts(obj)
     except (TypeError, ValueError) as e:
         raise ConversionError(f"cannot pickle the checkpoint: {e}", path) from None
+    del obj, state, plan.state      # the parts hold the state dict's opcodes: no other copy
     root = _archive_name(path) + "/"
     total = 0
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w+b") as f:  # read back for CRC-32
         z = ZipWriter(f)
-        z.add(root + "data.pkl", pickle_bytes)
+        z.add_parts(root + "data.pkl", pickle_parts)
+        del pickle_parts
         z.add(root + ".format_version", b"1")
         z.add(root + ".storage_alignment", str(64).encode())
         z.add(root + "byteorder", b"little")
-        tensors = prefetched([(tensor, rec.dtype) for rec, tensor in plan.storages])
-        itemsize = dtypes.itemsize
+        tensors = prefetched([(tensor, dt) for tensor, dt, _ in plan.storages])
         data = root + "data/"
-        for (rec, _), tensor in zip(plan.storages, tensors, strict=True):
-            z.begin(data + rec.key, rec.numel * itemsize(rec.dtype))
-            n = z.end(write_tensor(f, tensor, rec.dtype))
+        for i, ((_, dt, nbytes), tensor) in enumerate(zip(plan.storages, tensors, strict=True)):
+            z.begin(f"{data}{i}", nbytes)
+            n = z.end(write_tensor(f, tensor, dt))
             total += n
             if progress:
                 progress.update(n)

@@ -171,9 +171,15 @@ class ZipWriter:
         self._small_bytes = 0
 
     def add(self, name: str, data: bytes) -> None:
-        self.begin(name, len(data))
-        self.f.write(data)
-        self.end(len(data))
+        self.add_parts(name, [data])
+
+    def add_parts(self, name: str, parts) -> None:
+        """Member `name` holding the bytes-like `parts` one after the other."""
+        size = sum(len(p) for p in parts)
+        self.begin(name, size)
+        for p in parts:
+            self.f.write(p)
+        self.end(size)
 
     def close(self) -> None:
         """Central directory (+ zip64 end records when needed) and end-of-central-directory."""
