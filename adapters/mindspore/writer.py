@@ -86,14 +86,16 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     safetensors = path.endswith(".safetensors")
     extras = _extra_items(ckpt, {it.name for it in items}, report, strings=not safetensors) if write_extra else []
     report.destination = path
-    for key in [it.name for it in items] + [k for k, _ in extras]:
-        if not safetensors and len(key.encode("utf-8")) > proto.MAX_STRING:
-            raise ConversionError(f"tensor name {key[:40]!r}... is {len(key.encode('utf-8'))} bytes, more than the "
-                                  f"{proto.MAX_STRING} a .ckpt tag read by hubfmt may hold", path)
-    for it in items:
-        if it.tensor.shape == (0,) and not safetensors:
-            report.add("warning", it.name, "empty [0] tensor: MindSpore's loader reads dims [0] as a scalar "
-                                           "(hubfmt reads it back as [0]; save_checkpoint skips empty tensors)")
+    if not safetensors:
+        for key in [it.name for it in items] + [k for k, _ in extras]:
+            # An ASCII name (the flag is kept by Python) is as many bytes as characters: not encoded.
+            if (len(key) > proto.MAX_STRING or not key.isascii()) and len(key.encode("utf-8")) > proto.MAX_STRING:
+                raise ConversionError(f"tensor name {key[:40]!r}... is {len(key.encode('utf-8'))} bytes, more than the "
+                                      f"{proto.MAX_STRING} a .ckpt tag read by hubfmt may hold", path)
+        for it in items:
+            if it.tensor.shape == (0,):
+                report.add("warning", it.name, "empty [0] tensor: MindSpore's loader reads dims [0] as a scalar "
+                                               "(hubfmt reads it back as [0]; save_checkpoint skips empty tensors)")
     total = 0
     # w+b: the crc_num is folded over the bytes read back
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w+b") as f:

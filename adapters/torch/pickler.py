@@ -104,6 +104,9 @@ class _Emitter(PickleEmitter):
         self.tensor_of(t.key, t.dtype, t.numel, t.shape, t.stride)
 
     def tensor_of(self, key: str, dtype: str, numel: int, shape: tuple, stride: tuple) -> None:
+        self.out += self.tensor_opcodes(key, dtype, numel, shape, stride)
+
+    def tensor_opcodes(self, key: str, dtype: str, numel: int, shape: tuple, stride: tuple) -> bytes:
         """_rebuild_tensor_v2(persistent id ('storage', storage class, key, 'cpu', numel), offset 0,
         shape, stride, requires_grad False, OrderedDict()) -- v3 with the dtype for UntypedStorage,
         numel then counting bytes. Constant parts come from _PARTS, sizes from a small cache:
@@ -120,7 +123,7 @@ class _Emitter(PickleEmitter):
             if len(self._sizes) < _SIZES_KEPT:
                 self._sizes[sized] = sizes
         raw = key.encode("utf-8", "surrogatepass")
-        self.out += parts[0] + b"X" + _U32(len(raw)) + raw + _CPU + sizes + parts[1]
+        return parts[0] + b"X" + _U32(len(raw)) + raw + _CPU + sizes + parts[1]
 
     def _encode_sizes(self, numel: int, shape: tuple, stride: tuple) -> bytes:
         out, self.out = self.out, bytearray()
@@ -160,8 +163,12 @@ class StateDict:
         if not self.count:
             e.out += b"("                # MARK: items follow (an empty dict has none)
         self.count += 1
-        e.value(name, 1)
-        e.tensor_of(key, dtype, numel, shape, stride)
+        if type(name) is str:            # the key: PickleEmitter.value's str, inline
+            raw = name.encode("utf-8", "surrogatepass")
+            e.out += b"X" + _U32(len(raw)) + raw + e.tensor_opcodes(key, dtype, numel, shape, stride)
+        else:
+            e.value(name, 1)
+            e.tensor_of(key, dtype, numel, shape, stride)
 
     def pickled(self) -> Pickled:
         if self._done is None:

@@ -41,6 +41,7 @@ _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
 _LOCAL_CRC = 14                   # where a local header holds its CRC-32
 _CENTRAL_CRC = 16                 # where a central directory record does
 _U32 = struct.Struct("<L").pack
+_PADDING = [struct.pack("<HH", _PAD_ID, pad) + b"Z" * pad for pad in range(ALIGNMENT)]   # the extra field
 
 
 class ZipWriter:
@@ -83,7 +84,11 @@ class ZipWriter:
             self._checksum_small()      # a batch is read back in one piece: it spans small members only
         offset = self.pos
         raw = name.encode()
-        header = self._local_header(raw, offset, size, 0)
+        if size < ZIP64_LIMIT and offset < ZIP64_LIMIT:      # _local_header without zip64, inline
+            pad = -(offset + 34 + len(raw)) % ALIGNMENT
+            header = _LOCAL.pack(b"PK\x03\x04", _VERSION, 0, 0, 0, 0, 0x21, 0, size, size, len(raw), 4 + pad) + raw + _PADDING[pad]
+        else:
+            header = self._local_header(raw, offset, size, 0)
         self.f.write(header)
         self.pos = offset + len(header)
         self._open = (raw, offset, self.pos, size)
