@@ -106,11 +106,11 @@ class _Emitter(PickleEmitter):
     def tensor_of(self, key: str, dtype: str, numel: int, shape: tuple, stride: tuple) -> None:
         self.out += self.tensor_opcodes(key, dtype, numel, shape, stride)
 
-    def tensor_opcodes(self, key: str, dtype: str, numel: int, shape: tuple, stride: tuple) -> bytes:
+    def tensor_opcodes(self, key: str, dtype: str, numel: int, shape: tuple, stride: tuple, before: bytes = b"") -> bytes:
         """_rebuild_tensor_v2(persistent id ('storage', storage class, key, 'cpu', numel), offset 0,
         shape, stride, requires_grad False, OrderedDict()) -- v3 with the dtype for UntypedStorage,
         numel then counting bytes. Constant parts come from _PARTS, sizes from a small cache:
-        layers repeat shapes."""
+        layers repeat shapes. `before`: opcodes to put first (a dict key), in the same join."""
         parts = _PARTS.get(dtype)
         if parts is None:
             raise TypeError(f"torch has no storage for dtype {dtype}")
@@ -123,7 +123,7 @@ class _Emitter(PickleEmitter):
             if len(self._sizes) < _SIZES_KEPT:
                 self._sizes[sized] = sizes
         raw = key.encode("utf-8", "surrogatepass")
-        return parts[0] + b"X" + _U32(len(raw)) + raw + _CPU + sizes + parts[1]
+        return b"".join((before, parts[0], b"X", _U32(len(raw)), raw, _CPU, sizes, parts[1]))
 
     def _encode_sizes(self, numel: int, shape: tuple, stride: tuple) -> bytes:
         out, self.out = self.out, bytearray()
@@ -163,9 +163,16 @@ class StateDict:
         if not self.count:
             e.out += b"("                # MARK: items follow (an empty dict has none)
         self.count += 1
-        if type(name) is str:            # the key: PickleEmitter.value's str, inline
+        parts = _PARTS.get(dtype) if dtype not in UNTYPED_DTYPES else None
+        sizes = e._sizes.get((numel, shape, stride)) if parts is not None else None
+        if sizes is not None and type(name) is str:
+            # The usual case, tensor_opcodes inline (a call less per tensor): a key (str) and a
+            # typed tensor whose sizes were encoded before.
+            raw, k = name.encode("utf-8", "surrogatepass"), key.encode("utf-8", "surrogatepass")
+            e.out += b"".join((b"X", _U32(len(raw)), raw, parts[0], b"X", _U32(len(k)), k, _CPU, sizes, parts[1]))
+        elif type(name) is str:
             raw = name.encode("utf-8", "surrogatepass")
-            e.out += b"X" + _U32(len(raw)) + raw + e.tensor_opcodes(key, dtype, numel, shape, stride)
+            e.out += e.tensor_opcodes(key, dtype, numel, shape, stride, b"X" + _U32(len(raw)) + raw)
         else:
             e.value(name, 1)
             e.tensor_of(key, dtype, numel, shape, stride)

@@ -49,13 +49,14 @@ _SHAPES_KEPT = 4096          # distinct shapes whose numel and strides a plan ke
 class _Plan:
     """Which tensors get a storage of their own, in which dtype; which are views of another.
     `state` is the state dict, pickled as it is planned (a record object per tensor cost a
-    million-tensor checkpoint ~250 MB); `storages` the tensors written: storage i is member
-    data/i, (tensor, dtype, bytes)."""
+    million-tensor checkpoint ~250 MB); `storages` the tensors written, as prefetched takes them:
+    storage i is member data/i, (tensor, dtype), of `nbytes[i]` bytes."""
 
     def __init__(self, ckpt: Checkpoint, restore_dtype: bool, report: Report):
         state = self.state = StateDict()
-        storages: list[tuple[LazyTensor, str, int]] = []
-        self.storages = storages
+        storages: list[tuple[LazyTensor, str]] = []
+        nbytes: list[int] = []
+        self.storages, self.nbytes = storages, nbytes
         # Only tensors others are tied to are looked up again: their storage key, dtype and numel.
         targets = {e.info.tied_to for e in ckpt.entries.values() if e.info.tied_to}
         stored: dict[str, tuple[str, str, int]] = {}
@@ -95,7 +96,8 @@ class _Plan:
                         stored[name] = (key, dt, numel)
                     continue
             key = str(len(storages))
-            storages.append((tensor, dt, numel * itemsize(dt)))
+            storages.append((tensor, dt))
+            nbytes.append(numel * itemsize(dt))
             state.add(name, key, dt, numel, shape, strides)
             if name in targets:
                 stored[name] = (key, dt, numel)
@@ -206,9 +208,9 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
         z.add(root + ".format_version", b"1")
         z.add(root + ".storage_alignment", str(64).encode())
         z.add(root + "byteorder", b"little")
-        tensors = prefetched([(tensor, dt) for tensor, dt, _ in plan.storages])
+        tensors = prefetched(plan.storages)
         data = root + "data/"
-        for i, ((_, dt, nbytes), tensor) in enumerate(zip(plan.storages, tensors, strict=True)):
+        for i, ((_, dt), nbytes, tensor) in enumerate(zip(plan.storages, plan.nbytes, tensors, strict=True)):
             z.begin(f"{data}{i}", nbytes)
             n = z.end(write_tensor(f, tensor, dt))
             total += n

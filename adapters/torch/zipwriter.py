@@ -102,7 +102,13 @@ class ZipWriter:
         if written != size:
             raise ValueError(f"zip member {raw.decode()}: {written} bytes written, {size} announced")
         self.pos = start + size
-        at = self._central_record(raw, offset, size) + _CENTRAL_CRC
+        if size < ZIP64_LIMIT and offset < ZIP64_LIMIT:      # _central_record without zip64, inline
+            at = len(self._central) + _CENTRAL_CRC
+            self._central += _CENTRAL.pack(b"PK\x01\x02", _VERSION, 3, _VERSION, 0, 0, 0, 0, 0x21,
+                                           0, size, size, len(raw), 0, 0, 0, 0, 0, offset) + raw
+            self.count += 1
+        else:
+            at = self._central_record(raw, offset, size) + _CENTRAL_CRC
         if size <= _SMALL_MEMBER:
             self._small.append((at, offset, start, size))
             self._small_bytes += size + start - offset
@@ -125,14 +131,10 @@ class ZipWriter:
         return size
 
     def _central_record(self, raw: bytes, offset: int, size: int) -> int:
-        """Append the member's central directory record (CRC 0 for now); returns where it starts."""
+        """Append the central directory record of a member that needs zip64 fields (CRC 0 for now);
+        returns where it starts. end() writes the others itself."""
         at = len(self._central)
         limit = ZIP64_LIMIT
-        if size < limit and offset < limit:
-            self._central += _CENTRAL.pack(b"PK\x01\x02", _VERSION, 3, _VERSION, 0, 0, 0, 0, 0x21,
-                                           0, size, size, len(raw), 0, 0, 0, 0, 0, offset) + raw
-            self.count += 1
-            return at
         fields = [v for v in (size, size) if v >= limit]
         if offset >= limit:
             fields.append(offset)
