@@ -112,6 +112,20 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
 # Written bytes folded into the crc_num at once: a flush and a hand-off to the fold thread per
 # tiny tensor cost more than the tensor's own write (#18). A larger tensor is folded right after it.
 _FOLD_BATCH = 4 << 20
+_SMALL_TENSOR = 64 << 10          # safetensors: tensors up to this size are checksummed in batches
+
+
+def _read_back(fd: int, offset: int, n: int) -> memoryview:
+    """Bytes [offset, offset+n) of the output, just written (from the page cache)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    done = 0
+    while done < n:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise OSError(f"file shorter than the {n} bytes written at offset {offset}")
+        done += got
+    return view
 
 
 class _Crc:
@@ -222,17 +236,48 @@ def _write_safetensors(f, items: list[Item], extras, progress) -> int:
 
     placeholder = header_bytes(2**32 - 1)          # the widest crc_num: the real one fits its room
     f.write(struct.pack("<Q", len(placeholder)) + placeholder)
+    pos = 8 + len(placeholder)      # kept here, not asked of the file (a system call per tensor)
+    fd = f.fileno()
     total = 0
     parts: list[tuple[str, int, int]] = []         # name, CRC-32 of name + bytes, their length
-    for (name, _, dt), t in zip(tensors, prefetched((t, dt) for _, t, dt in tensors), strict=True):
-        start = f.tell()
-        n = write_tensor(f, t, dt)
+    # Small tensors are folded in batches, from one read-back of the bytes they span, not a
+    # flush and a read each (#18); a larger one is folded on its own, the batch before it first.
+    small: list[tuple[str, bytes, int, int]] = []  # name, its UTF-8, offset, length
+    small_bytes = 0
+
+    def fold_small() -> None:
+        nonlocal small_bytes
+        if not small:
+            return
         f.flush()
+        lo = small[0][2]
+        view = _read_back(fd, lo, pos - lo)
+        for name, key, start, n in small:
+            parts.append((name, zlib.crc32(view[start - lo:start - lo + n], zlib.crc32(key)), len(key) + n))
+        small.clear()
+        small_bytes = 0
+
+    for (name, _, dt), t in zip(tensors, prefetched([(t, dt) for _, t, dt in tensors]), strict=True):
+        start = pos
+        n = write_tensor(f, t, dt)
+        pos += n
         key = name.encode("utf-8")
-        parts.append((name, fold_region(f.fileno(), start, n, zlib.crc32, zlib.crc32(key)), len(key) + n))
+        if n <= _SMALL_TENSOR:
+            small.append((name, key, start, n))
+            small_bytes += n
+            if small_bytes >= _FOLD_BATCH:
+                fold_small()
+        else:
+            fold_small()
+            f.flush()
+            parts.append((name, fold_region(fd, start, n, zlib.crc32, zlib.crc32(key)), len(key) + n))
         total += n
         if progress:
             progress.update(n)
+    fold_small()
+    f.flush()
+    if f.tell() != pos:             # the position kept here is the file's
+        raise AssertionError(f"the file holds {f.tell()} bytes, {pos} were written")
     crc = 0
     for _, value, length in sorted(parts):
         crc = combine_checksums("crc32", crc, value, length)
