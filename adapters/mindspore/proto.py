@@ -252,6 +252,11 @@ def scan(path: str | os.PathLike, *, limit_records: int | None = None) -> tuple[
 
 # ---- writing ------------------------------------------------------------------------------
 
+_FIXED: dict[tuple, bytes] = {}     # (dims, tensor_type) -> TensorProto's dims and tensor_type fields
+_FIXED_KEPT = 4096                  # layers repeat shapes: a few distinct ones are worth keeping
+_ONE_BYTE = protowire._ONE_BYTE     # the varints of 0..127
+
+
 def value_header(tag: str, dims, tensor_type: str, content_bytes: int) -> bytes:
     """Every byte of one top-level Checkpoint.value field up to its tensor_content data: the
     caller writes `content_bytes` raw bytes right after it. Dims are unpacked, as MindSpore writes.
@@ -259,7 +264,22 @@ def value_header(tag: str, dims, tensor_type: str, content_bytes: int) -> bytes:
     >>> value_header("b", [2], "Float32", 8)
     b'\\n\\x1a\\n\\x01b\\x12\\x15\\x08\\x02\\x12\\x07Float32\\x1a\\x08'
     """
-    tensor_head = (b"".join(protowire.field_varint(1, int(d)) for d in dims)
-                   + protowire.field_bytes(2, tensor_type.encode("ascii")) + protowire.field_length(3, content_bytes))
-    value_head = protowire.field_bytes(1, tag.encode("utf-8")) + protowire.field_length(2, len(tensor_head) + content_bytes) + tensor_head
-    return protowire.field_length(1, len(value_head) + content_bytes) + value_head
+    # Called once per tensor (#18): the field keys are literal bytes (0x0a: field 1, length-
+    # delimited; 0x12: field 2; 0x1a: field 3; 0x08: field 1, varint), the dims and type fields are
+    # kept per shape (equal dims encode equally: each is int()ed), one-byte lengths are looked up.
+    varint = protowire.encode_varint
+    key = (dims, tensor_type) if type(dims) is tuple else None
+    fixed = _FIXED.get(key) if key is not None else None
+    if fixed is None:
+        fixed = (b"".join([b"\x08" + varint(int(d)) for d in dims])
+                 + protowire.field_bytes(2, tensor_type.encode("ascii")) + b"\x1a")
+        if key is not None and len(_FIXED) < _FIXED_KEPT:
+            _FIXED[key] = fixed
+    tensor_head = fixed + (_ONE_BYTE[content_bytes] if 0 <= content_bytes < 0x80 else varint(content_bytes))
+    raw_tag = tag.encode("utf-8")
+    n = len(raw_tag)
+    m = len(tensor_head) + content_bytes
+    value_head = (b"\n" + (_ONE_BYTE[n] if n < 0x80 else varint(n)) + raw_tag
+                  + b"\x12" + (_ONE_BYTE[m] if 0 <= m < 0x80 else varint(m)) + tensor_head)
+    k = len(value_head) + content_bytes
+    return b"\n" + (_ONE_BYTE[k] if 0 <= k < 0x80 else varint(k)) + value_head

@@ -32,7 +32,7 @@ class Target:
     dtype: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One tensor to write: MindSpore name, data (already reshaped if needed) and output dtype."""
 
@@ -46,11 +46,11 @@ def native_name(name: str, entry: Entry, layers: dict | None = None) -> str:
     """The MindSpore parameter name for canonical `name` (`layers`: the checkpoint's LayerInfo,
     consulted when the tensor itself does not say its kind)."""
     info = entry.info
-    layer, dot, role = name.rpartition(".")
     kind = info.kind
     if kind == "tensor" and layers and info.layer in layers:
         kind = layers[info.layer].kind
     if kind in layouts.NORM_KINDS or kind == "embedding":
+        layer, dot, role = name.rpartition(".")
         return f"{layer}{dot}{names.native_role(kind, role)}"
     orig = info.original_name
     if orig and orig != name and names.canonical_name(orig, kind) == name:
@@ -141,38 +141,41 @@ def plan(ckpt: Checkpoint, template=None, *, strict: bool = True, restore_dtype:
     else:
         items = _follow(ckpt, load_template(template), report, strict, restore_dtype, path)
     seen: dict[str, str] = {}
-    for it in items:
-        if it.name in seen:
-            raise ConversionError(f"{seen[it.name]} and {it.source} would both be written as {it.name!r}", path)
-        seen[it.name] = it.source
-    for it in items:
-        if it.name != it.source:
-            report.renamed(it.source, it.name)
+    add = report.add
+    for it in items:           # one pass: a duplicate raises, and the report is not returned then
+        name, source = it.name, it.source
+        if name in seen:
+            raise ConversionError(f"{seen[name]} and {source} would both be written as {name!r}", path)
+        seen[name] = source
+        if name != source:
+            report.renamed(source, name)
         if it.dtype != it.tensor.dtype:
-            report.add("cast", it.name, f"{it.tensor.dtype}->{it.dtype}")
-        elif it.name == it.source:
-            report.add("matched", it.name)
+            add("cast", name, f"{it.tensor.dtype}->{it.dtype}")
+        elif name == source:
+            add("matched", name)
     return items, report
 
 
 def _own_names(ckpt: Checkpoint, report: Report, restore_dtype: bool, path) -> list[Item]:
     """Every tensor under its MindSpore name, in the checkpoint's order."""
     items = []
+    from_mindspore = ckpt.source.framework == "mindspore"
+    layers = ckpt.layers
     for name, e in ckpt.entries.items():
-        if e.info.tied_to:
-            report.add("dropped", name, f"tied to {e.info.tied_to}: MindSpore stores a shared parameter once")
+        info = e.info
+        if info.tied_to:
+            report.add("dropped", name, f"tied to {info.tied_to}: MindSpore stores a shared parameter once")
             continue
-        if e.info.role == "num_batches_tracked":
+        if info.role == "num_batches_tracked":
             report.add("dropped", name, "MindSpore normalisation layers have no num_batches_tracked")
             continue
         tensor = e.tensor
-        orig = e.info.original_shape
-        if (ckpt.source.framework == "mindspore" and not e.info.original_layout and orig is not None
+        orig = info.original_shape
+        if (from_mindspore and not info.original_layout and orig is not None
                 and tuple(orig) != tensor.shape and _fit(tensor, tuple(orig)) is not None):
             tensor = _fit(tensor, tuple(orig))   # e.g. a MindSpore Conv1d weight back to [O,I,1,K]
             report.add("reshaped", name, f"{list(e.tensor.shape)}->{list(orig)} (its original shape)")
-        items.append(Item(native_name(name, e, ckpt.layers), tensor,
-                          _out_dtype(e, restore_dtype, None, name, path), name))
+        items.append(Item(native_name(name, e, layers), tensor, _out_dtype(e, restore_dtype, None, name, path), name))
     return items
 
 

@@ -86,14 +86,16 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     safetensors = path.endswith(".safetensors")
     extras = _extra_items(ckpt, {it.name for it in items}, report, strings=not safetensors) if write_extra else []
     report.destination = path
-    for key in [it.name for it in items] + [k for k, _ in extras]:
-        if not safetensors and len(key.encode("utf-8")) > proto.MAX_STRING:
-            raise ConversionError(f"tensor name {key[:40]!r}... is {len(key.encode('utf-8'))} bytes, more than the "
-                                  f"{proto.MAX_STRING} a .ckpt tag read by hubfmt may hold", path)
-    for it in items:
-        if it.tensor.shape == (0,) and not safetensors:
-            report.add("warning", it.name, "empty [0] tensor: MindSpore's loader reads dims [0] as a scalar "
-                                           "(hubfmt reads it back as [0]; save_checkpoint skips empty tensors)")
+    if not safetensors:
+        for key in [it.name for it in items] + [k for k, _ in extras]:
+            # An ASCII name (the flag is kept by Python) is as many bytes as characters: not encoded.
+            if (len(key) > proto.MAX_STRING or not key.isascii()) and len(key.encode("utf-8")) > proto.MAX_STRING:
+                raise ConversionError(f"tensor name {key[:40]!r}... is {len(key.encode('utf-8'))} bytes, more than the "
+                                      f"{proto.MAX_STRING} a .ckpt tag read by hubfmt may hold", path)
+        for it in items:
+            if it.tensor.shape == (0,):
+                report.add("warning", it.name, "empty [0] tensor: MindSpore's loader reads dims [0] as a scalar "
+                                               "(hubfmt reads it back as [0]; save_checkpoint skips empty tensors)")
     total = 0
     # w+b: the crc_num is folded over the bytes read back
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w+b") as f:
@@ -107,21 +109,49 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     return report
 
 
+# Written bytes folded into the crc_num at once: a flush and a hand-off to the fold thread per
+# tiny tensor cost more than the tensor's own write (#18). A larger tensor is folded right after it.
+_FOLD_BATCH = 4 << 20
+_SMALL_TENSOR = 64 << 10          # safetensors: tensors up to this size are checksummed in batches
+
+
+def _read_back(fd: int, offset: int, n: int) -> memoryview:
+    """Bytes [offset, offset+n) of the output, just written (from the page cache)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    done = 0
+    while done < n:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise OSError(f"file shorter than the {n} bytes written at offset {offset}")
+        done += got
+    return view
+
+
 class _Crc:
     """MindSpore's crc_num: CRC-32 of every byte before the trailer. Folded over what was just
     written (read back while it is in the page cache: kernel copies never pass through Python),
-    on a second thread while the next tensor is written (hubfmt.sdk.BehindWriter)."""
+    on a second thread while the next tensors are written (hubfmt.sdk.BehindWriter), a batch of
+    at least _FOLD_BATCH bytes at a time."""
 
     def __init__(self, f):
         self.f = f
         self.fold = BehindWriter(f.fileno(), "crc32")
+        self.done = 0
 
-    def update(self) -> None:
+    def update(self, end: int) -> None:
+        """The file now holds `end` bytes: fold them once a batch is waiting."""
+        if end - self.done >= _FOLD_BATCH:
+            self.f.flush()
+            self.fold.advance(end)
+            self.done = end
+
+    def trailer(self, end: int) -> bytes:
         self.f.flush()
-        self.fold.advance(self.f.tell())
-
-    def trailer(self) -> bytes:
-        self.update()
+        if self.f.tell() != end:         # the position kept by the writer is the file's
+            raise AssertionError(f"the checkpoint holds {self.f.tell()} bytes, {end} were written")
+        self.fold.advance(end)
+        self.done = end
         value = self.fold.value()
         self.fold.close()
         return proto.CRC_TRAILER + value.to_bytes(10, "big")
@@ -142,22 +172,31 @@ def _write_ckpt(f, items: list[Item], extras, progress, max_slice: int) -> int:
 
 def _write_records(f, crc: _Crc, items: list[Item], extras, progress, max_slice: int) -> int:
     total = 0
+    pos = 0           # bytes in the file: kept here, not asked of it (a system call per tensor)
+    sizes = [_nbytes(it.tensor.shape, it.dtype) for it in items]
     # Sliced tensors load piece by piece: not prefetched whole.
-    whole = prefetched((it.tensor if _nbytes(it.tensor.shape, it.dtype) <= max_slice else None, it.dtype) for it in items)
-    for it, tensor in zip(items, whole, strict=True):
-        nbytes = _nbytes(it.tensor.shape, it.dtype)
-        ttype = names.DTYPE_TO_TYPE[it.dtype]
+    whole = prefetched((it.tensor if n <= max_slice else None, it.dtype) for it, n in zip(items, sizes, strict=True))
+    types = names.DTYPE_TO_TYPE
+    header = proto.value_header
+    write = f.write
+    for it, nbytes, tensor in zip(items, sizes, whole, strict=True):
+        ttype = types[it.dtype]
         if nbytes <= max_slice:
-            f.write(proto.value_header(it.name, it.tensor.shape, ttype, nbytes))
+            head = header(it.name, it.tensor.shape, ttype, nbytes)
+            write(head)
             written = write_tensor(f, tensor, it.dtype)
+            pos += len(head)
         else:
             written = 0
             for piece in _slices(it, nbytes, max_slice):
-                f.write(proto.value_header(it.name, it.tensor.shape, ttype, piece.nbytes))
+                head = header(it.name, it.tensor.shape, ttype, piece.nbytes)
+                write(head)
                 written += write_tensor(f, piece)
+                pos += len(head)
         if written != nbytes:
             raise AssertionError(f"{it.name}: wrote {written} bytes, expected {nbytes}")
-        crc.update()
+        pos += written
+        crc.update(pos)
         total += written
         if progress:
             progress.update(written)
@@ -165,11 +204,14 @@ def _write_records(f, crc: _Crc, items: list[Item], extras, progress, max_slice:
         if isinstance(value, str):
             # numpy's "U" layout, which MindSpore's loader decodes: UTF-32LE, dims [0].
             raw = value.encode("utf-32-le")
-            f.write(proto.value_header(key, [0], names.STRING_TYPE, len(raw)) + raw)
+            head = proto.value_header(key, [0], names.STRING_TYPE, len(raw)) + raw
+            f.write(head)
+            pos += len(head)
         else:
-            f.write(proto.value_header(key, [], names.DTYPE_TO_TYPE[value.dtype], value.nbytes))
-            write_tensor(f, value)
-    f.write(crc.trailer())
+            head = proto.value_header(key, [], names.DTYPE_TO_TYPE[value.dtype], value.nbytes)
+            f.write(head)
+            pos += len(head) + write_tensor(f, value)
+    f.write(crc.trailer(pos))
     return total
 
 
@@ -194,17 +236,48 @@ def _write_safetensors(f, items: list[Item], extras, progress) -> int:
 
     placeholder = header_bytes(2**32 - 1)          # the widest crc_num: the real one fits its room
     f.write(struct.pack("<Q", len(placeholder)) + placeholder)
+    pos = 8 + len(placeholder)      # kept here, not asked of the file (a system call per tensor)
+    fd = f.fileno()
     total = 0
     parts: list[tuple[str, int, int]] = []         # name, CRC-32 of name + bytes, their length
-    for (name, _, dt), t in zip(tensors, prefetched((t, dt) for _, t, dt in tensors), strict=True):
-        start = f.tell()
-        n = write_tensor(f, t, dt)
+    # Small tensors are folded in batches, from one read-back of the bytes they span, not a
+    # flush and a read each (#18); a larger one is folded on its own, the batch before it first.
+    small: list[tuple[str, bytes, int, int]] = []  # name, its UTF-8, offset, length
+    small_bytes = 0
+
+    def fold_small() -> None:
+        nonlocal small_bytes
+        if not small:
+            return
         f.flush()
+        lo = small[0][2]
+        view = _read_back(fd, lo, pos - lo)
+        for name, key, start, n in small:
+            parts.append((name, zlib.crc32(view[start - lo:start - lo + n], zlib.crc32(key)), len(key) + n))
+        small.clear()
+        small_bytes = 0
+
+    for (name, _, dt), t in zip(tensors, prefetched([(t, dt) for _, t, dt in tensors]), strict=True):
+        start = pos
+        n = write_tensor(f, t, dt)
+        pos += n
         key = name.encode("utf-8")
-        parts.append((name, fold_region(f.fileno(), start, n, zlib.crc32, zlib.crc32(key)), len(key) + n))
+        if n <= _SMALL_TENSOR:
+            small.append((name, key, start, n))
+            small_bytes += n
+            if small_bytes >= _FOLD_BATCH:
+                fold_small()
+        else:
+            fold_small()
+            f.flush()
+            parts.append((name, fold_region(fd, start, n, zlib.crc32, zlib.crc32(key)), len(key) + n))
         total += n
         if progress:
             progress.update(n)
+    fold_small()
+    f.flush()
+    if f.tell() != pos:             # the position kept here is the file's
+        raise AssertionError(f"the file holds {f.tell()} bytes, {pos} were written")
     crc = 0
     for _, value, length in sorted(parts):
         crc = combine_checksums("crc32", crc, value, length)

@@ -11,7 +11,6 @@ one), version. Published atomically.
 """
 from __future__ import annotations
 
-import collections
 import os
 import re
 import uuid
@@ -20,12 +19,12 @@ import numpy as np
 
 from hubfmt.sdk import dtypes
 from hubfmt.sdk import atomic_output
-from hubfmt.sdk import Checkpoint
+from hubfmt.sdk import Checkpoint, LazyTensor
 from hubfmt.sdk import ConversionError
 from hubfmt.sdk import Report
 from hubfmt.sdk import Progress, prefetched, write_tensor
 
-from .pickler import STORAGE_CLASSES, UNTYPED_DTYPES, TensorRecord, emit
+from .pickler import STORAGE_CLASSES, UNTYPED_DTYPES, StateDict, TensorRecord, emit_parts
 from .tensors import c_strides
 from .zipwriter import ZipWriter
 
@@ -43,40 +42,69 @@ def out_dtype(entry, restore_dtype: bool) -> str:
     return want if want in dtypes.DTYPES else entry.tensor.dtype
 
 
+_TORCH_DTYPES = frozenset(STORAGE_CLASSES) | frozenset(UNTYPED_DTYPES)
+_SHAPES_KEPT = 4096          # distinct shapes whose numel and strides a plan keeps
+
+
 class _Plan:
-    """Which tensors get a storage of their own, in which dtype; which are views of another."""
+    """Which tensors get a storage of their own, in which dtype; which are views of another.
+    `state` is the state dict, pickled as it is planned (a record object per tensor cost a
+    million-tensor checkpoint ~250 MB); `storages` the tensors written, as prefetched takes them:
+    storage i is member data/i, (tensor, dtype), of `nbytes[i]` bytes."""
 
     def __init__(self, ckpt: Checkpoint, restore_dtype: bool, report: Report):
-        self.records: dict[str, TensorRecord] = {}
-        self.storages: list[tuple[str, str, str]] = []       # key, tensor name, dtype
-        key_of: dict[str, str] = {}
+        state = self.state = StateDict()
+        storages: list[tuple[LazyTensor, str]] = []
+        nbytes: list[int] = []
+        self.storages, self.nbytes = storages, nbytes
+        # Only tensors others are tied to are looked up again: their storage key, dtype and numel.
+        targets = {e.info.tied_to for e in ckpt.entries.values() if e.info.tied_to}
+        stored: dict[str, tuple[str, str, int]] = {}
+        sizes: dict[tuple, tuple[int, tuple]] = {}       # shape -> numel, strides: layers repeat shapes
+        known = dtypes.DTYPES
+        itemsize = dtypes.itemsize
+        add = report.add
         for name, entry in ckpt.entries.items():
-            dt = out_dtype(entry, restore_dtype)
-            if dt not in STORAGE_CLASSES and dt not in UNTYPED_DTYPES:
+            tensor, info = entry.tensor, entry.info
+            want = info.original_dtype if restore_dtype else ""     # out_dtype, inline: once per tensor
+            dt = want if want in known else tensor.dtype
+            if dt not in _TORCH_DTYPES:
                 raise ConversionError(f"tensor {name!r}: torch has no dtype {dt}", None)
-            shape = entry.tensor.shape
-            numel = 1
-            for d in shape:                     # not np.prod: ~10 us a call, per tensor (#18)
-                numel *= int(d)
-            target = entry.info.tied_to
-            tied = bool(target) and target in self.records
-            if target and not tied:
-                report.add("warning", name, f"tied to {target}, which is not stored before it: stored separately")
-            elif tied and (self.records[target].dtype != dt or self.records[target].numel != numel):
-                tied = False
-                report.add("warning", name, f"tied to {target} but with another dtype/size: stored separately")
-            if tied:
-                key = key_of[target]
-                report.add("tied", name, f"shares {target}'s storage")
+            shape = tensor.shape
+            size = sizes.get(shape)
+            if size is None:
+                numel = 1
+                for d in shape:                     # not np.prod: ~10 us a call (#18)
+                    numel *= int(d)
+                size = (numel, c_strides(shape))
+                if len(sizes) < _SHAPES_KEPT:
+                    sizes[shape] = size
+            numel, strides = size
+            target = info.tied_to
+            if target:
+                tie = stored.get(target)
+                if tie is None:
+                    add("warning", name, f"tied to {target}, which is not stored before it: stored separately")
+                elif tie[1] != dt or tie[2] != numel:
+                    tie = None
+                    add("warning", name, f"tied to {target} but with another dtype/size: stored separately")
+                if tie is not None:
+                    key = tie[0]
+                    add("tied", name, f"shares {target}'s storage")
+                    state.add(name, key, dt, numel, shape, strides)
+                    if name in targets:
+                        stored[name] = (key, dt, numel)
+                    continue
+            key = str(len(storages))
+            storages.append((tensor, dt))
+            nbytes.append(numel * itemsize(dt))
+            state.add(name, key, dt, numel, shape, strides)
+            if name in targets:
+                stored[name] = (key, dt, numel)
+            if dt != tensor.dtype:
+                add("cast", name, f"{tensor.dtype}->{dt}" + (" (original dtype restored)" if restore_dtype else ""))
             else:
-                key = str(len(self.storages))
-                self.storages.append((key, name, dt))
-                if dt != entry.tensor.dtype:
-                    report.add("cast", name, f"{entry.tensor.dtype}->{dt}" + (" (original dtype restored)" if restore_dtype else ""))
-                else:
-                    report.add("matched", name)
-            key_of[name] = key
-            self.records[name] = TensorRecord(key, dt, numel, shape, c_strides(shape))
+                add("matched", name)
 
 
 def _extra_value(value, name: str, report: Report, depth: int = 0):
@@ -151,7 +179,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
                                  restore_dtype=restore_dtype)
     report = Report(stage="write")
     plan = _Plan(ckpt, restore_dtype, report)
-    state = collections.OrderedDict((n, plan.records[n]) for n in ckpt.entries)
+    state = plan.state.pickled()
     arrays: list = []
     if layout == "training":
         if "state_dict" in ckpt.extra:
@@ -167,22 +195,24 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     if any(li.attrs for li in ckpt.layers.values()):
         report.add("warning", path, "layer attributes (eps, momentum, stride...) are not part of a torch state dict")
     try:
-        pickle_bytes = emit(obj)
+        pickle_parts = emit_parts(obj)
     except (TypeError, ValueError) as e:
         raise ConversionError(f"cannot pickle the checkpoint: {e}", path) from None
+    del obj, state, plan.state      # the parts hold the state dict's opcodes: no other copy
     root = _archive_name(path) + "/"
     total = 0
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w+b") as f:  # read back for CRC-32
         z = ZipWriter(f)
-        z.add(root + "data.pkl", pickle_bytes)
+        z.add_parts(root + "data.pkl", pickle_parts)
+        del pickle_parts
         z.add(root + ".format_version", b"1")
         z.add(root + ".storage_alignment", str(64).encode())
         z.add(root + "byteorder", b"little")
-        tensors = prefetched((ckpt.entries[name].tensor, dt) for _, name, dt in plan.storages)
-        for (key, _, dt), tensor in zip(plan.storages, tensors, strict=True):
-            z.begin(f"{root}data/{key}", tensor.nbytes // dtypes.itemsize(tensor.dtype) * dtypes.itemsize(dt))
-            write_tensor(f, tensor, dt)
-            n = z.end()
+        tensors = prefetched(plan.storages)
+        data = root + "data/"
+        for i, ((_, dt), nbytes, tensor) in enumerate(zip(plan.storages, plan.nbytes, tensors, strict=True)):
+            z.begin(f"{data}{i}", nbytes)
+            n = z.end(write_tensor(f, tensor, dt))
             total += n
             if progress:
                 progress.update(n)

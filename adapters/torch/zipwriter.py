@@ -9,7 +9,7 @@ waits for it, so the central directory has every CRC.
 >>> with open("m.pth", "wb") as f:                       # doctest: +SKIP
 ...     z = ZipWriter(f)
 ...     z.add("archive/data.pkl", pickle_bytes)
-...     z.begin("archive/data/0", t.nbytes); write_tensor(f, t); z.end()
+...     z.begin("archive/data/0", t.nbytes); z.end(write_tensor(f, t))
 ...     z.close()
 """
 from __future__ import annotations
@@ -32,15 +32,35 @@ _PAD_ID = 0x4246                  # "FB": the extra field torch pads with
 # thread hand-off and a header patch per member cost ~20 us, more than a 1 KiB member's copy (#18).
 _SMALL_MEMBER = 64 << 10
 _BATCH = 4 << 20                  # bytes of small members read back at once
+# A batch whose members average less than this is written back whole, its CRCs patched in, with
+# one system call; larger members get their 4-byte patch each (rewriting them would cost more).
+_REWRITE_BELOW = 4 << 10
+
+_LOCAL = struct.Struct("<4s2B4HL2L2H")
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+_LOCAL_CRC = 14                   # where a local header holds its CRC-32
+_CENTRAL_CRC = 16                 # where a central directory record does
+_U32 = struct.Struct("<L").pack
+_PADDING = [struct.pack("<HH", _PAD_ID, pad) + b"Z" * pad for pad in range(ALIGNMENT)]   # the extra field
 
 
 class ZipWriter:
+    """Members in order: `add(name, data)`, or `begin(name, size)`, the data written to the file
+    directly, then `end(written)` with the count written; `close()` writes the central directory.
+    The write position is kept here (a tell per member is a system call) and checked against the
+    file's at every read-back and at close. The central directory is built as members end, in one
+    buffer (~66 bytes a member, not a tuple and a name each), their CRCs patched in when known."""
+
     def __init__(self, f: BinaryIO):
         self.f = f
-        self.members: list[tuple[str, int, int, Future | int]] = []   # name, header offset, size, crc
-        self._open: tuple[str, int, int, int] | None = None    # name, header offset, data start, size
+        self.pos = f.tell()
+        self.count = 0
+        self._central = bytearray()
+        self._late: list[tuple[int, Future | int]] = []   # central CRC field, its read-back job
+        self._open: tuple[bytes, int, int, int] | None = None    # name, header offset, data start, size
         self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="hubfmt-zipcrc")
-        self._small: list[tuple[int, int]] = []   # small members not yet checksummed: index in members, data start
+        # small members not yet checksummed: central CRC field, header offset, data start, size
+        self._small: list[tuple[int, int, int, int]] = []
         self._small_bytes = 0
 
     def _local_header(self, name: bytes, offset: int, size: int, crc: int) -> bytes:
@@ -50,35 +70,53 @@ class ZipWriter:
         pad = -(offset + fixed) % ALIGNMENT
         extra += struct.pack("<HH", _PAD_ID, pad) + b"Z" * pad
         shown = 0xFFFFFFFF if big else size
-        return struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", _VERSION, 0, 0, 0, 0, 0x21, crc,
-                           shown, shown, len(name), len(extra)) + name + extra
+        return _LOCAL.pack(b"PK\x03\x04", _VERSION, 0, 0, 0, 0, 0x21, crc, shown, shown, len(name), len(extra)) + name + extra
+
+    def _check_position(self) -> None:
+        """After a flush: the file ends where the members written so far say it does."""
+        actual = self.f.seek(0, os.SEEK_END)
+        if actual != self.pos:
+            raise ValueError(f"zip: the file holds {actual} bytes where its members account for {self.pos}")
 
     def begin(self, name: str, size: int) -> None:
         """Start member `name` of `size` bytes; its data is then written to the file directly."""
         if size > _SMALL_MEMBER:
             self._checksum_small()      # a batch is read back in one piece: it spans small members only
-        offset = self.f.tell()
-        self.f.write(self._local_header(name.encode(), offset, size, 0))
-        self._open = (name, offset, self.f.tell(), size)
+        offset = self.pos
+        raw = name.encode()
+        if size < ZIP64_LIMIT and offset < ZIP64_LIMIT:      # _local_header without zip64, inline
+            pad = -(offset + 34 + len(raw)) % ALIGNMENT
+            header = _LOCAL.pack(b"PK\x03\x04", _VERSION, 0, 0, 0, 0, 0x21, 0, size, size, len(raw), 4 + pad) + raw + _PADDING[pad]
+        else:
+            header = self._local_header(raw, offset, size, 0)
+        self.f.write(header)
+        self.pos = offset + len(header)
+        self._open = (raw, offset, self.pos, size)
 
-    def end(self) -> int:
-        """Finish the open member: CRC-32 over the bytes written, patched into its local header."""
-        name, offset, start, size = self._open
+    def end(self, written: int) -> int:
+        """Finish the open member, of `written` bytes: CRC-32 over the bytes in the file, patched
+        into its local header and the central directory."""
+        assert self._open is not None, "end() without begin()"
+        raw, offset, start, size = self._open
         self._open = None
+        if written != size:
+            raise ValueError(f"zip member {raw.decode()}: {written} bytes written, {size} announced")
+        self.pos = start + size
+        if size < ZIP64_LIMIT and offset < ZIP64_LIMIT:      # _central_record without zip64, inline
+            at = len(self._central) + _CENTRAL_CRC
+            self._central += _CENTRAL.pack(b"PK\x01\x02", _VERSION, 3, _VERSION, 0, 0, 0, 0, 0x21,
+                                           0, size, size, len(raw), 0, 0, 0, 0, 0, offset) + raw
+            self.count += 1
+        else:
+            at = self._central_record(raw, offset, size) + _CENTRAL_CRC
         if size <= _SMALL_MEMBER:
-            written = self.f.tell() - start     # writers append: the position is the end
-            if written != size:
-                raise ValueError(f"zip member {name}: {written} bytes written, {size} announced")
-            self._small.append((len(self.members), start))
-            self.members.append((name, offset, size, 0))
+            self._small.append((at, offset, start, size))
             self._small_bytes += size + start - offset
             if self._small_bytes >= _BATCH:
                 self._checksum_small()
             return size
         self.f.flush()
-        written = self.f.seek(0, os.SEEK_END) - start
-        if written != size:
-            raise ValueError(f"zip member {name}: {written} bytes written, {size} announced")
+        self._check_position()
         # A duplicate descriptor: the job never touches another file, even if `f` were closed first.
         fd = os.dup(self.f.fileno())
         crc: Future | int | None = None
@@ -89,8 +127,23 @@ class ZipWriter:
                 self._pool = None
         if crc is None:
             crc = _checksum_and_patch(fd, offset, start, size)
-        self.members.append((name, offset, size, crc))
+        self._late.append((at, crc))
         return size
+
+    def _central_record(self, raw: bytes, offset: int, size: int) -> int:
+        """Append the central directory record of a member that needs zip64 fields (CRC 0 for now);
+        returns where it starts. end() writes the others itself."""
+        at = len(self._central)
+        limit = ZIP64_LIMIT
+        fields = [v for v in (size, size) if v >= limit]
+        if offset >= limit:
+            fields.append(offset)
+        extra = struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
+        clip = (lambda v: 0xFFFFFFFF if v >= limit else v)
+        self._central += _CENTRAL.pack(b"PK\x01\x02", _VERSION, 3, _VERSION, 0, 0, 0, 0, 0x21,
+                                       0, clip(size), clip(size), len(raw), len(extra), 0, 0, 0, 0, clip(offset)) + raw + extra
+        self.count += 1
+        return at
 
     def _checksum_small(self) -> None:
         """CRC-32 of the small members written since the last batch, from one read-back of the
@@ -98,9 +151,9 @@ class ZipWriter:
         if not self._small:
             return
         self.f.flush()
-        lo = self.members[self._small[0][0]][1]
-        hi = self.f.seek(0, os.SEEK_END)
-        buf = bytearray(hi - lo)
+        self._check_position()
+        lo = self._small[0][1]
+        buf = bytearray(self.pos - lo)
         view = memoryview(buf)
         fd = self.f.fileno()
         done = 0
@@ -109,39 +162,47 @@ class ZipWriter:
             if got <= 0:
                 raise OSError(f"file shorter than the {len(buf)} bytes written at offset {lo}")
             done += got
-        for i, start in self._small:
-            name, offset, size, _ = self.members[i]
-            crc = zlib.crc32(view[start - lo:start - lo + size])
-            os.pwrite(fd, struct.pack("<L", crc), offset + 14)
-            self.members[i] = (name, offset, size, crc)
+        whole = len(self._small) > len(buf) // _REWRITE_BELOW
+        central = self._central
+        crc32 = zlib.crc32
+        for at, offset, start, size in self._small:
+            crc = _U32(crc32(view[start - lo:start - lo + size]))
+            central[at:at + 4] = crc
+            if whole:
+                buf[offset - lo + _LOCAL_CRC:offset - lo + _LOCAL_CRC + 4] = crc
+            else:
+                os.pwrite(fd, crc, offset + _LOCAL_CRC)
+        if whole:
+            _pwrite_all(fd, view, lo)
         self._small.clear()
         self._small_bytes = 0
 
     def add(self, name: str, data: bytes) -> None:
-        self.begin(name, len(data))
-        self.f.write(data)
-        self.end()
+        self.add_parts(name, [data])
+
+    def add_parts(self, name: str, parts) -> None:
+        """Member `name` holding the bytes-like `parts` one after the other."""
+        size = sum(len(p) for p in parts)
+        self.begin(name, size)
+        for p in parts:
+            self.f.write(p)
+        self.end(size)
 
     def close(self) -> None:
         """Central directory (+ zip64 end records when needed) and end-of-central-directory."""
         self._checksum_small()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        # .result() re-raises a failed read-back here
-        self.members = [(n, o, s, c.result() if isinstance(c, Future) else c) for n, o, s, c in self.members]
-        cd_start = self.f.tell()
-        for name, offset, size, crc in self.members:
-            raw = name.encode()
-            fields = [v for v in (size, size) if v >= ZIP64_LIMIT]
-            if offset >= ZIP64_LIMIT:
-                fields.append(offset)
-            extra = struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
-            clip = (lambda v: 0xFFFFFFFF if v >= ZIP64_LIMIT else v)
-            self.f.write(struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", _VERSION, 3, _VERSION, 0, 0, 0, 0, 0x21,
-                                     crc, clip(size), clip(size), len(raw), len(extra), 0, 0, 0, 0, clip(offset))
-                         + raw + extra)
-        cd_end = self.f.tell()
-        cd_size, count = cd_end - cd_start, len(self.members)
+        central = self._central
+        for at, crc in self._late:   # .result() re-raises a failed read-back here
+            central[at:at + 4] = _U32(crc.result() if isinstance(crc, Future) else crc)
+        self._late.clear()
+        self.f.flush()
+        self._check_position()
+        cd_start = self.pos
+        self.f.write(central)
+        cd_end = cd_start + len(central)
+        cd_size, count = len(central), self.count
         if count >= 0xFFFF or cd_start >= ZIP64_LIMIT or cd_size >= ZIP64_LIMIT:
             self.f.write(struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, _VERSION, _VERSION, 0, 0, count, count,
                                      cd_size, cd_start))
@@ -151,11 +212,20 @@ class ZipWriter:
             self.f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, cd_size, cd_start, 0))
 
 
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        n = os.pwrite(fd, view[done:], offset + done)
+        if n <= 0:
+            raise OSError(f"could not write back {len(view)} bytes at offset {offset}")
+        done += n
+
+
 def _checksum_and_patch(fd: int, header_offset: int, start: int, size: int) -> int:
     """CRC-32 of a member's data, written into its local header; closes `fd`."""
     try:
         crc = fold_region(fd, start, size, zlib.crc32)
-        os.pwrite(fd, struct.pack("<L", crc), header_offset + 14)
+        os.pwrite(fd, _U32(crc), header_offset + _LOCAL_CRC)
         return crc
     finally:
         os.close(fd)

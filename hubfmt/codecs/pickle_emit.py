@@ -26,6 +26,8 @@ from __future__ import annotations
 import collections
 import struct
 
+_U32 = struct.Struct("<I").pack
+
 
 class PickleEmitter:
     """Appends the opcodes of plain values to `out` (None, bool, int, float, str, bytes, list,
@@ -61,7 +63,10 @@ class PickleEmitter:
         if depth > self.MAX_DEPTH:
             raise ValueError(f"non-tensor content nests more than {self.MAX_DEPTH} levels deep")
         out = self.out
-        if v is None:
+        if type(v) is str:          # first: every key of a state dict is one (#18)
+            raw = v.encode("utf-8", "surrogatepass")
+            out += b"X" + _U32(len(raw)) + raw
+        elif v is None:
             out += b"N"
         elif v is True:
             out += b"\x88"
@@ -73,7 +78,7 @@ class PickleEmitter:
             out += b"G" + struct.pack(">d", v)
         elif isinstance(v, str):
             raw = v.encode("utf-8", "surrogatepass")
-            out += b"X" + struct.pack("<I", len(raw)) + raw
+            out += b"X" + _U32(len(raw)) + raw
         elif isinstance(v, (bytes, bytearray)):
             self.binary(bytes(v), depth)
         elif isinstance(v, tuple):
@@ -136,7 +141,8 @@ class PickleEmitter:
             self.out += b"}"
         if v or self.MARK_EMPTY:
             self.out += b"("
+            value, depth = self.value, depth + 1
             for k, item in v.items():
-                self.value(k, depth + 1)
-                self.value(item, depth + 1)
+                value(k, depth)
+                value(item, depth)
             self.out += b"u"

@@ -54,6 +54,12 @@ def encode_varint(value: int) -> bytes:
     >>> encode_varint(1), encode_varint(-1)[-1]
     (b'\\x01', 1)
     """
+    # Lengths, dims and field keys are nearly always one or two bytes: a streaming writer encodes
+    # several per tensor, so those skip the loop (#18).
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
+    if 0 < value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     if value < 0:
         value &= (1 << 64) - 1
     out = bytearray()
@@ -65,6 +71,9 @@ def encode_varint(value: int) -> bytes:
         else:
             out.append(b)
             return bytes(out)
+
+
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
 
 
 def fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
