@@ -324,6 +324,10 @@ def accepts_build(inst: Any) -> bool:
             or getattr(type(inst), "_hubfmt_accepts_build", False) is True)
 
 
+_U32, _I32, _U16, _F64 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct("<H"), struct.Struct(">d")
+# Targets SETITEM(S) may fill inline: exactly these types (a subclass goes through dispatch).
+_PLAIN_DICTS = (dict, collections.OrderedDict)
+
 _CALLABLE_TYPES = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType)
 
 
@@ -340,6 +344,8 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch = dict(pickle._Unpickler.dispatch)
     # pickle._Unpickler's internals, which typeshed does not describe
     stack: list
+    metastack: list
+    memo: dict
     read: Callable[[int], bytes]
     append: Callable[[Any], None]
 
@@ -387,25 +393,241 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise FormatError(f"corrupt pickle: {type(e).__name__}: {e}", self._source) from None
 
     def _load_in_memory(self):
-        """pickle._Unpickler.load for a pickle already in memory: opcodes read straight from the
-        BytesIO, not through pickle's _Unframer (a Python call per opcode read, ~10% of reading
-        a torch file of many tensors, #18). Frames only group opcodes that follow inline, so a
-        FRAME opcode is read and skipped (load_frame)."""
+        """pickle._Unpickler.load for a pickle already in memory (#18): the opcodes torch.save
+        and pickle emit for containers, strings, ints, memo and calls are run inline from the bytes
+        (an index and struct.unpack_from, a local stack), not one method call and one read() each,
+        which was ~45% of reading a torch file of many tiny tensors. Each inline opcode does what
+        pickle's own does plus the checks this class adds (find_class, check_key); anything else,
+        and any opcode whose arguments or stack are not exactly the plain case (truncated bytes,
+        an empty stack, a target other than a plain list or dict), goes to the generic dispatch
+        with the same state, so it fails or works exactly as pickle's would. BUILD always does."""
         f = self._in_memory
         assert f is not None
         self.read, self.readinto, self.readline = f.read, f.readinto, f.readline
-        self.metastack = []
-        self.stack = []
-        self.append = self.stack.append
+        metastack: list[list[Any]] = []
+        stack: list[Any] = []
+        self.metastack, self.stack, self.append = metastack, stack, stack.append
         self.proto = 0
-        read = f.read
         dispatch = self.dispatch
+        if type(self) is not RestrictedUnpickler:
+            # A subclass may change any opcode: run them all through its dispatch.
+            read = f.read
+            try:
+                while True:
+                    key = read(1)
+                    if not key:
+                        raise EOFError
+                    dispatch[key[0]](self)  # type: ignore[arg-type]
+            except pickle._Stop as stop:  # type: ignore[attr-defined]
+                return stop.value
+        data = f.getvalue()             # the BytesIO's own bytes, not a copy
+        pos, end = f.tell(), len(data)
+        memo = self.memo
+        key_cache = self._key_cache
+        persistent_load = self.persistent_load
+        find_class = self.find_class
+        # GLOBAL's two lines (the raw bytes) -> what find_class gave for them: find_class is a
+        # pure function of (module, name) for one load (it only ever adds the same name to
+        # opaque_classes again), and a torch pickle names the same few globals per tensor.
+        found: dict[Any, Any] = {}
+        u32, i32, u16, f64 = _U32.unpack_from, _I32.unpack_from, _U16.unpack_from, _F64.unpack_from
+        dicts = _PLAIN_DICTS
         try:
             while True:
-                key = read(1)
-                if not key:
+                if pos >= end:
                     raise EOFError
-                dispatch[key[0]](self)  # type: ignore[arg-type]
+                op = data[pos]
+                pos += 1
+                if op == 113:                                   # BINPUT
+                    if pos < end and stack:
+                        memo[data[pos]] = stack[-1]
+                        pos += 1
+                        continue
+                elif op == 88:                                  # BINUNICODE
+                    if pos + 4 <= end:
+                        n = pos + 4 + u32(data, pos)[0]
+                        if n <= end:
+                            stack.append(str(data[pos + 4:n], "utf-8", "surrogatepass"))
+                            pos = n
+                            continue
+                elif op == 104:                                 # BINGET
+                    if pos < end:
+                        try:
+                            stack.append(memo[data[pos]])
+                        except KeyError:
+                            pass
+                        else:
+                            pos += 1
+                            continue
+                elif op == 40:                                  # MARK
+                    metastack.append(stack)
+                    stack = []
+                    continue
+                elif op == 75:                                  # BININT1
+                    if pos < end:
+                        stack.append(data[pos])
+                        pos += 1
+                        continue
+                elif op == 116:                                 # TUPLE
+                    if metastack:
+                        items = tuple(stack)
+                        stack = metastack.pop()
+                        stack.append(items)
+                        continue
+                elif op == 82:                                  # REDUCE
+                    if len(stack) > 1:
+                        args = stack.pop()
+                        stack[-1] = stack[-1](*args)
+                        continue
+                elif op == 41:                                  # EMPTY_TUPLE
+                    stack.append(())
+                    continue
+                elif op == 99:                                  # GLOBAL
+                    nl = data.find(b"\n", pos)
+                    nl2 = data.find(b"\n", nl + 1) if nl >= 0 else -1
+                    if nl2 >= 0:
+                        line = data[pos:nl2]
+                        g = found.get(line)
+                        if g is None:
+                            g = found[line] = find_class(data[pos:nl].decode("utf-8"), data[nl + 1:nl2].decode("utf-8"))
+                        stack.append(g)
+                        pos = nl2 + 1
+                        continue
+                elif op == 81:                                  # BINPERSID
+                    if stack:
+                        stack[-1] = persistent_load(stack[-1])
+                        continue
+                elif op == 133:                                 # TUPLE1
+                    if stack:
+                        stack[-1] = (stack[-1],)
+                        continue
+                elif op == 134:                                 # TUPLE2
+                    if len(stack) > 1:
+                        b = stack.pop()
+                        stack[-1] = (stack[-1], b)
+                        continue
+                elif op == 135:                                 # TUPLE3
+                    if len(stack) > 2:
+                        c = stack.pop()
+                        b = stack.pop()
+                        stack[-1] = (stack[-1], b, c)
+                        continue
+                elif op == 137:                                 # NEWFALSE
+                    stack.append(False)
+                    continue
+                elif op == 136:                                 # NEWTRUE
+                    stack.append(True)
+                    continue
+                elif op == 78:                                  # NONE
+                    stack.append(None)
+                    continue
+                elif op == 74:                                  # BININT
+                    if pos + 4 <= end:
+                        stack.append(i32(data, pos)[0])
+                        pos += 4
+                        continue
+                elif op == 77:                                  # BININT2
+                    if pos + 2 <= end:
+                        stack.append(u16(data, pos)[0])
+                        pos += 2
+                        continue
+                elif op == 140:                                 # SHORT_BINUNICODE
+                    if pos < end:
+                        n = pos + 1 + data[pos]
+                        if n <= end:
+                            stack.append(str(data[pos + 1:n], "utf-8", "surrogatepass"))
+                            pos = n
+                            continue
+                elif op == 148:                                 # MEMOIZE
+                    if stack:
+                        memo[len(memo)] = stack[-1]
+                        continue
+                elif op == 114:                                 # LONG_BINPUT
+                    if pos + 4 <= end and stack:
+                        memo[u32(data, pos)[0]] = stack[-1]
+                        pos += 4
+                        continue
+                elif op == 106:                                 # LONG_BINGET
+                    if pos + 4 <= end:
+                        try:
+                            stack.append(memo[u32(data, pos)[0]])
+                        except KeyError:
+                            pass
+                        else:
+                            pos += 4
+                            continue
+                elif op == 117:                                 # SETITEMS
+                    if metastack and not len(stack) % 2:
+                        below = metastack[-1]
+                        if below and type(below[-1]) in dicts:
+                            for k in stack[::2]:
+                                if isinstance(k, tuple):
+                                    check_key(k, key_cache)
+                            below[-1].update(zip(stack[::2], stack[1::2], strict=True))
+                            stack = metastack.pop()
+                            continue
+                elif op == 115:                                 # SETITEM
+                    if len(stack) > 2 and type(stack[-3]) in dicts:
+                        check_key(stack[-2], key_cache)
+                        v = stack.pop()
+                        k = stack.pop()
+                        stack[-1][k] = v
+                        continue
+                elif op == 101:                                 # APPENDS
+                    if metastack:
+                        below = metastack[-1]
+                        if below and type(below[-1]) is list:
+                            below[-1].extend(stack)
+                            stack = metastack.pop()
+                            continue
+                elif op == 97:                                  # APPEND
+                    if len(stack) > 1 and type(stack[-2]) is list:
+                        v = stack.pop()
+                        stack[-1].append(v)
+                        continue
+                elif op == 125:                                 # EMPTY_DICT
+                    stack.append({})
+                    continue
+                elif op == 93:                                  # EMPTY_LIST
+                    stack.append([])
+                    continue
+                elif op == 71:                                  # BINFLOAT
+                    if pos + 8 <= end:
+                        stack.append(f64(data, pos)[0])
+                        pos += 8
+                        continue
+                elif op == 67:                                  # SHORT_BINBYTES
+                    if pos < end:
+                        n = pos + 1 + data[pos]
+                        if n <= end:
+                            stack.append(data[pos + 1:n])
+                            pos = n
+                            continue
+                elif op == 147:                                 # STACK_GLOBAL
+                    if len(stack) > 1 and type(stack[-1]) is str and type(stack[-2]) is str:
+                        name = stack.pop()
+                        pair = (stack[-1], name)
+                        g = found.get(pair)
+                        if g is None:
+                            g = found[pair] = find_class(stack[-1], name)
+                        stack[-1] = g
+                        continue
+                elif op == 149:                                 # FRAME: the opcodes follow inline
+                    if pos + 8 <= end:
+                        pos += 8
+                        continue
+                elif op == 46:                                  # STOP
+                    if stack:
+                        f.seek(pos)
+                        return stack.pop()
+                # Everything else, and the cases above that are not plain: pickle's own code
+                # (with this class's overrides), on the same stack, memo and position.
+                f.seek(pos)
+                self.stack = stack
+                self.append = stack.append
+                dispatch[op](self)  # type: ignore[arg-type]
+                pos = f.tell()
+                stack = self.stack
         except pickle._Stop as stop:  # type: ignore[attr-defined]
             return stop.value
 
