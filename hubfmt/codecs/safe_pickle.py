@@ -186,6 +186,8 @@ def _copyreg_reconstructor(cls, base, state=None):
 
 
 def _ordered_dict(*args):
+    if not args:                # torch's backward_hooks, once per tensor
+        return collections.OrderedDict()
     return collections.OrderedDict(*(_check_keys(a.items() if isinstance(a, dict) else a) for a in args))
 
 
@@ -726,6 +728,20 @@ def restricted_loads(data: bytes, **kwargs) -> Any:
 MAX_DEPTH = 200
 
 
+# type -> whether unwrap returns its instances unchanged (no stand-in, no container inside).
+_LEAVES: dict[type, bool] = {}
+_WALKED = (_NdarrayStub, dict, list, tuple, OpaqueObject)
+
+
+def _leaf(v: Any, leaves: dict) -> bool:
+    """Whether unwrap leaves `v` as it is (remembered per type in `leaves`, when it is _LEAVES)."""
+    if leaves is not _LEAVES:
+        return False
+    t = type(v)
+    leaf = leaves[t] = not issubclass(t, _WALKED)
+    return leaf
+
+
 def unwrap(obj: Any, _depth: int = 0, _memo: dict | None = None) -> Any:
     """Replace numpy stand-ins by the arrays they rebuilt, throughout containers.
 
@@ -741,19 +757,23 @@ def unwrap(obj: Any, _depth: int = 0, _memo: dict | None = None) -> Any:
     if _depth > MAX_DEPTH:
         raise FormatError(f"pickle nests deeper than {MAX_DEPTH} levels")
     d = _depth + 1
+    # A value of a type unwrap leaves as it is (a string, a number, an adapter's tensor stand-in)
+    # is not recursed into: unwrap(v) would return v itself, unless v sits deeper than MAX_DEPTH.
+    leaves = _LEAVES if d <= MAX_DEPTH else {}
     if isinstance(obj, _NdarrayStub):
         out = obj.array
     elif isinstance(obj, collections.OrderedDict):
         memo[key] = out = obj
         for k, v in obj.items():
-            obj[k] = unwrap(v, d, memo)
+            if not (leaves.get(type(v)) or _leaf(v, leaves)):
+                obj[k] = unwrap(v, d, memo)
     elif isinstance(obj, dict):
         memo[key] = out = {}
         for k, v in obj.items():
-            out[k] = unwrap(v, d, memo)
+            out[k] = v if leaves.get(type(v)) or _leaf(v, leaves) else unwrap(v, d, memo)
     elif isinstance(obj, list):
         memo[key] = out = []
-        out.extend(unwrap(v, d, memo) for v in obj)
+        out.extend(v if leaves.get(type(v)) or _leaf(v, leaves) else unwrap(v, d, memo) for v in obj)
     elif isinstance(obj, tuple):
         out = tuple(unwrap(v, d, memo) for v in obj)
     elif isinstance(obj, OpaqueObject):
