@@ -327,6 +327,93 @@ def accepts_build(inst: Any) -> bool:
 
 
 _U32, _I32, _U16, _F64 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct("<H"), struct.Struct(">d")
+_U64 = struct.Struct("<Q")
+# Opcode -> bytes of its fixed-size argument; -n: a length of n bytes then that many bytes (signed
+# for BINSTRING and LONG4: a negative one ends the scan); None: one line (two for GLOBAL, INST).
+_ARGS: dict[int, int | None] = {
+    **{op[0]: 0 for op in (pickle.MARK, pickle.STOP, pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.NONE,
+                           pickle.NEWTRUE, pickle.NEWFALSE, pickle.REDUCE, pickle.BUILD, pickle.APPEND, pickle.APPENDS,
+                           pickle.LIST, pickle.EMPTY_LIST, pickle.TUPLE, pickle.EMPTY_TUPLE, pickle.TUPLE1,
+                           pickle.TUPLE2, pickle.TUPLE3, pickle.DICT, pickle.EMPTY_DICT, pickle.SETITEM,
+                           pickle.SETITEMS, pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET, pickle.OBJ,
+                           pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.STACK_GLOBAL, pickle.BINPERSID,
+                           pickle.NEXT_BUFFER, pickle.READONLY_BUFFER)},
+    **{op[0]: 1 for op in (pickle.BININT1, pickle.BINPUT, pickle.PROTO, pickle.EXT1)},
+    **{op[0]: 2 for op in (pickle.BININT2, pickle.EXT2)},
+    **{op[0]: 4 for op in (pickle.BININT, pickle.LONG_BINPUT, pickle.EXT4)},
+    **{op[0]: 8 for op in (pickle.BINFLOAT, pickle.FRAME)},
+    **{op[0]: -1 for op in (pickle.SHORT_BINSTRING, pickle.SHORT_BINBYTES, pickle.SHORT_BINUNICODE, pickle.LONG1)},
+    **{op[0]: -4 for op in (pickle.BINSTRING, pickle.BINBYTES, pickle.BINUNICODE, pickle.LONG4)},
+    **{op[0]: -8 for op in (pickle.BINUNICODE8, pickle.BINBYTES8, pickle.BYTEARRAY8)},
+    **{op[0]: None for op in (pickle.INT, pickle.LONG, pickle.FLOAT, pickle.STRING, pickle.UNICODE,
+                              pickle.PERSID, pickle.PUT, pickle.GET, pickle.GLOBAL, pickle.INST)},
+}
+_TWO_LINES = (pickle.GLOBAL[0], pickle.INST[0])
+# Pickles smaller than this keep every memo slot (their memo is small; the scan is not free).
+_SCAN_FROM = 1 << 20
+
+
+def _memo_reads(data: bytes, pos: int) -> set[int] | None:
+    """The memo indices the GET opcodes of the pickle at data[pos:] read, up to its STOP; None
+    (keep every slot) if the scan meets anything it does not parse exactly as the unpickler
+    would (MEMOIZE, whose slot is len(memo); an unknown opcode; truncation; a bad text index)."""
+    reads: set[int] = set()
+    args, end = _ARGS, len(data)
+    binget, long_binget, get, stop = pickle.BINGET[0], pickle.LONG_BINGET[0], pickle.GET[0], pickle.STOP[0]
+    while pos < end:
+        op = data[pos]
+        pos += 1
+        n = args.get(op, -99)
+        if n == 0:
+            if op == stop:
+                return reads
+            continue
+        if op == binget:
+            if pos >= end:
+                return None
+            reads.add(data[pos])
+            pos += 1
+        elif op == long_binget:
+            if pos + 4 > end:
+                return None
+            reads.add(_U32.unpack_from(data, pos)[0])
+            pos += 4
+        elif n is None:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                return None
+            if op == get:
+                try:
+                    reads.add(int(data[pos:nl]))
+                except ValueError:
+                    return None
+            elif op in _TWO_LINES:
+                nl = data.find(b"\n", nl + 1)
+                if nl < 0:
+                    return None
+            pos = nl + 1
+        elif n > 0:
+            pos += n
+        elif n == -1:
+            if pos >= end:
+                return None
+            pos += 1 + data[pos]
+        elif n == -4:
+            if pos + 4 > end:
+                return None
+            length = _I32.unpack_from(data, pos)[0] if op in (pickle.BINSTRING[0], pickle.LONG4[0]) else _U32.unpack_from(data, pos)[0]
+            if length < 0:
+                return None
+            pos += 4 + length
+        elif n == -8:
+            if pos + 8 > end:
+                return None
+            pos += 8 + _U64.unpack_from(data, pos)[0]
+        else:
+            return None         # MEMOIZE, or an opcode pickle does not know
+    return None
+
+
 # Targets SETITEM(S) may fill inline: exactly these types (a subclass goes through dispatch).
 _PLAIN_DICTS = (dict, collections.OrderedDict)
 
@@ -432,6 +519,10 @@ class RestrictedUnpickler(pickle._Unpickler):
         # pure function of (module, name) for one load (it only ever adds the same name to
         # opaque_classes again), and a torch pickle names the same few globals per tensor.
         found: dict[Any, Any] = {}
+        # Memo slots no GET ever reads need not be filled: torch.save memoizes every object it
+        # writes, and keeping each tensor's argument tuples and persistent ids alive until the end
+        # was half the peak memory of reading a million views (#18). None: keep every slot.
+        wanted = _memo_reads(data, pos) if end - pos >= _SCAN_FROM else None
         u32, i32, u16, f64 = _U32.unpack_from, _I32.unpack_from, _U16.unpack_from, _F64.unpack_from
         dicts = _PLAIN_DICTS
         try:
@@ -442,7 +533,8 @@ class RestrictedUnpickler(pickle._Unpickler):
                 pos += 1
                 if op == 113:                                   # BINPUT
                     if pos < end and stack:
-                        memo[data[pos]] = stack[-1]
+                        if wanted is None or data[pos] in wanted:
+                            memo[data[pos]] = stack[-1]
                         pos += 1
                         continue
                 elif op == 88:                                  # BINUNICODE
@@ -546,7 +638,9 @@ class RestrictedUnpickler(pickle._Unpickler):
                         continue
                 elif op == 114:                                 # LONG_BINPUT
                     if pos + 4 <= end and stack:
-                        memo[u32(data, pos)[0]] = stack[-1]
+                        i = u32(data, pos)[0]
+                        if wanted is None or i in wanted:
+                            memo[i] = stack[-1]
                         pos += 4
                         continue
                 elif op == 106:                                 # LONG_BINGET
