@@ -50,7 +50,9 @@ def load(path: str, data: bytes | None, unpickle: Callable[[Any, Callable], Any]
         prefix = root + "data/"
 
         def locate(storage: Storage) -> None:
-            m = zd.get(prefix + storage.key)
+            # Each storage is located once (storages holds it by key): its entry is dropped
+            # from the index as it is taken, freeing the member's name before the graph is done.
+            m = zd.get(prefix + storage.key, forget=True)
             if m is None:
                 raise FormatError(f"storage {storage.key} is missing from the archive (no {prefix}{storage.key})", path)
             if data is not None:

@@ -169,6 +169,7 @@ def data_offset(f, info: zipfile.ZipInfo, file_size: int, path: str) -> int:
 # flags (bit 11: UTF-8 name), name/extra/comment lengths.
 _CENTRAL_HEAD = struct.Struct("<4s2xBxH18xHHH")
 _EXTRA_HEAD = struct.Struct("<HH")
+_LOCAL_LENGTHS = struct.Struct("<4s22xHH")     # a local header's magic, name and extra lengths
 _U64 = struct.Struct("<Q")
 _MAX_EXTRACT_VERSION = 63           # zipfile's: newer features (e.g. encryption schemes) it cannot read
 _UTF8_NAME, _ENCRYPTED, _PATCHED, _STRONG = 0x800, 0x1, 0x20, 0x40
@@ -321,9 +322,10 @@ class Directory:
     def __contains__(self, name: str) -> bool:
         return name in self._index
 
-    def get(self, name: str) -> Member | None:
-        """The member named `name`, or None."""
-        pos = self._index.get(name)
+    def get(self, name: str, forget: bool = False) -> Member | None:
+        """The member named `name`, or None. `forget`: drop it from the index (a reader that
+        asks for each member once frees its name as it goes; `get` of it again is None)."""
+        pos = self._index.pop(name, None) if forget else self._index.get(name)
         if pos is None:
             return None
         f = _CENTRAL.unpack_from(self._cd, pos)
@@ -360,10 +362,10 @@ class Directory:
             raise FormatError(f"zip member {m[0]} starts before the beginning of the file", path)
         if header_offset + LOCAL_HEADER.size > self.size:
             raise FormatError(f"zip member {m[0]} starts past the end of the file", path)
-        fields = LOCAL_HEADER.unpack(self._bytes_at(header_offset, LOCAL_HEADER.size))
-        if fields[0] != LOCAL_MAGIC:
+        magic, name_len, extra_len = _LOCAL_LENGTHS.unpack(self._bytes_at(header_offset, LOCAL_HEADER.size))
+        if magic != LOCAL_MAGIC:
             raise FormatError(f"zip member {m[0]}: bad local header", path)
-        start = header_offset + LOCAL_HEADER.size + fields[-2] + fields[-1]
+        start = header_offset + LOCAL_HEADER.size + name_len + extra_len
         if start + m[2] > self.size:
             raise FormatError(f"zip member {m[0]} ends at byte {start + m[2]}, past the "
                               f"end of the file ({self.size} bytes): truncated", path)
