@@ -7,6 +7,7 @@ pickled nn.Module), name and classify them, keep the rest as non-tensor content.
 """
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any
 
@@ -19,7 +20,7 @@ from hubfmt.sdk import OpaqueObject
 from . import modules
 from . import names
 from .loading import load
-from .tensors import tie_key, to_lazy
+from .tensors import _MAX_ROOT_CHAIN, lazy_and_tie_key, to_lazy
 from .vocabulary import Storage, TensorRef, TorchDtype
 
 # Where training checkpoints keep their weights, in order of preference.
@@ -36,9 +37,19 @@ MAX_EXTRA_VALUES = 1_000_000
 
 
 def is_state_dict(obj: Any) -> bool:
-    return (isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj)
-            and all(isinstance(v, TensorRef) or k.endswith("_extra_state") for k, v in obj.items())
-            and any(isinstance(v, TensorRef) for v in obj.values()))
+    """A non-empty dict of str keys whose values are tensors (and get_extra_state values), at
+    least one a tensor. (One pass: a state dict can hold a million tensors, #18.)"""
+    if not isinstance(obj, dict) or not obj:
+        return False
+    tensors = 0
+    for k, v in obj.items():
+        if not isinstance(k, str):
+            return False
+        if isinstance(v, TensorRef):
+            tensors += 1
+        elif not k.endswith("_extra_state"):
+            return False
+    return tensors > 0
 
 
 def holds_weights(obj: Any, _depth: int = 0) -> bool:
@@ -193,26 +204,48 @@ class _Reading:
 
     def checkpoint(self, obj: Any, fmt: str) -> Checkpoint:
         tensors, extra = self.weights(obj)
+        return self.build(tensors, extra, fmt)
+
+    def build(self, tensors: list[tuple[str, TensorRef]], extra: dict, fmt: str) -> Checkpoint:
+        """The Checkpoint of `tensors` (emptied as they are converted: each one's TensorRef, and
+        its Storage once no other tensor needs it, is freed as its LazyTensor is made, so a
+        million tensors are not held twice, #18)."""
         ckpt = Checkpoint(source=SourceInfo(framework="torch", file=os.path.basename(self.path), format=fmt))
         ckpt.report = self.report
         shapes = {name: t.shape for name, t in tensors}
         layer_kinds, ckpt.layers = names.classify(shapes, self.layer_classes)
+        del shapes
+        # Only tensors that share a root storage can be tied: the others need no tie key kept.
+        # (Every root is alive until this loop starts, so their ids are distinct.)
+        counts = collections.Counter(_root_id(t) for _, t in tensors)
+        shared = {root for root, n in counts.items() if n > 1}
+        del counts
         first_of: dict[tuple, str] = {}
-        for name, t in tensors:
+        for i, (name, t) in enumerate(tensors):
+            tensors[i] = None       # type: ignore[call-overload]
             if name in ckpt:
                 raise FormatError(f"tensor name {name!r} appears twice", self.path)
-            lazy = to_lazy(t, name, self.path)
+            lazy, key = lazy_and_tie_key(t, name, self.path)
             info = TensorInfo(kind=layer_kinds.get(name.rpartition(".")[0], "tensor"), original_name=name,
                               original_dtype=t.dtype, original_shape=tuple(t.shape))
-            key = tie_key(t)
-            if key in first_of and lazy.nbytes:
-                info.tied_to = first_of[key]
-            else:
-                first_of.setdefault(key, name)
+            if key[0] in shared:
+                if key in first_of and lazy.nbytes:
+                    info.tied_to = first_of[key]
+                else:
+                    first_of.setdefault(key, name)
             ckpt.add(name, lazy, info)
         ckpt.extra = extra
         self.report.tensors_in = len(ckpt)
         return ckpt
+
+
+def _root_id(t: Any) -> int:
+    """id() of the root storage byte_span would find for `t` (of something else when `t` is
+    malformed: converting it raises anyway)."""
+    s, hops = getattr(t, "storage", None), 0
+    while type(s) is Storage and s.root is not None and hops <= _MAX_ROOT_CHAIN:
+        s, hops = s.root, hops + 1
+    return id(s)
 
 
 def read(path: str | os.PathLike, *, prefer_ema: bool = False) -> Checkpoint:
@@ -232,4 +265,6 @@ def read(path: str | os.PathLike, *, prefer_ema: bool = False) -> Checkpoint:
     hf.refuse_lone_shard(path, index_required=True)     # pytorch_model-00001-of-00002.bin
     obj, fmt = load(path)
     reading = _Reading(path, prefer_ema)
-    return reading.checkpoint(obj, fmt)
+    tensors, extra = reading.weights(obj)
+    del obj         # the unpickled graph: what build needs of it is in `tensors`
+    return reading.build(tensors, extra, fmt)

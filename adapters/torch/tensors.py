@@ -22,6 +22,8 @@ _MAX_EXPANSION_BYTES = 256 * 2**20
 class FileBlob:
     """`nbytes` raw bytes at `offset` of `path` (a STORED zip member, a legacy storage)."""
 
+    __slots__ = ("path", "offset", "nbytes", "little_endian", "span")
+
     def __init__(self, path: str, offset: int, nbytes: int, little_endian: bool = True, crc32: int | None = None):
         self.path, self.offset, self.nbytes, self.little_endian = path, offset, nbytes, little_endian
         # The whole member, with its CRC-32 (None for legacy files): a view of all of it is checked
@@ -215,6 +217,39 @@ def to_lazy(t: TensorRef, name: str, path: str) -> LazyTensor:
         return np.ascontiguousarray(arr, dtype=st)
 
     return LazyTensor(shape, dtype, load)
+
+
+def lazy_and_tie_key(t: TensorRef, name: str, path: str) -> tuple[LazyTensor, tuple]:
+    """(to_lazy(t, name, path), tie_key(t)) in one pass (#18): a tensor that passes every check
+    check_view and to_lazy make on the plain case (a root Storage, plain non-negative ints, a
+    contiguous view of a little-endian stored member) becomes its span_tensor here; any other one,
+    and every one that fails a check, goes through to_lazy and fails or works exactly as there."""
+    s, shape, stride, offset, dtype = t.storage, t.shape, t.stride, t.offset, t.dtype
+    if (type(t) is TensorRef and type(s) is Storage and s.root is None and type(shape) is tuple
+            and type(stride) is tuple and len(shape) == len(stride) and type(offset) is int and offset >= 0
+            and dtype in _DTYPES and s.dtype in _DTYPES and type(s.numel) is int and s.numel >= 0
+            and type(s.root_offset) is int and s.root_offset >= 0 and type(s.data) is FileBlob
+            and type(s.data.nbytes) is int and s.data.nbytes >= s.numel * _itemsize(s.dtype)):
+        blob = s.data
+        size = _itemsize(dtype)
+        count, step, contiguous = size, 1, True
+        for d, st in zip(reversed(shape), reversed(stride), strict=True):
+            if type(d) is not int or type(st) is not int or d <= 0 or st < 0:
+                break       # a zero dimension (empty tensor), or a value to_lazy refuses
+            count += (d - 1) * st * size
+            if st != step and d != 1:
+                contiguous = False
+            step *= d
+        else:
+            start = offset * size
+            # (dtypes.shape_problem's checks, on dimensions already known to be positive ints)
+            if (contiguous and blob.little_endian and start + count <= s.numel * _itemsize(s.dtype)
+                    and len(shape) <= dtypes.MAX_RANK and step * size < dtypes.MAX_EXTENT_BYTES):
+                return span_tensor(blob.part(start, count), dtype, shape), (id(s), start, shape, stride, dtype)
+    return to_lazy(t, name, path), tie_key(t)
+
+
+_DTYPES, _itemsize = dtypes.DTYPES, dtypes.itemsize
 
 
 def tie_key(t: TensorRef) -> tuple:

@@ -105,9 +105,13 @@ class _TensorClass:
 
 
 def _ints(value, what: str) -> tuple:
-    if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-        raise ValueError(f"tensor {what} is not a tuple of non-negative integers: {value!r}")
-    return tuple(value)
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                break
+        else:
+            return value if type(value) is tuple else tuple(value)
+    raise ValueError(f"tensor {what} is not a tuple of non-negative integers: {value!r}")
 
 
 def rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):

@@ -8,8 +8,6 @@ every size is checked against the file before anything is read.
 from __future__ import annotations
 
 import io
-import os
-import struct
 import zipfile
 from typing import Any, Callable
 
@@ -19,7 +17,6 @@ from hubfmt.sdk import ziparchive
 from .tensors import BytesBlob, FileBlob, MemberBlob, check_storage
 from .vocabulary import Storage, storage_from_pid
 
-_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")     # 30 bytes
 # Deflate cannot expand data by more than ~1032x; a bigger claim is damage or a zip bomb.
 _MAX_RATIO = 1100
 
@@ -31,103 +28,53 @@ def find_root(names: list[str]) -> str | None:
     return roots[0] if len(roots) == 1 else None
 
 
-def _open(path: str, data: bytes | None) -> zipfile.ZipFile:
-    # Checked open: damage is one FormatError, and two members with one name are refused (torch
-    # reads the first, zipfile the last: the same file would mean two things).
-    return ziparchive.open_archive(path, data)
-
-
-class _Blocks:
-    """Bytes of an open archive at given offsets, read 64 KiB at a time: the local headers of
-    members laid out in order come one read per hundreds of small members, not a seek and a read
-    each (#18)."""
-
-    __slots__ = ("f", "start", "block")
-
-    def __init__(self, f):
-        self.f, self.start, self.block = f, 0, b""
-
-    def read(self, offset: int, n: int) -> bytes:
-        if not (self.start <= offset and offset + n <= self.start + len(self.block)):
-            self.f.seek(offset)
-            self.block, self.start = self.f.read(max(n, 64 << 10)), offset
-        return self.block[offset - self.start:offset - self.start + n]
-
-
-def _data_offset(f: _Blocks, info: zipfile.ZipInfo, size: int, path: str) -> int:
-    if info.header_offset + _LOCAL_HEADER.size > size:
-        raise FormatError(f"zip member {info.filename} starts past the end of the file", path)
-    fields = _LOCAL_HEADER.unpack(f.read(info.header_offset, _LOCAL_HEADER.size))
-    if fields[0] != b"PK\x03\x04":
-        raise FormatError(f"zip member {info.filename}: bad local header", path)
-    name_len, extra_len = fields[-2], fields[-1]
-    start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-    if start + info.compress_size > size:
-        raise FormatError(f"zip member {info.filename} ends at byte {start + info.compress_size}, past the "
-                          f"end of the file ({size} bytes): truncated", path)
-    return start
-
-
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, path: str) -> bytes:
-    # torch writes stored members (deflate tolerated); an LZMA or bzip2 header can make the
-    # decompressor allocate gigabytes before reading a byte.
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise FormatError(f"zip member {info.filename} uses compression method {info.compress_type}, "
-                          "which torch never writes", path)
-    if info.compress_size > size or info.file_size > max(info.compress_size, 1) * _MAX_RATIO:
-        raise FormatError(f"zip member {info.filename} claims {info.file_size} bytes, more than the file can hold", path)
-    try:
-        return zf.read(info)
-    except MemoryError:
-        raise
-    except Exception as e:      # BadZipFile, zlib.error, RuntimeError (encrypted), NotImplementedError...
-        raise FormatError(f"cannot read zip member {info.filename}: {type(e).__name__}: {e}", path) from None
-
-
 def load(path: str, data: bytes | None, unpickle: Callable[[Any, Callable], Any]) -> Any:
     """The object in a zip-format torch file at `path` (or in `data`, a nested file)."""
-    size = len(data) if data is not None else os.path.getsize(path)
-    with _open(path, data) as zf:
-        infos = {i.filename: i for i in zf.infolist()}
-        root = find_root(list(infos))
+    # The compact directory (not zipfile's ZipInfo per member): a storage's entry is unpacked
+    # only when the pickle names it (#18).
+    with ziparchive.Directory(path, data) as zd:
+        root = find_root(zd.names())
         if root is None:
             raise FormatError("zip archive is not a torch checkpoint (no single <dir>/data.pkl member)", path)
         little = True
-        if root + "byteorder" in infos:
-            order = _read_member(zf, infos[root + "byteorder"], size, path).strip()
+        order_member = zd.get(root + "byteorder")
+        if order_member is not None:
+            order = zd.read(order_member, "torch").strip()
             if order not in (b"little", b"big"):
                 raise FormatError(f"unknown byteorder record {order[:20]!r}", path)
             little = order == b"little"
-        pickle_bytes = _read_member(zf, infos[root + "data.pkl"], size, path)
+        pickle_member = zd.get(root + "data.pkl")
+        assert pickle_member is not None
+        pickle_bytes = zd.read(pickle_member, "torch")
         storages: dict[str, Storage] = {}
-        raw_file = open(path, "rb") if data is None else io.BytesIO(data)
-        with raw_file:
-            raw = _Blocks(raw_file)
-            def locate(storage: Storage) -> None:
-                info = infos.get(f"{root}data/{storage.key}")
-                if info is None:
-                    raise FormatError(f"storage {storage.key} is missing from the archive (no {root}data/{storage.key})", path)
-                if data is not None:
-                    storage.data = BytesBlob(_read_member(zf, info, size, path), little)
-                elif info.compress_type == zipfile.ZIP_STORED:
-                    if info.compress_size != info.file_size:
-                        raise FormatError(f"zip member {info.filename}: stored sizes disagree", path)
-                    storage.data = FileBlob(path, _data_offset(raw, info, size, path), info.file_size, little,
-                                            crc32=info.CRC)
-                else:
-                    _data_offset(raw, info, size, path)
-                    if info.file_size > max(info.compress_size, 1) * _MAX_RATIO:
-                        raise FormatError(f"zip member {info.filename} claims an impossible size", path)
-                    storage.data = MemberBlob(path, info.filename, info.file_size, little)
-                check_storage(storage, path)
+        prefix = root + "data/"
 
-            def persistent_load(pid):
-                storage = storage_from_pid(pid, storages)
-                if storage.data is None and storage.root is None:
-                    locate(storage)
-                return storage
+        def locate(storage: Storage) -> None:
+            # Each storage is located once (storages holds it by key): its entry is dropped
+            # from the index as it is taken, freeing the member's name before the graph is done.
+            m = zd.get(prefix + storage.key, forget=True)
+            if m is None:
+                raise FormatError(f"storage {storage.key} is missing from the archive (no {prefix}{storage.key})", path)
+            if data is not None:
+                storage.data = BytesBlob(zd.read(m, "torch"), little)
+            elif m[5] == zipfile.ZIP_STORED:
+                if m[2] != m[3]:
+                    raise FormatError(f"zip member {m[0]}: stored sizes disagree", path)
+                storage.data = FileBlob(path, zd.data_offset(m), m[3], little, crc32=m[4])
+            else:
+                zd.data_offset(m)
+                if m[3] > max(m[2], 1) * _MAX_RATIO:
+                    raise FormatError(f"zip member {m[0]} claims an impossible size", path)
+                storage.data = MemberBlob(path, m[0], m[3], little)
+            check_storage(storage, path)
 
-            return unpickle(io.BytesIO(pickle_bytes), persistent_load)
+        def persistent_load(pid):
+            storage = storage_from_pid(pid, storages)
+            if storage.data is None and storage.root is None:
+                locate(storage)
+            return storage
+
+        return unpickle(io.BytesIO(pickle_bytes), persistent_load)
 
 
 def is_torch_zip(path: str) -> bool:

@@ -186,6 +186,8 @@ def _copyreg_reconstructor(cls, base, state=None):
 
 
 def _ordered_dict(*args):
+    if not args:                # torch's backward_hooks, once per tensor
+        return collections.OrderedDict()
     return collections.OrderedDict(*(_check_keys(a.items() if isinstance(a, dict) else a) for a in args))
 
 
@@ -324,6 +326,97 @@ def accepts_build(inst: Any) -> bool:
             or getattr(type(inst), "_hubfmt_accepts_build", False) is True)
 
 
+_U32, _I32, _U16, _F64 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct("<H"), struct.Struct(">d")
+_U64 = struct.Struct("<Q")
+# Opcode -> bytes of its fixed-size argument; -n: a length of n bytes then that many bytes (signed
+# for BINSTRING and LONG4: a negative one ends the scan); None: one line (two for GLOBAL, INST).
+_ARGS: dict[int, int | None] = {
+    **{op[0]: 0 for op in (pickle.MARK, pickle.STOP, pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.NONE,
+                           pickle.NEWTRUE, pickle.NEWFALSE, pickle.REDUCE, pickle.BUILD, pickle.APPEND, pickle.APPENDS,
+                           pickle.LIST, pickle.EMPTY_LIST, pickle.TUPLE, pickle.EMPTY_TUPLE, pickle.TUPLE1,
+                           pickle.TUPLE2, pickle.TUPLE3, pickle.DICT, pickle.EMPTY_DICT, pickle.SETITEM,
+                           pickle.SETITEMS, pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET, pickle.OBJ,
+                           pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.STACK_GLOBAL, pickle.BINPERSID,
+                           pickle.NEXT_BUFFER, pickle.READONLY_BUFFER)},
+    **{op[0]: 1 for op in (pickle.BININT1, pickle.BINPUT, pickle.PROTO, pickle.EXT1)},
+    **{op[0]: 2 for op in (pickle.BININT2, pickle.EXT2)},
+    **{op[0]: 4 for op in (pickle.BININT, pickle.LONG_BINPUT, pickle.EXT4)},
+    **{op[0]: 8 for op in (pickle.BINFLOAT, pickle.FRAME)},
+    **{op[0]: -1 for op in (pickle.SHORT_BINSTRING, pickle.SHORT_BINBYTES, pickle.SHORT_BINUNICODE, pickle.LONG1)},
+    **{op[0]: -4 for op in (pickle.BINSTRING, pickle.BINBYTES, pickle.BINUNICODE, pickle.LONG4)},
+    **{op[0]: -8 for op in (pickle.BINUNICODE8, pickle.BINBYTES8, pickle.BYTEARRAY8)},
+    **{op[0]: None for op in (pickle.INT, pickle.LONG, pickle.FLOAT, pickle.STRING, pickle.UNICODE,
+                              pickle.PERSID, pickle.PUT, pickle.GET, pickle.GLOBAL, pickle.INST)},
+}
+_TWO_LINES = (pickle.GLOBAL[0], pickle.INST[0])
+# Pickles smaller than this keep every memo slot (their memo is small; the scan is not free).
+_SCAN_FROM = 1 << 20
+
+
+def _memo_reads(data: bytes, pos: int) -> set[int] | None:
+    """The memo indices the GET opcodes of the pickle at data[pos:] read, up to its STOP; None
+    (keep every slot) if the scan meets anything it does not parse exactly as the unpickler
+    would (MEMOIZE, whose slot is len(memo); an unknown opcode; truncation; a bad text index)."""
+    reads: set[int] = set()
+    args, end = _ARGS, len(data)
+    binget, long_binget, get, stop = pickle.BINGET[0], pickle.LONG_BINGET[0], pickle.GET[0], pickle.STOP[0]
+    while pos < end:
+        op = data[pos]
+        pos += 1
+        n = args.get(op, -99)
+        if n == 0:
+            if op == stop:
+                return reads
+            continue
+        if op == binget:
+            if pos >= end:
+                return None
+            reads.add(data[pos])
+            pos += 1
+        elif op == long_binget:
+            if pos + 4 > end:
+                return None
+            reads.add(_U32.unpack_from(data, pos)[0])
+            pos += 4
+        elif n is None:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                return None
+            if op == get:
+                try:
+                    reads.add(int(data[pos:nl]))
+                except ValueError:
+                    return None
+            elif op in _TWO_LINES:
+                nl = data.find(b"\n", nl + 1)
+                if nl < 0:
+                    return None
+            pos = nl + 1
+        elif n > 0:
+            pos += n
+        elif n == -1:
+            if pos >= end:
+                return None
+            pos += 1 + data[pos]
+        elif n == -4:
+            if pos + 4 > end:
+                return None
+            length = _I32.unpack_from(data, pos)[0] if op in (pickle.BINSTRING[0], pickle.LONG4[0]) else _U32.unpack_from(data, pos)[0]
+            if length < 0:
+                return None
+            pos += 4 + length
+        elif n == -8:
+            if pos + 8 > end:
+                return None
+            pos += 8 + _U64.unpack_from(data, pos)[0]
+        else:
+            return None         # MEMOIZE, or an opcode pickle does not know
+    return None
+
+
+# Targets SETITEM(S) may fill inline: exactly these types (a subclass goes through dispatch).
+_PLAIN_DICTS = (dict, collections.OrderedDict)
+
 _CALLABLE_TYPES = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType)
 
 
@@ -340,6 +433,8 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch = dict(pickle._Unpickler.dispatch)
     # pickle._Unpickler's internals, which typeshed does not describe
     stack: list
+    metastack: list
+    memo: dict
     read: Callable[[int], bytes]
     append: Callable[[Any], None]
 
@@ -387,25 +482,248 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise FormatError(f"corrupt pickle: {type(e).__name__}: {e}", self._source) from None
 
     def _load_in_memory(self):
-        """pickle._Unpickler.load for a pickle already in memory: opcodes read straight from the
-        BytesIO, not through pickle's _Unframer (a Python call per opcode read, ~10% of reading
-        a torch file of many tensors, #18). Frames only group opcodes that follow inline, so a
-        FRAME opcode is read and skipped (load_frame)."""
+        """pickle._Unpickler.load for a pickle already in memory (#18): the opcodes torch.save
+        and pickle emit for containers, strings, ints, memo and calls are run inline from the bytes
+        (an index and struct.unpack_from, a local stack), not one method call and one read() each,
+        which was ~45% of reading a torch file of many tiny tensors. Each inline opcode does what
+        pickle's own does plus the checks this class adds (find_class, check_key); anything else,
+        and any opcode whose arguments or stack are not exactly the plain case (truncated bytes,
+        an empty stack, a target other than a plain list or dict), goes to the generic dispatch
+        with the same state, so it fails or works exactly as pickle's would. BUILD always does."""
         f = self._in_memory
         assert f is not None
         self.read, self.readinto, self.readline = f.read, f.readinto, f.readline
-        self.metastack = []
-        self.stack = []
-        self.append = self.stack.append
+        metastack: list[list[Any]] = []
+        stack: list[Any] = []
+        self.metastack, self.stack, self.append = metastack, stack, stack.append
         self.proto = 0
-        read = f.read
         dispatch = self.dispatch
+        if type(self) is not RestrictedUnpickler:
+            # A subclass may change any opcode: run them all through its dispatch.
+            read = f.read
+            try:
+                while True:
+                    key = read(1)
+                    if not key:
+                        raise EOFError
+                    dispatch[key[0]](self)  # type: ignore[arg-type]
+            except pickle._Stop as stop:  # type: ignore[attr-defined]
+                return stop.value
+        data = f.getvalue()             # the BytesIO's own bytes, not a copy
+        pos, end = f.tell(), len(data)
+        memo = self.memo
+        key_cache = self._key_cache
+        persistent_load = self.persistent_load
+        find_class = self.find_class
+        # GLOBAL's two lines (the raw bytes) -> what find_class gave for them: find_class is a
+        # pure function of (module, name) for one load (it only ever adds the same name to
+        # opaque_classes again), and a torch pickle names the same few globals per tensor.
+        found: dict[Any, Any] = {}
+        # Memo slots no GET ever reads need not be filled: torch.save memoizes every object it
+        # writes, and keeping each tensor's argument tuples and persistent ids alive until the end
+        # was half the peak memory of reading a million views (#18). None: keep every slot.
+        wanted = _memo_reads(data, pos) if end - pos >= _SCAN_FROM else None
+        u32, i32, u16, f64 = _U32.unpack_from, _I32.unpack_from, _U16.unpack_from, _F64.unpack_from
+        dicts = _PLAIN_DICTS
         try:
             while True:
-                key = read(1)
-                if not key:
+                if pos >= end:
                     raise EOFError
-                dispatch[key[0]](self)  # type: ignore[arg-type]
+                op = data[pos]
+                pos += 1
+                if op == 113:                                   # BINPUT
+                    if pos < end and stack:
+                        if wanted is None or data[pos] in wanted:
+                            memo[data[pos]] = stack[-1]
+                        pos += 1
+                        continue
+                elif op == 88:                                  # BINUNICODE
+                    if pos + 4 <= end:
+                        n = pos + 4 + u32(data, pos)[0]
+                        if n <= end:
+                            stack.append(str(data[pos + 4:n], "utf-8", "surrogatepass"))
+                            pos = n
+                            continue
+                elif op == 104:                                 # BINGET
+                    if pos < end:
+                        try:
+                            stack.append(memo[data[pos]])
+                        except KeyError:
+                            pass
+                        else:
+                            pos += 1
+                            continue
+                elif op == 40:                                  # MARK
+                    metastack.append(stack)
+                    stack = []
+                    continue
+                elif op == 75:                                  # BININT1
+                    if pos < end:
+                        stack.append(data[pos])
+                        pos += 1
+                        continue
+                elif op == 116:                                 # TUPLE
+                    if metastack:
+                        items = tuple(stack)
+                        stack = metastack.pop()
+                        stack.append(items)
+                        continue
+                elif op == 82:                                  # REDUCE
+                    if len(stack) > 1:
+                        args = stack.pop()
+                        stack[-1] = stack[-1](*args)
+                        continue
+                elif op == 41:                                  # EMPTY_TUPLE
+                    stack.append(())
+                    continue
+                elif op == 99:                                  # GLOBAL
+                    nl = data.find(b"\n", pos)
+                    nl2 = data.find(b"\n", nl + 1) if nl >= 0 else -1
+                    if nl2 >= 0:
+                        line = data[pos:nl2]
+                        g = found.get(line)
+                        if g is None:
+                            g = found[line] = find_class(data[pos:nl].decode("utf-8"), data[nl + 1:nl2].decode("utf-8"))
+                        stack.append(g)
+                        pos = nl2 + 1
+                        continue
+                elif op == 81:                                  # BINPERSID
+                    if stack:
+                        stack[-1] = persistent_load(stack[-1])
+                        continue
+                elif op == 133:                                 # TUPLE1
+                    if stack:
+                        stack[-1] = (stack[-1],)
+                        continue
+                elif op == 134:                                 # TUPLE2
+                    if len(stack) > 1:
+                        b = stack.pop()
+                        stack[-1] = (stack[-1], b)
+                        continue
+                elif op == 135:                                 # TUPLE3
+                    if len(stack) > 2:
+                        c = stack.pop()
+                        b = stack.pop()
+                        stack[-1] = (stack[-1], b, c)
+                        continue
+                elif op == 137:                                 # NEWFALSE
+                    stack.append(False)
+                    continue
+                elif op == 136:                                 # NEWTRUE
+                    stack.append(True)
+                    continue
+                elif op == 78:                                  # NONE
+                    stack.append(None)
+                    continue
+                elif op == 74:                                  # BININT
+                    if pos + 4 <= end:
+                        stack.append(i32(data, pos)[0])
+                        pos += 4
+                        continue
+                elif op == 77:                                  # BININT2
+                    if pos + 2 <= end:
+                        stack.append(u16(data, pos)[0])
+                        pos += 2
+                        continue
+                elif op == 140:                                 # SHORT_BINUNICODE
+                    if pos < end:
+                        n = pos + 1 + data[pos]
+                        if n <= end:
+                            stack.append(str(data[pos + 1:n], "utf-8", "surrogatepass"))
+                            pos = n
+                            continue
+                elif op == 148:                                 # MEMOIZE
+                    if stack:
+                        memo[len(memo)] = stack[-1]
+                        continue
+                elif op == 114:                                 # LONG_BINPUT
+                    if pos + 4 <= end and stack:
+                        i = u32(data, pos)[0]
+                        if wanted is None or i in wanted:
+                            memo[i] = stack[-1]
+                        pos += 4
+                        continue
+                elif op == 106:                                 # LONG_BINGET
+                    if pos + 4 <= end:
+                        try:
+                            stack.append(memo[u32(data, pos)[0]])
+                        except KeyError:
+                            pass
+                        else:
+                            pos += 4
+                            continue
+                elif op == 117:                                 # SETITEMS
+                    if metastack and not len(stack) % 2:
+                        below = metastack[-1]
+                        if below and type(below[-1]) in dicts:
+                            for k in stack[::2]:
+                                if isinstance(k, tuple):
+                                    check_key(k, key_cache)
+                            below[-1].update(zip(stack[::2], stack[1::2], strict=True))
+                            stack = metastack.pop()
+                            continue
+                elif op == 115:                                 # SETITEM
+                    if len(stack) > 2 and type(stack[-3]) in dicts:
+                        check_key(stack[-2], key_cache)
+                        v = stack.pop()
+                        k = stack.pop()
+                        stack[-1][k] = v
+                        continue
+                elif op == 101:                                 # APPENDS
+                    if metastack:
+                        below = metastack[-1]
+                        if below and type(below[-1]) is list:
+                            below[-1].extend(stack)
+                            stack = metastack.pop()
+                            continue
+                elif op == 97:                                  # APPEND
+                    if len(stack) > 1 and type(stack[-2]) is list:
+                        v = stack.pop()
+                        stack[-1].append(v)
+                        continue
+                elif op == 125:                                 # EMPTY_DICT
+                    stack.append({})
+                    continue
+                elif op == 93:                                  # EMPTY_LIST
+                    stack.append([])
+                    continue
+                elif op == 71:                                  # BINFLOAT
+                    if pos + 8 <= end:
+                        stack.append(f64(data, pos)[0])
+                        pos += 8
+                        continue
+                elif op == 67:                                  # SHORT_BINBYTES
+                    if pos < end:
+                        n = pos + 1 + data[pos]
+                        if n <= end:
+                            stack.append(data[pos + 1:n])
+                            pos = n
+                            continue
+                elif op == 147:                                 # STACK_GLOBAL
+                    if len(stack) > 1 and type(stack[-1]) is str and type(stack[-2]) is str:
+                        name = stack.pop()
+                        pair = (stack[-1], name)
+                        g = found.get(pair)
+                        if g is None:
+                            g = found[pair] = find_class(stack[-1], name)
+                        stack[-1] = g
+                        continue
+                elif op == 149:                                 # FRAME: the opcodes follow inline
+                    if pos + 8 <= end:
+                        pos += 8
+                        continue
+                elif op == 46:                                  # STOP
+                    if stack:
+                        f.seek(pos)
+                        return stack.pop()
+                # Everything else, and the cases above that are not plain: pickle's own code
+                # (with this class's overrides), on the same stack, memo and position.
+                f.seek(pos)
+                self.stack = stack
+                self.append = stack.append
+                dispatch[op](self)  # type: ignore[arg-type]
+                pos = f.tell()
+                stack = self.stack
         except pickle._Stop as stop:  # type: ignore[attr-defined]
             return stop.value
 
@@ -504,6 +822,20 @@ def restricted_loads(data: bytes, **kwargs) -> Any:
 MAX_DEPTH = 200
 
 
+# type -> whether unwrap returns its instances unchanged (no stand-in, no container inside).
+_LEAVES: dict[type, bool] = {}
+_WALKED = (_NdarrayStub, dict, list, tuple, OpaqueObject)
+
+
+def _leaf(v: Any, leaves: dict) -> bool:
+    """Whether unwrap leaves `v` as it is (remembered per type in `leaves`, when it is _LEAVES)."""
+    if leaves is not _LEAVES:
+        return False
+    t = type(v)
+    leaf = leaves[t] = not issubclass(t, _WALKED)
+    return leaf
+
+
 def unwrap(obj: Any, _depth: int = 0, _memo: dict | None = None) -> Any:
     """Replace numpy stand-ins by the arrays they rebuilt, throughout containers.
 
@@ -519,19 +851,23 @@ def unwrap(obj: Any, _depth: int = 0, _memo: dict | None = None) -> Any:
     if _depth > MAX_DEPTH:
         raise FormatError(f"pickle nests deeper than {MAX_DEPTH} levels")
     d = _depth + 1
+    # A value of a type unwrap leaves as it is (a string, a number, an adapter's tensor stand-in)
+    # is not recursed into: unwrap(v) would return v itself, unless v sits deeper than MAX_DEPTH.
+    leaves = _LEAVES if d <= MAX_DEPTH else {}
     if isinstance(obj, _NdarrayStub):
         out = obj.array
     elif isinstance(obj, collections.OrderedDict):
         memo[key] = out = obj
         for k, v in obj.items():
-            obj[k] = unwrap(v, d, memo)
+            if not (leaves.get(type(v)) or _leaf(v, leaves)):
+                obj[k] = unwrap(v, d, memo)
     elif isinstance(obj, dict):
         memo[key] = out = {}
         for k, v in obj.items():
-            out[k] = unwrap(v, d, memo)
+            out[k] = v if leaves.get(type(v)) or _leaf(v, leaves) else unwrap(v, d, memo)
     elif isinstance(obj, list):
         memo[key] = out = []
-        out.extend(unwrap(v, d, memo) for v in obj)
+        out.extend(v if leaves.get(type(v)) or _leaf(v, leaves) else unwrap(v, d, memo) for v in obj)
     elif isinstance(obj, tuple):
         out = tuple(unwrap(v, d, memo) for v in obj)
     elif isinstance(obj, OpaqueObject):
