@@ -17,7 +17,8 @@ Two more doors are closed because the C unpickler cannot be told to:
 - memory: it sizes its memo table by the largest index a PUT names and zero-fills it, so an
   11-byte pickle (`LONG_BINPUT 0x1ffffff0`) makes it touch 8 GB. We run Python's own
   `pickle._Unpickler`, whose memo is a dict: work and memory stay proportional to the input.
-  Checkpoint pickles are small (tensor bytes live outside them), so its speed does not matter.
+  The opcodes torch.save emits run inline in one loop over the pickle's bytes (`_load_in_memory`),
+  with the same state and checks; a checkpoint of a million tensors is ~30 million opcodes.
 - BUILD: on an object without `__setstate__`, BUILD sets attributes. Aimed at a callable (one of
   the allow-listed functions or classes) it would rewrite hubfmt's own code objects' defaults or
   methods for the rest of the process. BUILD is accepted only on plain data objects.

@@ -9,7 +9,7 @@ first: the same file would mean two things).
 
 >>> import io, zipfile as z; buf = io.BytesIO()
 >>> with z.ZipFile(buf, "w") as w: w.writestr("a/data.pkl", b"x")
->>> with open_archive("mem.zip", buf.getvalue()) as zf: sorted(zf.NameToInfo)
+>>> with Directory("mem.zip", buf.getvalue()) as zd: zd.names()
 ['a/data.pkl']
 """
 from __future__ import annotations
@@ -25,43 +25,6 @@ LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")     # 30 bytes
 LOCAL_MAGIC = b"PK\x03\x04"
 # Deflate cannot expand data by more than ~1032x; a bigger claim is damage or a zip bomb.
 MAX_DEFLATE_RATIO = 1100
-
-
-def open_archive(path: str, data: bytes | None = None) -> zipfile.ZipFile:
-    """The archive at `path` (or in `data`, a nested file named `path`); duplicate member names
-    and any damage zipfile reports are a FormatError naming the file."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data) if data is not None else path)
-    except FileNotFoundError:
-        raise FormatError("no such file", path) from None
-    except MemoryError:
-        raise
-    except Exception as e:      # zipfile raises a dozen types on damaged archives (found by tests/fuzz)
-        raise FormatError(f"truncated or corrupt zip archive ({type(e).__name__}: {e})", path) from None
-    names = [i.filename for i in zf.infolist()]
-    if len(set(names)) != len(names):
-        seen: set[str] = set()
-        dup = ""
-        for n in names:
-            if n in seen:
-                dup = n
-                break
-            seen.add(n)
-        zf.close()
-        raise FormatError(f"zip archive holds two members named {dup!r}: readers disagree on which one counts", path)
-    return zf
-
-
-def is_archive_with(path: str, accept) -> bool:
-    """Whether `path` is a zip archive whose member names satisfy `accept(names)` (reads only the
-    central directory; never raises)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return bool(accept(zf.namelist()))
-    except MemoryError:
-        raise
-    except Exception:           # any damage: not such an archive
-        return False
 
 
 _EOCD = struct.Struct("<4s4H2LH")            # end of central directory, 22 bytes
@@ -133,34 +96,6 @@ def check_member(info: zipfile.ZipInfo, file_size: int, path: str, writer: str) 
         raise FormatError(f"zip member {info.filename} claims {info.file_size} bytes, more than the file can hold", path)
     if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
         raise FormatError(f"zip member {info.filename}: stored sizes disagree", path)
-
-
-def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, file_size: int, path: str, writer: str) -> bytes:
-    """A member's bytes, after check_member; zipfile's CRC-32 check included."""
-    check_member(info, file_size, path, writer)
-    try:
-        return zf.read(info)
-    except MemoryError:
-        raise
-    except Exception as e:      # BadZipFile (CRC), zlib.error, RuntimeError (encrypted), NotImplementedError...
-        raise FormatError(f"cannot read zip member {info.filename}: {type(e).__name__}: {e}", path) from None
-
-
-def data_offset(f, info: zipfile.ZipInfo, file_size: int, path: str) -> int:
-    """Where member `info`'s (compressed) bytes start in the open archive file `f`: after its
-    local header, whose name and extra fields may differ from the central directory's."""
-    if info.header_offset + LOCAL_HEADER.size > file_size:
-        raise FormatError(f"zip member {info.filename} starts past the end of the file", path)
-    f.seek(info.header_offset)
-    fields = LOCAL_HEADER.unpack(f.read(LOCAL_HEADER.size))
-    if fields[0] != LOCAL_MAGIC:
-        raise FormatError(f"zip member {info.filename}: bad local header", path)
-    name_len, extra_len = fields[-2], fields[-1]
-    start = info.header_offset + LOCAL_HEADER.size + name_len + extra_len
-    if start + info.compress_size > file_size:
-        raise FormatError(f"zip member {info.filename} ends at byte {start + info.compress_size}, past the "
-                          f"end of the file ({file_size} bytes): truncated", path)
-    return start
 
 
 # ---- a compact reader of the central directory, for archives of a million members (#18) -------

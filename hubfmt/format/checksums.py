@@ -35,7 +35,7 @@ def _crc32(data, value: int = 0) -> int:
 ALGORITHMS = {"crc32": _crc32, "crc32c": _crc32c}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)      # slots: one per stored tensor of a torch or MindSpore file
 class Checksum:
     """The checksum a format stores for exactly the bytes of one FileSpan."""
 
