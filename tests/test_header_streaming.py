@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import hubfmt
 from hubfmt import Checkpoint, LazyTensor, TensorInfo
-from hubfmt.codecs import jsonstream
+from hubfmt.format import jsonstream
 from hubfmt.codecs import safetensors as st_codec
 from hubfmt.errors import FormatError
 from hubfmt.format import dtypes, manifest

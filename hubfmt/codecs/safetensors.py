@@ -10,7 +10,7 @@ import operator
 import os
 import struct
 
-from hubfmt.codecs import jsonstream
+from hubfmt.format import jsonstream
 from hubfmt.errors import FormatError
 from hubfmt.format import dtypes
 from hubfmt.format.tensor import FileSpan, LazyTensor, span_tensor

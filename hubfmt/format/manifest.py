@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-from hubfmt.codecs import jsonstream
+from hubfmt.format import jsonstream
 from hubfmt.format import extra as extra_codec
 from hubfmt.format.checkpoint import Checkpoint, LayerInfo, SourceInfo, TensorInfo
 from hubfmt.errors import FormatError, VersionError

@@ -13,7 +13,8 @@ import re
 import struct
 from collections.abc import Mapping
 
-from hubfmt.codecs import jsonstream, safetensors
+from hubfmt.codecs import safetensors
+from hubfmt.format import jsonstream
 from hubfmt.format import dtypes
 from hubfmt.format import manifest
 from hubfmt.io.atomic import atomic_outputs
