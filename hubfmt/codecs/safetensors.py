@@ -13,7 +13,7 @@ import struct
 from hubfmt.format import jsonstream
 from hubfmt.errors import FormatError
 from hubfmt.format import dtypes
-from hubfmt.format.tensor import FileSpan, LazyTensor, span_tensor
+from hubfmt.format.tensor import FileSpan, LazyTensor
 
 MAX_HEADER = 100 * 2**20      # as the safetensors library: a larger header is an attack or damage
 
@@ -64,13 +64,14 @@ class _Entries:
     One pass of plain comparisons per entry (a header may list a million tensors, #18); an entry
     that is not the common well-formed case goes through _entry, which names what is wrong."""
 
-    __slots__ = ("data_start", "size", "path", "out", "names", "meta")
+    __slots__ = ("data_start", "size", "path", "out", "names", "meta", "shapes")
 
     def __init__(self, data_start: int, size: int, path: str):
         self.data_start, self.size, self.path = data_start, size, path
         self.out: list[tuple[int, int, str, str, tuple]] = []
         self.names: set[str] = set()
         self.meta: dict = {}
+        self.shapes: dict[tuple, tuple] = {}
 
     def take(self, name: str, d) -> None:
         path = self.path
@@ -101,13 +102,15 @@ class _Entries:
         else:
             if (0 <= b <= end and end - b == count * itemsize and extent < _MAX_EXTENT
                     and self.data_start + end <= self.size):
-                self.out.append((b, end, name, dt, tuple(shape)))
+                t = tuple(shape)
+                # one tuple object per distinct shape (a million (1,)s are 48 MB, #13)
+                self.out.append((b, end, name, dt, self.shapes.setdefault(t, t)))
                 return
         self.out.append(_entry(name, d, self.data_start, self.size, path))
 
     def done(self) -> list[tuple[int, int, str, str, tuple]]:
         out = self.out
-        self.names = set()
+        self.names, self.shapes = set(), {}
         # By offset, stably: tensors at one offset (empty ones beside another) keep the header's
         # order, as readers have always given them.
         out.sort(key=_begin)
@@ -168,7 +171,8 @@ def read_tensors(path: str) -> tuple[dict, list[tuple[str, LazyTensor]]]:
     check = _Entries(data_start, size, path)
     _parse(text, path, check.take)
     del text
-    return check.meta, [(name, span_tensor(FileSpan(path, data_start + b, end - b), dt, shape))
+    over = LazyTensor.over_span         # dtype and shape checked by _Entries
+    return check.meta, [(name, over(FileSpan(path, data_start + b, end - b), dt, shape))
                         for b, end, name, dt, shape in check.done()]
 
 

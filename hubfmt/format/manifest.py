@@ -159,7 +159,9 @@ def parse(meta: dict, path: str | None) -> tuple[dict, dict, SourceInfo, dict] |
         infos: dict[str, TensorInfo] = {}
 
         def tensor(name: str, d) -> None:
-            infos[name] = TensorInfo.from_json(d)      # a later duplicate wins, as in json.loads
+            info = infos[name] = TensorInfo.from_json(d)      # a later duplicate wins, as in json.loads
+            if info.original_name == name:
+                info.original_name = name       # the key's string, not an equal copy (~60 B a tensor)
 
         # One entry's JSON object at a time: a million entries (~500 bytes each as parsed JSON)
         # never exist together (#13).
