@@ -92,7 +92,7 @@ def test_jsonstream_gives_what_json_loads_gives(doc, streamed, space):
     out = jsonstream.loads(text, {"big": lambda k, v: seen.append((k, v))})
     want = json.loads(text)
     assert list(seen) == list(want.pop("big").items())
-    assert out.pop("big") is None and out == want
+    assert out.pop("big") is jsonstream.STREAMED and out == want
     seen.clear()
     assert jsonstream.members(text, lambda k, v: seen.append((k, v))) == {}
     assert seen == list(json.loads(text).items())
@@ -173,7 +173,8 @@ def test_a_manifest_entry_without_stored_data_is_refused(tmp_path):
         hubfmt.read(path, framework="hub")
 
 
-@pytest.mark.parametrize("manifest_text", ['{"tensors":[1]}', '{"tensors":{"a":{}}', '{"tensors":{"a":3}}', "[]"])
+@pytest.mark.parametrize("manifest_text", ['{"tensors":[1]}', '{"tensors":null}', '{"tensors":{"a":{}}',
+                                           '{"tensors":{"a":3}}', "[]"])
 def test_a_malformed_manifest_is_one_clear_error(manifest_text):
     with pytest.raises(FormatError, match="malformed hubfmt manifest"):
         manifest.parse({manifest.KEY_VERSION: "1.0", manifest.KEY_MANIFEST: manifest_text}, "m.safetensors")
@@ -218,3 +219,14 @@ infos = st.builds(TensorInfo, kind=texts, role=texts, layer=texts, original_name
 @given(infos)
 def test_a_manifest_entry_is_json_dumps_of_to_json(info):
     assert manifest._info_text(info) == json.dumps(info.to_json(), separators=(",", ":"))
+
+
+@pytest.mark.parametrize("weight_map", [None, [], "x"])
+def test_a_shard_index_without_a_weight_map_object_is_refused(tmp_path, weight_map):
+    path = _sharded(tmp_path)
+    index = json.load(open(path + hubfile.INDEX_SUFFIX))
+    index["weight_map"] = weight_map
+    with open(path + hubfile.INDEX_SUFFIX, "w") as f:
+        json.dump(index, f)
+    with pytest.raises(FormatError, match="malformed shard index: no weight_map object"):
+        hubfmt.read(path, framework="hub")

@@ -16,10 +16,14 @@ _scan = json.JSONDecoder().scan_once           # type: ignore[attr-defined]   # 
 _space = json.decoder.WHITESPACE.match         # type: ignore[attr-defined]
 
 
+# What a streamed member maps to in loads' result: not None, which a JSON null would also give.
+STREAMED = type("Streamed", (), {"__repr__": lambda self: "STREAMED", "__slots__": ()})()
+
+
 def loads(text: str, stream: dict[str, Callable[[str, Any], None]]) -> Any:
     """json.loads(text), except that a top-level member named in `stream` whose value is an
     object is not kept: each of its entries goes to stream[name](key, value), in order, and the
-    member's name maps to None in the result. ValueError for text that is not JSON."""
+    member's name maps to STREAMED in the result. ValueError for text that is not JSON."""
     try:
         return _document(text, stream)
     except StopIteration:       # the scanner met the end of the text where a value should start
@@ -53,7 +57,7 @@ def _document(text: str, stream: dict) -> Any:
             key, i = _key(text, i)
             if key in stream and text[i:i + 1] == "{":
                 i = _entries(text, i, stream[key])
-                out[key] = None
+                out[key] = STREAMED
             else:
                 out[key], i = _scan(text, i)
             i = _space(text, i).end()

@@ -168,7 +168,7 @@ def parse(meta: dict, path: str | None) -> tuple[dict, dict, SourceInfo, dict] |
         m = jsonstream.loads(meta.get(KEY_MANIFEST, "{}"), {"tensors": tensor})
         if not isinstance(m, dict):
             raise ValueError("the manifest is not a JSON object")
-        if m.get("tensors") is not None:
+        if m.get("tensors", jsonstream.STREAMED) is not jsonstream.STREAMED:
             raise ValueError("'tensors' is not a JSON object")
         layers = {p: LayerInfo(d["kind"], dict(d.get("attrs", {}))) for p, d in m.get("layers", {}).items()}
         for p, li in layers.items():

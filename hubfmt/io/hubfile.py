@@ -68,7 +68,7 @@ def shards(path: str) -> tuple[list[str], dict]:
         # The weight_map streamed: a million names -> shard entries are never all kept (#13).
         doc = jsonstream.loads(text, {"weight_map": lambda _name, shard: named.setdefault(shard)})
         del text
-        if not isinstance(doc, dict) or "weight_map" not in doc or doc["weight_map"] not in (None, {}):
+        if not isinstance(doc, dict) or doc.get("weight_map") is not jsonstream.STREAMED:
             raise ValueError("no weight_map object")
         meta = doc.get("metadata", {})
         files = list(named)
