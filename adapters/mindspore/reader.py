@@ -88,7 +88,7 @@ def ckpt_tensors(path: str) -> tuple[list[tuple[str, LazyTensor | str]], bool]:
 
 def safetensors_tensors(path: str) -> tuple[list[tuple[str, LazyTensor]], dict]:
     """[(name, LazyTensor)] of a MindSpore safetensors file, and its metadata."""
-    meta, items = safetensors.tensors(path)
+    meta, items = safetensors.read_tensors(path)
     for name, _ in items:
         if name in meta:        # MindSpore marks qint4x2 (Int4) tensors in the metadata
             raise FormatError(f"tensor {name!r}: unsupported MindSpore type {meta[name]!r}", path)

@@ -17,8 +17,8 @@ import json
 import os
 import re
 
-from hubfmt.sdk import (Checkpoint, ConversionError, FormatError, LayerInfo, LazyTensor, Report, SourceInfo,
-                        TensorInfo, atomic_output, check_input_file, dtypes, region_tensor, safetensors,
+from hubfmt.sdk import (Checkpoint, FormatError, LayerInfo, LazyTensor, Report, SourceInfo,
+                        TensorInfo, atomic_output, check_input_file, safetensors,
                         write_safetensors)
 
 from . import names
@@ -109,16 +109,7 @@ def _index(path: str) -> dict[str, str]:
 
 def _safetensors_tensors(path: str, inside: str | None = None) -> list[tuple[str, LazyTensor]]:
     check_input_file(path, "a safetensors file" if inside is None else "a shard", inside=inside)
-    header, start, _ = safetensors.read_header(path)
-    header.pop("__metadata__", None)
-    out = []
-    for name, d in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-        dt = dtypes.from_safetensors(d["dtype"])
-        if dt is None:
-            raise ConversionError(f"a valid file, but tensor {name!r} has dtype {d['dtype']}, which hubfmt does not "
-                                  f"support", path)
-        out.append((name, region_tensor(path, start + int(d["data_offsets"][0]), dt, d["shape"])))
-    return out
+    return safetensors.read_tensors(path)[1]       # header checked (unknown dtypes refused), file order
 
 
 def _bin_tensors(path: str, report: Report) -> tuple[list[tuple[str, LazyTensor]], dict]:

@@ -226,8 +226,3 @@ def read_metadata(path: str) -> dict:
         return meta if isinstance(meta, dict) else {}
     except (OSError, ValueError, struct.error, AttributeError):
         return {}
-
-
-def tensors(path: str) -> tuple[dict, list[tuple[str, LazyTensor]]]:
-    """(metadata, [(name, lazy tensor)] in file order) of a safetensors file, header checked."""
-    return read_tensors(path)

@@ -54,7 +54,6 @@ class TensorInfo:
 
 _intern = sys.intern
 _INFO_FIELDS = tuple(f.name for f in dataclasses.fields(TensorInfo))
-_INFO_FIELD_SET = frozenset(_INFO_FIELDS)
 
 
 @dataclass(slots=True)
