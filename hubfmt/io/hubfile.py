@@ -284,14 +284,26 @@ def write_shard(ckpt: Checkpoint, shard_path: str, names: list[str], out_dtypes:
     the bytes of tensor data written. hubfmt.batch writes the shards of one file in parallel, then
     the index (write_index) once every shard is published."""
     with atomic_outputs([shard_path], overwrite=overwrite) as out:
-        head, _ = safetensors.header_bytes(SHARD_METADATA, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape)
-                                                            for n in names])
-        with open(out.path(shard_path), "wb") as f:
-            f.write(head)
-            stream = TensorStream(names, progress=progress, tensor=lambda n: _source(ckpt, n, out_dtypes[n], shard_path),
-                                  dtype=out_dtypes.__getitem__)
-            for _, piece in stream:
-                piece.write(f)
+        return _write_file(out.path(shard_path), ckpt, names, out_dtypes, SHARD_METADATA, shard_path, progress)
+
+
+def _write_file(tmp: str, ckpt: Checkpoint, names: list[str], out_dtypes: Mapping[str, str], meta: dict, path: str,
+                progress: Progress | None, hint: str = "") -> int:
+    """One safetensors file of tensors `names` at `tmp` (the temporary of `path`): its header, then
+    each tensor streamed. Returns the bytes of tensor data. A header over the read limit is refused
+    (`hint` says how to avoid it)."""
+    head = safetensors.header_bytes(meta, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape) for n in names])[0]
+    if len(head) - 8 > safetensors.MAX_HEADER:
+        raise ConversionError(f"the safetensors header would be {len(head) - 8} bytes, more than the "
+                              f"{safetensors.MAX_HEADER} readers accept (a source header this large, or "
+                              f"names this long, cannot be written as a hub file{hint})", path)
+    with open(tmp, "wb") as f:
+        f.write(head)
+        del head                # a header of a million tensors is ~100 MB
+        stream = TensorStream(names, progress=progress, tensor=lambda n: _source(ckpt, n, out_dtypes[n], path),
+                              dtype=out_dtypes.__getitem__)
+        for _, piece in stream:
+            piece.write(f)
     return stream.bytes
 
 
@@ -373,24 +385,10 @@ def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes:
             shard_path = finals[i]
             # Every shard carries the version; the manifest lives in the index when sharded.
             shard_meta = manifest.resolved(metadata) if len(groups) == 1 else dict(shard_metadata or {})
-            head = safetensors.header_bytes(
-                shard_meta, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape) for n in group])[0]
-            if len(head) - 8 > safetensors.MAX_HEADER:
-                hint = ("; --max-shard-size puts the manifest in the shard index and fewer tensors in each "
-                        "shard's header" if len(groups) == 1 and len(group) > 1 else "")
-                raise ConversionError(f"the safetensors header would be {len(head) - 8} bytes, more than the "
-                                      f"{safetensors.MAX_HEADER} readers accept (a source header this large, or "
-                                      f"names this long, cannot be written as a hub file{hint})", path)
-            shard_file = os.path.basename(shard_path)
-            with open(out.path(shard_path), "wb") as f:
-                f.write(head)
-                del head                # a header of a million tensors is ~100 MB
-                stream = TensorStream(group, progress=progress, tensor=lambda n: _source(ckpt, n, out_dtypes[n], path),
-                                      dtype=out_dtypes.__getitem__)
-                for name, piece in stream:
-                    piece.write(f)
-                    weight_map[name] = shard_file
-                total += stream.bytes
+            hint = ("; --max-shard-size puts the manifest in the shard index and fewer tensors in each "
+                    "shard's header" if len(groups) == 1 and len(group) > 1 else "")
+            total += _write_file(out.path(shard_path), ckpt, group, out_dtypes, shard_meta, path, progress, hint)
+            weight_map.update(dict.fromkeys(group, os.path.basename(shard_path)))
         if len(groups) > 1:
             with open(out.path(finals[-1]), "w") as f:
                 write_index_text(f, {**metadata, "total_size": str(total)}, weight_map)
