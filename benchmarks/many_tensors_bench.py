@@ -46,13 +46,17 @@ from safetensors.numpy import load_file, save_file
 save_file(load_file(sys.argv[1]), sys.argv[2])
 """
 _ST_IMPORT = "import sys; from safetensors.numpy import load_file, save_file"
-# What `python -m hubfmt convert` imports before it touches a tensor: the CLI and the two adapters.
+# What `python -m hubfmt convert SRC DST --from A --to B` imports before it touches a tensor: the
+# CLI, the adapters --from/--to select (their formats.py), A's reader and B's writer.
 _HUBFMT_IMPORT = """
 import sys
 import hubfmt.cli.main
 from hubfmt import registry
-for fw in sys.argv[1:]:
-    registry.adapter(fw)
+for arg in sys.argv[1:]:                     # "torch:read", "mxnet:write", "hub:write"
+    fw, _, use = arg.partition(":")
+    registry.select(fw)
+    if fw != registry.HUB:
+        getattr(registry.adapter(fw), use)
 """
 _VIEWS = """
 import sys, torch
@@ -142,10 +146,10 @@ def pairs_table(a, work: str, env: dict, py: str) -> int:
     def pair(src_fw: str, dst_fw: str) -> None:
         src = files[src_fw]
         dst = os.path.join(work, "out-" + os.path.basename(files[dst_fw]))
-        key = tuple(sorted((src_fw, dst_fw)))
+        key = (src_fw, dst_fw)
         if key not in starts:
-            fws = [fw for fw in key if fw != "hub"]
-            starts[key] = _best([py, "-c", _HUBFMT_IMPORT, *fws], env, a.repeat)[0]
+            uses = [f"{src_fw}:read", f"{dst_fw}:write"]
+            starts[key] = _best([py, "-c", _HUBFMT_IMPORT, *uses], env, a.repeat)[0]
         wall, rss, rc = _best([py, "-m", "hubfmt", "convert", src, dst, "-q", "--from", src_fw, "--to", dst_fw,
                                *templates.get(dst_fw, [])], env, a.repeat, src, dst)
         for f in os.listdir(work):                   # a TF output updates a `checkpoint` state file
@@ -180,7 +184,7 @@ def resource_figures(a, work: str, env: dict, py: str) -> int:
         print(f"building a torch file of {n:,} views of one storage (torch.save)", flush=True)
         subprocess.run([py, "-c", _VIEWS, views, str(n)], check=True, env=env)
         sources[f"{n:,} views of one storage"] = views
-    start = _best([py, "-c", _HUBFMT_IMPORT, "torch", "mindspore"], env, 1)[0]
+    start = _best([py, "-c", _HUBFMT_IMPORT, "torch:read", "torch:write", "mindspore:write"], env, 1)[0]
     # A shard of at most 256 KiB of data: 4 shards of 262,144 tensors at 1,000,000, each header
     # ~20 MB, under the 100 MiB safetensors read limit that one unsharded header would exceed.
     shard = max(n // 4, 1)

@@ -26,7 +26,8 @@ imports its framework only inside from_model/to_model, never another adapter, an
 only this module. hubfmt.contract.AdapterContract is the conformance suite any adapter can reuse.
 
 The modules of an adapter have the same names for the same jobs: `__init__.py` (re-exports
-only), `formats.py` (FORMATS and sniff), `reader.py`, `writer.py`, `names.py` (native names and
+only: formats.py's names eagerly, the functions through `lazy_exports`, imported on first use),
+`formats.py` (FORMATS and sniff), `reader.py`, `writer.py`, `names.py` (native names and
 layouts <-> canonical ones), `memory.py` (from_model/to_model), plus the codecs of its format.
 """
 from __future__ import annotations
@@ -57,7 +58,7 @@ from hubfmt.format.tensor import file_span, part_of, pread_into, read_region, re
 from hubfmt.io.stream import Piece, TensorStream, fold_region, kernel_copyable, prefetched, write_tensor
 from hubfmt.io.transforms import convert_layout, depthwise_to_hwcm, permute, reorder_gates
 from hubfmt.registry import (KEEP_DTYPE, MAX_SHARD_SIZE, PREFER_EMA, READ, RESTORE_DTYPE, STRICT_READ, STRICT_WRITE,
-                             TEMPLATE, VERIFY_CHECKSUMS, WRITE, NativeFormat, Option, parse_size)
+                             TEMPLATE, VERIFY_CHECKSUMS, WRITE, NativeFormat, Option, lazy_exports, parse_size)
 from hubfmt.report import Report
 
 __all__ = [
@@ -67,7 +68,7 @@ __all__ = [
     # errors
     "HubfmtError", "FormatError", "ConversionError", "OutputError", "MissingFrameworkError", "UnsafePickleError",
     # declaring formats and their options
-    "NativeFormat", "Option", "READ", "WRITE", "parse_size",
+    "NativeFormat", "Option", "READ", "WRITE", "parse_size", "lazy_exports",
     "PREFER_EMA", "KEEP_DTYPE", "MAX_SHARD_SIZE", "RESTORE_DTYPE", "TEMPLATE", "STRICT_READ", "STRICT_WRITE",
     "VERIFY_CHECKSUMS",
     # reading and writing bytes

@@ -106,3 +106,44 @@ def test_every_adapter_has_the_same_modules_for_the_same_jobs():
     for pkg in ADAPTERS:
         missing = JOBS - {p.name for p in pkg.glob("*.py")}
         assert not missing, f"{pkg.name} lacks {sorted(missing)}"
+
+
+_IMPORTED = """
+import sys
+from hubfmt import registry
+{setup}
+print(sorted(m for m in sys.modules if m.startswith("hubfmt.adapters.") and m.count(".") == 3))
+"""
+
+
+def _adapter_modules_after(setup: str) -> set[str]:
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _IMPORTED.format(setup=setup)], capture_output=True, text=True, check=True)
+    return set(ast.literal_eval(r.stdout.strip()))
+
+
+def test_asking_what_adapters_handle_imports_no_reader_or_writer():
+    """Every command asks every adapter what it reads and writes (--to NAME, output suffixes);
+    that imports formats.py, not the readers, writers and framework glue (#18: 0.1 s a run)."""
+    loaded = _adapter_modules_after(
+        "for a in registry.available():\n"
+        "    m = registry.adapter(a); m.NAME, m.FRAMEWORK, m.FORMATS\n"
+        "registry.select('mxnet'); registry.detect_output('out-0000.params'); registry.detect_output('x', 'tensorflow')")
+    heavy = {m for m in loaded if m.rsplit(".", 1)[1] in ("reader", "writer", "memory", "hf")}
+    assert not heavy, sorted(heavy)
+    assert "hubfmt.adapters.mxnet.formats" in loaded and "hubfmt.adapters.keras.formats" in loaded
+
+
+def test_an_adapters_functions_load_on_first_use():
+    loaded = _adapter_modules_after(
+        "from hubfmt.adapters import mxnet, torch\n"
+        "assert mxnet.write.__module__ == 'hubfmt.adapters.mxnet.writer'\n"
+        "assert torch.write_hf.__name__ == 'write_directory'\n"
+        "from hubfmt.adapters.keras import read\n"
+        "assert read.__module__ == 'hubfmt.adapters.keras.reader'\n"
+        "assert mxnet.ndlist.__name__ == 'hubfmt.adapters.mxnet.ndlist'\n"      # a submodule, as before
+        "try:\n    mxnet.no_such_name\nexcept AttributeError as e:\n    assert 'no_such_name' in str(e)\n"
+        "else:\n    raise SystemExit('no AttributeError')")
+    assert {"hubfmt.adapters.mxnet.writer", "hubfmt.adapters.torch.hf", "hubfmt.adapters.keras.reader"} <= loaded
+    assert "hubfmt.adapters.mxnet.reader" not in loaded

@@ -7,10 +7,26 @@ read and written with msgpack + numpy only; Linen variables pytrees in memory (f
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from hubfmt.sdk import lazy_exports
+
 from .formats import FORMATS
-from .memory import from_model, to_model
-from .reader import read, sniff
-from .writer import write
+
+if TYPE_CHECKING:       # what the names are; at run time each is imported when first used
+    from .memory import from_model, to_model
+    from .reader import read, sniff
+    from .writer import write
+
+# The reader, writer and framework glue are imported on first use: a command that only asks what
+# this adapter reads and writes (every command asks every adapter) imports formats.py alone.
+__getattr__ = lazy_exports(__name__, {
+    "read": "reader",
+    "write": "writer",
+    "from_model": "memory",
+    "to_model": "memory",
+    "sniff": "reader",
+})
 
 NAME = "flax"
 FRAMEWORK = "flax"

@@ -8,10 +8,26 @@ and models are the keras adapter's (hubfmt.adapters.keras); `--from/--to tensorf
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from hubfmt.sdk import lazy_exports
+
 from .formats import FORMATS, FRAMEWORK, FRAMEWORK_MODULE, NAME, PIP_NAME, sniff
-from .memory import from_model, to_model
-from .reader import from_listing, read
-from .writer import write
+
+if TYPE_CHECKING:       # what the names are; at run time each is imported when first used
+    from .memory import from_model, to_model
+    from .reader import from_listing, read
+    from .writer import write
+
+# The reader, writer and framework glue are imported on first use: a command that only asks what
+# this adapter reads and writes (every command asks every adapter) imports formats.py alone.
+__getattr__ = lazy_exports(__name__, {
+    "read": "reader",
+    "write": "writer",
+    "from_model": "memory",
+    "to_model": "memory",
+    "from_listing": "reader",
+})
 
 __all__ = ["NAME", "FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model",
            "to_model", "from_listing"]
