@@ -55,7 +55,7 @@ from hubfmt.io.parallel import BehindWriter, fold_file
 from hubfmt.io.parallel import combine as combine_checksums
 from hubfmt.io.progress import Progress
 from hubfmt.format.tensor import file_span, part_of, pread_into, read_region, region_tensor, span_tensor
-from hubfmt.io.stream import Piece, TensorStream, fold_region, kernel_copyable, prefetched, write_tensor
+from hubfmt.io.stream import OUTPUT_BUFFER, Piece, TensorStream, fold_region, kernel_copyable, prefetched, write_tensor
 from hubfmt.io.transforms import convert_layout, depthwise_to_hwcm, permute, reorder_gates
 from hubfmt.registry import (KEEP_DTYPE, MAX_SHARD_SIZE, PREFER_EMA, READ, RESTORE_DTYPE, STRICT_READ, STRICT_WRITE,
                              TEMPLATE, VERIFY_CHECKSUMS, WRITE, NativeFormat, Option, lazy_exports, parse_size)
@@ -73,7 +73,7 @@ __all__ = [
     "VERIFY_CHECKSUMS",
     # reading and writing bytes
     "region_tensor", "span_tensor", "part_of", "file_span", "read_region", "pread_into", "fold_region", "prefetched",
-    "write_tensor", "kernel_copyable", "Progress",
+    "write_tensor", "kernel_copyable", "OUTPUT_BUFFER", "Progress",
     "TensorStream", "Piece", "Checksum", "checksums", "fold_file", "BehindWriter", "combine_checksums",
     "atomic_output", "atomic_outputs", "check_input_file", "write_safetensors",
     # layouts, and a layer's native tensors <-> canonical ones as a declarative table (names.py)

@@ -473,3 +473,42 @@ def test_conversions_in_parallel_threads_share_the_writeback_bookkeeping_safely(
         got = hubfmt.read(o)
         for name in ("blocks.0.weight", "blocks.39.weight"):
             assert np.array_equal(got.tensor(name), want.tensor(name)), (o, name)
+
+
+def test_many_small_tensors_are_paced_without_a_system_call_each(tmp_path, monkeypatch):
+    """Writing 6,000 small tensors asks where the file ends a few dozen times, not per tensor
+    (a million tiny tensors made a million lseeks, #18), and writeback is still requested for
+    consecutive ranges covering the file, framing between the tensors included."""
+    import io
+    from hubfmt.format.tensor import file_span, span_tensor
+    from hubfmt.io import writeback
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(np.arange(6000 * 3000 // 4, dtype=np.float32).tobytes())
+    tensors = [span_tensor(file_span(src, i * 3000, "float32", (750,)), "float32", (750,)) for i in range(6000)]
+    ranges: list[tuple[int, int]] = []
+
+    def record(fd, start, length, flags):
+        if flags == writeback._WRITE:
+            ranges.append((start, start + length))
+        return 0
+    monkeypatch.setattr(writeback, "_sync_file_range", record)
+
+    class Counting(io.BufferedRandom):
+        tells = 0
+
+        def tell(self):
+            Counting.tells += 1
+            return super().tell()
+
+    with Counting(io.FileIO(tmp_path / "out.bin", "w+")) as f:
+        for t in streaming.prefetched((t, None) for t in tensors):
+            f.write(b"frame" * 10)                    # a writer's framing, as torch's zip headers
+            streaming.write_tensor(f, t)
+        size = f.tell()
+    writeback.settle()
+    assert Counting.tells <= 6000 // 100, Counting.tells
+    assert ranges and ranges[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    # what is left for the final fsync: less than one range and the calls between two checks
+    assert size - ranges[-1][1] < writeback._EVERY + writeback._ASK_EVERY_CALLS * 3050, (size, ranges)
+    assert (tmp_path / "out.bin").read_bytes()[50:3050] == src.read_bytes()[:3000]

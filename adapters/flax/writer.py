@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from hubfmt.sdk import (Checkpoint, ConversionError, LazyTensor, Progress, Report, TensorStream, atomic_output,
+from hubfmt.sdk import (OUTPUT_BUFFER, Checkpoint, ConversionError, LazyTensor, Progress, Report, TensorStream, atomic_output,
                         dtypes)
 
 from . import msgpack_tree, names, reader
@@ -186,7 +186,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
             raise ConversionError(f"{'/'.join(a.leaf.path)}: no msgpack form for dtype {a.dtype}")
     stream = TensorStream(items, progress=progress)
     pieces = iter(stream)
-    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb", buffering=OUTPUT_BUFFER) as f:
         def emit(node) -> None:
             if isinstance(node, dict):
                 f.write(msgpack_tree.map_header(len(node)))

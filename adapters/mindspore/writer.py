@@ -21,7 +21,7 @@ from hubfmt.sdk import dtypes
 from hubfmt.sdk import atomic_output
 from hubfmt.sdk import Checkpoint, LazyTensor, part_of, span_tensor
 from hubfmt.sdk import ConversionError, Report
-from hubfmt.sdk import BehindWriter, Progress, combine_checksums, fold_region, prefetched, write_tensor
+from hubfmt.sdk import OUTPUT_BUFFER, BehindWriter, Progress, combine_checksums, fold_region, prefetched, write_tensor
 
 from . import names, proto
 from .formats import SLICE_BYTES
@@ -98,7 +98,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
                                                "(hubfmt reads it back as [0]; save_checkpoint skips empty tensors)")
     total = 0
     # w+b: the crc_num is folded over the bytes read back
-    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w+b") as f:
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w+b", buffering=OUTPUT_BUFFER) as f:
         if safetensors:
             total = _write_safetensors(f, items, extras, progress)
         else:

@@ -23,7 +23,7 @@ from hubfmt.sdk import atomic_outputs
 from hubfmt.sdk import Checkpoint, Entry
 from hubfmt.sdk import ConversionError
 from hubfmt.sdk import Report
-from hubfmt.sdk import prefetched
+from hubfmt.sdk import OUTPUT_BUFFER, prefetched
 
 from . import names, ndlist, symbol
 
@@ -276,7 +276,7 @@ def write(ckpt: Checkpoint, path, *, overwrite: bool = False, progress=None, res
             if full != c:
                 report.renamed(c, full)
             records.append((t, dt))
-        with open(out.path(path), "wb") as f:
+        with open(out.path(path), "wb", buffering=OUTPUT_BUFFER) as f:
             ndlist.write_header(f, len(plan))
             for (_, dt), t in zip(records, prefetched(records), strict=True):
                 n = ndlist.write_record(f, t, dt)

@@ -15,7 +15,7 @@ from hubfmt.sdk import protowire
 from hubfmt.sdk import atomic_output, atomic_outputs
 from hubfmt.sdk import LazyTensor
 from hubfmt.sdk import FormatError
-from hubfmt.sdk import dtypes, fold_region, kernel_copyable, prefetched, write_tensor
+from hubfmt.sdk import OUTPUT_BUFFER, dtypes, fold_region, kernel_copyable, prefetched, write_tensor
 
 from . import sstable
 from .bundle import _EXPECTED_CRC, BUNDLE_VERSION, DT_STRING, TF_DTYPE_CODES, _strings_crc, shard_path
@@ -87,7 +87,7 @@ def write_bundle(prefix: str, tensors: list[OutTensor], *, overwrite: bool = Fal
     with atomic_outputs(finals, overwrite=overwrite) as out:
         for i, group in enumerate(shards):
             tmp = out.path(finals[i])
-            with open(tmp, "w+b") as f:       # read back: the CRC of kernel-copied bytes
+            with open(tmp, "w+b", buffering=OUTPUT_BUFFER) as f:       # read back: the CRC of kernel-copied bytes
                 crcs: dict[int, int] = {}
                 loaded = prefetched((None if t.strings is not None else _with_crc(t, j, crcs), t.dtype)
                                     for j, t in enumerate(group))

@@ -22,7 +22,7 @@ from hubfmt.sdk import atomic_output
 from hubfmt.sdk import Checkpoint, LazyTensor
 from hubfmt.sdk import ConversionError
 from hubfmt.sdk import Report
-from hubfmt.sdk import Progress, prefetched, write_tensor
+from hubfmt.sdk import OUTPUT_BUFFER, Progress, prefetched, write_tensor
 
 from .pickler import STORAGE_CLASSES, UNTYPED_DTYPES, StateDict, TensorRecord, emit_parts
 from .tensors import c_strides
@@ -201,7 +201,7 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False,
     del obj, state, plan.state      # the parts hold the state dict's opcodes: no other copy
     root = _archive_name(path) + "/"
     total = 0
-    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w+b") as f:  # read back for CRC-32
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w+b", buffering=OUTPUT_BUFFER) as f:  # read back for CRC-32
         z = ZipWriter(f)
         z.add_parts(root + "data.pkl", pickle_parts)
         del pickle_parts

@@ -26,7 +26,7 @@ from hubfmt.errors import ConversionError, FormatError
 from hubfmt.report import Report
 from hubfmt.io.inputs import check_input_file
 from hubfmt.io.progress import Progress
-from hubfmt.io.stream import TensorStream
+from hubfmt.io.stream import OUTPUT_BUFFER, TensorStream
 
 INDEX_SUFFIX = ".index.json"
 
@@ -297,7 +297,7 @@ def _write_file(tmp: str, ckpt: Checkpoint, names: list[str], out_dtypes: Mappin
         raise ConversionError(f"the safetensors header would be {len(head) - 8} bytes, more than the "
                               f"{safetensors.MAX_HEADER} readers accept (a source header this large, or "
                               f"names this long, cannot be written as a hub file{hint})", path)
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb", buffering=OUTPUT_BUFFER) as f:
         f.write(head)
         del head                # a header of a million tensors is ~100 MB
         stream = TensorStream(names, progress=progress, tensor=lambda n: _source(ckpt, n, out_dtypes[n], path),

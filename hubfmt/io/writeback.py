@@ -56,20 +56,25 @@ class _Pending:
         self.fd, self.start, self.end = fd, start, end
 
 
-# descriptor -> (its file object when last seen, inode, start of unsubmitted bytes); a descriptor
-# reused by another file is told by its file object, then by its inode
-_unsubmitted: dict[int, tuple[object, int, int]] = {}
+# descriptor -> (its file object when last seen, inode, start of unsubmitted bytes, bytes and calls
+# since its end was last asked); a descriptor reused by another file is told by its file object,
+# then by its inode
+_unsubmitted: dict[int, tuple[object, int, int, int, int]] = {}
 _pending: deque[_Pending] = deque()               # oldest first, across files (OneFlow: one per tensor)
 _pending_bytes = 0
 # Library users may write several outputs from several threads: the bookkeeping is shared, the
 # (possibly waiting) system calls are made outside the lock.
 _lock = threading.Lock()
+# Where a file ends is asked (out.tell(), a system call) after this many bytes or calls, not per
+# tensor: a million tiny tensors made a million lseeks (#18). Framing between tensors is not
+# counted in the bytes, hence the calls.
+_ASK_EVERY_CALLS = 256
 
 
-def wrote(out: BinaryIO, start: int, end: int) -> None:
-    """`out` received bytes [start, end) (flushed or not): pace its writeback."""
+def wrote(out: BinaryIO, nbytes: int) -> None:
+    """`out` received `nbytes` more bytes at its end (flushed or not): pace its writeback."""
     global _pending_bytes
-    if _sync_file_range is None or end <= start:
+    if _sync_file_range is None or nbytes <= 0:
         return
     try:
         fd = out.fileno()
@@ -85,8 +90,19 @@ def wrote(out: BinaryIO, start: int, end: int) -> None:
             return
     with _lock:
         known = _unsubmitted.get(fd)
-        first = known[2] if known is not None and known[1] == ino and known[2] <= start else start
-        _unsubmitted[fd] = (out, ino, first if end - first < _EVERY else end)
+        if known is not None and known[1] == ino:
+            first, since, calls = known[2], known[3] + nbytes, known[4] + 1
+        else:
+            first, since, calls = 0, nbytes, 1      # a file first seen: everything in it is unsubmitted
+        _unsubmitted[fd] = (out, ino, first, since, calls)
+    if since < _EVERY and calls < _ASK_EVERY_CALLS:
+        return
+    try:
+        end = out.tell()
+    except (OSError, ValueError):
+        return
+    with _lock:
+        _unsubmitted[fd] = (out, ino, first if end - first < _EVERY else end, 0, 0)
     if end - first < _EVERY:
         return
     out.flush()
