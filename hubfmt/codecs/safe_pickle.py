@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import re
 import struct
 import types
 from typing import Any, Callable, Mapping
@@ -328,91 +329,49 @@ def accepts_build(inst: Any) -> bool:
 
 
 _U32, _I32, _U16, _F64 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct("<H"), struct.Struct(">d")
-_U64 = struct.Struct("<Q")
-# Opcode -> bytes of its fixed-size argument; -n: a length of n bytes then that many bytes (signed
-# for BINSTRING and LONG4: a negative one ends the scan); None: one line (two for GLOBAL, INST).
-_ARGS: dict[int, int | None] = {
-    **{op[0]: 0 for op in (pickle.MARK, pickle.STOP, pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.NONE,
-                           pickle.NEWTRUE, pickle.NEWFALSE, pickle.REDUCE, pickle.BUILD, pickle.APPEND, pickle.APPENDS,
-                           pickle.LIST, pickle.EMPTY_LIST, pickle.TUPLE, pickle.EMPTY_TUPLE, pickle.TUPLE1,
-                           pickle.TUPLE2, pickle.TUPLE3, pickle.DICT, pickle.EMPTY_DICT, pickle.SETITEM,
-                           pickle.SETITEMS, pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET, pickle.OBJ,
-                           pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.STACK_GLOBAL, pickle.BINPERSID,
-                           pickle.NEXT_BUFFER, pickle.READONLY_BUFFER)},
-    **{op[0]: 1 for op in (pickle.BININT1, pickle.BINPUT, pickle.PROTO, pickle.EXT1)},
-    **{op[0]: 2 for op in (pickle.BININT2, pickle.EXT2)},
-    **{op[0]: 4 for op in (pickle.BININT, pickle.LONG_BINPUT, pickle.EXT4)},
-    **{op[0]: 8 for op in (pickle.BINFLOAT, pickle.FRAME)},
-    **{op[0]: -1 for op in (pickle.SHORT_BINSTRING, pickle.SHORT_BINBYTES, pickle.SHORT_BINUNICODE, pickle.LONG1)},
-    **{op[0]: -4 for op in (pickle.BINSTRING, pickle.BINBYTES, pickle.BINUNICODE, pickle.LONG4)},
-    **{op[0]: -8 for op in (pickle.BINUNICODE8, pickle.BINBYTES8, pickle.BYTEARRAY8)},
-    **{op[0]: None for op in (pickle.INT, pickle.LONG, pickle.FLOAT, pickle.STRING, pickle.UNICODE,
-                              pickle.PERSID, pickle.PUT, pickle.GET, pickle.GLOBAL, pickle.INST)},
-}
-_TWO_LINES = (pickle.GLOBAL[0], pickle.INST[0])
 # Pickles smaller than this keep every memo slot (their memo is small; the scan is not free).
 _SCAN_FROM = 1 << 20
+_SCAN_CHUNK = 8 << 20            # bytes compared at once (bounds the scan's temporaries)
+# A text GET: "g", then what int() may read as a number, then the newline. Runs of these
+# characters after different "g"s cannot overlap, so finding them all is one pass.
+_TEXT_GET = re.compile(rb"g(?=([ \t\r\x0b\x0c\x1c-\x1f+\-0-9_]*)\n)")
+
+
+class _Rescan(Exception):
+    """The memo slots skipped so far were needed after all: load again keeping every slot."""
 
 
 def _memo_reads(data: bytes, pos: int) -> set[int] | None:
-    """The memo indices the GET opcodes of the pickle at data[pos:] read, up to its STOP; None
-    (keep every slot) if the scan meets anything it does not parse exactly as the unpickler
-    would (MEMOIZE, whose slot is len(memo); an unknown opcode; truncation; a bad text index)."""
+    """A superset of the memo indices the GET opcodes of the pickle at data[pos:] read, or None
+    (keep every slot) for protocol 4 and later, whose MEMOIZE stores at len(memo).
+
+    Found without parsing opcodes (#18: a Python loop over the 30 million opcodes of a million
+    tensors took 3.3 s): the byte after every 0x68 (BINGET), the four after every 0x6a
+    (LONG_BINGET), and every text GET's number, wherever those bytes sit, opcodes or arguments.
+    Only a pickle CPython never writes can read a slot this misses (a text GET spelled with
+    characters int() skips, or MEMOIZE at protocol 2 after skipped slots); the unpickler then
+    loads it again keeping every slot (_Rescan), so what it gives is exactly pickle's."""
+    if data[pos:pos + 1] == pickle.PROTO and pos + 1 < len(data) and data[pos + 1] >= 4:
+        return None
+    whole = np.frombuffer(data, dtype=np.uint8)
     reads: set[int] = set()
-    args, end = _ARGS, len(data)
-    binget, long_binget, get, stop = pickle.BINGET[0], pickle.LONG_BINGET[0], pickle.GET[0], pickle.STOP[0]
-    while pos < end:
-        op = data[pos]
-        pos += 1
-        n = args.get(op, -99)
-        if n == 0:
-            if op == stop:
-                return reads
-            continue
-        if op == binget:
-            if pos >= end:
-                return None
-            reads.add(data[pos])
-            pos += 1
-        elif op == long_binget:
-            if pos + 4 > end:
-                return None
-            reads.add(_U32.unpack_from(data, pos)[0])
-            pos += 4
-        elif n is None:
-            nl = data.find(b"\n", pos)
-            if nl < 0:
-                return None
-            if op == get:
-                try:
-                    reads.add(int(data[pos:nl]))
-                except ValueError:
-                    return None
-            elif op in _TWO_LINES:
-                nl = data.find(b"\n", nl + 1)
-                if nl < 0:
-                    return None
-            pos = nl + 1
-        elif n > 0:
-            pos += n
-        elif n == -1:
-            if pos >= end:
-                return None
-            pos += 1 + data[pos]
-        elif n == -4:
-            if pos + 4 > end:
-                return None
-            length = _I32.unpack_from(data, pos)[0] if op in (pickle.BINSTRING[0], pickle.LONG4[0]) else _U32.unpack_from(data, pos)[0]
-            if length < 0:
-                return None
-            pos += 4 + length
-        elif n == -8:
-            if pos + 8 > end:
-                return None
-            pos += 8 + _U64.unpack_from(data, pos)[0]
-        else:
-            return None         # MEMOIZE, or an opcode pickle does not know
-    return None
+    for at in range(pos, len(data), _SCAN_CHUNK):
+        a = whole[at:at + _SCAN_CHUNK + 4]           # with the arguments of the chunk's last opcodes
+        ops = a[:_SCAN_CHUNK]
+        get = np.flatnonzero(ops == pickle.BINGET[0])
+        get = get[get + 1 < len(a)]
+        reads.update(np.unique(a[get + 1]).tolist())
+        get = np.flatnonzero(ops == pickle.LONG_BINGET[0])
+        get = get[get + 4 < len(a)]
+        index = (a[get + 1].astype(np.uint32) | a[get + 2].astype(np.uint32) << 8
+                 | a[get + 3].astype(np.uint32) << 16 | a[get + 4].astype(np.uint32) << 24)
+        reads.update(np.unique(index).tolist())
+    for m in _TEXT_GET.finditer(data, pos):
+        try:
+            reads.add(int(m[1]))
+        except ValueError:
+            pass
+    return reads
 
 
 # Targets SETITEM(S) may fill inline: exactly these types (a subclass goes through dispatch).
@@ -494,14 +453,12 @@ class RestrictedUnpickler(pickle._Unpickler):
         f = self._in_memory
         assert f is not None
         self.read, self.readinto, self.readline = f.read, f.readinto, f.readline
-        metastack: list[list[Any]] = []
-        stack: list[Any] = []
-        self.metastack, self.stack, self.append = metastack, stack, stack.append
-        self.proto = 0
-        dispatch = self.dispatch
         if type(self) is not RestrictedUnpickler:
             # A subclass may change any opcode: run them all through its dispatch.
-            read = f.read
+            self.metastack, self.stack = [], []
+            self.append = self.stack.append
+            self.proto = 0
+            dispatch, read = self.dispatch, f.read
             try:
                 while True:
                     key = read(1)
@@ -511,7 +468,27 @@ class RestrictedUnpickler(pickle._Unpickler):
             except pickle._Stop as stop:  # type: ignore[attr-defined]
                 return stop.value
         data = f.getvalue()             # the BytesIO's own bytes, not a copy
-        pos, end = f.tell(), len(data)
+        start = f.tell()
+        # Memo slots no GET ever reads need not be filled: torch.save memoizes every object it
+        # writes, and keeping each tensor's argument tuples and persistent ids alive until the end
+        # was half the peak memory of reading a million views (#18). None: keep every slot.
+        wanted = _memo_reads(data, start) if len(data) - start >= _SCAN_FROM else None
+        try:
+            return self._inline(f, data, start, wanted)
+        except _Rescan:
+            self.memo.clear()
+            f.seek(start)
+            return self._inline(f, data, start, None)
+
+    def _inline(self, f: io.BytesIO, data: bytes, pos: int, wanted: set[int] | None) -> Any:
+        """The opcode loop of _load_in_memory from data[pos], memo slots outside `wanted` skipped
+        (None: none skipped)."""
+        metastack: list[list[Any]] = []
+        stack: list[Any] = []
+        self.metastack, self.stack, self.append = metastack, stack, stack.append
+        self.proto = 0
+        dispatch = self.dispatch
+        end = len(data)
         memo = self.memo
         key_cache = self._key_cache
         persistent_load = self.persistent_load
@@ -520,10 +497,6 @@ class RestrictedUnpickler(pickle._Unpickler):
         # pure function of (module, name) for one load (it only ever adds the same name to
         # opaque_classes again), and a torch pickle names the same few globals per tensor.
         found: dict[Any, Any] = {}
-        # Memo slots no GET ever reads need not be filled: torch.save memoizes every object it
-        # writes, and keeping each tensor's argument tuples and persistent ids alive until the end
-        # was half the peak memory of reading a million views (#18). None: keep every slot.
-        wanted = _memo_reads(data, pos) if end - pos >= _SCAN_FROM else None
         u32, i32, u16, f64 = _U32.unpack_from, _I32.unpack_from, _U16.unpack_from, _F64.unpack_from
         dicts = _PLAIN_DICTS
         try:
@@ -635,6 +608,8 @@ class RestrictedUnpickler(pickle._Unpickler):
                             continue
                 elif op == 148:                                 # MEMOIZE
                     if stack:
+                        if wanted is not None:
+                            raise _Rescan       # its slot is len(memo), which skipping changed
                         memo[len(memo)] = stack[-1]
                         continue
                 elif op == 114:                                 # LONG_BINPUT
