@@ -215,8 +215,11 @@ class Directory:
             if version > _MAX_EXTRACT_VERSION:
                 raise self._corrupt(f"zip file version {version / 10:.1f}")
             at = pos + _CENTRAL.size
+            raw = cd[at:at + name_len]
             try:
-                name = cd[at:at + name_len].decode("utf-8" if flags & _UTF8_NAME else "cp437")
+                # An ASCII name reads the same in cp437: decoded by the C UTF-8 decoder, not the
+                # cp437 codec's Python wrapper (a million members, #18).
+                name = raw.decode("utf-8" if flags & _UTF8_NAME or raw.isascii() else "cp437")
             except UnicodeDecodeError as e:
                 raise self._corrupt(f"UnicodeDecodeError: {e}") from None
             if "\0" in name:
