@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 from typing import Any
 
 from hubfmt.sdk import dtypes
-from hubfmt.sdk import Checkpoint, SourceInfo, TensorInfo
+from hubfmt.sdk import Checkpoint, Entry, SourceInfo, TensorInfo
 from hubfmt.sdk import ConversionError, FormatError
 from hubfmt.sdk import Report
 from hubfmt.sdk import OpaqueObject
@@ -221,19 +222,24 @@ class _Reading:
         shared = {root for root, n in counts.items() if n > 1}
         del counts
         first_of: dict[tuple, str] = {}
+        entries, path, intern = ckpt.entries, self.path, sys.intern
         for i, (name, t) in enumerate(tensors):
             tensors[i] = None       # type: ignore[call-overload]
-            if name in ckpt:
-                raise FormatError(f"tensor name {name!r} appears twice", self.path)
-            lazy, key = lazy_and_tie_key(t, name, self.path)
-            info = TensorInfo(kind=layer_kinds.get(name.rpartition(".")[0], "tensor"), original_name=name,
-                              original_dtype=t.dtype, original_shape=tuple(t.shape))
+            if name in entries:
+                raise FormatError(f"tensor name {name!r} appears twice", path)
+            lazy, key = lazy_and_tie_key(t, name, path)
+            layer, _, role = name.rpartition(".")
+            shape = t.shape if type(t.shape) is tuple else tuple(t.shape)
+            # What Checkpoint.add would fill in (layer and role interned), given directly: this
+            # loop runs once per tensor, a million times for some checkpoints (#18).
+            info = TensorInfo(layer_kinds.get(layer, "tensor"), intern(role), intern(layer), name,
+                              t.dtype or lazy.dtype, "", shape)
             if key[0] in shared:
                 if key in first_of and lazy.nbytes:
                     info.tied_to = first_of[key]
                 else:
                     first_of.setdefault(key, name)
-            ckpt.add(name, lazy, info)
+            entries[name] = Entry(lazy, info)
         ckpt.extra = extra
         self.report.tensors_in = len(ckpt)
         return ckpt

@@ -8,6 +8,7 @@ maps tensor names to shard files (the common Hugging Face layout) and carries th
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 import struct
@@ -293,7 +294,9 @@ def _write_file(tmp: str, ckpt: Checkpoint, names: list[str], out_dtypes: Mappin
     """One safetensors file of tensors `names` at `tmp` (the temporary of `path`): its header, then
     each tensor streamed. Returns the bytes of tensor data. A header over the read limit is refused
     (`hint` says how to avoid it)."""
-    head = safetensors.header_bytes(meta, [(n, out_dtypes[n], ckpt.entries[n].tensor.shape) for n in names])[0]
+    entries = ckpt.entries
+    dts = [out_dtypes[n] for n in names]        # once: StoredDtypes looks each one up
+    head = safetensors.header_bytes(meta, [(n, dt, entries[n].tensor.shape) for n, dt in zip(names, dts, strict=True)])[0]
     if len(head) - 8 > safetensors.MAX_HEADER:
         raise ConversionError(f"the safetensors header would be {len(head) - 8} bytes, more than the "
                               f"{safetensors.MAX_HEADER} readers accept (a source header this large, or "
@@ -301,8 +304,8 @@ def _write_file(tmp: str, ckpt: Checkpoint, names: list[str], out_dtypes: Mappin
     with open(tmp, "wb", buffering=OUTPUT_BUFFER) as f:
         f.write(head)
         del head                # a header of a million tensors is ~100 MB
-        stream = TensorStream(names, progress=progress, tensor=lambda n: _source(ckpt, n, out_dtypes[n], path),
-                              dtype=out_dtypes.__getitem__)
+        stream = TensorStream(zip(names, dts, strict=True), progress=progress,
+                              tensor=lambda item: _source(ckpt, item[0], item[1], path), dtype=_second)
         for _, piece in stream:
             piece.write(f)
     return stream.bytes
@@ -398,6 +401,9 @@ def write_safetensors(ckpt: Checkpoint, path: str, names: list[str], out_dtypes:
     report.bytes_out = total
     report.files = finals
     return report
+
+
+_second = operator.itemgetter(1)
 
 
 def _source(ckpt: Checkpoint, name: str, dst: str, path: str) -> LazyTensor:
