@@ -197,14 +197,17 @@ def header_bytes(meta: dict, entries: list[tuple[str, str, tuple]]) -> tuple[byt
     written entry by entry: no dict per tensor, and one copy of a large header at a time (#13)."""
     pieces = ['{"__metadata__":' + json.dumps(meta, separators=(",", ":"))]
     pos = 0
-    itemsize, code = _ITEMSIZE, dtypes.to_safetensors
+    # (dtype, shape) -> its entry's middle and byte count: checkpoints repeat a few shapes over
+    # many tensors (bounded: a header of a million distinct shapes keeps no million fragments).
+    seen: dict[tuple, tuple[str, int]] = {}
     for name, dt, shape in entries:
-        n = itemsize[dt]
-        for x in shape:
-            n *= x
-        dims = ",".join(map(str, shape)) if all(type(x) is int for x in shape) else \
-            json.dumps(list(shape), separators=(",", ":"))[1:-1]
-        pieces.append(f'{_enc(name)}:{{"dtype":"{code(dt)}","shape":[{dims}],"data_offsets":[{pos},{pos + n}]}}')
+        known = seen.get((dt, shape))
+        if known is None:
+            known = _entry_middle(dt, shape)
+            if len(seen) < 65536:
+                seen[(dt, shape)] = known
+        middle, n = known
+        pieces.append(f'{_enc(name)}:{{{middle}"data_offsets":[{pos},{pos + n}]}}')
         pos += n
     text = ",".join(pieces) + "}"
     del pieces
@@ -213,6 +216,16 @@ def header_bytes(meta: dict, entries: list[tuple[str, str, tuple]]) -> tuple[byt
     del text
     # the data section starts 8-byte aligned, as safetensors writes it
     return b"".join((struct.pack("<Q", len(raw) + pad), raw, b" " * pad)), pos
+
+
+def _entry_middle(dt: str, shape: tuple) -> tuple[str, int]:
+    """'"dtype":"F32","shape":[2,3],' and the byte count of a `dt` tensor of `shape`."""
+    n = _ITEMSIZE[dt]
+    for x in shape:
+        n *= x
+    dims = ",".join(map(str, shape)) if all(type(x) is int for x in shape) else \
+        json.dumps(list(shape), separators=(",", ":"))[1:-1]
+    return f'"dtype":"{dtypes.to_safetensors(dt)}","shape":[{dims}],', n
 
 
 def read_metadata(path: str) -> dict:
