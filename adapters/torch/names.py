@@ -81,15 +81,42 @@ def _subclass_of(kind: str, attrs: Mapping[str, Any]) -> bool:
 def infer_kinds(shapes: Mapping[str, tuple]) -> dict[str, str]:
     """layer path -> kind for tensor names `<layer>.<role>` with the given shapes, where no
     module class is known. Layers that match nothing are left out (kind 'tensor')."""
+    # A state dict lists a layer's tensors together: each layer is judged when the next one
+    # starts, so a million one-tensor layers are never a million dicts at once (300 MB, #13). A
+    # layer met again after another goes the general way.
+    out: dict[str, str] = {}
+    done: set[str] = set()
+    current: str | None = None
+    roles: dict[str, tuple] = {}
+    for name, shape in shapes.items():
+        layer, _, role = name.rpartition(".")
+        if layer != current:
+            if current is not None:
+                _judge(current, roles, out)
+                done.add(current)
+            if layer in done:
+                return _infer_kinds_in_any_order(shapes)
+            current, roles = layer, {}
+        roles[role] = shape if type(shape) is tuple else tuple(shape)
+    if current is not None:
+        _judge(current, roles, out)
+    return out
+
+
+def _judge(layer: str, roles: dict[str, tuple], out: dict[str, str]) -> None:
+    kind = _kind(layer, roles)
+    if kind != "tensor":
+        out[layer] = kind
+
+
+def _infer_kinds_in_any_order(shapes: Mapping[str, tuple]) -> dict[str, str]:
     layers: dict[str, dict[str, tuple]] = {}
     for name, shape in shapes.items():
         layer, _, role = name.rpartition(".")
         layers.setdefault(layer, {})[role] = tuple(shape)
-    out = {}
+    out: dict[str, str] = {}
     for layer, roles in layers.items():
-        kind = _kind(layer, roles)
-        if kind != "tensor":
-            out[layer] = kind
+        _judge(layer, roles, out)
     return out
 
 
@@ -158,7 +185,8 @@ def flatten_maps(shapes: Mapping[str, tuple], classes: Mapping[str, tuple[str, M
 
 def classify(shapes: Mapping[str, tuple], classes: Mapping[str, tuple[str, Mapping[str, Any]]]) -> tuple[dict[str, str], dict]:
     """(layer -> kind, layer -> LayerInfo) for a state dict with tensor `shapes`, using module
-    `classes` (layer path -> (class name, instance attributes)) where known, names/shapes elsewhere."""
+    `classes` (layer path -> (class name, instance attributes)) where known, names/shapes elsewhere.
+    A layer of kind "tensor" (nothing known) is not in the first."""
     from hubfmt.sdk import LayerInfo
 
     inferred = infer_kinds(shapes)
@@ -179,7 +207,7 @@ def classify(shapes: Mapping[str, tuple], classes: Mapping[str, tuple[str, Mappi
             kind, attrs = layer_attrs(kind, cls[1], shapes.get(f"{layer}.weight"))
         if kind != "tensor":
             layers[layer] = LayerInfo(kind, attrs)
-        layer_kinds[layer] = kind
+            layer_kinds[layer] = kind       # the others are "tensor": callers .get(layer, "tensor")
     for layer, chw in flatten_maps(shapes, classes).items():
         if layer in layers:    # canonical rows already (torch flattens C,H,W): recorded for channels-last writers
             layers[layer].attrs.update({"flatten": chw, "flatten_source": "CHW"})
