@@ -22,13 +22,23 @@ _MAX_EXPANSION_BYTES = 256 * 2**20
 class FileBlob:
     """`nbytes` raw bytes at `offset` of `path` (a STORED zip member, a legacy storage)."""
 
-    __slots__ = ("path", "offset", "nbytes", "little_endian", "span")
+    __slots__ = ("path", "offset", "nbytes", "little_endian", "crc32", "_span")
 
     def __init__(self, path: str, offset: int, nbytes: int, little_endian: bool = True, crc32: int | None = None):
         self.path, self.offset, self.nbytes, self.little_endian = path, offset, nbytes, little_endian
-        # The whole member, with its CRC-32 (None for legacy files): a view of all of it is checked
-        # against it directly, a view of part of it through part_of (the member read once).
-        self.span = FileSpan(path, offset, nbytes, None if crc32 is None else Checksum("crc32", crc32))
+        self.crc32, self._span = crc32, None
+
+    @property
+    def span(self) -> FileSpan:
+        """The whole member, with its CRC-32 (None for legacy files): a view of all of it is checked
+        against it directly, a view of part of it through part_of (the member read once). Made
+        when a tensor first asks: a million storages are read before any tensor is made, and
+        their spans then were 150 MB of the peak (#13)."""
+        span = self._span
+        if span is None:
+            crc = self.crc32
+            span = self._span = FileSpan(self.path, self.offset, self.nbytes, None if crc is None else Checksum("crc32", crc))
+        return span
 
     def part(self, start: int, n: int) -> FileSpan:
         return part_of(self.span, start, n)
