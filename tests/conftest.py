@@ -43,6 +43,19 @@ def require(framework: str):
         pytest.skip(f"{framework} not installed")
 
 
+@pytest.fixture(scope="module")
+def keras():
+    """Keras for the oracle tests that build Keras models (TensorFlow is its backend here)."""
+    require("tensorflow")
+    return require("keras")
+
+
+@pytest.fixture(scope="module")
+def torch():
+    """torch for the oracle tests (a module that changes torch's global state defines its own)."""
+    return require("torch")
+
+
 def oneflow_python() -> str:
     """The Python 3.10 side environment that has OneFlow (scripts/setup builds it)."""
     exe = os.environ.get("HUBFMT_ONEFLOW_PYTHON") or str(REPO / ".venv-oneflow/bin/python-oneflow")

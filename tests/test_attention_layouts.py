@@ -186,12 +186,6 @@ def test_a_vit_of_another_image_size_is_refused_naming_the_position_embedding(tm
 KD = 16       # Keras/torch twin width: 4 heads of 4
 
 
-@pytest.fixture(scope="module")
-def keras():
-    require("tensorflow")
-    return require("keras")
-
-
 def _keras_net(keras, seed: int):
     keras.utils.set_random_seed(seed)
     L = keras.layers

@@ -21,17 +21,6 @@ from conftest import CLEAN_ENV, assert_same_outputs, oneflow_python, rel_diff, r
 from test_flatten_order import X, keras_net, load_pth, torch_net, torch_out
 
 
-@pytest.fixture(scope="module")
-def keras():
-    require("tensorflow")
-    return require("keras")
-
-
-@pytest.fixture(scope="module")
-def torch():
-    return require("torch")
-
-
 RULE_READ = '[[rule]]\nglob = "fc.weight"\nreplace = "fc.weight"\npermute = "flatten:HWC->CHW:4x3"\n'
 RULE_WRITE = '[[rule]]\nglob = "fc.weight"\nreplace = "fc.weight"\npermute = "flatten:CHW->HWC:4x3"\n'
 

@@ -17,23 +17,12 @@ import hubfmt
 from hubfmt.errors import ConversionError
 from hubfmt.io import hubfile
 
-from conftest import assert_same_outputs, rel_diff, require, run_cli
+from conftest import assert_same_outputs, rel_diff, run_cli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 H, W, CIN = 6, 5, 3          # input map; a valid 3x3 conv gives a 4x3 map of 4 channels (not square)
 X = np.random.default_rng(1).normal(0, 1, (2, H, W, CIN)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def keras():
-    require("tensorflow")
-    return require("keras")
-
-
-@pytest.fixture(scope="module")
-def torch():
-    return require("torch")
 
 
 def _randomize(model, seed=0):

@@ -21,12 +21,6 @@ from conftest import require
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-@pytest.fixture(scope="module")
-def keras():
-    require("tensorflow")
-    return require("keras")
-
-
 def _pair(keras, tmp_path_factory, name, make):
     d = tmp_path_factory.mktemp(name)
     m = make()

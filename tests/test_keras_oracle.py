@@ -17,20 +17,9 @@ from hubfmt.format.checkpoint import Checkpoint, LayerInfo, TensorInfo
 from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import ConversionError
 
-from conftest import assert_same_outputs, require
+from conftest import assert_same_outputs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-@pytest.fixture(scope="module")
-def keras():
-    require("tensorflow")
-    return require("keras")
-
-
-@pytest.fixture(scope="module")
-def torch():
-    return require("torch")
 
 
 @pytest.fixture(scope="module")

@@ -43,12 +43,6 @@ def twin_out(net, x):
         return net.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
 
 
-@pytest.fixture(scope="module")
-def keras():
-    require("tensorflow")
-    return require("keras")
-
-
 def keras_net(keras):
     L = keras.layers
     m = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, name="conv"), L.BatchNormalization(name="bn"),
