@@ -332,8 +332,9 @@ _U32, _I32, _U16, _F64 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct
 # Pickles smaller than this keep every memo slot (their memo is small; the scan is not free).
 _SCAN_FROM = 1 << 20
 _SCAN_CHUNK = 8 << 20            # bytes compared at once (bounds the scan's temporaries)
-# A text GET: "g", then what int() may read as a number, then the newline. Runs of these
-# characters after different "g"s cannot overlap, so finding them all is one pass.
+# A text GET: "g", then what int() may read as a number (ASCII whitespace, sign, digits,
+# underscores; a few more characters than int() takes, which only keeps a slot more), then the
+# newline. Runs of these characters after different "g"s cannot overlap: one pass finds them all.
 _TEXT_GET = re.compile(rb"g(?=([ \t\r\x0b\x0c\x1c-\x1f+\-0-9_]*)\n)")
 
 
@@ -347,10 +348,11 @@ def _memo_reads(data: bytes, pos: int) -> set[int] | None:
 
     Found without parsing opcodes (#18: a Python loop over the 30 million opcodes of a million
     tensors took 3.3 s): the byte after every 0x68 (BINGET), the four after every 0x6a
-    (LONG_BINGET), and every text GET's number, wherever those bytes sit, opcodes or arguments.
-    Only a pickle CPython never writes can read a slot this misses (a text GET spelled with
-    characters int() skips, or MEMOIZE at protocol 2 after skipped slots); the unpickler then
-    loads it again keeping every slot (_Rescan), so what it gives is exactly pickle's."""
+    (LONG_BINGET), and every text GET's number (what int() reads between a "g" and a newline),
+    wherever those bytes sit, opcodes or arguments, so no GET is missed. What skipping does
+    change is MEMOIZE's slot, len(memo): a MEMOIZE in such a pickle (CPython writes none below
+    protocol 4) makes the unpickler load it again keeping every slot (_Rescan), so what it gives
+    is exactly pickle's."""
     if data[pos:pos + 1] == pickle.PROTO and pos + 1 < len(data) and data[pos + 1] >= 4:
         return None
     whole = np.frombuffer(data, dtype=np.uint8)
