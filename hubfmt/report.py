@@ -91,6 +91,11 @@ class Report:
             raise ValueError("a renamed event needs to= (the new name)")
         self.events.append(Event(action, name, detail, self.stage, to, confidence))
 
+    def matched(self, name: str) -> None:
+        """add("matched", name), without add's checks: writers record one for each tensor they
+        store as it is (a million, for some checkpoints)."""
+        self.events.append(Event("matched", name, "", self.stage))
+
     def renamed(self, old: str, new: str, why: str = "", *, confidence: float | None = None) -> None:
         self.add("renamed", old, why, to=new, confidence=confidence)
 

@@ -104,7 +104,7 @@ class _Plan:
             if dt != tensor.dtype:
                 add("cast", name, f"{tensor.dtype}->{dt}" + (" (original dtype restored)" if restore_dtype else ""))
             else:
-                add("matched", name)
+                report.matched(name)
 
 
 def _extra_value(value, name: str, report: Report, depth: int = 0):

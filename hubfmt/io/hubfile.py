@@ -24,7 +24,7 @@ import numpy as np
 
 from hubfmt.format.tensor import LazyTensor
 from hubfmt.errors import ConversionError, FormatError
-from hubfmt.report import Event, Report
+from hubfmt.report import Report
 from hubfmt.io.inputs import check_input_file
 from hubfmt.io.progress import Progress
 from hubfmt.io.stream import OUTPUT_BUFFER, TensorStream
@@ -124,7 +124,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
         del tensors
     infos, layers, source, extra = parsed if parsed else ({}, {}, SourceInfo(), {})
     # Manifest order is the checkpoint's order; stored tensors the manifest lacks come after.
-    add = ckpt.add
+    add, entries = ckpt.add, ckpt.entries
     for name, info in infos.items():
         if info.tied_to:
             tied = stored.get(info.tied_to)
@@ -135,7 +135,10 @@ def read(path: str | os.PathLike) -> Checkpoint:
             own = stored.get(name)
             if own is None:
                 raise FormatError(f"manifest lists tensor {name!r}, which the file does not store", path)
-            add(name, own, info)
+            if info.role and info.layer and info.original_name and info.original_dtype:
+                entries[name] = Entry(own, info)    # all Checkpoint.add fills in is there (names are unique keys)
+            else:
+                add(name, own, info)
     for name, tensor in stored.items():
         if name not in infos:
             add(name, tensor, TensorInfo())
@@ -248,7 +251,6 @@ def plan(ckpt: Checkpoint, keep_dtype: bool = False, path: str | None = None, *,
     names = ckpt.stored_names()
     casts: dict[str, str] = {}
     entries = ckpt.entries
-    events = report.events
     for name in names:
         e = entries[name]
         dt = stored_dtype(e, keep_dtype)
@@ -257,7 +259,7 @@ def plan(ckpt: Checkpoint, keep_dtype: bool = False, path: str | None = None, *,
             casts[name] = dt
             report.add("cast", name, f"{src}->{dt}" + (" (narrowing: values rounded)" if src == "float64" else ""))
         else:
-            events.append(Event("matched", name, "", "write"))   # report.add's checks, known to pass
+            report.matched(name)
     out_dtypes = StoredDtypes(ckpt, casts)
     stored = set(names)
     for name, e in ckpt.entries.items():
