@@ -33,7 +33,7 @@ class FileBlob:
         """The whole member, with its CRC-32 (None for legacy files): a view of all of it is checked
         against it directly, a view of part of it through part_of (the member read once). Made
         when a tensor first asks: a million storages are read before any tensor is made, and
-        their spans then were 150 MB of the peak (#13)."""
+        their spans then were ~120 MB of the read's peak (#13)."""
         span = self._span
         if span is None:
             crc = self.crc32
