@@ -235,14 +235,21 @@ def adapter(name: str) -> ModuleType:
     return importlib.import_module(known[name])
 
 
-def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
-    """A module `__getattr__` (PEP 562) for an adapter's `__init__.py`: each name in `exports` is
-    imported from its submodule when first asked for, then kept as a module attribute.
-    `exports[name]` is "submodule" or "submodule:attribute", relative to `package`.
+# What every adapter's __init__ re-exports lazily, and from where (hubfmt.sdk's module names).
+ADAPTER_EXPORTS = {"read": "reader", "write": "writer", "from_model": "memory", "to_model": "memory"}
+
+
+def lazy_exports(package: str, also: Mapping[str, str] | None = None) -> Callable[[str], Any]:
+    """A module `__getattr__` (PEP 562) for an adapter's `__init__.py`: read, write, from_model and
+    to_model (ADAPTER_EXPORTS), and the names in `also`, are each imported from their submodule
+    when first asked for, then kept as module attributes. A target is "submodule" or
+    "submodule:attribute", relative to `package`.
 
     Every command asks each adapter what it reads and writes (NAME, FRAMEWORK, FORMATS, sniff:
     `formats.py`, imported eagerly); only the adapters a conversion uses need their reader,
     writer and framework glue. Importing all of them for `--to mxnet` cost 0.1 s a run (#18)."""
+    exports = {**ADAPTER_EXPORTS, **(also or {})}
+
     def __getattr__(name: str) -> Any:
         target = exports.get(name)
         if target is None:

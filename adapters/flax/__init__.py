@@ -18,15 +18,8 @@ if TYPE_CHECKING:       # what the names are; at run time each is imported when 
     from .reader import read, sniff
     from .writer import write
 
-# The reader, writer and framework glue are imported on first use: a command that only asks what
-# this adapter reads and writes (every command asks every adapter) imports formats.py alone.
-__getattr__ = lazy_exports(__name__, {
-    "read": "reader",
-    "write": "writer",
-    "from_model": "memory",
-    "to_model": "memory",
-    "sniff": "reader",
-})
+# read, write, from_model, to_model load on first use: see lazy_exports
+__getattr__ = lazy_exports(__name__, also={"sniff": "reader"})
 
 NAME = "flax"
 FRAMEWORK = "flax"

@@ -23,14 +23,8 @@ if TYPE_CHECKING:       # what the names are; at run time each is imported when 
     from .reader import read
     from .writer import write
 
-# The reader, writer and framework glue are imported on first use: a command that only asks what
-# this adapter reads and writes (every command asks every adapter) imports formats.py alone.
-__getattr__ = lazy_exports(__name__, {
-    "read": "reader",
-    "write": "writer",
-    "from_model": "memory",
-    "to_model": "memory",
-})
+# read, write, from_model, to_model load on first use: see lazy_exports
+__getattr__ = lazy_exports(__name__)
 
 __all__ = ["NAME", "FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model",
            "to_model"]

@@ -29,16 +29,8 @@ if TYPE_CHECKING:       # what the names are; at run time each is imported when 
     from .reader import read
     from .writer import write
 
-# The reader, writer and framework glue are imported on first use: a command that only asks what
-# this adapter reads and writes (every command asks every adapter) imports formats.py alone.
-__getattr__ = lazy_exports(__name__, {
-    "read": "reader",
-    "write": "writer",
-    "from_model": "memory",
-    "to_model": "memory",
-    "write_hf": "hf:write_directory",
-    "write_safetensors": "hf:write_plain",
-})
+# read, write, from_model, to_model load on first use: see lazy_exports
+__getattr__ = lazy_exports(__name__, also={"write_hf": "hf:write_directory", "write_safetensors": "hf:write_plain"})
 
 __all__ = ["NAME", "FRAMEWORK", "FRAMEWORK_MODULE", "PIP_NAME", "FORMATS", "sniff", "read", "write", "from_model",
            "to_model", "write_hf", "write_safetensors"]
