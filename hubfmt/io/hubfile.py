@@ -124,7 +124,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
         del tensors
     infos, layers, source, extra = parsed if parsed else ({}, {}, SourceInfo(), {})
     # Manifest order is the checkpoint's order; stored tensors the manifest lacks come after.
-    add, entries = ckpt.add, ckpt.entries
+    add = ckpt.add
     for name, info in infos.items():
         if info.tied_to:
             tied = stored.get(info.tied_to)
@@ -135,10 +135,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
             own = stored.get(name)
             if own is None:
                 raise FormatError(f"manifest lists tensor {name!r}, which the file does not store", path)
-            if info.role and info.layer and info.original_name and info.original_dtype:
-                entries[name] = Entry(own, info)    # all Checkpoint.add fills in is there (names are unique keys)
-            else:
-                add(name, own, info)
+            add(name, own, info)
     for name, tensor in stored.items():
         if name not in infos:
             add(name, tensor, TensorInfo())
